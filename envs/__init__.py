@@ -1,0 +1,33 @@
+"""Simulated environments: model pools, networks, the batched simulator, Gymnasium envs.
+
+Importing this package registers ``modi/ModelSelection-v0`` with Gymnasium.
+"""
+
+from gymnasium.envs.registration import register, registry
+
+from modi.envs.networks import GaussianOneWay, NetworkModel, PaperNetwork
+from modi.envs.pools import ModelPool, ModelSpec, PoolError
+from modi.envs.simulator import ModelSelectionSim, SimulationError, StepOutcome
+
+ENV_IDS = ("modi/ModelSelection-v0",)
+
+if "modi/ModelSelection-v0" not in registry:
+    register(
+        id="modi/ModelSelection-v0",
+        entry_point="modi.envs.model_selection:ModelSelectionEnv",
+        vector_entry_point="modi.envs.model_selection:ModelSelectionVectorEnv",
+        max_episode_steps=1000,
+    )
+
+__all__ = [
+    "ENV_IDS",
+    "GaussianOneWay",
+    "ModelPool",
+    "ModelSelectionSim",
+    "ModelSpec",
+    "NetworkModel",
+    "PaperNetwork",
+    "PoolError",
+    "SimulationError",
+    "StepOutcome",
+]

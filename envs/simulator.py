@@ -1,0 +1,457 @@
+"""The batched request-stream simulator behind ``modi/ModelSelection-v0``.
+
+``N`` independent streams advance in lock-step, one request each per step, entirely in numpy.
+Everything that does not depend on the policy's choices (SLAs, clients, network times, the
+server's execution noise) is drawn ahead in blocks from the stream generator, so the same seed
+gives every policy exactly the same request stream (common random numbers). What the policy
+changes (which model runs, and so the profiles the server learns) is simulated per step.
+
+Timeline of one request (DESIGN.md §1): captured at ``T_start``; uploaded in ``T_input``;
+arrives at the server at ``elapsed = T_input``, where the observation is built and the model
+chosen; executes in ``exec``; the answer comes back in ``T_output``.
+``e2e = elapsed + exec + T_output``; ``met = e2e <= SLA``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+
+from modi.envs.networks import BlockContext, NetworkModel
+from modi.envs.pools import ModelPool
+from modi.runtime.features import (
+    ACC,
+    BUDGET,
+    MU,
+    SIGMA,
+    SLACK,
+    P,
+    R,
+    encode_requests,
+    model_slack,
+    obs_dim,
+)
+from modi.runtime.profiles import ProfileTracker
+
+log = logging.getLogger(__name__)
+
+F64 = NDArray[np.float64]
+
+#: Smallest execution time a draw can produce (a Gaussian tail cannot go below it).
+MIN_EXEC_MS = 1e-3
+#: Per-stream block memory target (floats) used to pick the block length.
+_BLOCK_FLOATS = 1 << 20
+#: EWMA weight of a client's upload-time history.
+CLIENT_NET_ALPHA = 0.2
+
+
+class SimulationError(ValueError):
+    """A simulator argument is out of range; the message names it."""
+
+
+@dataclass
+class StepOutcome:
+    """What happened to the requests of one step (arrays of shape ``(N,)``)."""
+
+    model: NDArray[np.intp]
+    sla_ms: F64
+    t_input_ms: F64
+    queue_ms: F64
+    exec_ms: F64
+    t_output_ms: F64
+    e2e_ms: F64
+    met: NDArray[np.bool_]
+    accuracy: F64
+    reward: F64
+
+
+class ModelSelectionSim:
+    """``N`` streams of requests reaching a server that must pick a model for each.
+
+    Args:
+        pool: the models and their *profiled* execution times (what the server believes).
+        network: a :class:`~modi.envs.networks.NetworkModel`.
+        num_envs: number of independent streams ``N``.
+        sla_ms: a fixed SLA per stream (a number, or ``N`` numbers).
+        sla_range_ms: if given, ``(low, high)``: each request's SLA is uniform in it instead.
+        num_clients: clients per stream; each request comes from one, uniformly.
+        payload_kb: upload payload per request (the paper's 330 KB image by default).
+        response_kb: response size.
+        arrival_rate_hz: mean Poisson arrival rate per stream (the time axis of traces).
+        miss_penalty: subtracted from the reward of a request that misses its SLA.
+        profile_alpha: EWMA weight of the server's profile tracker.
+        reprofile_every: every this many requests, models not run within that many requests
+            are re-profiled with one execution (ModiPick's re-evaluation); 0 turns it off.
+        true_pool: the execution-time distributions the server actually has (defaults to
+            ``pool``; differ it to model stale or wrong profiles).
+    """
+
+    def __init__(
+        self,
+        pool: ModelPool,
+        network: NetworkModel,
+        num_envs: int = 1,
+        sla_ms: float | Sequence[float] = 150.0,
+        sla_range_ms: tuple[float, float] | None = None,
+        num_clients: int = 8,
+        payload_kb: float = 330.0,
+        response_kb: float = 1.0,
+        arrival_rate_hz: float = 20.0,
+        miss_penalty: float = 0.0,
+        profile_alpha: float = 0.1,
+        reprofile_every: int = 200,
+        true_pool: ModelPool | None = None,
+    ) -> None:
+        if num_envs < 1:
+            raise SimulationError(f"num_envs must be >= 1, got {num_envs}")
+        sla = np.atleast_1d(np.asarray(sla_ms, dtype=np.float64))
+        if sla.ndim != 1 or sla.size not in (1, num_envs):
+            raise SimulationError(f"sla_ms must be one number or {num_envs} numbers, got {sla_ms}")
+        if not np.all(np.isfinite(sla)) or np.any(sla <= 0):
+            raise SimulationError(f"sla_ms must be > 0, got {sla.tolist()}")
+        if sla_range_ms is not None:
+            lo, hi = (float(x) for x in sla_range_ms)
+            if not 0 < lo <= hi:
+                raise SimulationError(f"sla_range_ms must satisfy 0 < low <= high, got {sla_range_ms}")
+        if num_clients < 1:
+            raise SimulationError(f"num_clients must be >= 1, got {num_clients}")
+        if payload_kb <= 0 or response_kb <= 0:
+            raise SimulationError(
+                f"payload_kb and response_kb must be > 0, got {payload_kb} and {response_kb}"
+            )
+        if arrival_rate_hz <= 0:
+            raise SimulationError(f"arrival_rate_hz must be > 0, got {arrival_rate_hz}")
+        if reprofile_every < 0:
+            raise SimulationError(f"reprofile_every must be >= 0, got {reprofile_every}")
+        true_pool = pool if true_pool is None else true_pool
+        if len(true_pool) != len(pool):
+            raise SimulationError("true_pool must have the same models as pool")
+
+        self.pool = pool
+        self.network = network
+        self.num_envs = num_envs
+        self.num_models = len(pool)
+        self.obs_dim = obs_dim(self.num_models)
+        self.sla_ms = np.broadcast_to(sla, (num_envs,)).copy()
+        self.sla_range_ms = sla_range_ms
+        self.num_clients = num_clients
+        self.payload_kb = float(payload_kb)
+        self.response_kb = float(response_kb)
+        self.arrival_rate_hz = float(arrival_rate_hz)
+        self.miss_penalty = float(miss_penalty)
+        self.reprofile_every = int(reprofile_every)
+
+        self.accuracy = pool.accuracy
+        self._true_mu = true_pool.mean_ms
+        self._true_sigma = true_pool.std_ms
+        self._empirical = [
+            (k, np.sort(np.asarray(m.samples_ms)))
+            for k, m in enumerate(true_pool.models)
+            if m.samples_ms is not None
+        ]
+        self._empirical_idx = {k for k, _ in self._empirical}
+        self._l_true_mu = self._true_mu.tolist()
+        self._l_true_sigma = self._true_sigma.tolist()
+        self._l_acc = self.accuracy.tolist()
+        self.tracker = ProfileTracker(pool.mean_ms, pool.std_ms, num_envs, profile_alpha)
+        self.block_len = 512 if num_envs == 1 else int(np.clip(_BLOCK_FLOATS // (num_envs * 8), 16, 4096))
+        self._rows = np.arange(num_envs)
+        self.obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)
+        self._rng = np.random.default_rng()
+        self._profile_rng = np.random.default_rng()
+        self.step_count = 0
+        self._cursor = 0
+        self._clock_ms = np.zeros(num_envs)
+        self._net_mean = np.full((num_envs, num_clients), np.nan)
+        self._net_var = np.zeros((num_envs, num_clients))
+
+    # ------------------------------------------------------------------ stream generation
+    def _new_block(self) -> None:
+        """Draw the next ``block_len`` requests of every stream (action-independent).
+
+        Everything a request carries that does not depend on the policy is drawn here,
+        including its request features (the client's network history is a property of the
+        stream), so the per-step work is only what the policy's choice changes.
+        """
+        rng = self._rng
+        b, n = self.block_len, self.num_envs
+        gaps = rng.exponential(1000.0 / self.arrival_rate_hz, size=(b, n))
+        time_ms = self._clock_ms + np.cumsum(gaps, axis=0)
+        self._clock_ms = time_ms[-1].copy()
+        client = rng.integers(0, self.num_clients, size=(b, n))
+        if self.sla_range_ms is not None:
+            sla = rng.uniform(self.sla_range_ms[0], self.sla_range_ms[1], size=(b, n))
+        else:
+            sla = np.broadcast_to(self.sla_ms, (b, n))
+        ctx = BlockContext(
+            client=client,
+            time_ms=time_ms,
+            payload_bytes=np.full((b, n), self.payload_kb * 1000.0),
+            response_bytes=np.full((b, n), self.response_kb * 1000.0),
+        )
+        t_in, t_out = self.network.sample(rng, ctx)
+        t_in = np.asarray(t_in, dtype=np.float64)
+        self._blk_z = rng.standard_normal((b, n))
+        self._blk_u = rng.random((b, n)) if self._empirical else None
+        net_mean, net_std = self._client_history(client, t_in)
+        self._blk_sla = np.ascontiguousarray(sla)
+        self._blk_client = client
+        self._blk_time = time_ms
+        self._blk_tin = t_in
+        self._blk_tout = np.asarray(t_out, dtype=np.float64)
+        # Request features; queue length and slowdown are filled per step by the server.
+        self._blk_req = encode_requests(
+            sla, t_in, t_in, self.payload_kb, net_mean, net_std, 0.0, 1.0
+        )
+        self._blk_budget = self._blk_req[..., BUDGET].astype(np.float64)
+        self._cursor = 0
+        if self.num_envs == 1:  # Python lists for the scalar fast path of a single stream
+            self._l_sla = self._blk_sla[:, 0].tolist()
+            self._l_tin = t_in[:, 0].tolist()
+            self._l_tout = self._blk_tout[:, 0].tolist()
+            self._l_z = self._blk_z[:, 0].tolist()
+            self._l_budget = self._blk_budget[:, 0].tolist()
+
+    def _client_history(
+        self, client: NDArray[np.int64], t_in: F64
+    ) -> tuple[F64, F64]:
+        """EWMA mean/std of each request's client's *previous* upload times (a scan over the
+        block). A client with no history yet reports this request's upload time and 0."""
+        b, n = client.shape
+        if n == 1:
+            return self._client_history_scalar(client[:, 0].tolist(), t_in[:, 0].tolist())
+        mean_out = np.empty((b, n))
+        var_out = np.empty((b, n))
+        rows = self._rows
+        nm, nv = self._net_mean, self._net_var
+        a = CLIENT_NET_ALPHA
+        for j in range(b):
+            c = client[j]
+            x = t_in[j]
+            m = nm[rows, c]
+            v = nv[rows, c]
+            first = np.isnan(m)
+            mean_out[j] = np.where(first, x, m)
+            var_out[j] = v
+            d = np.where(first, 0.0, x - m)
+            nm[rows, c] = np.where(first, x, m + a * d)
+            nv[rows, c] = np.where(first, 0.0, (1 - a) * (v + a * d * d))
+        return mean_out, np.sqrt(var_out)
+
+    def _client_history_scalar(self, client: list[int], t_in: list[float]) -> tuple[F64, F64]:
+        """:meth:`_client_history` for a single stream, in plain Python (same arithmetic)."""
+        nm = self._net_mean[0].tolist()
+        nv = self._net_var[0].tolist()
+        a = CLIENT_NET_ALPHA
+        mean_out = []
+        var_out = []
+        for c, x in zip(client, t_in):
+            m = nm[c]
+            v = nv[c]
+            if m != m:  # NaN: first request of this client
+                mean_out.append(x)
+                var_out.append(v)
+                nm[c] = x
+                nv[c] = 0.0
+            else:
+                mean_out.append(m)
+                var_out.append(v)
+                d = x - m
+                nm[c] = m + a * d
+                nv[c] = (1 - a) * (v + a * d * d)
+        self._net_mean[0] = nm
+        self._net_var[0] = nv
+        return np.array(mean_out)[:, None], np.sqrt(np.array(var_out))[:, None]
+
+    # ------------------------------------------------------------------ public API
+    def reset(self, seed: int | None = None) -> NDArray[np.float32]:
+        """Start all streams afresh from ``seed``; return the first observations ``(N, D)``."""
+        ss = np.random.SeedSequence(seed)
+        stream_ss, profile_ss = ss.spawn(2)
+        self._rng = np.random.default_rng(stream_ss)
+        self._profile_rng = np.random.default_rng(profile_ss)
+        self.network.reset(self._rng, self.num_envs, self.num_clients)
+        self.tracker.reset()
+        self._net_mean[:] = np.nan
+        self._net_var[:] = 0.0
+        self._clock_ms = np.zeros(self.num_envs)
+        self.step_count = 0
+        self._new_block()
+        self._encode()
+        return self.obs
+
+    def reset_state(self, rows: NDArray[np.bool_]) -> None:
+        """Forget what the server learned for the given streams (the stream itself goes on).
+
+        Used at episode boundaries; the current observation is re-encoded.
+        """
+        self.tracker.reset(rows)
+        self._encode()
+
+    def current_exec_ms(self) -> F64:
+        """Realised execution time of every model for the current requests, ``(N, K)``.
+
+        Privileged: only the clairvoyant oracle and tests may look; never an observation.
+        """
+        i = self._cursor
+        ex = self._true_mu + self._true_sigma * self._blk_z[i][:, None]
+        if self._blk_u is not None:
+            for k, samples in self._empirical:
+                q = (self._blk_u[i] * samples.size).astype(np.intp)
+                ex[:, k] = samples[np.minimum(q, samples.size - 1)]
+        return np.maximum(ex, MIN_EXEC_MS)
+
+    def current_e2e_ms(self) -> F64:
+        """Realised end-to-end latency of every model for the current requests, ``(N, K)``.
+
+        Privileged (see :meth:`current_exec_ms`).
+        """
+        i = self._cursor
+        return self.current_exec_ms() + (self._blk_tin[i] + self._blk_tout[i])[:, None]
+
+    def step(self, actions: NDArray[np.integer]) -> StepOutcome:
+        """Serve the current request of every stream with ``actions`` (model indices).
+
+        Advances to the next request, whose observation is then in :attr:`obs`.
+        """
+        a = np.asarray(actions)
+        if a.shape != (self.num_envs,):
+            a = a.reshape(-1)
+            if a.shape != (self.num_envs,):
+                raise SimulationError(
+                    f"expected {self.num_envs} actions, got array of shape {np.shape(actions)}"
+                )
+        if a.dtype.kind not in "iu":
+            if not np.all(np.mod(a, 1) == 0):
+                raise SimulationError(f"actions must be model indices (integers), got {a}")
+            a = a.astype(np.intp)
+        if a.min() < 0 or a.max() >= self.num_models:
+            raise SimulationError(
+                f"actions must be model indices in [0, {self.num_models}), got {a.tolist()}"
+            )
+        i = self._cursor
+        rows = self._rows
+        sla = self._blk_sla[i]
+        t_in = self._blk_tin[i]
+        t_out = self._blk_tout[i]
+        exec_ms = self._true_mu[a] + self._true_sigma[a] * self._blk_z[i]
+        if self._blk_u is not None:
+            for k, samples in self._empirical:
+                sel = a == k
+                if sel.any():
+                    q = (self._blk_u[i][sel] * samples.size).astype(np.intp)
+                    exec_ms[sel] = samples[np.minimum(q, samples.size - 1)]
+        exec_ms = np.maximum(exec_ms, MIN_EXEC_MS)
+        queue_ms = np.zeros(self.num_envs)
+        e2e = t_in + queue_ms + exec_ms + t_out
+        met = e2e <= sla
+        acc = self.accuracy[a]
+        reward = np.where(met, acc, -self.miss_penalty)
+
+        self.step_count += 1
+        self.tracker.update(rows, a, exec_ms, self.step_count)
+        if self.reprofile_every and self.step_count % self.reprofile_every == 0:
+            self._reprofile()
+
+        out = StepOutcome(a, sla, t_in, queue_ms, exec_ms, t_out, e2e, met, acc, reward)
+        self._cursor += 1
+        if self._cursor == self.block_len:
+            self._new_block()
+        self._encode()
+        return out
+
+    def step_single(self, action: int) -> tuple[float, dict[str, float | int | bool]]:
+        """Scalar fast path of :meth:`step` for one stream (``num_envs == 1``).
+
+        Same arithmetic as :meth:`step` on Python floats, updating the observation in place;
+        returns ``(reward, info)``. A test checks both paths agree exactly.
+        """
+        a = action
+        if not 0 <= a < self.num_models:
+            raise SimulationError(f"action must be a model index in [0, {self.num_models}), got {a}")
+        i = self._cursor
+        sla = self._l_sla[i]
+        t_in = self._l_tin[i]
+        t_out = self._l_tout[i]
+        if self._blk_u is not None and a in self._empirical_idx:
+            ex = float(self.current_exec_ms()[0, a])
+        else:
+            ex = self._l_true_mu[a] + self._l_true_sigma[a] * self._l_z[i]
+            if ex < MIN_EXEC_MS:
+                ex = MIN_EXEC_MS
+        e2e = t_in + 0.0 + ex + t_out
+        met = e2e <= sla
+        acc = self._l_acc[a]
+        reward = acc if met else -self.miss_penalty
+
+        self.step_count += 1
+        tr = self.tracker
+        al = tr.alpha
+        mu_row, var_row, sig_row = tr.mu[0], tr.var[0], tr.sigma[0]
+        mu = float(mu_row[a])
+        d = ex - mu
+        nmu = mu + al * d
+        nvar = (1.0 - al) * (float(var_row[a]) + al * d * d)
+        nsig = math.sqrt(nvar)
+        mu_row[a] = nmu
+        var_row[a] = nvar
+        sig_row[a] = nsig
+        tr.last_update[0, a] = self.step_count
+        self._cursor += 1
+        if (self.reprofile_every and self.step_count % self.reprofile_every == 0) or (
+            self._cursor == self.block_len
+        ):
+            if self.reprofile_every and self.step_count % self.reprofile_every == 0:
+                self._reprofile()
+            if self._cursor == self.block_len:
+                self._new_block()
+            self._encode()
+        else:
+            obs = self.obs[0]
+            obs[:R] = self._blk_req[self._cursor, 0]
+            base = R + P * a
+            obs[base + MU] = nmu
+            obs[base + SIGMA] = nsig
+            musig = self._musig
+            musig[a] = nmu + nsig
+            np.subtract(self._l_budget[self._cursor], musig, out=self._slack_view)
+        info = {
+            "model": a,
+            "sla_ms": sla,
+            "t_input_ms": t_in,
+            "queue_ms": 0.0,
+            "exec_ms": ex,
+            "t_output_ms": t_out,
+            "e2e_ms": e2e,
+            "met": met,
+            "accuracy": acc,
+        }
+        return reward, info
+
+    # ------------------------------------------------------------------ internals
+    def _reprofile(self) -> None:
+        stale = self.tracker.stale(self.step_count, self.reprofile_every)
+        r, k = np.nonzero(stale)
+        if r.size:
+            z = self._profile_rng.standard_normal(r.size)
+            ex = np.maximum(self._true_mu[k] + self._true_sigma[k] * z, MIN_EXEC_MS)
+            self.tracker.update(r, k, ex, self.step_count)
+
+    def _encode(self) -> None:
+        i = self._cursor
+        obs = self.obs
+        obs[:, :R] = self._blk_req[i]
+        models = obs[:, R:].reshape(self.num_envs, self.num_models, P)
+        mu, sigma = self.tracker.mu, self.tracker.sigma
+        models[:, :, MU] = mu
+        models[:, :, SIGMA] = sigma
+        models[:, :, ACC] = self.accuracy
+        models[:, :, SLACK] = model_slack(self._blk_budget[i], mu, sigma)
+        if self.num_envs == 1:
+            self._musig = mu[0] + sigma[0]
+            self._slack_view = self.obs[0, R + SLACK :: P]

@@ -1,0 +1,166 @@
+"""The single source of truth for observation vectors.
+
+Both the simulators (:mod:`modi.envs`) and the serving runtime (:class:`modi.runtime.Selector`)
+build their feature vectors with :func:`encode`, so training and serving cannot drift.
+
+An observation is one flat ``float32`` vector per request: a *request block* of
+:data:`REQUEST_FEATURES` followed by a *model block* of ``K`` rows of :data:`MODEL_FEATURES`
+(one row per model of the pool, in pool order). A pool-agnostic selector scores each
+``(request block, model row)`` pair with shared weights; :class:`ObsLayout` splits a batch of
+observations into those two parts.
+
+Every value is known to the server when the request arrives (DESIGN.md §1): the SLA, the time
+elapsed since capture, the measured upload time, the payload, the client's past network
+measurements, the server's queue and recent slowdown, and the *profiled* (not realised) model
+execution times. The download time and the realised execution time are never features.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+SCHEMA_NAME = "modi.model_selection"
+SCHEMA_VERSION = 1
+
+#: Request block columns: (name, unit, description).
+REQUEST_FEATURES: tuple[tuple[str, str, str], ...] = (
+    ("sla_ms", "ms", "end-to-end latency SLA of the request"),
+    ("elapsed_ms", "ms", "time since capture when the request reached the server"),
+    ("t_input_ms", "ms", "measured upload time of this request"),
+    ("remaining_ms", "ms", "sla_ms - elapsed_ms"),
+    ("budget_ms", "ms", "ModiPick's hard limit T_U = sla - elapsed - t_input (download ~ upload)"),
+    ("payload_kb", "KB", "uploaded payload size"),
+    ("client_net_mean_ms", "ms", "EWMA of this client's previous upload times"),
+    ("client_net_std_ms", "ms", "EW standard deviation of this client's previous upload times"),
+    ("queue_len", "requests", "requests waiting at the server ahead of this one"),
+    ("slowdown", "ratio", "server's recent observed execution time / profiled mean (EWMA)"),
+)
+#: Model block columns, one row per model: (name, unit, description).
+MODEL_FEATURES: tuple[tuple[str, str, str], ...] = (
+    ("mu_ms", "ms", "profiled mean execution time (EWMA)"),
+    ("sigma_ms", "ms", "profiled standard deviation of execution time (EWMA)"),
+    ("accuracy", "fraction", "top-1 accuracy of the model"),
+    ("slack_ms", "ms", "budget_ms - (mu_ms + sigma_ms): headroom under the hard limit"),
+)
+
+R = len(REQUEST_FEATURES)
+P = len(MODEL_FEATURES)
+
+# Column indices (request block).
+SLA, ELAPSED, T_INPUT, REMAINING, BUDGET, PAYLOAD, NET_MEAN, NET_STD, QUEUE, SLOWDOWN = range(R)
+# Column indices (model block).
+MU, SIGMA, ACC, SLACK = range(P)
+
+
+def obs_dim(num_models: int) -> int:
+    """Length of the observation vector for a pool of ``num_models`` models."""
+    if num_models < 1:
+        raise ValueError(f"num_models must be >= 1, got {num_models}")
+    return R + P * num_models
+
+
+@dataclass(frozen=True)
+class ObsLayout:
+    """Splits flat observations into the request block and the per-model block."""
+
+    num_models: int
+
+    @classmethod
+    def from_obs_dim(cls, dim: int) -> ObsLayout:
+        """Infer the pool size from an observation length; refuse a length that fits no pool."""
+        k, rem = divmod(dim - R, P)
+        if dim <= R or rem:
+            raise ValueError(
+                f"observation length {dim} does not match schema {SCHEMA_NAME} v{SCHEMA_VERSION}: "
+                f"expected {R} + {P} * K for some K >= 1"
+            )
+        return cls(k)
+
+    @property
+    def dim(self) -> int:
+        """Observation length."""
+        return obs_dim(self.num_models)
+
+    def request(self, obs: NDArray[np.floating]) -> NDArray[np.floating]:
+        """Request block, shape ``(N, R)`` (a view)."""
+        return obs[..., :R]
+
+    def models(self, obs: NDArray[np.floating]) -> NDArray[np.floating]:
+        """Model block, shape ``(N, K, P)`` (a view)."""
+        return obs[..., R:].reshape(*obs.shape[:-1], self.num_models, P)
+
+
+def encode_requests(
+    sla_ms: ArrayLike,
+    elapsed_ms: ArrayLike,
+    t_input_ms: ArrayLike,
+    payload_kb: ArrayLike,
+    net_mean_ms: ArrayLike,
+    net_std_ms: ArrayLike,
+    queue_len: ArrayLike,
+    slowdown: ArrayLike,
+) -> NDArray[np.float32]:
+    """Request blocks for arrays of requests of any shape ``S``: returns ``S + (R,)`` float32."""
+    sla = np.asarray(sla_ms, dtype=np.float64)
+    elapsed = np.asarray(elapsed_ms, dtype=np.float64)
+    t_in = np.asarray(t_input_ms, dtype=np.float64)
+    shape = np.broadcast_shapes(sla.shape, elapsed.shape, t_in.shape)
+    out = np.empty((*shape, R), dtype=np.float32)
+    remaining = sla - elapsed
+    out[..., SLA] = sla
+    out[..., ELAPSED] = elapsed
+    out[..., T_INPUT] = t_in
+    out[..., REMAINING] = remaining
+    out[..., BUDGET] = remaining - t_in
+    out[..., PAYLOAD] = payload_kb
+    out[..., NET_MEAN] = net_mean_ms
+    out[..., NET_STD] = net_std_ms
+    out[..., QUEUE] = queue_len
+    out[..., SLOWDOWN] = slowdown
+    return out
+
+
+def model_slack(budget_ms: ArrayLike, mu_ms: ArrayLike, sigma_ms: ArrayLike) -> NDArray[np.float64]:
+    """The ``slack_ms`` column: ``budget - (mu + sigma)``; budget ``(N,)``, profiles ``(N, K)``."""
+    b = np.asarray(budget_ms, dtype=np.float64)
+    return b.reshape(*b.shape, 1) - (np.asarray(mu_ms) + np.asarray(sigma_ms))
+
+
+def encode(
+    sla_ms: ArrayLike,
+    elapsed_ms: ArrayLike,
+    t_input_ms: ArrayLike,
+    payload_kb: ArrayLike,
+    net_mean_ms: ArrayLike,
+    net_std_ms: ArrayLike,
+    queue_len: ArrayLike,
+    slowdown: ArrayLike,
+    mu_ms: ArrayLike,
+    sigma_ms: ArrayLike,
+    accuracy: ArrayLike,
+) -> NDArray[np.float32]:
+    """Build a batch of observations.
+
+    Request arguments have shape ``(N,)`` (or are scalars); model arguments have shape
+    ``(N, K)`` or ``(K,)`` (one profile shared by the batch). Returns ``(N, R + P*K)`` float32.
+    """
+    req = np.atleast_2d(
+        encode_requests(
+            sla_ms, elapsed_ms, t_input_ms, payload_kb, net_mean_ms, net_std_ms, queue_len, slowdown
+        )
+    )
+    n = req.shape[0]
+    mu = np.asarray(mu_ms, dtype=np.float64)
+    sigma = np.asarray(sigma_ms, dtype=np.float64)
+    k = mu.shape[-1]
+    out = np.empty((n, R + P * k), dtype=np.float32)
+    out[:, :R] = req
+    models = out[:, R:].reshape(n, k, P)
+    models[:, :, MU] = mu
+    models[:, :, SIGMA] = sigma
+    models[:, :, ACC] = accuracy
+    models[:, :, SLACK] = model_slack(req[:, BUDGET].astype(np.float64), mu, sigma)
+    return out
