@@ -34,7 +34,7 @@ def build_sim(
     return ModelSelectionSim(pool_obj, net_obj, num_envs=num_envs, **kwargs)
 
 
-def _spaces(sim: ModelSelectionSim) -> tuple[spaces.Box, spaces.Discrete]:
+def _spaces(sim: ModelSelectionSim) -> tuple[Any, Any]:
     obs = spaces.Box(-np.inf, np.inf, shape=(sim.obs_dim,), dtype=np.float32)
     return obs, spaces.Discrete(sim.num_models)
 
@@ -61,58 +61,58 @@ def _table(rows: tuple[tuple[str, str, str], ...]) -> str:
 class ModelSelectionEnv(gym.Env[NDArray[np.float32], np.int64]):
     """Choose the server model for each arriving inference request.
 
-    ## Description
-    A stream of image-classification requests from mobile clients reaches an inference server
-    that hosts a pool of ``K`` models (ModiPick §3). For each request the server knows the SLA,
-    how long the upload took and its model profiles, and must pick the model that answers
-    correctly most often *within the SLA*. One step = one request.
+        ## Description
+        A stream of image-classification requests from mobile clients reaches an inference server
+        that hosts a pool of ``K`` models (ModiPick §3). For each request the server knows the SLA,
+        how long the upload took and its model profiles, and must pick the model that answers
+        correctly most often *within the SLA*. One step = one request.
 
-    ## Action Space
-    ``Discrete(K)``: the index of the model in the pool (pool order, see ``env.unwrapped.pool``).
+        ## Action Space
+        ``Discrete(K)``: index of the model in the pool (pool order, see ``env.unwrapped.pool``).
 
-    ## Observation Space
-    ``Box(-inf, inf, (R + 4K,), float32)``, built by :func:`modi.runtime.features.encode`
-    (the same code the serving runtime uses). Request block, indices 0..R-1:
+        ## Observation Space
+        ``Box(-inf, inf, (R + 4K,), float32)``, built by :func:`modi.runtime.features.encode`
+        (the same code the serving runtime uses). Request block, indices 0..R-1:
 
-    | index | name | unit | meaning |
-    |---|---|---|---|
-{request_table}
+        | index | name | unit | meaning |
+        |---|---|---|---|
+    {request_table}
 
-    then one row of 4 per model (model ``k`` at ``R + 4k``):
+        then one row of 4 per model (model ``k`` at ``R + 4k``):
 
-    | offset | name | unit | meaning |
-    |---|---|---|---|
-{model_table}
+        | offset | name | unit | meaning |
+        |---|---|---|---|
+    {model_table}
 
-    Never in an observation: the download time ``T_output`` and the realised execution time of
-    this request (they lie in the future when the decision is made).
+        Never in an observation: the download time ``T_output`` and the realised execution time of
+        this request (they lie in the future when the decision is made).
 
-    ## Rewards
-    The chosen model's top-1 accuracy (fraction) if ``e2e <= SLA``, else ``-miss_penalty``
-    (0 by default): the mean reward is the *effective accuracy*.
+        ## Rewards
+        The chosen model's top-1 accuracy (fraction) if ``e2e <= SLA``, else ``-miss_penalty``
+        (0 by default): the mean reward is the *effective accuracy*.
 
-    ## Starting State
-    Profiles start at the pool's measured μ/σ; every client's network history is empty.
+        ## Starting State
+        Profiles start at the pool's measured μ/σ; every client's network history is empty.
 
-    ## Episode End
-    Never terminates (a request stream); the registered id truncates after
-    ``max_episode_steps`` (1000) requests.
+        ## Episode End
+        Never terminates (a request stream); the registered id truncates after
+        ``max_episode_steps`` (1000) requests.
 
-    ## Info
-    ``model, sla_ms, t_input_ms, queue_ms, exec_ms, t_output_ms, e2e_ms, met, accuracy`` of the
-    request just served (``e2e = t_input + queue + exec + t_output``).
+        ## Info
+        ``model, sla_ms, t_input_ms, queue_ms, exec_ms, t_output_ms, e2e_ms, met, accuracy`` of the
+        request just served (``e2e = t_input + queue + exec + t_output``).
 
-    ## Arguments
-    ``pool`` (preset name or :class:`~modi.envs.pools.ModelPool`, default ``modipick_table2``),
-    ``network`` (preset name or network model, default ``campus``), and every argument of
-    :class:`~modi.envs.simulator.ModelSelectionSim` (``sla_ms``, ``sla_range_ms``,
-    ``miss_penalty``, ``profile_alpha``, ``reprofile_every``, ...).
+        ## Arguments
+        ``pool`` (preset name or :class:`~modi.envs.pools.ModelPool`, default ``modipick_table2``),
+        ``network`` (preset name or network model, default ``campus``), and every argument of
+        :class:`~modi.envs.simulator.ModelSelectionSim` (``sla_ms``, ``sla_range_ms``,
+        ``miss_penalty``, ``profile_alpha``, ``reprofile_every``, ...).
 
-    ## Version History
-    * v0: initial version (feature schema ``modi.model_selection`` v1).
+        ## Version History
+        * v0: initial version (feature schema ``modi.model_selection`` v1).
     """
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 - gymnasium API
 
     def __init__(
         self,
@@ -159,7 +159,10 @@ class ModelSelectionVectorEnv(VectorEnv[NDArray[np.float32], NDArray[np.int64], 
     the latency breakdown of the requests just served.
     """
 
-    metadata: dict[str, Any] = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": []}
+    metadata: dict[str, Any] = {  # noqa: RUF012 - gymnasium API
+        "autoreset_mode": AutoresetMode.SAME_STEP,
+        "render_modes": [],
+    }
 
     def __init__(
         self,
@@ -194,7 +197,13 @@ class ModelSelectionVectorEnv(VectorEnv[NDArray[np.float32], NDArray[np.int64], 
 
     def step(
         self, actions: NDArray[np.int64]
-    ) -> tuple[NDArray[np.float32], NDArray[np.float64], NDArray[np.bool_], NDArray[np.bool_], dict[str, Any]]:
+    ) -> tuple[
+        NDArray[np.float32],
+        NDArray[np.float64],
+        NDArray[np.bool_],
+        NDArray[np.bool_],
+        dict[str, Any],
+    ]:
         """Serve the current request of every stream."""
         o = self.sim.step(actions)
         self._elapsed += 1

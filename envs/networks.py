@@ -76,8 +76,8 @@ class GaussianOneWay:
 
     def __init__(
         self,
-        mean_ms: float | Sequence[float],
-        std_ms: float | Sequence[float],
+        mean_ms: float | Sequence[float] | F64,
+        std_ms: float | Sequence[float] | F64,
         name: str = "gaussian",
     ) -> None:
         self.name = name

@@ -41,13 +41,12 @@ class ModelSpec:
         if not np.isfinite(self.mean_ms) or self.mean_ms <= 0:
             raise PoolError(f"{where}: mean_ms must be > 0, got {self.mean_ms}")
         if not np.isfinite(self.std_ms) or self.std_ms < 0:
-            raise PoolError(f"{where}: std_ms must be >= 0 (sigma cannot be negative), "
-                            f"got {self.std_ms}")
+            raise PoolError(
+                f"{where}: std_ms must be >= 0 (sigma cannot be negative), got {self.std_ms}"
+            )
         if self.location not in LOCATIONS:
             raise PoolError(f"{where}: location must be one of {LOCATIONS}, got {self.location!r}")
-        if self.samples_ms is not None and (
-            len(self.samples_ms) == 0 or min(self.samples_ms) <= 0
-        ):
+        if self.samples_ms is not None and (len(self.samples_ms) == 0 or min(self.samples_ms) <= 0):
             raise PoolError(f"{where}: samples_ms must be a non-empty list of positive times")
 
 
@@ -167,8 +166,8 @@ def _spec(e: Any, i: int, source: str, accuracy_unit: str) -> ModelSpec:
         return ModelSpec(
             id=model_id,
             accuracy=acc,
-            mean_ms=float(e["mean_ms"]) if "mean_ms" in e else float(np.mean(samples)),
-            std_ms=float(e["std_ms"]) if "std_ms" in e else float(np.std(samples)),
+            mean_ms=float(e["mean_ms"] if "mean_ms" in e else np.mean(np.asarray(samples))),
+            std_ms=float(e["std_ms"] if "std_ms" in e else np.std(np.asarray(samples))),
             location=str(e.get("location", "server")),
             samples_ms=tuple(float(s) for s in samples) if samples is not None else None,
         )

@@ -117,7 +117,9 @@ class ModelSelectionSim:
         if sla_range_ms is not None:
             lo, hi = (float(x) for x in sla_range_ms)
             if not 0 < lo <= hi:
-                raise SimulationError(f"sla_range_ms must satisfy 0 < low <= high, got {sla_range_ms}")
+                raise SimulationError(
+                    f"sla_range_ms must satisfy 0 < low <= high, got {sla_range_ms}"
+                )
         if num_clients < 1:
             raise SimulationError(f"num_clients must be >= 1, got {num_clients}")
         if payload_kb <= 0 or response_kb <= 0:
@@ -159,7 +161,9 @@ class ModelSelectionSim:
         self._l_true_sigma = self._true_sigma.tolist()
         self._l_acc = self.accuracy.tolist()
         self.tracker = ProfileTracker(pool.mean_ms, pool.std_ms, num_envs, profile_alpha)
-        self.block_len = 512 if num_envs == 1 else int(np.clip(_BLOCK_FLOATS // (num_envs * 8), 16, 4096))
+        self.block_len = (
+            512 if num_envs == 1 else int(np.clip(_BLOCK_FLOATS // (num_envs * 8), 16, 4096))
+        )
         self._rows = np.arange(num_envs)
         self.obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)
         self._rng = np.random.default_rng()
@@ -217,9 +221,7 @@ class ModelSelectionSim:
             self._l_z = self._blk_z[:, 0].tolist()
             self._l_budget = self._blk_budget[:, 0].tolist()
 
-    def _client_history(
-        self, client: NDArray[np.int64], t_in: F64
-    ) -> tuple[F64, F64]:
+    def _client_history(self, client: NDArray[np.int64], t_in: F64) -> tuple[F64, F64]:
         """EWMA mean/std of each request's client's *previous* upload times (a scan over the
         block). A client with no history yet reports this request's upload time and 0."""
         b, n = client.shape
@@ -250,7 +252,7 @@ class ModelSelectionSim:
         a = CLIENT_NET_ALPHA
         mean_out = []
         var_out = []
-        for c, x in zip(client, t_in):
+        for c, x in zip(client, t_in, strict=True):
             m = nm[c]
             v = nv[c]
             if m != m:  # NaN: first request of this client
@@ -373,7 +375,9 @@ class ModelSelectionSim:
         """
         a = action
         if not 0 <= a < self.num_models:
-            raise SimulationError(f"action must be a model index in [0, {self.num_models}), got {a}")
+            raise SimulationError(
+                f"action must be a model index in [0, {self.num_models}), got {a}"
+            )
         i = self._cursor
         sla = self._l_sla[i]
         t_in = self._l_tin[i]

@@ -239,8 +239,8 @@ def _request_arrays(path: Path, start_ms: ArrayLike, nbytes: ArrayLike) -> tuple
         raise TraceError(
             f"{path}: start_ms shape {start.shape} and nbytes shape {size.shape} do not broadcast"
         ) from exc
-    if not np.all(np.isfinite(start)):
-        raise TraceError(f"{path}: start_ms must be finite")
+    if not np.all(np.isfinite(start)) or np.any(start < 0):
+        raise TraceError(f"{path}: start_ms must be finite and >= 0 (trace time starts at 0)")
     if not np.all(np.isfinite(size)) or np.any(size < 0):
         raise TraceError(f"{path}: nbytes must be finite and >= 0")
     return start, size
@@ -262,11 +262,11 @@ class MahimahiTrace:
 
     Each entry of ``opportunities_ms`` is a moment at which one 1500-byte packet may be
     delivered; repeated timestamps are several packets in the same millisecond. As in
-    Mahimahi's ``mm-link``, the trace repeats with period = the last timestamp: in loop ``k``
-    the opportunities are at ``k * period_ms + opportunities_ms`` (so a timestamp 0 coincides
-    with the previous loop's last timestamp). ``mm-link`` rejects a trace whose timestamps are
-    all 0; here its period is 1 ms instead (a fixed rate of ``len(opportunities_ms)`` packets
-    per ms), with a warning.
+    Mahimahi's ``mm-link``, the trace starts at time 0 and repeats with period = the last
+    timestamp: in loop ``k >= 0`` the opportunities are at ``k * period_ms + opportunities_ms``
+    (so a timestamp 0 coincides with the previous loop's last timestamp and both are usable).
+    ``mm-link`` rejects a trace whose timestamps are all 0; here its period is 1 ms instead (a
+    fixed rate of ``len(opportunities_ms)`` packets per ms), with a warning.
     """
 
     path: Path
@@ -325,7 +325,8 @@ class MahimahiTrace:
 
         The payload needs ``max(1, ceil(nbytes / 1500))`` packets; they use consecutive
         opportunities from the first one at time >= ``start_ms`` (looping the trace as often
-        as needed); the transfer completes at the last packet's opportunity.
+        as needed); the transfer completes at the last packet's opportunity. ``start_ms`` must
+        be >= 0; the link is assumed idle (no queue from earlier requests).
         """
         start, size = _request_arrays(self.path, start_ms, nbytes)
         opp = self.opportunities_ms
@@ -334,7 +335,11 @@ class MahimahiTrace:
         loop = np.floor(start / period)
         # opportunities are integers: the first one at time >= phase is the first >= ceil(phase)
         phase = np.ceil(start - loop * period).astype(np.int64)
+        # global index of the first usable opportunity = opportunities before `start`
         first = np.searchsorted(opp, phase, side="left")  # == n: first one of the next loop
+        # at phase 0 of loop k >= 1, loop k-1's opportunities at exactly `period` are usable
+        at_period = n - int(np.searchsorted(opp, period, side="left"))
+        first = first - np.where((phase == 0) & (loop >= 1), at_period, 0)
         packets = np.maximum(np.ceil(size / MTU_BYTES), 1.0).astype(np.int64)
         last = loop.astype(np.int64) * n + first + packets - 1  # global opportunity index
         q, r = np.divmod(last, n)
@@ -435,8 +440,9 @@ class ThroughputTrace:
     def transfer_time_ms(self, start_ms: ArrayLike, nbytes: ArrayLike) -> F64:
         """Milliseconds from ``start_ms`` until ``nbytes`` have been delivered (vectorised).
 
-        Integrates the piecewise-constant throughput exactly, looping the trace as often as
-        needed; a zero payload takes 0 ms.
+        Integrates the piecewise-constant throughput exactly from ``start_ms`` (>= 0), looping
+        the trace as often as needed; a zero payload takes 0 ms. Completion is the earliest
+        moment the delivered bytes reach ``nbytes``.
         """
         start, size = _request_arrays(self.path, start_ms, nbytes)
         bounds, cum, rate = self._bounds_ms, self._cum_bytes, self._rate
@@ -459,7 +465,16 @@ class ThroughputTrace:
         m = np.where(under, m - 1.0, m)
         rest = np.where(under, rest + per_loop, rest)
         # segment j with cum[j] < rest <= cum[j + 1]: it has positive rate and length
-        j = np.clip(np.searchsorted(cum, rest, side="left"), 1, n) - 1
+        j_left = np.searchsorted(cum, rest, side="left")
+        # a payload too small to change `before` in float64 completes when bytes next flow:
+        # the segment j with cum[j] <= before < cum[j + 1] (after looping if at the loop end)
+        absorbed = target <= before
+        m_abs = np.floor(before / per_loop)
+        rest_abs = before - m_abs * per_loop
+        j_right = np.searchsorted(cum, rest_abs, side="right")
+        m = np.where(absorbed, m_abs, m)
+        rest = np.where(absorbed, rest_abs, rest)
+        j = np.clip(np.where(absorbed, j_right, j_left), 1, n) - 1
         r = rate[j]
         into = np.divide(rest - cum[j], r, out=np.zeros_like(rest), where=r > 0)
         t_done = np.clip(bounds[j] + into, bounds[j], bounds[j + 1])

@@ -73,7 +73,7 @@ def modipick_stages(
 
     upper_ok = (mu + sigma) < t_u_col
     base_ok = upper_ok & ((mu - sigma) < t_l_col)
-    has_base = base_ok.any(axis=1)
+    has_base: NDArray[np.bool_] = np.asarray(base_ok.any(axis=1))
     # Most accurate qualifying model; ties broken towards the faster model.
     score = np.where(base_ok, acc, -np.inf)
     best_acc = score.max(axis=1, keepdims=True)

@@ -1,0 +1,193 @@
+"""The published heuristics as batched policies over the feature vector.
+
+* ``static_greedy`` — most accurate model with profiled μ ≤ SLA, fixed at development time
+  (ModiPick §3.2.1).
+* ``dynamic_greedy`` — most accurate model with μ ≤ T_budget = SLA − 2·T_input (§3.2.2).
+* ``modipick`` — the three stages of §3.3 (:mod:`modi.runtime.modipick`).
+* ``related_random`` / ``related_accurate`` — §4.4 ablations: uniform / most accurate over M_E.
+* ``pure_random`` — uniform over the whole pool (§4.4).
+* ``mdinference`` — most accurate model with μ + γσ < T_budget, the fastest when none fits.
+* ``oracle`` — clairvoyant: the most accurate model whose *realised* latency meets the SLA.
+
+"No model fits" always falls back to the model with the lowest profiled μ (best effort).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from modi.agents.protocol import Actions, ClairvoyantPolicy, Obs, Policy
+from modi.runtime.features import ACC, BUDGET, MU, SIGMA, SLA, ObsLayout
+from modi.runtime.modipick import modipick_select
+
+
+def _most_accurate(ok: NDArray[np.bool_], acc: NDArray[Any], mu: NDArray[Any]) -> Actions:
+    """Per row, the most accurate model where ``ok`` (ties → faster); fastest if none is ok."""
+    score = np.where(ok, acc, -np.inf)
+    best = score.max(axis=1, keepdims=True)
+    pick = np.where(score == best, mu, np.inf).argmin(axis=1)
+    return np.where(ok.any(axis=1), pick, mu.argmin(axis=1))
+
+
+class _Base:
+    name = "base"
+
+    def __init__(self) -> None:
+        self._rng = np.random.default_rng()
+        self._layout: ObsLayout | None = None
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        """Reseed the policy's own randomness."""
+        self._rng = np.random.default_rng(seed)
+
+    def _split(self, obs: Obs) -> tuple[NDArray[Any], NDArray[Any]]:
+        obs = np.atleast_2d(obs)
+        if self._layout is None or self._layout.dim != obs.shape[1]:
+            self._layout = ObsLayout.from_obs_dim(obs.shape[1])
+        return self._layout.request(obs), self._layout.models(obs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+class StaticGreedy(_Base):
+    """Most accurate model whose profiled mean fits the SLA, ignoring the network.
+
+    ``profile_mu_ms`` fixes the development-time profile (the pool's measured means); without
+    it, the profile in the first observation seen is used and then kept.
+    """
+
+    name = "static_greedy"
+
+    def __init__(self, profile_mu_ms: NDArray[np.float64] | None = None) -> None:
+        super().__init__()
+        self._mu = None if profile_mu_ms is None else np.asarray(profile_mu_ms, dtype=np.float64)
+
+    def select(self, obs: Obs) -> Actions:
+        """Choose per row from the SLA alone."""
+        req, models = self._split(obs)
+        if self._mu is None or self._mu.size != models.shape[1]:
+            self._mu = models[0, :, MU].astype(np.float64)
+        mu = np.broadcast_to(self._mu, models.shape[:2])
+        return _most_accurate(mu <= req[:, SLA : SLA + 1], models[:, :, ACC], mu)
+
+
+class DynamicGreedy(_Base):
+    """Most accurate model with μ ≤ T_budget = SLA − 2·T_input (ModiPick Eq. 1)."""
+
+    name = "dynamic_greedy"
+
+    def select(self, obs: Obs) -> Actions:
+        """Choose per row from the time budget."""
+        req, models = self._split(obs)
+        mu = models[:, :, MU]
+        return _most_accurate(mu <= req[:, BUDGET : BUDGET + 1], models[:, :, ACC], mu)
+
+
+class MDInference(_Base):
+    """Most accurate model with μ + γσ < T_budget; the fastest model when none fits."""
+
+    name = "mdinference"
+
+    def __init__(self, gamma: float = 1.0) -> None:
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"mdinference.gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+
+    def select(self, obs: Obs) -> Actions:
+        """Choose per row with a γ-σ safety margin."""
+        req, models = self._split(obs)
+        mu = models[:, :, MU]
+        ok = mu + self.gamma * models[:, :, SIGMA] < req[:, BUDGET : BUDGET + 1]
+        return _most_accurate(ok, models[:, :, ACC], mu)
+
+
+class ModiPick(_Base):
+    """ModiPick's three stages (or a §4.4 ablation via ``variant``)."""
+
+    def __init__(self, threshold_ms: float = 10.0, variant: str = "modipick") -> None:
+        super().__init__()
+        if threshold_ms < 0:
+            raise ValueError(f"modipick.threshold_ms must be >= 0, got {threshold_ms}")
+        self.threshold_ms = float(threshold_ms)
+        self.variant = variant
+        self.name = variant
+
+    def select(self, obs: Obs) -> Actions:
+        """Choose per row with ModiPick."""
+        req, models = self._split(obs)
+        u = self._rng.random(req.shape[0])
+        return modipick_select(
+            req[:, BUDGET].astype(np.float64),
+            models[:, :, MU],
+            models[:, :, SIGMA],
+            models[:, :, ACC],
+            np.asarray(u, dtype=np.float64),
+            self.threshold_ms,
+            self.variant,  # type: ignore[arg-type]
+        )
+
+
+class PureRandom(_Base):
+    """Uniform over the whole pool (ModiPick §4.4)."""
+
+    name = "pure_random"
+
+    def select(self, obs: Obs) -> Actions:
+        """Choose uniformly."""
+        _, models = self._split(obs)
+        return np.asarray(self._rng.integers(0, models.shape[1], size=models.shape[0]))
+
+
+class Oracle(_Base):
+    """Clairvoyant upper bound: knows every model's realised latency for this request."""
+
+    name = "oracle"
+
+    def select(self, obs: Obs) -> Actions:
+        """An oracle cannot decide from the observation alone."""
+        raise TypeError("the oracle needs realised latencies: call select_clairvoyant(obs, e2e_ms)")
+
+    def select_clairvoyant(self, obs: Obs, e2e_ms: NDArray[np.float64]) -> Actions:
+        """Most accurate model meeting the SLA in reality; the fastest in reality if none."""
+        req, models = self._split(obs)
+        met = e2e_ms <= req[:, SLA : SLA + 1]
+        score = np.where(met, models[:, :, ACC], -np.inf)
+        best = score.max(axis=1, keepdims=True)
+        pick = np.where(score == best, e2e_ms, np.inf).argmin(axis=1)
+        return np.where(met.any(axis=1), pick, e2e_ms.argmin(axis=1))
+
+
+POLICY_NAMES: tuple[str, ...] = (
+    "static_greedy",
+    "dynamic_greedy",
+    "modipick",
+    "mdinference",
+    "pure_random",
+    "related_random",
+    "related_accurate",
+    "oracle",
+)
+
+
+def make_policy(
+    name: str, profile_mu_ms: NDArray[np.float64] | None = None, **kwargs: Any
+) -> Policy | ClairvoyantPolicy:
+    """Build a baseline by name; ``kwargs`` go to its constructor (e.g. ``threshold_ms``)."""
+    if name == "static_greedy":
+        return StaticGreedy(profile_mu_ms, **kwargs)
+    if name == "dynamic_greedy":
+        return DynamicGreedy(**kwargs)
+    if name in ("modipick", "related_random", "related_accurate"):
+        return ModiPick(variant=name, **kwargs)
+    if name == "mdinference":
+        return MDInference(**kwargs)
+    if name == "pure_random":
+        return PureRandom(**kwargs)
+    if name == "oracle":
+        return Oracle(**kwargs)
+    raise ValueError(f"unknown policy {name!r}; expected one of {list(POLICY_NAMES)}")
