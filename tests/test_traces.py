@@ -545,9 +545,9 @@ def _check_set(
     per_file = np.array(
         [t.mean_throughput_mbps if weighted else t.sample_mean_mbps for t in traces]
     )
-    assert float(per_file.mean()) == pytest.approx(mean, rel=0.01), key
-    assert float(per_file.min()) == pytest.approx(lo, rel=0.01), key
-    assert float(per_file.max()) == pytest.approx(hi, rel=0.01), key
+    # The README's table rounds to two decimals: allow that rounding (or 1 %).
+    for got, want in ((per_file.mean(), mean), (per_file.min(), lo), (per_file.max(), hi)):
+        assert abs(float(got) - want) <= max(0.005, 0.01 * want), (key, float(got), want)
     for t in traces:  # one loop's worth of bytes from t=0 takes at most one period
         per_loop = t.mean_throughput_mbps * 125.0 * t.period_ms
         got = float(t.transfer_time_ms(np.zeros(1), np.array([per_loop]))[0])
