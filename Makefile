@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 main: $(STAMP)
-	$(BIN)/modi-compare -m experiment=modipick_fig6,modipick_fig7,modipick_fig9
+	$(BIN)/modi-reproduce --out outputs/reproduction
 
 test: $(STAMP)
 	$(BIN)/pip install -q -e ".[train,dev]" --config-settings editable_mode=strict

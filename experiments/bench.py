@@ -58,17 +58,12 @@ def vector_env_rate(make: Callable[[], Any], steps: int, seed: int = 0) -> float
     return steps * n / dt
 
 
-def reproduction_seconds(experiments: list[str], out_dir: Path) -> float:
-    """Wall time of ``modi-compare`` for the given experiment presets (CSV and figures)."""
-    from hydra import compose, initialize_config_module
-
-    from modi.experiments.compare import run_compare
+def reproduction_seconds(out_dir: Path) -> float:
+    """Wall time of ``modi-reproduce`` (Figures 6, 7 and 9: CSVs, figures and claim checks)."""
+    from modi.experiments.reproduction import run_reproduction
 
     t0 = time.perf_counter()
-    with initialize_config_module(config_module="modi.conf", version_base="1.3"):
-        for exp in experiments:
-            cfg = compose(config_name="compare", overrides=[f"experiment={exp}"])
-            run_compare(cfg, out_dir / exp, progress=False)
+    run_reproduction(out_dir, progress=False)
     return time.perf_counter() - t0
 
 
@@ -115,12 +110,7 @@ def run_bench(
     res["env_vs_cartpole"] = round(res["env_steps_per_s"] / res["cartpole_steps_per_s"], 3)
     if reproduce:
         with tempfile.TemporaryDirectory() as tmp:
-            res["reproduction_seconds"] = round(
-                reproduction_seconds(
-                    ["modipick_fig6", "modipick_fig7", "modipick_fig9"], Path(tmp)
-                ),
-                2,
-            )
+            res["reproduction_seconds"] = round(reproduction_seconds(Path(tmp)), 2)
     return res
 
 
