@@ -1,0 +1,173 @@
+"""Pool-agnostic scorers: one set of weights scores every (request, model) pair.
+
+A learned selector looks at the request block ``(N, R)`` and the model block ``(N, K, P)`` of an
+observation (:mod:`modi.runtime.features`), turns each (request, model) pair into a small
+feature vector with :class:`PairFeatures`, scores it with shared weights and takes the best
+score. Nothing depends on ``K`` or on which models the pool holds, so a trained selector serves
+pools of any size and models it has never seen; its ONNX graph has a dynamic model dimension.
+
+Everything here is a ``torch.nn.Module`` with ``(request, models)`` inputs so that the same code
+trains, evaluates and exports (:mod:`modi.agents.export`).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from modi.runtime import features as F
+
+#: Pair features built by :class:`PairFeatures`: (name, scale, meaning).
+PAIR_FEATURES: tuple[tuple[str, str, str], ...] = (
+    (
+        "headroom",
+        "100 ms",
+        "remaining_ms - mu*slowdown: time left for the download after a mean run",
+    ),
+    ("slack", "100 ms", "budget_ms - (mu + sigma)*slowdown: ModiPick's headroom under T_U"),
+    ("sigma", "10 ms", "profiled standard deviation of execution time"),
+    ("accuracy", "fraction", "top-1 accuracy of the model"),
+    ("mu", "100 ms", "profiled mean execution time"),
+    ("t_input", "100 ms", "measured upload time of the request"),
+    ("net_mean", "100 ms", "client's EWMA upload time"),
+    ("net_std", "100 ms", "client's EW std of upload time"),
+    ("queue", "10 requests", "requests ahead in the server queue"),
+    ("slowdown", "ratio - 1", "server's recent slowdown"),
+    ("sla", "100 ms", "SLA of the request"),
+)
+NUM_PAIR_FEATURES = len(PAIR_FEATURES)
+
+
+def split_obs(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split flat observations ``(N, R + P*K)`` into ``(N, R)`` and ``(N, K, P)``."""
+    n = obs.shape[0]
+    return obs[:, : F.R], obs[:, F.R :].reshape(n, -1, F.P)
+
+
+class PairFeatures(nn.Module):
+    """``(request (N, R), models (N, K, P)) -> (N, K, NUM_PAIR_FEATURES)``, roughly unit scale."""
+
+    def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """Build the pair features."""
+        k = models.shape[1]
+        mu = models[:, :, F.MU]
+        sigma = models[:, :, F.SIGMA]
+        acc = models[:, :, F.ACC]
+        slow = request[:, F.SLOWDOWN : F.SLOWDOWN + 1]
+        remaining = request[:, F.REMAINING : F.REMAINING + 1]
+        budget = request[:, F.BUDGET : F.BUDGET + 1]
+
+        def per_request(col: int, scale: float) -> torch.Tensor:
+            return (request[:, col : col + 1] / scale).expand(-1, k)
+
+        return torch.stack(
+            [
+                (remaining - mu * slow) / 100.0,
+                (budget - (mu + sigma) * slow) / 100.0,
+                sigma / 10.0,
+                acc,
+                mu / 100.0,
+                per_request(F.T_INPUT, 100.0),
+                per_request(F.NET_MEAN, 100.0),
+                per_request(F.NET_STD, 100.0),
+                per_request(F.QUEUE, 10.0),
+                (slow - 1.0).expand(-1, k),
+                per_request(F.SLA, 100.0),
+            ],
+            dim=-1,
+        )
+
+
+class StepBasis(nn.Module):
+    """Fixed nonlinear basis for linear bandits: ``[1, σ((h - c_j) / w) ...]`` per model.
+
+    ``h`` is each of the two headroom features (download headroom and ModiPick's slack), ``c_j``
+    a grid of centres. A linear model over this basis is a monotone-ish mixture of soft steps in
+    the headroom, i.e. an estimate of ``P(met)``: the shape of the download-time distribution.
+    """
+
+    def __init__(self, centres_ms: tuple[float, ...] | None = None, width_ms: float = 8.0) -> None:
+        super().__init__()
+        c = centres_ms or tuple(float(x) for x in range(-40, 321, 20))
+        self.register_buffer("centres", torch.tensor(c, dtype=torch.float32) / 100.0)
+        self.width = float(width_ms) / 100.0
+        self.pairs = PairFeatures()
+
+    @property
+    def dim(self) -> int:
+        """Basis length."""
+        return 1 + 2 * int(self.centres.numel())  # type: ignore[operator]
+
+    def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """``(N, K, dim)``."""
+        f = self.pairs(request, models)
+        steps = [torch.sigmoid((f[..., i : i + 1] - self.centres) / self.width) for i in (0, 1)]
+        return torch.cat([torch.ones_like(f[..., :1]), *steps], dim=-1)
+
+
+def expected_reward(acc: torch.Tensor, p_met: torch.Tensor, miss_penalty: float) -> torch.Tensor:
+    """``A·p − penalty·(1 − p)``: the env's expected reward given ``P(met) = p``."""
+    return (acc + miss_penalty) * p_met - miss_penalty
+
+
+class LinearScorer(nn.Module):
+    """``P(met) = clip(basis · theta, 0, 1)``; score = expected reward."""
+
+    def __init__(self, basis: StepBasis, theta: torch.Tensor, miss_penalty: float = 0.0) -> None:
+        super().__init__()
+        self.basis = basis
+        self.miss_penalty = float(miss_penalty)
+        self.register_buffer("theta", theta.to(torch.float32))
+
+    def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """Scores ``(N, K)``."""
+        p = torch.clamp(self.basis(request, models) @ self.theta, 0.0, 1.0)
+        return expected_reward(models[:, :, F.ACC], p, self.miss_penalty)
+
+
+class MetNet(nn.Module):
+    """Shared per-model MLP: pair features -> logit of meeting the SLA; score = A · P(met).
+
+    ``norm_mean``/``norm_std`` standardise the pair features inside the module, so the
+    normalisation travels with the saved and exported policy.
+    """
+
+    def __init__(self, hidden: int = 64, layers: int = 2, miss_penalty: float = 0.0) -> None:
+        super().__init__()
+        self.pairs = PairFeatures()
+        self.miss_penalty = float(miss_penalty)
+        dims = [NUM_PAIR_FEATURES, *([hidden] * layers)]
+        mods: list[nn.Module] = []
+        for a, b in itertools.pairwise(dims):
+            mods += [nn.Linear(a, b), nn.Tanh()]
+        mods.append(nn.Linear(dims[-1], 1))
+        self.mlp = nn.Sequential(*mods)
+        self.register_buffer("norm_mean", torch.zeros(NUM_PAIR_FEATURES))
+        self.register_buffer("norm_std", torch.ones(NUM_PAIR_FEATURES))
+
+    def logits(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """Logit of P(met) per model, ``(N, K)``."""
+        f = (self.pairs(request, models) - self.norm_mean) / self.norm_std
+        return self.mlp(f).squeeze(-1)
+
+    def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """Scores ``(N, K)``: expected reward ``A·P(met) − penalty·(1 − P(met))``."""
+        p = torch.sigmoid(self.logits(request, models))
+        return expected_reward(models[:, :, F.ACC], p, self.miss_penalty)
+
+
+class ArgmaxSelector(nn.Module):
+    """Wraps a scorer: ``(request, models) -> (action (N,) int64, scores (N, K))``."""
+
+    def __init__(self, scorer: nn.Module) -> None:
+        super().__init__()
+        self.scorer = scorer
+
+    def forward(
+        self, request: torch.Tensor, models: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Best-scoring model per row, and the scores."""
+        scores = self.scorer(request, models)
+        return torch.argmax(scores, dim=1), scores
