@@ -45,6 +45,8 @@ class LearnedPolicy:
 
     name: str = "learned"
     kind: ClassVar[str] = "learned"
+    #: Requests between training-curve points (and checkpoints) in :meth:`fit`.
+    log_every: int = 20_000
 
     def __init__(self, miss_penalty: float = 0.0, seed: int | None = None) -> None:
         if miss_penalty < 0:
@@ -87,7 +89,9 @@ class LearnedPolicy:
         """Train on ``total_requests`` requests of ``sim`` (online: explore, observe)."""
         from modi.agents.training import train_online
 
-        return train_online(self, sim, total_requests, seed, progress, callback=callback)
+        return train_online(
+            self, sim, total_requests, seed, progress, self.log_every, callback=callback
+        )
 
     def explore(self, obs: Obs) -> Actions:
         """Choice while training (with exploration)."""

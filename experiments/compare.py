@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from modi.agents.baselines import POLICY_NAMES, make_policy
 from modi.agents.evaluation import rollout
+from modi.agents.protocol import ClairvoyantPolicy, Policy
 from modi.envs.pools import ModelPool
 from modi.envs.simulator import ModelSelectionSim
 from modi.experiments import plots
@@ -60,10 +62,22 @@ def _policies(cfg: DictConfig) -> list[str]:
 
 
 def run_compare(
-    cfg: DictConfig, out_dir: Path, progress: bool = True
+    cfg: DictConfig,
+    out_dir: Path,
+    progress: bool = True,
+    learned: Mapping[str, Policy] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Run the comparison described by ``cfg``; write CSVs and figures into ``out_dir``."""
+    """Run the comparison described by ``cfg``; write CSVs and figures into ``out_dir``.
+
+    ``learned`` adds already-built policies (trained selectors) under the given names; they run
+    on the very same request streams as the baselines.
+    """
     names = _policies(cfg)
+    extra = dict(learned or {})
+    extra.update(load_learned_policies(cfg.get("learned")))
+    clash = sorted(set(extra) & set(names))
+    if clash:
+        raise ConfigError(f"learned: policy names {clash} clash with baselines in 'policies'")
     slas = as_float_list(cfg.sla_ms, "sla_ms")
     cvs = None if cfg.get("cv") is None else as_float_list(cfg.cv, "cv", positive=False)
     n_requests = as_int(cfg.n_requests, "n_requests")
@@ -93,9 +107,12 @@ def run_compare(
 
     rows: list[dict[str, Any]] = []
     usage_rows: list[dict[str, Any]] = []
-    for name in tqdm(names, desc=f"compare {scenario}", disable=not progress):
-        kwargs = dict(policy_args.get(name, {}) or {})
-        policy = make_policy(name, profile_mu_ms=pool.mean_ms, **kwargs)
+    todo: list[tuple[str, Policy | ClairvoyantPolicy]] = [
+        (n, make_policy(n, profile_mu_ms=pool.mean_ms, **dict(policy_args.get(n, {}) or {})))
+        for n in names
+    ]
+    todo += list(extra.items())
+    for name, policy in tqdm(todo, desc=f"compare {scenario}", disable=not progress):
         r = rollout(policy, sim, steps, seed)
         for j, (sla, cv) in enumerate(points):
             part = r.select_streams(slice(j * streams, (j + 1) * streams))
@@ -125,6 +142,54 @@ def run_compare(
     _figures(cfg, results, usage, out_dir, scenario)
     log.info("wrote %s and %s", out_dir / "results.csv", out_dir / "usage.csv")
     return results, usage
+
+
+def load_learned_policies(spec: Any) -> dict[str, Policy]:
+    """Trained policies named in the config key ``learned``: a list of saved-policy paths or
+    MLflow run ids (``runs:/<id>`` or a bare 32-hex id; the run's ``policy/policy.pt``)."""
+    if not spec:
+        return {}
+    items = [spec] if isinstance(spec, str) else list(spec)
+    from modi.agents.bandits import load_learned
+
+    out: dict[str, Policy] = {}
+    for item in items:
+        path = resolve_policy_path(str(item))
+        try:
+            pol = load_learned(path)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"learned: cannot load {item!r}: {e}") from None
+        name = pol.name
+        i = 2
+        while name in out:
+            name, i = f"{pol.name}_{i}", i + 1
+        out[name] = pol
+    return out
+
+
+def resolve_policy_path(item: str) -> Path:
+    """A saved-policy path, or the policy artifact of an MLflow run id."""
+    p = Path(item)
+    if p.is_file():
+        return p
+    run_id = item[len("runs:/") :].split("/")[0] if item.startswith("runs:/") else item
+    if len(run_id) == 32 and all(c in "0123456789abcdef" for c in run_id):
+        import mlflow
+
+        from modi.experiments.tracking import resolve_uri
+
+        mlflow.set_tracking_uri(resolve_uri(None))
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="policy")
+        except Exception as e:  # MlflowException: unknown run or artifact
+            raise ConfigError(
+                f"learned: MLflow run {run_id} has no policy artifact ({e})"
+            ) from None
+        files = sorted(Path(local).glob("*.pt"))
+        if not files:
+            raise ConfigError(f"learned: MLflow run {run_id} has no saved policy (*.pt)")
+        return files[0]
+    raise ConfigError(f"learned: {item!r} is neither a saved-policy file nor an MLflow run id")
 
 
 def _figures(

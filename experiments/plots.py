@@ -85,3 +85,16 @@ def cv_sweep(results: pd.DataFrame, out: Path, title: str = "") -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def training_curve(curve: pd.DataFrame, out: Path, title: str = "") -> Path:
+    """Reward, attainment and effective accuracy per logging chunk vs requests seen."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for col in ("effective_accuracy", "attainment", "reward"):
+        ax.plot(curve.requests, 100 * curve[col], marker=".", label=col)
+    ax.set(xlabel="requests seen", ylabel="%", title=f"training: {title}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
