@@ -56,6 +56,24 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
         )
 
 
+def init_store(uri: str) -> None:
+    """Create (or migrate) a sqlite store under a file lock: parallel sweep jobs starting on a
+    fresh ``mlflow.db`` would otherwise race in MLflow's schema migration."""
+    if not uri.startswith("sqlite:///"):
+        return
+    import fcntl
+
+    from mlflow.tracking import MlflowClient
+
+    lock = Path(uri[len("sqlite:///") :] + ".lock")
+    with lock.open("w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"a": {"b": 1}} -> {"a.b": 1}`` (lists become strings)."""
     out: dict[str, Any] = {}
@@ -93,6 +111,7 @@ def mlflow_run(
 
     resolved = resolve_uri(uri)
     check_reachable(resolved)
+    init_store(resolved)
     mlflow.set_tracking_uri(resolved)
     if resume_run_id:
         try:
