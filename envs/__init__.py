@@ -5,9 +5,11 @@ Importing this package registers ``modi/ModelSelection-v0`` with Gymnasium.
 
 from gymnasium.envs.registration import register, registry
 
+from modi.envs.links import LinkModel, LogNormal
 from modi.envs.networks import GaussianOneWay, NetworkModel, PaperNetwork
 from modi.envs.pools import ModelPool, ModelSpec, PoolError
 from modi.envs.simulator import ModelSelectionSim, SimulationError, StepOutcome
+from modi.envs.trace_networks import MahimahiNetwork, ThroughputNetwork
 
 ENV_IDS = ("modi/ModelSelection-v0",)
 
@@ -22,6 +24,9 @@ if "modi/ModelSelection-v0" not in registry:
 __all__ = [
     "ENV_IDS",
     "GaussianOneWay",
+    "LinkModel",
+    "LogNormal",
+    "MahimahiNetwork",
     "ModelPool",
     "ModelSelectionSim",
     "ModelSpec",
@@ -30,4 +35,5 @@ __all__ = [
     "PoolError",
     "SimulationError",
     "StepOutcome",
+    "ThroughputNetwork",
 ]

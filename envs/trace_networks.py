@@ -1,0 +1,334 @@
+"""Trace-driven networks: upload and download times replayed from measured link traces.
+
+Each client of each stream is assigned one trace (or one uplink/downlink pair) at
+:meth:`reset <MahimahiNetwork.reset>`, and a random start offset into it, so the clients of a
+stream see different parts of the recordings while each client's link stays coherent in time.
+A request captured at ``t`` (its stream's clock, ``ctx.time_ms``):
+
+- starts its upload at trace time ``offset + t``:
+  ``T_input = rtt_ms / 2 + uplink.transfer_time_ms(offset + t, payload_bytes)``;
+- starts its download when the upload has arrived, ``offset + t + T_input + download_delay_ms``:
+  ``T_output = rtt_ms / 2 + downlink.transfer_time_ms(that time, response_bytes)``.
+
+Approximations (documented, deliberate): the execution time on the server is not known when
+the network is sampled (the network must not depend on the model the policy picks), so the
+download is assumed to start ``download_delay_ms`` (default 0) after the upload ends; the link
+is idle for every request (no queueing behind the client's earlier requests); propagation is a
+fixed ``rtt_ms / 2`` each way on top of the trace's delivery time. Traces loop forever
+(:mod:`modi.envs.traces`).
+
+All trace files are read and validated in ``__init__``: a missing, empty or malformed trace, or
+one that never delivers anything, raises :class:`~modi.envs.traces.TraceError` naming the
+setting, the file and the line before any request is simulated.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from modi.envs.links import checked_number
+from modi.envs.networks import F64, BlockContext, NetworkError
+from modi.envs.traces import (
+    Trace,
+    TraceError,
+    TraceSpec,
+    load_traces,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _spec(value: object, field: str) -> TraceSpec:
+    """A trace spec from a config value: a path, or a list of paths (e.g. a ListConfig)."""
+    if isinstance(value, (str, Path)):
+        return value
+    try:
+        items = [str(v) for v in value]  # type: ignore[attr-defined]
+    except TypeError:
+        raise NetworkError(
+            f"{field} must be a path, a glob pattern or a list of them, got {value!r}"
+        ) from None
+    return items
+
+
+@contextmanager
+def _naming(field: str) -> Iterator[None]:
+    """Prefix a TraceError raised inside with the setting that named the file."""
+    try:
+        yield
+    except TraceError as exc:
+        raise TraceError(f"{field}: {exc}") from exc
+
+
+def _group_transfer(
+    traces: Sequence[Trace], ids: NDArray[np.integer], start_ms: F64, nbytes: F64
+) -> F64:
+    """``traces[ids[i]].transfer_time_ms(start_ms[i], nbytes[i])`` for flat arrays, one call
+    per trace used (requests grouped with a stable sort, keeping each stream's time order)."""
+    if len(traces) == 1:
+        return traces[0].transfer_time_ms(start_ms, nbytes)
+    order = np.argsort(ids, kind="stable")
+    edges = np.concatenate(([0], np.cumsum(np.bincount(ids, minlength=len(traces)))))
+    s_sorted = start_ms[order]
+    b_sorted = nbytes[order]
+    out_sorted = np.empty_like(s_sorted)
+    for i in np.flatnonzero(np.diff(edges)).tolist():
+        lo, hi = edges[i], edges[i + 1]
+        out_sorted[lo:hi] = traces[i].transfer_time_ms(s_sorted[lo:hi], b_sorted[lo:hi])
+    out = np.empty_like(out_sorted)
+    out[order] = out_sorted
+    return out
+
+
+class _TraceNetwork:
+    """Shared machinery: per-client trace assignment, offsets and the vectorised sample."""
+
+    def __init__(
+        self,
+        name: str,
+        uplink: Sequence[Trace],
+        downlink: Sequence[Trace],
+        paired: bool,
+        rtt_ms: float,
+        download_delay_ms: float,
+        random_offset: bool,
+        uplink_scale: float = 1.0,
+    ) -> None:
+        self.name = name
+        self.rtt_ms = checked_number(rtt_ms, "network.rtt_ms", positive=True)
+        self.download_delay_ms = checked_number(
+            download_delay_ms, "network.download_delay_ms", positive=False
+        )
+        self.uplink_scale = checked_number(uplink_scale, "network.uplink_scale", positive=True)
+        self.random_offset = bool(random_offset)
+        self.uplink_traces = list(uplink)
+        self.downlink_traces = list(downlink)
+        self.paired = paired
+        assert not paired or len(self.uplink_traces) == len(self.downlink_traces)
+        self._up_period = np.array([t.period_ms for t in self.uplink_traces], dtype=np.float64)
+        self._down_period = np.array([t.period_ms for t in self.downlink_traces], dtype=np.float64)
+        self.uplink_index = np.zeros((0, 0), dtype=np.int64)
+        self.downlink_index = np.zeros((0, 0), dtype=np.int64)
+        self.offset_ms = np.zeros((0, 0))
+
+    def reset(self, rng: np.random.Generator, num_envs: int, num_clients: int) -> None:
+        """Assign every (stream, client) a trace (pair) and a start offset.
+
+        The offset is uniform over the assigned trace's period (the longer one of a pair), or
+        0 when ``random_offset`` is off. Sets :attr:`uplink_index`, :attr:`downlink_index` and
+        :attr:`offset_ms`, all shaped ``(num_envs, num_clients)``.
+        """
+        if num_envs < 1 or num_clients < 1:
+            raise NetworkError(
+                f"num_envs and num_clients must be >= 1, got {num_envs} and {num_clients}"
+            )
+        shape = (num_envs, num_clients)
+        up = rng.integers(0, len(self.uplink_traces), size=shape)
+        down = up if self.paired else rng.integers(0, len(self.downlink_traces), size=shape)
+        u = rng.random(shape)  # drawn even without random offsets: same stream either way
+        period = np.maximum(self._up_period[up], self._down_period[down])
+        self.uplink_index = up
+        self.downlink_index = down
+        self.offset_ms = u * period if self.random_offset else np.zeros(shape)
+        # small integer ids sort fast (radix sort) when requests are grouped by trace
+        self._up_key = up.astype(np.int16 if len(self.uplink_traces) < 2**15 else np.int64)
+        self._down_key = down.astype(np.int16 if len(self.downlink_traces) < 2**15 else np.int64)
+
+    def sample(self, rng: np.random.Generator, ctx: BlockContext) -> tuple[F64, F64]:
+        """``(T_input, T_output)`` in ms for a block, each shaped like ``ctx.client``."""
+        client = np.asarray(ctx.client)
+        b, n = client.shape
+        num_envs, num_clients = self.offset_ms.shape
+        if n != num_envs:
+            raise NetworkError(
+                f"{self.name}: block has {n} streams but reset() was called for {num_envs}; "
+                "call reset(rng, num_envs, num_clients) first"
+            )
+        if b and (client.min() < 0 or client.max() >= num_clients):
+            raise NetworkError(
+                f"{self.name}: client ids must be in [0, {num_clients}), got "
+                f"[{client.min()}, {client.max()}]"
+            )
+        # work stream-major (N, B): each stream's requests are consecutive and time-ordered,
+        # which keeps the traces' binary searches cache-friendly
+        key = (client.T + (np.arange(n) * num_clients)[:, None]).ravel()
+        t = np.asarray(ctx.time_ms, dtype=np.float64).T.ravel()
+        payload = np.broadcast_to(np.asarray(ctx.payload_bytes, dtype=np.float64), (b, n))
+        response = np.broadcast_to(np.asarray(ctx.response_bytes, dtype=np.float64), (b, n))
+        start = self.offset_ms.ravel()[key] + t
+        up_ids = self._up_key.ravel()[key]
+        half = 0.5 * self.rtt_ms
+        t_in = half + _group_transfer(
+            self.uplink_traces, up_ids, start, payload.T.ravel() / self.uplink_scale
+        )
+        down_ids = up_ids if self.paired else self._down_key.ravel()[key]
+        t_out = half + _group_transfer(
+            self.downlink_traces,
+            down_ids,
+            start + t_in + self.download_delay_ms,
+            response.T.ravel(),
+        )
+        return (
+            np.ascontiguousarray(t_in.reshape(n, b).T),
+            np.ascontiguousarray(t_out.reshape(n, b).T),
+        )
+
+
+def _pair_by_stem(up: list[Trace], down: list[Trace]) -> tuple[list[Trace], list[Trace], bool]:
+    """Pair uplink and downlink traces by file stem (``X.up`` with ``X.down``) where possible.
+
+    One file on each side: that pair. Several: the stems found on both sides, each a pair
+    (files without a partner are left out, with a warning); no stem in common: uplink and
+    downlink are drawn independently for each client.
+    """
+    if len(up) == 1 and len(down) == 1:
+        return up, down, True
+    down_by_stem: dict[str, Trace] = {}
+    for tr in down:
+        down_by_stem.setdefault(tr.path.stem, tr)
+    pairs = []
+    used_down: set[str] = set()
+    for tr in up:
+        stem = tr.path.stem
+        if stem in down_by_stem and stem not in used_down:
+            pairs.append((tr, down_by_stem[stem]))
+            used_down.add(stem)
+    if not pairs:
+        log.info(
+            "no uplink/downlink file stems in common (%d up, %d down): each client draws its "
+            "uplink and downlink traces independently",
+            len(up),
+            len(down),
+        )
+        return up, down, False
+    paired_paths = {p.path for pair in pairs for p in pair}
+    unused = [str(t.path) for t in [*up, *down] if t.path not in paired_paths]
+    if unused:
+        log.warning(
+            "%d trace file(s) have no uplink/downlink partner with the same stem and are not "
+            "used: %s",
+            len(unused),
+            ", ".join(unused),
+        )
+    return [p[0] for p in pairs], [p[1] for p in pairs], True
+
+
+class MahimahiNetwork(_TraceNetwork):
+    """Upload and download times replayed from Mahimahi packet-delivery traces.
+
+    Each line of a Mahimahi trace is a millisecond at which one 1500-byte packet can be
+    delivered (:class:`~modi.envs.traces.MahimahiTrace`). See the module docstring for the
+    timing of a request.
+
+    Args:
+        uplink: uplink trace(s): a file, a directory, a glob pattern or a list of them.
+        downlink: downlink trace(s), same forms.
+        rtt_ms: fixed round-trip propagation delay (ms), > 0; half is added to each direction
+            (Mahimahi's ``mm-delay``, which the traces do not contain).
+        download_delay_ms: assumed gap (ms) between the end of the upload and the start of the
+            download (the server's execution time is unknown when the network is sampled), >= 0.
+        random_offset: start each client at a uniform random point of its trace (default);
+            False starts every client at trace time 0, like ``mm-link``.
+        name: label used in logs and results.
+
+    With several files on each side, uplink and downlink files are paired by stem
+    (``ATT-LTE-driving.up`` with ``ATT-LTE-driving.down``) and each client gets one pair (one
+    offset, used in both directions, so a pair recorded together stays aligned); with no stem in
+    common each client draws its uplink and downlink independently.
+    """
+
+    def __init__(
+        self,
+        uplink: TraceSpec,
+        downlink: TraceSpec,
+        rtt_ms: float,
+        download_delay_ms: float = 0.0,
+        random_offset: bool = True,
+        name: str = "mahimahi",
+    ) -> None:
+        with _naming("network.uplink"):
+            ups: list[Trace] = list(load_traces(_spec(uplink, "network.uplink"), "mahimahi"))
+        with _naming("network.downlink"):
+            downs: list[Trace] = list(load_traces(_spec(downlink, "network.downlink"), "mahimahi"))
+        up, down, paired = _pair_by_stem(ups, downs)
+        super().__init__(name, up, down, paired, rtt_ms, download_delay_ms, random_offset)
+        log.info(
+            "%s: %d uplink / %d downlink Mahimahi traces (%s), rtt %.1f ms",
+            name,
+            len(up),
+            len(down),
+            "paired" if paired else "independent",
+            self.rtt_ms,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"MahimahiNetwork(name={self.name!r}, uplink={[t.name for t in self.uplink_traces]}, "
+            f"downlink={[t.name for t in self.downlink_traces]}, rtt_ms={self.rtt_ms})"
+        )
+
+
+class ThroughputNetwork(_TraceNetwork):
+    """Upload and download times replayed from throughput traces (``time_s  Mbit/s``).
+
+    A throughput trace (Pensieve's Norway HSDPA / FCC, Lumos5G) has one series, measured in the
+    downlink. The download uses it as it is; the upload uses the *same* series, at the same
+    trace time, scaled by ``uplink_scale`` (1: the uplink is as fast as the downlink). So both
+    directions of a client see the same fades, the uplink at a fraction of the rate.
+
+    Args:
+        path: the trace(s): a file, a directory, a glob pattern or a list of them. Each client
+            gets one trace.
+        rtt_ms: fixed round-trip propagation delay (ms), > 0; half is added to each direction.
+        uplink_scale: uplink throughput as a fraction of the trace's throughput, > 0.
+        download_delay_ms: assumed gap (ms) between the end of the upload and the start of the
+            download, >= 0 (see :class:`MahimahiNetwork`).
+        random_offset: start each client at a uniform random point of its trace (default).
+        name: label used in logs and results.
+    """
+
+    def __init__(
+        self,
+        path: TraceSpec,
+        rtt_ms: float,
+        uplink_scale: float = 1.0,
+        download_delay_ms: float = 0.0,
+        random_offset: bool = True,
+        name: str = "throughput",
+    ) -> None:
+        with _naming("network.path"):
+            traces = load_traces(_spec(path, "network.path"), "throughput")
+        self.traces = traces
+        """The loaded traces (uplink and downlink use the same ones)."""
+        super().__init__(
+            name,
+            traces,
+            traces,
+            True,
+            rtt_ms,
+            download_delay_ms,
+            random_offset,
+            uplink_scale=uplink_scale,
+        )
+        log.info(
+            "%s: %d throughput traces, uplink at %.3g x, rtt %.1f ms",
+            name,
+            len(traces),
+            self.uplink_scale,
+            self.rtt_ms,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ThroughputNetwork(name={self.name!r}, traces={len(self.downlink_traces)}, "
+            f"uplink_scale={self.uplink_scale}, rtt_ms={self.rtt_ms})"
+        )
+
+
+__all__ = ["MahimahiNetwork", "ThroughputNetwork"]

@@ -1,0 +1,373 @@
+"""Tests for modi.envs.trace_networks: Mahimahi and throughput trace-driven networks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.utils import instantiate
+
+import modi.experiments.common  # noqa: F401 - registers the ${modi_data_dir:} resolver
+from modi.envs.catalog import load_preset
+from modi.envs.model_selection import build_sim
+from modi.envs.networks import BlockContext, NetworkError, NetworkModel
+from modi.envs.trace_networks import MahimahiNetwork, ThroughputNetwork
+from modi.envs.traces import MahimahiTrace, ThroughputTrace, TraceError
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MAHIMAHI = DATA / "mahimahi" / "traces"
+SPEEDTEST = DATA / "sigcomm21-5g-speedtest"
+# preset -> the data folder it reads
+PRESETS = {
+    "mahimahi": MAHIMAHI,
+    "lte_att": MAHIMAHI,
+    "lte_tmobile": MAHIMAHI,
+    "throughput": DATA / "pensieve",
+    "hsdpa_norway": DATA / "pensieve",
+    "lumos5g_walking": DATA / "sigcomm21-5g-lumos5g",
+    "link_wifi": DATA,
+    "link_5g": SPEEDTEST,
+    "link_5g_mmwave": SPEEDTEST,
+}
+
+
+def _preset(name: str) -> Any:
+    folder = PRESETS[name]
+    return pytest.param(
+        name,
+        marks=pytest.mark.skipif(not folder.is_dir(), reason=f"data not found at {folder}"),
+    )
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def _ctx(client: object, time_ms: object, payload: float = 330_000.0) -> BlockContext:
+    c = np.asarray(client, dtype=np.int64)
+    return BlockContext(
+        client=c,
+        time_ms=np.asarray(time_ms, dtype=np.float64),
+        payload_bytes=np.full(c.shape, payload),
+        response_bytes=np.full(c.shape, 1_000.0),
+    )
+
+
+# --------------------------------------------------------------------------- hand-computed
+
+
+@pytest.fixture
+def small_mahimahi(tmp_path: Path) -> tuple[Path, Path]:
+    # uplink: opportunities 1, 1, 3, 7 (period 7): loop 1 at 8, 8, 10, 14; loop 2 at 15, ...
+    # downlink: opportunities 2, 4 (period 4): 2, 4, 6, 8, 10, 12, 14, 16, ...
+    up = _write(tmp_path, "small.up", "1\n1\n3\n7\n")
+    down = _write(tmp_path, "small.down", "2\n4\n")
+    return up, down
+
+
+def test_mahimahi_network_hand_computed(small_mahimahi: tuple[Path, Path]) -> None:
+    up, down = small_mahimahi
+    net = MahimahiNetwork(
+        up, down, rtt_ms=10.0, download_delay_ms=1.0, random_offset=False, name="small"
+    )
+    assert isinstance(net, NetworkModel)
+    rng = np.random.default_rng(0)
+    net.reset(rng, num_envs=2, num_clients=1)
+    np.testing.assert_array_equal(net.offset_ms, 0.0)
+    ctx = _ctx([[0, 0], [0, 0]], [[2.0, 6.5], [20.0, 30.0]])
+    ctx.payload_bytes[:] = [[3000.0, 1.0], [1.0, 4500.0]]
+    t_in, t_out = net.sample(rng, ctx)
+    # stream 0, t=2, 2 packets: opportunities 3 and 7 -> 5 ms; + RTT/2 = 10.
+    #   download from 2 + 10 + 1 = 13: next opportunity 14 -> 1 ms; + 5 = 6.
+    # stream 1, t=6.5, 1 packet: opportunity 7 -> 0.5 ms; + 5 = 5.5.
+    #   download from 6.5 + 5.5 + 1 = 13 -> 14: 1 ms; + 5 = 6.
+    # stream 0, t=20, 1 packet: loop 2 is 14..21 (15, 15, 17, 21) -> 21 - 20 = 1; + 5 = 6.
+    #   download from 20 + 6 + 1 = 27 -> 28: 1 ms; + 5 = 6.
+    # stream 1, t=30, 3 packets: loop 4 is 28..35 (29, 29, 31, 35), loop 5 starts 36, 36:
+    #   packets at 31, 35, 36 -> 6 ms; + 5 = 11. Download from 30 + 11 + 1 = 42: an
+    #   opportunity at 42 itself -> 0 ms; + 5 = 5.
+    np.testing.assert_allclose(t_in, [[10.0, 5.5], [6.0, 11.0]])
+    np.testing.assert_allclose(t_out, [[6.0, 6.0], [6.0, 5.0]])
+
+
+def test_throughput_network_hand_computed(tmp_path: Path) -> None:
+    # 8 Mbit/s (1000 B/ms) for 1 s, then 16 Mbit/s (2000 B/ms) for 1 s; period 2 s.
+    path = _write(tmp_path, "steps", "0 8\n1 16\n")
+    net = ThroughputNetwork(path, rtt_ms=20.0, uplink_scale=0.5, random_offset=False)
+    rng = np.random.default_rng(0)
+    net.reset(rng, num_envs=1, num_clients=1)
+    t_in, t_out = net.sample(rng, _ctx([[0], [0], [0]], [[0.0], [900.0], [1500.0]]))
+    # uplink at half the rate: 500 B/ms, then 1000 B/ms.
+    # t=0: 330000 B at 500 B/ms = 660 ms; + 10 = 670. Download from 670: 1000 B at
+    #   1000 B/ms = 1 ms; + 10 = 11.
+    # t=900: 100 ms x 500 = 50000 B, 280000 B at 1000 B/ms = 280 ms -> 380; + 10 = 390.
+    #   Download from 1290: 1000 B at 2000 B/ms = 0.5; + 10 = 10.5.
+    # t=1500: 500 ms x 1000 = 500000 B >= 330000 -> 330 ms; + 10 = 340.
+    #   Download from 1840: 0.5 ms; + 10 = 10.5.
+    np.testing.assert_allclose(t_in[:, 0], [670.0, 390.0, 340.0])
+    np.testing.assert_allclose(t_out[:, 0], [11.0, 10.5, 10.5])
+
+
+def test_random_offsets_shift_each_clients_trace_time(small_mahimahi: tuple[Path, Path]) -> None:
+    up, down = small_mahimahi
+    net = MahimahiNetwork(up, down, rtt_ms=4.0)
+    rng = np.random.default_rng(1)
+    net.reset(rng, num_envs=3, num_clients=5)
+    assert net.offset_ms.shape == (3, 5)
+    assert np.all((net.offset_ms >= 0) & (net.offset_ms < 7))  # the longer period: 7 ms
+    assert np.unique(net.offset_ms).size == 15
+    client = rng.integers(0, 5, (20, 3))
+    time_ms = np.cumsum(rng.exponential(3.0, (20, 3)), axis=0)
+    t_in, t_out = net.sample(rng, _ctx(client, time_ms, payload=4000.0))
+    up_tr, down_tr = MahimahiTrace.load(up), MahimahiTrace.load(down)
+    start = net.offset_ms[np.arange(3), client] + time_ms
+    np.testing.assert_allclose(t_in, 2.0 + up_tr.transfer_time_ms(start, 4000.0))
+    np.testing.assert_allclose(
+        t_out, 2.0 + down_tr.transfer_time_ms(start + t_in, 1000.0), atol=1e-9
+    )
+
+
+@pytest.fixture
+def two_pairs(tmp_path: Path) -> Path:
+    # fast: a packet every ms; slow: every 10 ms. Stems pair fast.up/fast.down etc.
+    _write(tmp_path, "fast.up", "".join(f"{i}\n" for i in range(1, 101)))
+    _write(tmp_path, "fast.down", "".join(f"{i}\n" for i in range(1, 51)))
+    _write(tmp_path, "slow.up", "".join(f"{10 * i}\n" for i in range(1, 11)))
+    _write(tmp_path, "slow.down", "".join(f"{10 * i}\n" for i in range(1, 21)))
+    return tmp_path
+
+
+def test_each_client_gets_one_trace_pair_by_stem(two_pairs: Path) -> None:
+    net = MahimahiNetwork(two_pairs / "*.up", str(two_pairs / "*.down"), rtt_ms=2.0)
+    assert net.paired
+    assert [t.path.stem for t in net.uplink_traces] == [t.path.stem for t in net.downlink_traces]
+    rng = np.random.default_rng(2)
+    net.reset(rng, num_envs=64, num_clients=4)
+    np.testing.assert_array_equal(net.uplink_index, net.downlink_index)
+    assert set(np.unique(net.uplink_index)) == {0, 1}
+    client = rng.integers(0, 4, (30, 64))
+    time_ms = np.cumsum(rng.exponential(20.0, (30, 64)), axis=0)
+    t_in, t_out = net.sample(rng, _ctx(client, time_ms, payload=15_000.0))  # 10 packets
+    rows = np.arange(64)
+    idx = net.uplink_index[rows, client]
+    start = net.offset_ms[rows, client] + time_ms
+    for i, (up, down) in enumerate(zip(net.uplink_traces, net.downlink_traces, strict=True)):
+        sel = idx == i
+        np.testing.assert_allclose(t_in[sel], 1.0 + up.transfer_time_ms(start[sel], 15_000.0))
+        np.testing.assert_allclose(
+            t_out[sel], 1.0 + down.transfer_time_ms(start[sel] + t_in[sel], 1000.0)
+        )
+    # 10 packets: ~10 ms on the fast uplink, ~100 ms on the slow one
+    fast = [t.path.stem for t in net.uplink_traces].index("fast")
+    assert t_in[idx == fast].max() < 13.0 < 90.0 < t_in[idx != fast].min()
+
+
+def test_unpaired_files_are_drawn_independently(two_pairs: Path) -> None:
+    (two_pairs / "fast.down").rename(two_pairs / "quick.down")
+    (two_pairs / "slow.down").rename(two_pairs / "sluggish.down")
+    net = MahimahiNetwork(two_pairs / "*.up", two_pairs / "*.down", rtt_ms=2.0)
+    assert not net.paired
+    net.reset(np.random.default_rng(3), num_envs=64, num_clients=4)
+    assert not np.array_equal(net.uplink_index, net.downlink_index)
+
+
+def test_files_without_a_partner_are_left_out_with_a_warning(
+    two_pairs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write(two_pairs, "lonely.down", "5\n")
+    with caplog.at_level(logging.WARNING):
+        net = MahimahiNetwork(two_pairs / "*.up", two_pairs / "*.down", rtt_ms=2.0)
+    assert net.paired and len(net.uplink_traces) == 2
+    assert "lonely.down" in caplog.text
+
+
+def test_throughput_network_assigns_one_trace_per_client(tmp_path: Path) -> None:
+    _write(tmp_path, "a", "0 8\n1 8\n")  # 1000 B/ms
+    _write(tmp_path, "b", "0 80\n1 80\n")  # 10000 B/ms
+    net = ThroughputNetwork(tmp_path, rtt_ms=2.0, uplink_scale=1.0)
+    rng = np.random.default_rng(4)
+    net.reset(rng, num_envs=16, num_clients=3)
+    client = rng.integers(0, 3, (10, 16))
+    t_in, t_out = net.sample(rng, _ctx(client, np.cumsum(np.ones((10, 16)) * 5, axis=0)))
+    idx = net.uplink_index[np.arange(16), client]
+    np.testing.assert_allclose(t_in, np.where(idx == 0, 1.0 + 330.0, 1.0 + 33.0))
+    np.testing.assert_allclose(t_out, np.where(idx == 0, 1.0 + 1.0, 1.0 + 0.1))
+
+
+def test_network_state_persists_across_blocks(small_mahimahi: tuple[Path, Path]) -> None:
+    up, down = small_mahimahi
+    rng = np.random.default_rng(5)
+    client = rng.integers(0, 3, (40, 4))
+    time_ms = np.cumsum(rng.exponential(3.0, (40, 4)), axis=0)
+    a = MahimahiNetwork(up, down, rtt_ms=4.0)
+    b = MahimahiNetwork(up, down, rtt_ms=4.0)
+    a.reset(np.random.default_rng(6), 4, 3)
+    b.reset(np.random.default_rng(6), 4, 3)
+    whole = a.sample(rng, _ctx(client, time_ms))
+    first = b.sample(rng, _ctx(client[:13], time_ms[:13]))
+    second = b.sample(rng, _ctx(client[13:], time_ms[13:]))
+    np.testing.assert_array_equal(whole[0], np.concatenate([first[0], second[0]]))
+    np.testing.assert_array_equal(whole[1], np.concatenate([first[1], second[1]]))
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "pattern"),
+    [
+        ("empty.up", "", r"network\.uplink: .*empty\.up: empty file"),
+        ("blank.up", "\n\n", r"network\.uplink: .*blank\.up: .*zero delivery opportunities"),
+        ("text.up", "1\n2\nthree\n", r"network\.uplink: .*text\.up: line 3: .*'three'"),
+    ],
+)
+def test_bad_mahimahi_trace_fails_at_construction(
+    tmp_path: Path, name: str, text: str, pattern: str
+) -> None:
+    up = _write(tmp_path, name, text)
+    down = _write(tmp_path, "ok.down", "1\n")
+    with pytest.raises(TraceError, match=pattern):
+        MahimahiNetwork(up, down, rtt_ms=10.0)
+
+
+def test_missing_trace_names_setting_and_file(tmp_path: Path) -> None:
+    down = _write(tmp_path, "ok.down", "1\n")
+    with pytest.raises(TraceError, match=r"network\.uplink: .*nowhere\.up: no such trace file"):
+        MahimahiNetwork(tmp_path / "nowhere.up", down, rtt_ms=10.0)
+    with pytest.raises(TraceError, match=r"network\.downlink: .*no trace files match"):
+        MahimahiNetwork(down, tmp_path / "*.nothing", rtt_ms=10.0)
+    with pytest.raises(TraceError, match=r"network\.path: .*gone: no such trace file"):
+        ThroughputNetwork(tmp_path / "gone", rtt_ms=10.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("0 0\n1 0\n2 0\n", r"zero.*whole trace"),
+        ("0 1.5\n1 fast\n", r"line 2: .*'1 fast'"),
+        ("", r"empty file"),
+    ],
+)
+def test_bad_throughput_trace_fails_at_construction(
+    tmp_path: Path, text: str, pattern: str
+) -> None:
+    path = _write(tmp_path, "trace", text)
+    with pytest.raises(TraceError, match=r"network\.path: .*trace: .*" + pattern):
+        ThroughputNetwork(path, rtt_ms=10.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"rtt_ms": 0.0}, r"network\.rtt_ms must be > 0"),
+        ({"rtt_ms": -3.0}, r"network\.rtt_ms must be > 0"),
+        ({"uplink_scale": 0.0}, r"network\.uplink_scale must be > 0"),
+        ({"uplink_scale": -0.5}, r"network\.uplink_scale must be > 0"),
+        ({"download_delay_ms": -1.0}, r"network\.download_delay_ms must be >= 0"),
+        ({"rtt_ms": float("nan")}, r"network\.rtt_ms must be a finite number"),
+    ],
+)
+def test_bad_numbers_name_the_field(tmp_path: Path, kwargs: dict[str, float], field: str) -> None:
+    path = _write(tmp_path, "trace", "0 1\n")
+    args: dict[str, Any] = {"rtt_ms": 10.0, **kwargs}
+    with pytest.raises(NetworkError, match=field):
+        ThroughputNetwork(path, **args)
+    if "uplink_scale" not in kwargs:
+        with pytest.raises(NetworkError, match=field):
+            MahimahiNetwork(_write(tmp_path, "x.up", "1\n"), tmp_path / "x.up", **args)
+
+
+def test_sample_needs_reset_and_valid_clients(small_mahimahi: tuple[Path, Path]) -> None:
+    net = MahimahiNetwork(*small_mahimahi, rtt_ms=1.0)
+    rng = np.random.default_rng(0)
+    with pytest.raises(NetworkError, match="reset"):
+        net.sample(rng, _ctx([[0]], [[1.0]]))
+    net.reset(rng, 1, 2)
+    with pytest.raises(NetworkError, match=r"client ids must be in \[0, 2\)"):
+        net.sample(rng, _ctx([[2]], [[1.0]]))
+
+
+# --------------------------------------------------------------------------- determinism
+
+
+def _run(net: NetworkModel, seed: int, action_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    sim = build_sim(network=net, num_envs=6)
+    sim.reset(seed)
+    acts = np.random.default_rng(action_seed).integers(0, sim.num_models, (300, 6))
+    outs = [sim.step(a) for a in acts]
+    return np.array([o.t_input_ms for o in outs]), np.array([o.t_output_ms for o in outs])
+
+
+def test_same_seed_same_network_whatever_the_actions(two_pairs: Path) -> None:
+    net = MahimahiNetwork(two_pairs / "*.up", two_pairs / "*.down", rtt_ms=20.0)
+    a = _run(net, seed=3, action_seed=0)
+    b = _run(net, seed=3, action_seed=1)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    c = _run(net, seed=4, action_seed=0)
+    assert not np.array_equal(a[0], c[0])
+
+
+# --------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize("name", [_preset(n) for n in PRESETS])
+def test_presets_instantiate_and_run_in_the_simulator(name: str) -> None:
+    with initialize_config_module(config_module="modi.conf", version_base="1.3"):
+        cfg = compose(config_name="compare", overrides=[f"network={name}"])
+    net = instantiate(cfg.network, _convert_="all")
+    assert net.name == name
+    assert isinstance(net, NetworkModel)
+    assert type(load_preset("network", name)) is type(net)
+    t_in, t_out = _run(net, seed=0, action_seed=0)
+    assert t_in.shape == t_out.shape == (300, 6)
+    assert np.all(np.isfinite(t_in)) and np.all(np.isfinite(t_out))
+    assert np.all(t_in > 0) and np.all(t_out > 0)
+
+
+@pytest.mark.skipif(not MAHIMAHI.is_dir(), reason=f"Mahimahi traces not found at {MAHIMAHI}")
+def test_a_path_override_is_all_it_takes() -> None:
+    up = MAHIMAHI / "TMobile-LTE-short.up"
+    down = MAHIMAHI / "TMobile-LTE-short.down"
+    overrides = ["network=mahimahi", f"network.uplink={up}", f"network.downlink={down}"]
+    with initialize_config_module(config_module="modi.conf", version_base="1.3"):
+        cfg = compose(config_name="compare", overrides=overrides)
+    net = instantiate(cfg.network, _convert_="all")
+    assert [t.name for t in net.uplink_traces] == ["TMobile-LTE-short.up"]
+    assert [t.name for t in net.downlink_traces] == ["TMobile-LTE-short.down"]
+    preset = load_preset("network", "mahimahi", uplink=str(up), downlink=str(down))
+    assert preset.uplink_traces[0].path == up
+
+
+@pytest.mark.skipif(not MAHIMAHI.is_dir(), reason=f"Mahimahi traces not found at {MAHIMAHI}")
+def test_real_mahimahi_glob_pairs_by_stem(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        net = MahimahiNetwork(MAHIMAHI / "*.up", MAHIMAHI / "*.down", rtt_ms=60.0)
+    # TMobile-LTE-driving.down has no uplink file: left out
+    assert sorted(t.path.stem for t in net.uplink_traces) == [
+        "ATT-LTE-driving",
+        "ATT-LTE-driving-2016",
+        "TMobile-LTE-short",
+        "TMobile-UMTS-driving",
+    ]
+    assert "TMobile-LTE-driving.down" in caplog.text
+
+
+@pytest.mark.skipif(not (DATA / "pensieve").is_dir(), reason="Norway HSDPA traces not found")
+def test_hsdpa_preset_uses_its_traces_mean_rates() -> None:
+    net = load_preset("network", "hsdpa_norway")
+    assert isinstance(net, ThroughputNetwork)
+    assert len(net.traces) == 112
+    assert all(isinstance(t, ThroughputTrace) for t in net.traces)
+    # a 1 KB response on a ~1.3 Mbit/s link: about 6 ms on top of RTT/2
+    rng = np.random.default_rng(0)
+    net.reset(rng, 200, 4)
+    client = rng.integers(0, 4, (50, 200))
+    _, t_out = net.sample(rng, _ctx(client, np.cumsum(np.full((50, 200), 50.0), axis=0)))
+    assert 50.0 < np.median(t_out) < 80.0
