@@ -111,9 +111,8 @@ def _eval_cfg(cfg: DictConfig) -> DictConfig:
             "usage_policy": cfg.get("usage_policy", "modipick"),
         }
     )
-    c.pool = cfg.pool
-    c.network = cfg.network
-    c.sim = cfg.sim
+    for key in ("pool", "network", "sim"):
+        c[key] = OmegaConf.to_container(cfg[key], resolve=True)
     return c
 
 
