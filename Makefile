@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 main: $(STAMP)
-	$(BIN)/modi-reproduce --out outputs/reproduction
+	$(BIN)/modi-train
 
 test: $(STAMP)
 	$(BIN)/pip install -q -e ".[train,dev]" --config-settings editable_mode=strict
