@@ -365,4 +365,9 @@ def load_learned(path: str | Path) -> LearnedPolicy:
         nb._normed = True
         nb.seen = int(st["seen"])
         return nb
-    raise ValueError(f"{p}: unknown policy kind {kind!r}; expected one of {sorted(BANDITS)}")
+    if kind in ("ppo", "dqn", "a2c"):
+        from modi.agents.sb3_agents import load_sb3
+
+        return load_sb3(st)
+    known = [*sorted(BANDITS), "ppo", "dqn", "a2c"]
+    raise ValueError(f"{p}: unknown policy kind {kind!r}; expected one of {known}")

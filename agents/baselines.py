@@ -152,10 +152,16 @@ class Oracle(_Base):
         """An oracle cannot decide from the observation alone."""
         raise TypeError("the oracle needs realised latencies: call select_clairvoyant(obs, e2e_ms)")
 
-    def select_clairvoyant(self, obs: Obs, e2e_ms: NDArray[np.float64]) -> Actions:
-        """Most accurate model meeting the SLA in reality; the fastest in reality if none."""
+    def select_clairvoyant(
+        self, obs: Obs, e2e_ms: NDArray[np.float64], sla_ms: NDArray[np.float64] | None = None
+    ) -> Actions:
+        """Most accurate model meeting the SLA in reality; the fastest in reality if none.
+
+        ``sla_ms`` (exact, float64) avoids the float32 rounding of the observation's SLA column.
+        """
         req, models = self._split(obs)
-        met = e2e_ms <= req[:, SLA : SLA + 1]
+        sla = req[:, SLA] if sla_ms is None else np.asarray(sla_ms, dtype=np.float64)
+        met = e2e_ms <= sla.reshape(-1, 1)
         score = np.where(met, models[:, :, ACC], -np.inf)
         best = score.max(axis=1, keepdims=True)
         pick = np.where(score == best, e2e_ms, np.inf).argmin(axis=1)

@@ -89,7 +89,9 @@ def rollout(
     )
     for t in range(steps):
         if clairvoyant:
-            actions = policy.select_clairvoyant(obs, sim.current_e2e_ms())  # type: ignore[union-attr]
+            actions = policy.select_clairvoyant(  # type: ignore[union-attr]
+                obs, sim.current_e2e_ms(), sim.current_sla_ms()
+            )
         else:
             actions = policy.select(obs)  # type: ignore[union-attr]
         prev = obs.copy() if online else obs

@@ -42,6 +42,9 @@ class ClairvoyantPolicy(Protocol):
     def reset(self, num_envs: int, seed: int | None = None) -> None:
         """Prepare for ``num_envs`` streams."""
 
-    def select_clairvoyant(self, obs: Obs, e2e_ms: NDArray[np.float64]) -> Actions:
-        """Choose with knowledge of every model's realised end-to-end latency ``(N, K)``."""
+    def select_clairvoyant(
+        self, obs: Obs, e2e_ms: NDArray[np.float64], sla_ms: NDArray[np.float64] | None = None
+    ) -> Actions:
+        """Choose with knowledge of every model's realised end-to-end latency ``(N, K)``;
+        ``sla_ms`` is the exact SLA (the observation holds it rounded to float32)."""
         ...

@@ -51,6 +51,8 @@ def outcome_info(o: StepOutcome, i: int) -> dict[str, Any]:
         "e2e_ms": float(o.e2e_ms[i]),
         "met": bool(o.met[i]),
         "accuracy": float(o.accuracy[i]),
+        "dropped": bool(o.dropped[i]),
+        "slowdown": float(o.slowdown[i]),
     }
 
 
@@ -66,6 +68,14 @@ class ModelSelectionEnv(gym.Env[NDArray[np.float32], np.int64]):
         that hosts a pool of ``K`` models (ModiPick §3). For each request the server knows the SLA,
         how long the upload took and its model profiles, and must pick the model that answers
         correctly most often *within the SLA*. One step = one request.
+
+        By default the server is the papers' idealised one: constant speed, no queue, Poisson
+        arrivals. Options make it real (see Arguments): load spikes from co-located tenants
+        (``spikes``: execution slows down by a factor during spike episodes), a finite FIFO
+        queue (``queue_capacity``, ``workers``: a request waits behind earlier ones, so a slow
+        model now delays later requests, and one that finds the queue full is dropped), and
+        real arrival times (``arrivals``, e.g. the Azure LLM inference trace). With spikes or a
+        queue on, requests are stepped in the order they reach the server.
 
         ## Action Space
         ``Discrete(K)``: index of the model in the pool (pool order, see ``env.unwrapped.pool``).
@@ -85,28 +95,44 @@ class ModelSelectionEnv(gym.Env[NDArray[np.float32], np.int64]):
     {model_table}
 
         Never in an observation: the download time ``T_output`` and the realised execution time of
-        this request (they lie in the future when the decision is made).
+        this request (they lie in the future when the decision is made), nor future spikes.
+        ``queue_len`` and ``slowdown`` are what the server sees when the request arrives: the
+        requests in its system (waiting or executing), and an EWMA of realised / profiled mean
+        execution time over executions completed by then; they are the constants 0 and 1 unless
+        ``spikes`` or ``queue_capacity`` is set. With those set, the μ/σ profiles also learn an
+        execution time only once it has completed. ``budget_ms`` is ModiPick's ``T_U`` and does
+        not subtract the queue wait.
 
         ## Rewards
         The chosen model's top-1 accuracy (fraction) if ``e2e <= SLA``, else ``-miss_penalty``
-        (0 by default): the mean reward is the *effective accuracy*.
+        (0 by default): the mean reward is the *effective accuracy*. A request dropped by a full
+        queue is a miss whatever the action.
 
         ## Starting State
-        Profiles start at the pool's measured μ/σ; every client's network history is empty.
+        Profiles start at the pool's measured μ/σ; every client's network history is empty; the
+        server's queue is empty and its observed slowdown 1; the spike process starts in its
+        stationary distribution.
 
         ## Episode End
         Never terminates (a request stream); the registered id truncates after
         ``max_episode_steps`` (1000) requests.
 
         ## Info
-        ``model, sla_ms, t_input_ms, queue_ms, exec_ms, t_output_ms, e2e_ms, met, accuracy`` of the
-        request just served (``e2e = t_input + queue + exec + t_output``).
+        ``model, sla_ms, t_input_ms, queue_ms, exec_ms, t_output_ms, e2e_ms, met, accuracy,
+        dropped, slowdown`` of the request just served (``e2e = t_input + queue + exec +
+        t_output``; ``slowdown`` is the spike factor it executed under). A dropped request has
+        ``exec_ms = 0``, ``accuracy = 0``, ``met = False`` and ``e2e = t_input + t_output`` (the
+        rejection's round trip).
 
         ## Arguments
         ``pool`` (preset name or :class:`~modi.envs.pools.ModelPool`, default ``modipick_table2``),
         ``network`` (preset name or network model, default ``campus``), and every argument of
         :class:`~modi.envs.simulator.ModelSelectionSim` (``sla_ms``, ``sla_range_ms``,
-        ``miss_penalty``, ``profile_alpha``, ``reprofile_every``, ...).
+        ``miss_penalty``, ``profile_alpha``, ``reprofile_every``, ...), among them the server
+        options: ``spikes={{"mean_interval_s": 30, "mean_duration_s": 5, "slowdown": [2, 4]}}``
+        (``None``: off), ``queue_capacity`` (``None``: no queue) and ``workers`` (default 1),
+        ``arrivals`` (``"poisson"`` at ``arrival_rate_hz``, or ``{{"trace": PATH, "rate_hz":
+        R}}``).
 
         ## Version History
         * v0: initial version (feature schema ``modi.model_selection`` v1).
@@ -218,6 +244,8 @@ class ModelSelectionVectorEnv(VectorEnv[NDArray[np.float32], NDArray[np.int64], 
             "e2e_ms": o.e2e_ms,
             "met": o.met,
             "accuracy": o.accuracy,
+            "dropped": o.dropped,
+            "slowdown": o.slowdown,
         }
         if truncated.any():
             infos["final_obs"] = self.sim.obs.copy()

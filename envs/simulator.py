@@ -6,30 +6,46 @@ server's execution noise) is drawn ahead in blocks from the stream generator, so
 gives every policy exactly the same request stream (common random numbers). What the policy
 changes (which model runs, and so the profiles the server learns) is simulated per step.
 
-Timeline of one request (DESIGN.md §1): captured at ``T_start``; uploaded in ``T_input``;
-arrives at the server at ``elapsed = T_input``, where the observation is built and the model
-chosen; executes in ``exec``; the answer comes back in ``T_output``.
-``e2e = elapsed + exec + T_output``; ``met = e2e <= SLA``.
+Timeline of one request (DESIGN.md §1): captured at ``T_start`` (the arrival process); uploaded
+in ``T_input``; arrives at the server at ``T_start + T_input`` (``elapsed = T_input``), where the
+observation is built and the model chosen; waits in the server's queue for ``queue`` (0 without
+a queue); executes in ``exec`` (slowed down during load spikes); the answer comes back in
+``T_output``. ``e2e = T_input + queue + exec + T_output``; ``met = e2e <= SLA``.
+
+The server side (load spikes, the queue, what the server observes) is in
+:mod:`modi.envs.servers`; the arrival processes are in :mod:`modi.envs.arrivals`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from modi.envs.arrivals import ArrivalError, ArrivalProcess, make_arrivals
 from modi.envs.networks import BlockContext, NetworkModel
 from modi.envs.pools import ModelPool
+from modi.envs.servers import (
+    ScalarServer,
+    ServerBank,
+    ServerConfigError,
+    SpikeConfig,
+    SpikeProcess,
+)
 from modi.runtime.features import (
     ACC,
     BUDGET,
+    CLIENT_NET_ALPHA,
     MU,
+    QUEUE,
     SIGMA,
     SLACK,
+    SLOWDOWN,
     P,
     R,
     encode_requests,
@@ -46,8 +62,6 @@ F64 = NDArray[np.float64]
 MIN_EXEC_MS = 1e-3
 #: Per-stream block memory target (floats) used to pick the block length.
 _BLOCK_FLOATS = 1 << 20
-#: EWMA weight of a client's upload-time history.
-CLIENT_NET_ALPHA = 0.2
 
 
 class SimulationError(ValueError):
@@ -56,7 +70,13 @@ class SimulationError(ValueError):
 
 @dataclass
 class StepOutcome:
-    """What happened to the requests of one step (arrays of shape ``(N,)``)."""
+    """What happened to the requests of one step (arrays of shape ``(N,)``).
+
+    ``queue_ms`` is the wait in the server's queue (0 without one); ``slowdown`` the load-spike
+    factor this execution ran under (1 without spikes); ``dropped`` marks requests the full
+    queue rejected: nothing ran (``exec_ms`` 0, ``accuracy`` 0), ``e2e_ms`` is the round trip of
+    the rejection (``t_input + t_output``), ``met`` is false and the reward ``-miss_penalty``.
+    """
 
     model: NDArray[np.intp]
     sla_ms: F64
@@ -68,6 +88,8 @@ class StepOutcome:
     met: NDArray[np.bool_]
     accuracy: F64
     reward: F64
+    dropped: NDArray[np.bool_]
+    slowdown: F64
 
 
 class ModelSelectionSim:
@@ -82,13 +104,54 @@ class ModelSelectionSim:
         num_clients: clients per stream; each request comes from one, uniformly.
         payload_kb: upload payload per request (the paper's 330 KB image by default).
         response_kb: response size.
-        arrival_rate_hz: mean Poisson arrival rate per stream (the time axis of traces).
+        arrival_rate_hz: mean Poisson arrival rate per stream (the time axis of traces); used
+            by ``arrivals="poisson"``.
         miss_penalty: subtracted from the reward of a request that misses its SLA.
         profile_alpha: EWMA weight of the server's profile tracker.
         reprofile_every: every this many requests, models not run within that many requests
             are re-profiled with one execution (ModiPick's re-evaluation); 0 turns it off.
         true_pool: the execution-time distributions the server actually has (defaults to
             ``pool``; differ it to model stale or wrong profiles).
+        arrivals: when requests are captured: ``"poisson"`` (at ``arrival_rate_hz``, the
+            default), ``{"trace": PATH, "rate_hz": R}`` (replay the inter-arrival gaps of a
+            CSV with a ``TIMESTAMP`` column, e.g. the Azure LLM inference trace, rescaled to
+            mean rate ``R``, or at the trace's own rate if ``rate_hz`` is absent/null; each
+            stream starts at a random row and wraps), or an
+            :class:`~modi.envs.arrivals.ArrivalProcess`.
+        spikes: load spikes from co-located tenants, or ``None`` (off): a mapping
+            ``{"mean_interval_s": a, "mean_duration_s": b, "slowdown": f}``; per stream, normal
+            periods last ``Exp(a)`` seconds and spikes ``Exp(b)``; a request whose upload
+            finishes during a spike executes ``f`` times longer (``f`` a number, or
+            ``[low, high]``: uniform per spike, ``1 <= low``). See
+            :class:`~modi.envs.servers.SpikeProcess`.
+        queue_capacity: ``None`` (default): no queue, every request starts executing when it
+            arrives (the papers' setting). An integer ``C``: each stream's server is a FIFO
+            queue holding at most ``C`` requests (waiting or executing); a request that finds
+            ``C`` there is dropped (not met, reward ``-miss_penalty``). Waiting times then
+            depend on earlier choices: a slower model delays every later request.
+        workers: parallel workers per server when there is a queue (``<= queue_capacity``).
+
+    Server model (``spikes`` or ``queue_capacity`` set). Each stream's requests are stepped in
+    the order they reach the server (capture time + upload), not the order they were captured,
+    so the FIFO queue serves them in true arrival order. The reordering happens within the
+    blocks of :attr:`block_len` requests drawn ahead; the rare request overtaken across a block
+    boundary is admitted right after the request it overtook (its wait counts from its own
+    arrival). The requests are those drawn without the server model (but their execution
+    noise is drawn in step order), and the clients' upload histories follow the server's
+    (arrival) order. What the server
+    observes follows what it could see at the request's arrival, never the future: ``queue_len``
+    is the number of requests in the system (waiting or executing) when the request arrives;
+    ``slowdown`` is an EWMA (weight :data:`~modi.runtime.features.SLOWDOWN_ALPHA`) of realised /
+    profiled mean execution time over the executions *completed* by then; the μ/σ profiles
+    likewise learn an execution time only once it has completed. Without the server model the
+    two columns are the constants 0 and 1, and profiles learn each execution time at once (the
+    papers' simulator). ``budget_ms`` stays ModiPick's ``T_U = SLA - elapsed - T_input``: it
+    ignores the queue, which is exactly what the queue-aware features are for.
+
+    Randomness: requests (arrivals, SLAs, clients, networks, execution noise) come from one
+    generator, re-profiling from a second and the spike timeline from a third, all spawned
+    from the ``reset`` seed; so the same seed gives every policy the same requests *and* the
+    same spikes, and switching spikes or the queue on keeps the requests (in arrival order).
     """
 
     def __init__(
@@ -106,6 +169,10 @@ class ModelSelectionSim:
         profile_alpha: float = 0.1,
         reprofile_every: int = 200,
         true_pool: ModelPool | None = None,
+        arrivals: str | Mapping[str, Any] | ArrivalProcess | None = "poisson",
+        spikes: Mapping[str, Any] | SpikeConfig | None = None,
+        queue_capacity: int | None = None,
+        workers: int = 1,
     ) -> None:
         if num_envs < 1:
             raise SimulationError(f"num_envs must be >= 1, got {num_envs}")
@@ -133,6 +200,34 @@ class ModelSelectionSim:
         true_pool = pool if true_pool is None else true_pool
         if len(true_pool) != len(pool):
             raise SimulationError("true_pool must have the same models as pool")
+        if queue_capacity is not None and (
+            isinstance(queue_capacity, bool)
+            or not isinstance(queue_capacity, (int, np.integer))
+            or queue_capacity < 1
+        ):
+            raise SimulationError(
+                f"queue_capacity must be None (no queue) or an integer >= 1, got {queue_capacity!r}"
+            )
+        if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+            raise SimulationError(f"workers must be an integer >= 1, got {workers!r}")
+        if queue_capacity is None and workers != 1:
+            raise SimulationError(
+                f"workers={workers} needs a queue: set queue_capacity (workers only apply to "
+                "the FIFO queue; without one every request executes at once)"
+            )
+        try:
+            spike_cfg = SpikeConfig.parse(spikes)
+            self.arrivals: ArrivalProcess = make_arrivals(arrivals, arrival_rate_hz)
+            #: The servers (``None`` in the papers' setting); plain Python for one stream.
+            self.server: ServerBank | ScalarServer | None = None
+            cap = None if queue_capacity is None else int(queue_capacity)
+            if spike_cfg is not None or cap is not None:
+                if num_envs == 1:
+                    self.server = ScalarServer(pool.mean_ms, cap, int(workers))
+                else:
+                    self.server = ServerBank(num_envs, pool.mean_ms, cap, int(workers))
+        except (ServerConfigError, ArrivalError) as e:
+            raise SimulationError(str(e)) from None
 
         self.pool = pool
         self.network = network
@@ -147,6 +242,11 @@ class ModelSelectionSim:
         self.arrival_rate_hz = float(arrival_rate_hz)
         self.miss_penalty = float(miss_penalty)
         self.reprofile_every = int(reprofile_every)
+        self.queue_capacity = None if queue_capacity is None else int(queue_capacity)
+        self.workers = int(workers)
+        self.spikes = None if spike_cfg is None else SpikeProcess(spike_cfg, num_envs)
+        #: Whether the server model (spikes and/or queue) is on; off is the papers' setting.
+        self.server_on = self.server is not None
 
         self.accuracy = pool.accuracy
         self._true_mu = true_pool.mean_ms
@@ -168,6 +268,10 @@ class ModelSelectionSim:
         self.obs = np.zeros((num_envs, self.obs_dim), dtype=np.float32)
         self._rng = np.random.default_rng()
         self._profile_rng = np.random.default_rng()
+        self._server_rng = np.random.default_rng()
+        self._admit_carry = np.full(num_envs, -np.inf)
+        self._blk_slow: F64 | None = None
+        self._touched: list[int] = []  # models whose profile changed this step (one stream)
         self.step_count = 0
         self._cursor = 0
         self._clock_ms = np.zeros(num_envs)
@@ -184,7 +288,7 @@ class ModelSelectionSim:
         """
         rng = self._rng
         b, n = self.block_len, self.num_envs
-        gaps = rng.exponential(1000.0 / self.arrival_rate_hz, size=(b, n))
+        gaps = self.arrivals.gaps_ms(rng, b, n)
         time_ms = self._clock_ms + np.cumsum(gaps, axis=0)
         self._clock_ms = time_ms[-1].copy()
         client = rng.integers(0, self.num_clients, size=(b, n))
@@ -200,6 +304,15 @@ class ModelSelectionSim:
         )
         t_in, t_out = self.network.sample(rng, ctx)
         t_in = np.asarray(t_in, dtype=np.float64)
+        t_out = np.asarray(t_out, dtype=np.float64)
+        if self.server is not None:
+            # The server meets requests in the order their uploads finish: step in that order.
+            order = np.argsort(time_ms + t_in, axis=0, kind="stable")
+            time_ms = np.take_along_axis(time_ms, order, axis=0)
+            client = np.take_along_axis(client, order, axis=0)
+            sla = np.take_along_axis(np.asarray(sla), order, axis=0)
+            t_in = np.take_along_axis(t_in, order, axis=0)
+            t_out = np.take_along_axis(t_out, order, axis=0)
         self._blk_z = rng.standard_normal((b, n))
         self._blk_u = rng.random((b, n)) if self._empirical else None
         net_mean, net_std = self._client_history(client, t_in)
@@ -207,13 +320,30 @@ class ModelSelectionSim:
         self._blk_client = client
         self._blk_time = time_ms
         self._blk_tin = t_in
-        self._blk_tout = np.asarray(t_out, dtype=np.float64)
+        self._blk_tout = t_out
         # Request features; queue length and slowdown are filled per step by the server.
         self._blk_req = encode_requests(
             sla, t_in, t_in, self.payload_kb, net_mean, net_std, 0.0, 1.0
         )
         self._blk_budget = self._blk_req[..., BUDGET].astype(np.float64)
         self._cursor = 0
+        if self.server is not None:
+            # Arrival at the server (sorted within the block), and admission time: the same
+            # except for a request overtaken across a block boundary, admitted after it.
+            arrive = time_ms + t_in
+            admit = np.maximum.accumulate(np.vstack([self._admit_carry[None, :], arrive]), axis=0)
+            self._blk_arrive = arrive
+            self._blk_admit = admit[1:]
+            self._admit_carry = admit[-1].copy()
+            if self.spikes is not None:
+                # Factor at each request's arrival; later blocks arrive after this block's
+                # last capture.
+                self._blk_slow = self.spikes.factors_at(arrive, time_ms.max(axis=0))
+            if self.num_envs == 1:
+                self._l_arrive = arrive[:, 0].tolist()
+                self._l_admit = self._blk_admit[:, 0].tolist()
+                if self._blk_slow is not None:
+                    self._l_slow = self._blk_slow[:, 0].tolist()
         if self.num_envs == 1:  # Python lists for the scalar fast path of a single stream
             self._l_sla = self._blk_sla[:, 0].tolist()
             self._l_tin = t_in[:, 0].tolist()
@@ -274,16 +404,24 @@ class ModelSelectionSim:
     def reset(self, seed: int | None = None) -> NDArray[np.float32]:
         """Start all streams afresh from ``seed``; return the first observations ``(N, D)``."""
         ss = np.random.SeedSequence(seed)
-        stream_ss, profile_ss = ss.spawn(2)
+        stream_ss, profile_ss, server_ss = ss.spawn(3)
         self._rng = np.random.default_rng(stream_ss)
         self._profile_rng = np.random.default_rng(profile_ss)
+        self._server_rng = np.random.default_rng(server_ss)
         self.network.reset(self._rng, self.num_envs, self.num_clients)
+        self.arrivals.reset(self._rng, self.num_envs)
+        if self.server is not None:
+            self.server.reset()
+            self._admit_carry = np.full(self.num_envs, -np.inf)
+        if self.spikes is not None:
+            self.spikes.reset(self._server_rng)
         self.tracker.reset()
         self._net_mean[:] = np.nan
         self._net_var[:] = 0.0
         self._clock_ms = np.zeros(self.num_envs)
         self.step_count = 0
         self._new_block()
+        self._arrive()
         self._encode()
         return self.obs
 
@@ -293,13 +431,23 @@ class ModelSelectionSim:
         Used at episode boundaries; the current observation is re-encoded.
         """
         self.tracker.reset(rows)
+        if self.server is not None:
+            self.server.forget(rows)
         self._encode()
 
     def current_exec_ms(self) -> F64:
         """Realised execution time of every model for the current requests, ``(N, K)``.
 
-        Privileged: only the clairvoyant oracle and tests may look; never an observation.
+        Includes the load-spike factor. Privileged: only the clairvoyant oracle and tests may
+        look; never an observation.
         """
+        ex = self._base_exec_ms()
+        if self._blk_slow is not None:
+            ex *= self._blk_slow[self._cursor][:, None]
+        return ex
+
+    def _base_exec_ms(self) -> F64:
+        """Execution times of every model for the current requests before spikes, ``(N, K)``."""
         i = self._cursor
         ex = self._true_mu + self._true_sigma * self._blk_z[i][:, None]
         if self._blk_u is not None:
@@ -308,13 +456,27 @@ class ModelSelectionSim:
                 ex[:, k] = samples[np.minimum(q, samples.size - 1)]
         return np.maximum(ex, MIN_EXEC_MS)
 
+    def current_sla_ms(self) -> F64:
+        """Exact (float64) SLA of the current requests, ``(N,)``; the observation holds it
+        rounded to float32. The SLA is known at decision time, so this is not privileged."""
+        return np.asarray(self._blk_sla[self._cursor], dtype=np.float64)
+
     def current_e2e_ms(self) -> F64:
         """Realised end-to-end latency of every model for the current requests, ``(N, K)``.
 
-        Privileged (see :meth:`current_exec_ms`).
+        With a queue this includes the current request's wait (fixed by the earlier requests,
+        whatever is chosen now); a request the full queue will drop gets ``inf`` for every
+        model. Privileged (see :meth:`current_exec_ms`).
         """
         i = self._cursor
-        return self.current_exec_ms() + (self._blk_tin[i] + self._blk_tout[i])[:, None]
+        srv = self.server
+        if srv is None:
+            # Same order of additions as step(): (t_in + 0) + exec + t_out, bit for bit.
+            return self._blk_tin[i][:, None] + self.current_exec_ms() + self._blk_tout[i][:, None]
+        e2e = (self._blk_tin[i] + srv.wait_ms)[:, None] + self.current_exec_ms()
+        e2e += self._blk_tout[i][:, None]
+        e2e[np.atleast_1d(srv.dropped)] = np.inf
+        return e2e
 
     def step(self, actions: NDArray[np.integer]) -> StepOutcome:
         """Serve the current request of every stream with ``actions`` (model indices).
@@ -336,6 +498,8 @@ class ModelSelectionSim:
             raise SimulationError(
                 f"actions must be model indices in [0, {self.num_models}), got {a.tolist()}"
             )
+        if isinstance(self.server, ScalarServer):  # one stream with a server: the scalar path
+            return self._outcome_from_info(self.step_single(int(a[0])))
         i = self._cursor
         rows = self._rows
         sla = self._blk_sla[i]
@@ -349,21 +513,47 @@ class ModelSelectionSim:
                     q = (self._blk_u[i][sel] * samples.size).astype(np.intp)
                     exec_ms[sel] = samples[np.minimum(q, samples.size - 1)]
         exec_ms = np.maximum(exec_ms, MIN_EXEC_MS)
-        queue_ms = np.zeros(self.num_envs)
-        e2e = t_in + queue_ms + exec_ms + t_out
-        met = e2e <= sla
-        acc = self.accuracy[a]
+        srv = self.server
+        if srv is None:
+            queue_ms = np.zeros(self.num_envs)
+            e2e = t_in + queue_ms + exec_ms + t_out
+            met = e2e <= sla
+            acc = self.accuracy[a]
+            dropped = np.zeros(self.num_envs, dtype=np.bool_)
+            slowdown = np.ones(self.num_envs)
+        else:
+            slowdown = (
+                np.ones(self.num_envs) if self._blk_slow is None else self._blk_slow[i].copy()
+            )
+            exec_ms *= slowdown
+            assert isinstance(srv, ServerBank)
+            dropped = srv.dropped.copy()
+            queue_ms = srv.wait_ms.copy()
+            e2e = t_in + queue_ms + exec_ms + t_out
+            met = e2e <= sla
+            acc = self.accuracy[a]
+            if dropped.any():
+                exec_ms[dropped] = 0.0
+                e2e[dropped] = (t_in + t_out)[dropped]
+                met[dropped] = False
+                acc = np.where(dropped, 0.0, acc)
         reward = np.where(met, acc, -self.miss_penalty)
 
         self.step_count += 1
-        self.tracker.update(rows, a, exec_ms, self.step_count)
+        if srv is None:
+            self.tracker.update(rows, a, exec_ms, self.step_count)
+        else:  # the profiles learn this execution when it completes (see _arrive)
+            srv.serve(a, exec_ms)
         if self.reprofile_every and self.step_count % self.reprofile_every == 0:
-            self._reprofile()
+            self._reprofile(None if self._blk_slow is None else self._blk_slow[i])
 
-        out = StepOutcome(a, sla, t_in, queue_ms, exec_ms, t_out, e2e, met, acc, reward)
+        out = StepOutcome(
+            a, sla, t_in, queue_ms, exec_ms, t_out, e2e, met, acc, reward, dropped, slowdown
+        )
         self._cursor += 1
         if self._cursor == self.block_len:
             self._new_block()
+        self._arrive()
         self._encode()
         return out
 
@@ -378,6 +568,8 @@ class ModelSelectionSim:
             raise SimulationError(
                 f"action must be a model index in [0, {self.num_models}), got {a}"
             )
+        if self.server is not None:
+            return self._step_single_server(a)
         i = self._cursor
         sla = self._l_sla[i]
         t_in = self._l_tin[i]
@@ -434,17 +626,147 @@ class ModelSelectionSim:
             "e2e_ms": e2e,
             "met": met,
             "accuracy": acc,
+            "dropped": False,
+            "slowdown": 1.0,
         }
         return reward, info
 
+    def _step_single_server(self, a: int) -> tuple[float, dict[str, float | int | bool]]:
+        """:meth:`step_single` with the server model on (one stream, plain Python).
+
+        The only implementation of a single stream with a server: :meth:`step` calls it too.
+        Same order of operations and arithmetic as the batched path of :meth:`step`.
+        """
+        srv = self.server
+        assert isinstance(srv, ScalarServer)
+        i = self._cursor
+        sla = self._l_sla[i]
+        t_in = self._l_tin[i]
+        t_out = self._l_tout[i]
+        if self._blk_u is not None and a in self._empirical_idx:
+            ex = float(self._base_exec_ms()[0, a])
+        else:
+            ex = self._l_true_mu[a] + self._l_true_sigma[a] * self._l_z[i]
+            if ex < MIN_EXEC_MS:
+                ex = MIN_EXEC_MS
+        f = self._l_slow[i] if self.spikes is not None else 1.0
+        ex = ex * f
+        dropped = srv.dropped
+        wait = srv.wait_ms
+        if dropped:
+            ex = 0.0
+            e2e = t_in + t_out
+            met = False
+            acc = 0.0
+        else:
+            e2e = t_in + wait + ex + t_out
+            met = e2e <= sla
+            acc = self._l_acc[a]
+        reward = acc if met else -self.miss_penalty
+
+        self.step_count += 1
+        srv.serve(a, ex)
+        reprofile = bool(self.reprofile_every) and self.step_count % self.reprofile_every == 0
+        if reprofile:
+            self._reprofile(None if self._blk_slow is None else self._blk_slow[i])
+        self._cursor += 1
+        new_block = self._cursor == self.block_len
+        if new_block:
+            self._new_block()
+        self._touched.clear()
+        self._arrive()
+        if reprofile or new_block:
+            self._encode()
+        else:  # update the observation in place: request block, and the models just learned
+            c = self._cursor
+            obs = self.obs[0]
+            obs[:R] = self._blk_req[c, 0]
+            obs[QUEUE] = srv.queue_len
+            obs[SLOWDOWN] = srv.slowdown
+            if self._touched:
+                mu_row, sig_row = self.tracker.mu[0], self.tracker.sigma[0]
+                musig = self._musig
+                for k in self._touched:
+                    base = R + P * k
+                    obs[base + MU] = mu_row[k]
+                    obs[base + SIGMA] = sig_row[k]
+                    musig[k] = mu_row[k] + sig_row[k]
+            np.subtract(self._l_budget[c], self._musig, out=self._slack_view)
+        info: dict[str, float | int | bool] = {
+            "model": a,
+            "sla_ms": sla,
+            "t_input_ms": t_in,
+            "queue_ms": wait,
+            "exec_ms": ex,
+            "t_output_ms": t_out,
+            "e2e_ms": e2e,
+            "met": met,
+            "accuracy": acc,
+            "dropped": dropped,
+            "slowdown": f,
+        }
+        return reward, info
+
+    def _outcome_from_info(self, r: tuple[float, dict[str, float | int | bool]]) -> StepOutcome:
+        """A one-stream :class:`StepOutcome` from :meth:`step_single`'s ``(reward, info)``."""
+        reward, info = r
+
+        def arr(key: str) -> F64:
+            return np.array([info[key]], dtype=np.float64)
+
+        return StepOutcome(
+            np.array([info["model"]], dtype=np.intp),
+            arr("sla_ms"),
+            arr("t_input_ms"),
+            arr("queue_ms"),
+            arr("exec_ms"),
+            arr("t_output_ms"),
+            arr("e2e_ms"),
+            np.array([info["met"]], dtype=np.bool_),
+            arr("accuracy"),
+            np.array([reward], dtype=np.float64),
+            np.array([info["dropped"]], dtype=np.bool_),
+            arr("slowdown"),
+        )
+
     # ------------------------------------------------------------------ internals
-    def _reprofile(self) -> None:
+    def _reprofile(self, slowdown: F64 | None = None) -> None:
+        """One execution of every stale model (under the current spike factor, if any)."""
         stale = self.tracker.stale(self.step_count, self.reprofile_every)
         r, k = np.nonzero(stale)
         if r.size:
             z = self._profile_rng.standard_normal(r.size)
             ex = np.maximum(self._true_mu[k] + self._true_sigma[k] * z, MIN_EXEC_MS)
+            if slowdown is not None:
+                ex = ex * slowdown[r]
             self.tracker.update(r, k, ex, self.step_count)
+
+    def _on_complete(self, rows: NDArray[np.intp], models: NDArray[np.intp], ex: F64) -> None:
+        self.tracker.update(rows, models, ex, self.step_count)
+
+    def _on_complete1(self, k: int, ex: float) -> None:
+        """:meth:`_on_complete` for one stream (the arithmetic of ``ProfileTracker.update``)."""
+        tr = self.tracker
+        al = tr.alpha
+        mu = float(tr.mu[0, k])
+        d = ex - mu
+        nvar = (1.0 - al) * (float(tr.var[0, k]) + al * d * d)
+        tr.mu[0, k] = mu + al * d
+        tr.var[0, k] = nvar
+        tr.sigma[0, k] = math.sqrt(nvar)
+        tr.last_update[0, k] = self.step_count
+        self._touched.append(k)
+
+    def _arrive(self) -> None:
+        """The current request reaches its server: fold in completions, queue, admission."""
+        srv = self.server
+        if srv is None:
+            return
+        i = self._cursor
+        if isinstance(srv, ScalarServer):
+            srv.arrive(self._l_arrive[i], self._l_admit[i], self._on_complete1)
+        else:
+            srv.arrive(self._blk_arrive[i], self._blk_admit[i], self._on_complete)
 
     def _encode(self) -> None:
         i = self._cursor
@@ -456,6 +778,9 @@ class ModelSelectionSim:
         models[:, :, SIGMA] = sigma
         models[:, :, ACC] = self.accuracy
         models[:, :, SLACK] = model_slack(self._blk_budget[i], mu, sigma)
+        if self.server is not None:
+            obs[:, QUEUE] = self.server.queue_len
+            obs[:, SLOWDOWN] = self.server.slowdown
         if self.num_envs == 1:
             self._musig = mu[0] + sigma[0]
             self._slack_view = self.obs[0, R + SLACK :: P]

@@ -35,8 +35,8 @@ REQUEST_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("payload_kb", "KB", "uploaded payload size"),
     ("client_net_mean_ms", "ms", "EWMA of this client's previous upload times"),
     ("client_net_std_ms", "ms", "EW standard deviation of this client's previous upload times"),
-    ("queue_len", "requests", "requests waiting at the server ahead of this one"),
-    ("slowdown", "ratio", "server's recent observed execution time / profiled mean (EWMA)"),
+    ("queue_len", "requests", "requests at the server (waiting or executing) on arrival"),
+    ("slowdown", "ratio", "EWMA of completed requests' realised / profiled execution time"),
 )
 #: Model block columns, one row per model: (name, unit, description).
 MODEL_FEATURES: tuple[tuple[str, str, str], ...] = (
@@ -45,6 +45,11 @@ MODEL_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("accuracy", "fraction", "top-1 accuracy of the model"),
     ("slack_ms", "ms", "budget_ms - (mu_ms + sigma_ms): headroom under the hard limit"),
 )
+
+#: EWMA weight of a client's upload-time history (``client_net_mean_ms``/``client_net_std_ms``).
+CLIENT_NET_ALPHA = 0.2
+#: EWMA weight of the server's ``slowdown`` (realised / profiled execution time).
+SLOWDOWN_ALPHA = 0.2
 
 R = len(REQUEST_FEATURES)
 P = len(MODEL_FEATURES)
