@@ -74,6 +74,8 @@ def run_bench(
     rounds: int = 3,
     env_kwargs: dict[str, Any] | None = None,
     reproduce: bool = True,
+    training: tuple[str, ...] = (),
+    label: str = "",
 ) -> dict[str, Any]:
     """Measure everything; returns the figures as a dict."""
     kw = env_kwargs or {}
@@ -100,7 +102,7 @@ def run_bench(
         )
     res: dict[str, Any] = {
         "modi_version": modi.__version__,
-        "env_kwargs": kw,
+        "env": label or {k: str(v) for k, v in kw.items()},
         "env_steps_per_s": round(statistics.median(ours)),
         "cartpole_steps_per_s": round(statistics.median(ref)),
         "vector_env_steps_per_s": round(statistics.median(vec)),
@@ -111,7 +113,34 @@ def run_bench(
     if reproduce:
         with tempfile.TemporaryDirectory() as tmp:
             res["reproduction_seconds"] = round(reproduction_seconds(Path(tmp)), 2)
+    for agent in training:
+        from modi.experiments.bench_training import seconds_to_beat_modipick
+
+        t = seconds_to_beat_modipick(agent)
+        res[f"train_seconds_to_beat_modipick_{agent}"] = t["seconds"]
+        res[f"train_requests_to_beat_modipick_{agent}"] = t["requests"]
+        res[f"train_{agent}_vs_modipick_effective_accuracy"] = [
+            t["effective_accuracy"],
+            t["modipick_effective_accuracy"],
+        ]
     return res
+
+
+def scenario_env_kwargs(scenario: str) -> dict[str, Any]:
+    """``gym.make`` keyword arguments for a scenario preset (pool, network, sim settings)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from modi.experiments.common import instantiate_node
+
+    with initialize_config_module(config_module="modi.conf", version_base="1.3"):
+        cfg = compose(config_name="compare", overrides=[f"scenario={scenario}"])
+    sim: dict[str, Any] = OmegaConf.to_container(cfg.sim, resolve=True)  # type: ignore[assignment]
+    return {
+        "pool": instantiate_node(cfg, "pool"),
+        "network": instantiate_node(cfg, "network"),
+        **sim,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -123,16 +152,36 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--pool", default=None, help="pool preset for the env (default: env default)")
     p.add_argument("--network", default=None, help="network preset for the env")
+    p.add_argument(
+        "--scenario", default=None, help="scenario preset for the env (pool, network, server)"
+    )
     p.add_argument("--no-reproduction", action="store_true", help="skip reproduction_seconds")
+    p.add_argument(
+        "--training",
+        nargs="*",
+        default=["linucb", "ppo"],
+        help="agents whose wall time to pass ModiPick on realistic_wifi is measured",
+    )
     p.add_argument("--out", type=Path, default=Path("bench.json"))
     args = p.parse_args(argv)
     for name in ("steps", "vector_envs", "vector_steps", "rounds"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    kw = {k: v for k, v in (("pool", args.pool), ("network", args.network)) if v is not None}
+    kw: dict[str, Any] = {
+        k: v for k, v in (("pool", args.pool), ("network", args.network)) if v is not None
+    }
+    if args.scenario:
+        kw = scenario_env_kwargs(args.scenario) | kw
     res = run_bench(
-        args.steps, args.vector_envs, args.vector_steps, args.rounds, kw, not args.no_reproduction
+        args.steps,
+        args.vector_envs,
+        args.vector_steps,
+        args.rounds,
+        kw,
+        not args.no_reproduction,
+        tuple(args.training),
+        args.scenario or "",
     )
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res))
