@@ -1,0 +1,339 @@
+"""Export-time fusion: algebraically equal, much smaller graphs for the scorers of
+:mod:`modi.agents.scorers`.
+
+:class:`~modi.agents.scorers.PairFeatures` stacks eleven slices, divisions and broadcasts (about
+50 ONNX nodes, most of a batch-1 inference). It is affine in the request block and in the model
+block, except that the slowdown column multiplies model columns::
+
+    f(r, m) = c + r A + m B + r[:, s] * (m C)
+
+:meth:`AffinePairs.probe` recovers ``c, A, B, C, s`` by evaluating the module on unit inputs
+(in float64) and checks the form on random inputs. The affine map that follows the pair
+features in a scorer folds into the same four matrices: the per-column step scaling of
+:class:`~modi.agents.scorers.StepBasis` (LinUCB, linear Thompson) and the normalisation and
+first ``Linear`` layer of :class:`~modi.agents.scorers.MetNet` (neural bandit, and any SB3
+policy built on it). The result: ~20 nodes instead of ~60, and no slow 1-D ``MatMul``.
+
+:func:`fuse_selector` replaces what it recognises (by exact type) anywhere in a selector
+module, and keeps the original module whenever the fused one does not reproduce its scores on
+random plausible inputs, so a future change to a scorer can only cost speed, never correctness.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import numpy as np
+import torch
+from torch import nn
+
+from modi.agents.scorers import LinearScorer, MetNet, PairFeatures, StepBasis
+from modi.runtime import features as F
+
+log = logging.getLogger(__name__)
+
+#: Tolerance of the fused-vs-original check on scores (expected reward, order 1).
+SCORE_ATOL = 1e-4
+SCORE_RTOL = 1e-4
+
+
+class AffinePairs(nn.Module):
+    """``(request (N, R), models (N, K, P)) -> (N, K, H)``:
+    ``c + (r - o) A + m B + r[:, s] (m C)``.
+
+    The expansion point ``o`` is the neutral request (slowdown 1, everything else 0): features
+    such as ``slowdown - 1`` are then exactly 0 for a normal server instead of the difference of
+    two large folded terms (MetNet divides nearly constant features by a tiny std).
+    """
+
+    c: torch.Tensor
+    a: torch.Tensor
+    b: torch.Tensor
+    origin: torch.Tensor
+    b_cross: torch.Tensor
+
+    def __init__(
+        self,
+        c: torch.Tensor,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        cross: torch.Tensor | None,
+        cross_col: int | None,
+        origin: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("c", c.to(torch.float32))
+        self.register_buffer("a", a.to(torch.float32))
+        self.register_buffer("b", b.to(torch.float32))
+        self.register_buffer("origin", origin.to(torch.float32))
+        self.cross_col = cross_col
+        if cross is not None:
+            self.register_buffer("b_cross", torch.cat([b, cross]).to(torch.float32))
+        self._f64 = (
+            c.double(),
+            a.double(),
+            b.double(),
+            None if cross is None else cross.double(),
+            origin.double(),
+        )
+
+    @property
+    def out_dim(self) -> int:
+        """``H``."""
+        return int(self._f64[0].numel())
+
+    def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """The pair features (or their affine image)."""
+        base = ((request - self.origin) @ self.a + self.c).unsqueeze(1)
+        if self.cross_col is None:
+            return base + models @ self.b
+        # One MatMul over [m, r_s * m] instead of two plus a product on the (N, K, H) result.
+        s = self.cross_col
+        scaled = models * request[:, s : s + 1].unsqueeze(-1)
+        return base + torch.cat([models, scaled], dim=-1) @ self.b_cross
+
+    def then(self, w: torch.Tensor, bias: torch.Tensor) -> AffinePairs:
+        """``f -> f w + bias`` folded in (computed in float64)."""
+        c, a, b, cross, origin = self._f64
+        w = w.double()
+        return AffinePairs(
+            c @ w + bias.double(),
+            a @ w,
+            b @ w,
+            None if cross is None else cross @ w,
+            self.cross_col,
+            origin,
+        )
+
+    @classmethod
+    def probe(cls, pairs: nn.Module) -> AffinePairs | None:
+        """The affine form of ``pairs``, or ``None`` when it is not of that form."""
+        mod = copy.deepcopy(pairs).double().eval()
+        r_dim, p_dim = F.R, F.P
+        with torch.no_grad():
+
+            def f(r: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+                out: torch.Tensor = mod(r, m)
+                return out
+
+            try:
+                zr = torch.zeros(1, r_dim, dtype=torch.float64)
+                zm = torch.zeros(1, 1, p_dim, dtype=torch.float64)
+                eye_r = torch.eye(r_dim, dtype=torch.float64)
+                eye_m = torch.eye(p_dim, dtype=torch.float64)
+                c = f(zr, zm)[0, 0]
+                a = torch.stack([f(eye_r[i : i + 1], zm)[0, 0] - c for i in range(r_dim)])
+                b = torch.stack([f(zr, eye_m[j].view(1, 1, p_dim))[0, 0] - c for j in range(p_dim)])
+                cross_all = torch.stack(
+                    [
+                        torch.stack(
+                            [
+                                f(eye_r[i : i + 1], eye_m[j].view(1, 1, p_dim))[0, 0]
+                                - (c + a[i])
+                                - b[j]
+                                for j in range(p_dim)
+                            ]
+                        )
+                        for i in range(r_dim)
+                    ]
+                )  # (R, P, H)
+            except Exception as e:  # a module of another shape: not ours to fuse
+                log.debug("cannot probe %s: %s", type(pairs).__name__, e)
+                return None
+            cols = [i for i in range(r_dim) if cross_all[i].abs().max() > 0]
+            if len(cols) > 1:
+                return None
+            col = cols[0] if cols else None
+            origin = torch.zeros(r_dim, dtype=torch.float64)
+            origin[F.SLOWDOWN] = 1.0
+            out = cls(
+                c + origin @ a,
+                a,
+                b,
+                cross_all[col] if col is not None else None,
+                col,
+                origin,
+            )
+            # Check the form on random inputs, in float64.
+            r, m = plausible_inputs(64, 7, seed=1, dtype=torch.float64)
+            want = f(r, m)
+            got = out._forward64(r, m)
+        if not torch.allclose(got, want, rtol=1e-9, atol=1e-9):
+            return None
+        return out
+
+    def _forward64(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        c, a, b, cross, origin = self._f64
+        out = ((request - origin) @ a + c).unsqueeze(1) + models @ b
+        if self.cross_col is None or cross is None:
+            return out
+        s = self.cross_col
+        return out + request[:, s : s + 1].unsqueeze(-1) * (models @ cross)
+
+
+def _expected_reward(acc: torch.Tensor, p: torch.Tensor, miss_penalty: float) -> torch.Tensor:
+    if miss_penalty == 0.0:
+        return acc * p
+    return (acc + miss_penalty) * p - miss_penalty
+
+
+class FusedStepLinearScorer(nn.Module):
+    """:class:`~modi.agents.scorers.LinearScorer` over a :class:`StepBasis`, fused:
+    ``P(met) = clip(θ0 + sigmoid(-pre(r, m)) θ[1:], 0, 1)`` (``pre`` holds the negated
+    pre-activations)."""
+
+    theta0: torch.Tensor
+    theta_rest: torch.Tensor
+
+    def __init__(self, pre: AffinePairs, theta: torch.Tensor, miss_penalty: float) -> None:
+        super().__init__()
+        self.pre = pre
+        self.register_buffer("theta0", theta[:1].to(torch.float32))
+        self.register_buffer("theta_rest", theta[1:].reshape(-1, 1).to(torch.float32))
+        self.miss_penalty = float(miss_penalty)
+
+    @classmethod
+    def build(cls, scorer: LinearScorer) -> FusedStepLinearScorer | None:
+        """Fuse ``scorer`` or return ``None``."""
+        basis = scorer.basis
+        if type(basis) is not StepBasis:
+            return None
+        pairs = AffinePairs.probe(basis.pairs)
+        if pairs is None:
+            return None
+        centres = torch.as_tensor(basis.centres).double()
+        n_c = int(centres.numel())
+        h = pairs.out_dim
+        width = float(basis.width)
+        w = torch.zeros(h, 2 * n_c, dtype=torch.float64)
+        w[0, :n_c] = 1.0 / width
+        w[1, n_c:] = 1.0 / width
+        bias = torch.cat([-centres / width, -centres / width])
+        theta = scorer.theta.detach().double()  # type: ignore[operator]
+        if theta.numel() != 1 + 2 * n_c:
+            return None
+        return cls(pairs.then(-w, -bias), theta, scorer.miss_penalty)
+
+    def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """Scores ``(N, K)``."""
+        # sigmoid(z) as 1 / (1 + exp(-z)) with the sign folded into ``pre``: accurate in both
+        # tails in onnxruntime (see modi.agents.export._accurate_sigmoids).
+        steps = torch.reciprocal(1.0 + torch.exp(self.pre(request, models)))
+        p = torch.clamp((steps @ self.theta_rest).squeeze(-1) + self.theta0, 0.0, 1.0)
+        return _expected_reward(models[:, :, F.ACC], p, self.miss_penalty)
+
+
+class FusedMetNet(nn.Module):
+    """:class:`~modi.agents.scorers.MetNet` with normalisation and the first layer folded into
+    the pair features."""
+
+    def __init__(self, pre: AffinePairs, rest: nn.Module, miss_penalty: float) -> None:
+        super().__init__()
+        self.pre = pre
+        self.rest = rest
+        self.miss_penalty = float(miss_penalty)
+
+    @classmethod
+    def build(cls, net: MetNet) -> FusedMetNet | None:
+        """Fuse ``net`` or return ``None``."""
+        first = net.mlp[0]
+        if not isinstance(first, nn.Linear) or first.bias is None:
+            return None
+        pairs = AffinePairs.probe(net.pairs)
+        if pairs is None:
+            return None
+        mean = net.norm_mean.detach().double()  # type: ignore[operator]
+        std = net.norm_std.detach().double()  # type: ignore[operator]
+        w1 = first.weight.detach().double()  # (hidden, H)
+        b1 = first.bias.detach().double()
+        w = w1.T / std[:, None]
+        bias = b1 - (mean / std) @ w1.T
+        rest = copy.deepcopy(nn.Sequential(*list(net.mlp)[1:]))
+        return cls(pairs.then(w, bias), rest, net.miss_penalty)
+
+    def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """Scores ``(N, K)``."""
+        logits = self.rest(self.pre(request, models)).squeeze(-1)
+        return _expected_reward(models[:, :, F.ACC], torch.sigmoid(logits), self.miss_penalty)
+
+
+def _fused_version(m: nn.Module) -> nn.Module | None:
+    if type(m) is LinearScorer:
+        return FusedStepLinearScorer.build(m)
+    if type(m) is MetNet:
+        return FusedMetNet.build(m)
+    if type(m) is PairFeatures:
+        return AffinePairs.probe(m)
+    return None
+
+
+def plausible_inputs(
+    n: int, k: int, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ``(request, models)`` blocks in the ranges the envs produce (built by
+    :func:`modi.runtime.features.encode`), for checks."""
+    rng = np.random.default_rng(seed)
+    sla = rng.uniform(20, 500, n)
+    t_in = rng.uniform(1, 300, n)
+    mu = rng.uniform(1, 150, (n, k))
+    obs = F.encode(
+        sla,
+        t_in,
+        t_in,
+        rng.uniform(10, 2000, n),
+        rng.uniform(1, 300, n),
+        rng.uniform(0, 100, n),
+        rng.integers(0, 6, n),
+        rng.uniform(0.8, 2.5, n),
+        mu,
+        rng.uniform(0, 5, (n, k)),
+        rng.uniform(0.4, 0.85, (n, k)),
+    )
+    layout = F.ObsLayout(k)
+    req = torch.as_tensor(np.ascontiguousarray(layout.request(obs)), dtype=dtype)
+    mods = torch.as_tensor(np.ascontiguousarray(layout.models(obs)), dtype=dtype)
+    return req, mods
+
+
+def same_scores(a: nn.Module, b: nn.Module, ks: tuple[int, ...] = (1, 4, 11)) -> bool:
+    """Whether two selector modules give the same scores on random plausible inputs."""
+    with torch.no_grad():
+        for i, k in enumerate(ks):
+            r, m = plausible_inputs(512, k, seed=100 + i)
+            sa = a(r, m)[1]
+            sb = b(r, m)[1]
+            if not torch.allclose(sa, sb, rtol=SCORE_RTOL, atol=SCORE_ATOL):
+                log.info("fused scores differ by up to %.3g", float((sa - sb).abs().max()))
+                return False
+    return True
+
+
+def fuse_selector(
+    selector: nn.Module, num_models: int | None = None
+) -> tuple[nn.Module, list[str]]:
+    """A copy of ``selector`` (``(request, models) -> (action, scores)``) with every scorer part
+    it recognises fused, and the names of what was fused; the original when nothing could be
+    fused or the fused copy disagrees with it. ``num_models`` fixes the pool size of the check
+    (pool-specific selectors); by default pools of 1, 4 and 11 models are tried."""
+    fused = copy.deepcopy(selector)
+    replaced: list[str] = []
+
+    def visit(parent: nn.Module) -> None:
+        for name, child in list(parent.named_children()):
+            new = _fused_version(child)
+            if new is not None:
+                setattr(parent, name, new)
+                replaced.append(type(child).__name__)
+            else:
+                visit(child)
+
+    visit(fused)
+    if not replaced:
+        return selector, []
+    fused.eval()
+    ks = (1, 4, 11) if num_models is None else (num_models,)
+    if not same_scores(selector, fused, ks):
+        log.warning("fused graph disagrees with %s; exporting it unfused", replaced)
+        return selector, []
+    return fused, replaced

@@ -1,0 +1,181 @@
+"""Serving-path latency and throughput of :class:`modi.runtime.Selector`.
+
+:func:`run_runtime_bench` trains a LinUCB on ``modipick_table2`` (a few seconds), exports it
+with :func:`modi.agents.export.export_onnx` and measures, in one run:
+
+* ``selector_p50_us`` / ``selector_p99_us``: one full :meth:`~modi.runtime.Selector.select` at
+  batch size 1 (validation, client history, features, onnxruntime, shield, decision);
+* ``modipick_rule_p50_us`` / ``modipick_rule_p99_us``: the same call on a selector without a
+  model, i.e. the numpy ModiPick fallback, *interleaved* with the learned one in blocks of
+  ``block`` requests so both see the same machine state (``modipick_select_p50_us``: the bare
+  rule, in the same rotation);
+* ``selector_batch_decisions_per_s``: :meth:`~modi.runtime.Selector.select_batch` on columnar
+  batches of 1024 requests (best of several rounds), with ``batch_threads`` onnxruntime threads
+  (default: every core; ``selector_batch_1thread_decisions_per_s`` with one, interleaved).
+
+Targets: p99 <= 50 µs and >= 1,000,000 decisions/s. Shared machines are noisy: compare numbers
+from the same run (``load_average`` is recorded), never across runs.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def _requests(n: int, seed: int, clients: int = 64) -> list[Any]:
+    from modi.runtime import Request
+
+    rng = np.random.default_rng(seed)
+    up = np.clip(rng.normal(57.87, 30.78, n), 1.0, None)  # campus WiFi upload times
+    sla = rng.uniform(50.0, 400.0, n)
+    cid = rng.integers(0, clients, n)
+    return [
+        Request(float(s), float(u), float(u), 330_000.0, int(c))
+        for s, u, c in zip(sla, up, cid, strict=True)
+    ]
+
+
+def _percentiles(ns: np.ndarray[Any, Any]) -> tuple[float, float]:
+    us = ns / 1e3
+    return float(np.percentile(us, 50)), float(np.percentile(us, 99))
+
+
+def run_runtime_bench(
+    requests: int = 20_000,
+    rounds: int = 3,
+    batch: int = 1024,
+    batch_repeats: int = 20,
+    batch_threads: int | None = None,
+    train_requests: int = 20_000,
+    block: int = 500,
+    policy: str = "linucb",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Measure the selector; returns the figures as a dict (see the module docstring)."""
+    import onnxruntime
+    import torch
+
+    from modi.agents.bandits import LinUCB, NeuralBandit
+    from modi.agents.export import export_onnx, read_metadata
+    from modi.envs.catalog import load_preset
+    from modi.envs.model_selection import build_sim
+    from modi.runtime import PoolProfile, RequestBatch, Selector, modipick_select
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pol = LinUCB(seed=seed) if policy == "linucb" else NeuralBandit(seed=seed)
+        sim = build_sim("modipick_table2", num_envs=64, sla_range_ms=(50.0, 400.0))
+        pol.fit(sim, train_requests, seed=seed, progress=False)
+        tmp = tempfile.TemporaryDirectory()
+        path = export_onnx(pol, Path(tmp.name) / f"{policy}.onnx")
+    finally:
+        torch.set_num_threads(threads)
+    meta = read_metadata(path)
+    pool = PoolProfile.from_pool(load_preset("pool", "modipick_table2"))
+    threads_batch = batch_threads or os.cpu_count() or 1
+    learned = Selector.load(path, pool, strict=True, seed=seed, batch_threads=threads_batch)
+    single = Selector.load(path, pool, strict=True, seed=seed)
+    rule = Selector(pool, seed=seed)
+    reqs = _requests(requests, seed)
+    for r in reqs[:2000]:  # warm-up (allocator, caches, onnxruntime's first runs)
+        learned.select(r)
+        rule.select(r)
+
+    mu = np.asarray(pool.mean_ms)
+    sd = np.asarray(pool.std_ms)
+    acc = np.asarray(pool.accuracy)
+    budgets = [np.array([r.sla_ms - 2 * r.upload_ms]) for r in reqs]
+    uniforms = np.random.default_rng(seed).random((requests, 1))
+
+    # Interleaved in blocks (learned, rule, bare rule, learned, ...) so all three see the same
+    # machine state; within a block calls run back to back as in a busy server.
+    t_sel = np.empty(rounds * requests, dtype=np.int64)
+    t_rule = np.empty_like(t_sel)
+    t_raw = np.empty_like(t_sel)
+    sel_fn, rule_fn, clock = learned.select, rule.select, time.perf_counter_ns
+    gc.collect()
+    j = 0
+    for _ in range(rounds):
+        for lo in range(0, requests, block):
+            hi = min(lo + block, requests)
+            for i in range(lo, hi):
+                t0 = clock()
+                sel_fn(reqs[i])
+                t_sel[j + i - lo] = clock() - t0
+            for i in range(lo, hi):
+                t0 = clock()
+                rule_fn(reqs[i])
+                t_rule[j + i - lo] = clock() - t0
+            for i in range(lo, hi):
+                t0 = clock()
+                modipick_select(budgets[i], mu, sd, acc, uniforms[i])
+                t_raw[j + i - lo] = clock() - t0
+            j += hi - lo
+
+    rng = np.random.default_rng(seed + 1)
+    up = np.clip(rng.normal(57.87, 30.78, batch), 1.0, None)
+    cols = RequestBatch(
+        rng.uniform(50.0, 400.0, batch),
+        up,
+        up,
+        np.full(batch, 330_000.0),
+        rng.integers(0, 50_000, batch).tolist(),
+    )
+    for _ in range(3):
+        learned.select_batch(cols)
+        single.select_batch(cols)
+    rates: list[float] = []
+    rates_1: list[float] = []
+    for _ in range(batch_repeats):  # interleaved: batch_threads threads, then one thread
+        for sel, out in ((learned, rates), (single, rates_1)):
+            start = time.perf_counter()
+            sel.select_batch(cols)
+            out.append(batch / (time.perf_counter() - start))
+    counts = learned.counts
+    tmp.cleanup()
+
+    p50, p99 = _percentiles(t_sel)
+    r50, r99 = _percentiles(t_rule)
+    raw50, _ = _percentiles(t_raw)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return {
+        "selector_p50_us": round(p50, 1),
+        "selector_p99_us": round(p99, 1),
+        "modipick_rule_p50_us": round(r50, 1),
+        "modipick_rule_p99_us": round(r99, 1),
+        "modipick_select_p50_us": round(raw50, 1),
+        "selector_batch_decisions_per_s": round(max(rates)),
+        "selector_batch_decisions_per_s_median": round(statistics.median(rates)),
+        "selector_batch_threads": threads_batch,
+        "selector_batch_1thread_decisions_per_s": round(max(rates_1)),
+        "batch_size": batch,
+        "requests_timed": int(t_sel.size),
+        "selector_mean_us": round(float(t_sel.mean()) / 1e3, 1),
+        "policy": meta.policy_kind,
+        "graph": meta.graph,
+        "shielded_fraction": round(counts["shield"] / max(1, sum(counts.values())), 4),
+        "onnxruntime": onnxruntime.__version__,
+        "cpu_count": os.cpu_count(),
+        "load_average": round(load, 2),
+        "machine": platform.machine(),
+    }
+
+
+if __name__ == "__main__":  # pragma: no cover - manual runs
+    import json
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(json.dumps(run_runtime_bench(), indent=2))

@@ -1,0 +1,816 @@
+"""The serving selector: an exported ONNX policy behind a boundary that never fails a request.
+
+:class:`Selector` loads a file written by :func:`modi.agents.export.export_onnx` (or an MLflow
+``models:/name@alias`` URI, resolved only if mlflow is installed), checks its metadata against
+this runtime's feature schema and the served pool, builds each request's features with
+:mod:`modi.runtime.features` (the module the simulators use), runs onnxruntime on the CPU and
+returns a :class:`Decision`. Whenever the learned choice cannot be trusted it answers with the
+ModiPick rule (:mod:`modi.runtime.modipick`) instead and says why:
+
+* no model, or a missing / corrupt / mismatched file (``"no learned model: ..."``);
+* an invalid request: a missing field, NaN, inf, negative or absurd value
+  (``"invalid request: ..."``);
+* onnxruntime failed or returned something out of range (``"inference failed: ..."``);
+* the *shield* (on by default): the learned model violates ModiPick's hard limit
+  ``μ + σ < T_U`` (``T_U`` = the ``budget_ms`` feature) while ModiPick's own choice respects it
+  (``"shield: ..."``).
+
+Nothing raises into the serving path: only ``Selector.load(..., strict=True)`` and
+``reload(..., strict=True)`` raise :class:`SelectorLoadError`.
+
+Usage in a server::
+
+    pool = PoolProfile.from_lists(ids, accuracy, mean_ms, std_ms)
+    selector = Selector.load("selector.onnx", pool)       # or "models:/modi-selector@champion"
+    d = selector.select(Request(sla_ms=150, elapsed_ms=48.0, upload_ms=45.0,
+                                payload_bytes=330_000, client_id="phone-17"))
+    run(d.model_id)                                        # d.source, d.reason for logging
+    selector.observe(d.model_id, measured_exec_ms)         # keep the profiles current
+    selector.set_load(queue_len=len(queue))                # optional server state
+
+State (profiles, client histories, queue/slowdown) is guarded by one lock; ``reload`` builds and
+checks the new session outside it and swaps it in atomically, keeping the old model when the
+new file is refused. A decision at batch size 1 takes tens of microseconds (see
+``modi.experiments.bench_runtime``): features are written into preallocated buffers (a test
+checks they equal :func:`~modi.runtime.features.encode` bit for bit), learned decisions are
+preallocated objects, and the session's ``run`` is bound once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from modi.runtime import features as F
+from modi.runtime.clients import CLIENT_NET_ALPHA, ClientNetworkHistory
+from modi.runtime.metadata import (
+    INPUT_MODELS,
+    INPUT_REQUEST,
+    OUTPUT_ACTION,
+    OUTPUT_SCORES,
+    MetadataError,
+    SelectorMetadata,
+)
+from modi.runtime.modipick import modipick_select
+from modi.runtime.pool_profile import PoolProfile
+from modi.runtime.profiles import ProfileTracker
+from modi.runtime.requests import (
+    BYTES_PER_KB,
+    InvalidRequest,
+    Request,
+    RequestBatch,
+    RequestLimits,
+    parse_request,
+)
+
+log = logging.getLogger(__name__)
+
+Source = Literal["learned", "fallback"]
+#: Largest model file the selector loads (a selector graph is kilobytes).
+MAX_MODEL_BYTES = 256 * 1024 * 1024
+_MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+
+
+class SelectorLoadError(ValueError):
+    """A selector file cannot be served: missing, corrupt, or mismatched; the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Which model answers a request, and where the choice came from.
+
+    ``source`` is ``"learned"`` (the ONNX selector) or ``"fallback"`` (the ModiPick rule);
+    ``reason`` says why a fallback was used (empty for learned decisions).
+    """
+
+    model_id: str
+    index: int
+    source: Source
+    reason: str = ""
+
+    @property
+    def learned(self) -> bool:
+        """Whether the learned selector made this choice."""
+        return self.source == "learned"
+
+
+class Decisions:
+    """Decisions for a batch: ``index`` and ``learned`` arrays, one ``reason`` per row.
+
+    Indexing or iterating gives :class:`Decision` objects.
+    """
+
+    __slots__ = ("index", "learned", "pool_ids", "reasons")
+
+    def __init__(
+        self,
+        index: NDArray[np.intp],
+        learned: NDArray[np.bool_],
+        reasons: list[str],
+        pool_ids: tuple[str, ...],
+    ) -> None:
+        self.index = index
+        self.learned = learned
+        self.reasons = reasons
+        self.pool_ids = pool_ids
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    def __getitem__(self, i: int) -> Decision:
+        k = int(self.index[i])
+        src: Source = "learned" if self.learned[i] else "fallback"
+        return Decision(self.pool_ids[k], k, src, self.reasons[i])
+
+    def __iter__(self) -> Iterator[Decision]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def model_ids(self) -> list[str]:
+        """Chosen model id per row."""
+        ids = self.pool_ids
+        return [ids[k] for k in self.index.tolist()]
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A checked, ready-to-run selector file."""
+
+    run: Callable[..., Any]
+    run_batch: Callable[..., Any]  # a session with ``batch_threads`` threads (or ``run``)
+    metadata: SelectorMetadata
+    source: str
+    path: Path
+
+
+def _resolve(source: str | os.PathLike[str]) -> Path:
+    """Local path of a selector file; MLflow URIs are downloaded (mlflow imported lazily)."""
+    text = os.fspath(source)
+    if text.startswith(_MLFLOW_SCHEMES):
+        try:
+            import mlflow.artifacts
+        except ImportError:
+            raise SelectorLoadError(
+                f"{text} is an MLflow URI but mlflow is not installed: install the 'train' "
+                "extra (pip install 'modi[train]') or give the path of a local .onnx file"
+            ) from None
+        try:
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=text))
+        except Exception as e:  # mlflow raises many types; any of them means "not available"
+            raise SelectorLoadError(f"cannot download {text} from MLflow: {e}") from None
+        if local.is_dir():
+            found = sorted(local.rglob("*.onnx"))
+            if len(found) != 1:
+                raise SelectorLoadError(
+                    f"{text} holds {len(found)} .onnx files ({[f.name for f in found]}); "
+                    "expected exactly one"
+                )
+            local = found[0]
+        return local
+    return Path(text)
+
+
+class Selector:
+    """Chooses the model for each request of one server; see the module docstring.
+
+    Args:
+        pool: the served pool (:class:`PoolProfile`, or anything
+            :meth:`PoolProfile.from_pool` accepts, e.g. a ``ModelPool``).
+        shield: replace a learned choice that violates ``μ + σ < T_U`` by ModiPick's when
+            ModiPick's respects it.
+        threshold_ms: ModiPick's ``T_threshold`` (soft limit ``T_L = T_U - threshold``).
+        profile_alpha: EWMA weight of the execution-time profiles (:meth:`observe`).
+        client_alpha: EWMA weight of each client's upload-time history.
+        max_clients: clients remembered before the least recently seen are forgotten.
+        limits: plausibility limits of request fields.
+        seed: seed of the ModiPick rule's random stage three.
+        intra_op_threads: onnxruntime threads per single-request inference (1 is fastest).
+        batch_threads: onnxruntime threads for :meth:`select_batch` (a second session when
+            > 1; more threads raise batch throughput on an otherwise idle multi-core server).
+    """
+
+    def __init__(
+        self,
+        pool: PoolProfile | Any,
+        *,
+        shield: bool = True,
+        threshold_ms: float = 10.0,
+        profile_alpha: float = 0.1,
+        client_alpha: float = CLIENT_NET_ALPHA,
+        max_clients: int = 100_000,
+        limits: RequestLimits | None = None,
+        seed: int | None = None,
+        intra_op_threads: int = 1,
+        batch_threads: int = 1,
+    ) -> None:
+        self.pool = PoolProfile.from_pool(pool)
+        if not (math.isfinite(threshold_ms) and threshold_ms >= 0):
+            raise ValueError(f"threshold_ms must be finite and >= 0, got {threshold_ms}")
+        if intra_op_threads < 0 or batch_threads < 0:
+            raise ValueError(
+                f"intra_op_threads and batch_threads must be >= 0, got {intra_op_threads} and "
+                f"{batch_threads}"
+            )
+        self.shield = bool(shield)
+        self.threshold_ms = float(threshold_ms)
+        self.limits = limits or RequestLimits()
+        self.intra_op_threads = int(intra_op_threads)
+        self.batch_threads = int(batch_threads)
+        k = self.pool.num_models
+        self._k = k
+        self._ids = self.pool.ids
+        self._acc = np.asarray(self.pool.accuracy, dtype=np.float64)
+        self._tracker = ProfileTracker(self.pool.mean_ms, self.pool.std_ms, 1, profile_alpha)
+        self._clients = ClientNetworkHistory(client_alpha, max_clients)
+        self._rng = np.random.default_rng(seed)
+        self._lock = threading.Lock()
+        self._queue_len = 0.0
+        self._slowdown = 1.0
+        # Preallocated inputs of the batch-1 path (written in place under the lock).
+        self._req = np.zeros((1, F.R), dtype=np.float32)
+        self._mod = np.zeros((1, k, F.P), dtype=np.float32)
+        self._mod[0, :, F.ACC] = self._acc
+        self._slack = self._mod[0, :, F.SLACK]
+        self._feed = {INPUT_REQUEST: self._req, INPUT_MODELS: self._mod}
+        self._out = [OUTPUT_ACTION]
+        self._learned_decisions = tuple(Decision(m, i, "learned") for i, m in enumerate(self._ids))
+        self._musig: NDArray[np.float64] = np.zeros(k)
+        self._musig_list: list[float] = []
+        self._mu_minus_sigma_list: list[float] = []
+        self._fastest = 0
+        self._refresh_profiles()
+        self._model: _Loaded | None = None
+        self._no_model_reason = "no selector file given"
+        self.last_error = ""
+        self._counts = dict.fromkeys(
+            ("learned", "shield", "invalid", "no_model", "inference_error", "internal_error"), 0
+        )
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        source: str | os.PathLike[str] | None,
+        pool: PoolProfile | Any,
+        *,
+        strict: bool = False,
+        **kwargs: Any,
+    ) -> Selector:
+        """A selector serving ``source`` (a ``.onnx`` path or ``models:/name@alias``) for
+        ``pool``. A file that cannot be served leaves the selector on the ModiPick fallback
+        (``selector.status`` says why) unless ``strict``, which raises
+        :class:`SelectorLoadError`. ``kwargs`` go to :class:`Selector`."""
+        sel = cls(pool, **kwargs)
+        if source is not None:
+            sel.reload(source, strict=strict)
+        elif strict:
+            raise SelectorLoadError("strict load needs a selector file")
+        return sel
+
+    def reload(self, source: str | os.PathLike[str], *, strict: bool = False) -> bool:
+        """Swap in the selector at ``source`` atomically; a file that cannot be served is refused
+        and the current model (or the fallback) stays. Returns whether the swap happened;
+        ``strict`` raises :class:`SelectorLoadError` instead of returning ``False``."""
+        try:
+            loaded = self._load(source)
+        except SelectorLoadError as e:
+            reason = str(e)
+        except Exception as e:  # never let a bad file take the server down
+            reason = f"unexpected error loading {os.fspath(source)}: {type(e).__name__}: {e}"
+        else:
+            with self._lock:
+                self._model = loaded
+                self.last_error = ""
+            log.info(
+                "selector %s (%s, %s) loaded from %s",
+                loaded.metadata.policy_name,
+                "pool-agnostic" if loaded.metadata.pool_agnostic else "pool-specific",
+                loaded.metadata.graph,
+                loaded.source,
+            )
+            return True
+        with self._lock:
+            self.last_error = reason
+            if self._model is None:
+                self._no_model_reason = reason
+        kept = "keeping the current model" if self._model is not None else "serving ModiPick"
+        log.warning("refused selector %s: %s (%s)", os.fspath(source), reason, kept)
+        if strict:
+            raise SelectorLoadError(reason)
+        return False
+
+    def _load(self, source: str | os.PathLike[str]) -> _Loaded:
+        import onnxruntime as ort
+
+        path = _resolve(source)
+        if not path.is_file():
+            raise SelectorLoadError(f"selector file {path} does not exist")
+        size = path.stat().st_size
+        if size > MAX_MODEL_BYTES:
+            raise SelectorLoadError(f"{path} is {size} bytes, over the {MAX_MODEL_BYTES} limit")
+        try:
+            sess = _session(ort, path, self.intra_op_threads)
+        except Exception as e:
+            raise SelectorLoadError(f"{path} is not a loadable ONNX model: {e}") from None
+        try:
+            meta = SelectorMetadata.from_props(sess.get_modelmeta().custom_metadata_map)
+            meta.check_schema()
+            meta.check_pool(self.pool.ids, self.pool.accuracy)
+        except MetadataError as e:
+            raise SelectorLoadError(f"{path}: {e}") from None
+        self._check_signature(sess, meta, path)
+        run = _bound_run(sess)
+        self._smoke_test(run, path)
+        run_batch = run
+        if self.batch_threads != self.intra_op_threads:
+            try:
+                run_batch = _bound_run(_session(ort, path, self.batch_threads))
+            except Exception as e:
+                raise SelectorLoadError(f"{path}: cannot open the batch session: {e}") from None
+            self._smoke_test(run_batch, path)
+        return _Loaded(run, run_batch, meta, os.fspath(source), path)
+
+    def _check_signature(self, sess: Any, meta: SelectorMetadata, path: Path) -> None:
+        ins = {i.name: i for i in sess.get_inputs()}
+        outs = {o.name: o for o in sess.get_outputs()}
+        if set(ins) != {INPUT_REQUEST, INPUT_MODELS}:
+            raise SelectorLoadError(
+                f"{path}: inputs are {sorted(ins)}, expected {[INPUT_REQUEST, INPUT_MODELS]}"
+            )
+        if not {OUTPUT_ACTION, OUTPUT_SCORES} <= set(outs):
+            raise SelectorLoadError(
+                f"{path}: outputs are {sorted(outs)}, expected {[OUTPUT_ACTION, OUTPUT_SCORES]}"
+            )
+        req, mod = ins[INPUT_REQUEST], ins[INPUT_MODELS]
+        for arg, want in ((req, 2), (mod, 3)):
+            if arg.type != "tensor(float)" or len(arg.shape) != want:
+                raise SelectorLoadError(
+                    f"{path}: input {arg.name!r} is {arg.type} {arg.shape}, expected a float32 "
+                    f"tensor of rank {want}"
+                )
+        if req.shape[1] != F.R or mod.shape[2] != F.P:
+            raise SelectorLoadError(
+                f"{path}: input shapes {req.shape} / {mod.shape} do not fit schema "
+                f"{F.SCHEMA_NAME} v{F.SCHEMA_VERSION} (request width {F.R}, model width {F.P})"
+            )
+        k_dim = mod.shape[1]
+        if meta.pool_agnostic and isinstance(k_dim, int):
+            raise SelectorLoadError(
+                f"{path}: metadata says pool-agnostic but the graph's model dimension is fixed "
+                f"at {k_dim}"
+            )
+        if isinstance(k_dim, int) and k_dim != self._k:
+            raise SelectorLoadError(
+                f"{path}: the graph takes {k_dim} models, the served pool has {self._k}"
+            )
+        if outs[OUTPUT_ACTION].type != "tensor(int64)":
+            raise SelectorLoadError(
+                f"{path}: output 'action' is {outs[OUTPUT_ACTION].type}, expected tensor(int64)"
+            )
+
+    def _smoke_test(self, run: Callable[..., Any], path: Path) -> None:
+        """Run two plausible requests; refuse a graph that fails or answers out of range."""
+        mu = np.asarray(self.pool.mean_ms)
+        sd = np.asarray(self.pool.std_ms)
+        sla = float(np.max(mu + sd)) * 2.0 + 100.0
+        obs = F.encode([sla, 20.0], 10.0, 10.0, 330.0, 10.0, 1.0, 0.0, 1.0, mu, sd, self._acc)
+        layout = F.ObsLayout(self._k)
+        feed = {
+            INPUT_REQUEST: np.ascontiguousarray(layout.request(obs)),
+            INPUT_MODELS: np.ascontiguousarray(layout.models(obs)),
+        }
+        try:
+            action, scores = run([OUTPUT_ACTION, OUTPUT_SCORES], feed, None)
+        except Exception as e:
+            raise SelectorLoadError(f"{path}: a test inference failed: {e}") from None
+        a = np.asarray(action)
+        s = np.asarray(scores)
+        if a.shape != (2,) or s.shape != (2, self._k):
+            raise SelectorLoadError(
+                f"{path}: a test inference returned shapes {a.shape} / {s.shape}, expected "
+                f"(2,) / (2, {self._k})"
+            )
+        if a.min() < 0 or a.max() >= self._k or not np.all(np.isfinite(s)):
+            raise SelectorLoadError(
+                f"{path}: a test inference returned actions {a.tolist()} for {self._k} models "
+                "or non-finite scores"
+            )
+
+    # ------------------------------------------------------------------ state
+    @property
+    def learned(self) -> bool:
+        """Whether a learned selector is loaded (otherwise every answer is the fallback)."""
+        return self._model is not None
+
+    @property
+    def metadata(self) -> SelectorMetadata | None:
+        """Metadata of the loaded selector file."""
+        m = self._model
+        return None if m is None else m.metadata
+
+    @property
+    def status(self) -> str:
+        """``"learned: <source>"`` or ``"fallback: <why>"``."""
+        m = self._model
+        return f"learned: {m.source}" if m is not None else f"fallback: {self._no_model_reason}"
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """How many decisions were learned, and fallbacks by cause."""
+        with self._lock:
+            return dict(self._counts)
+
+    @property
+    def profiles(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Current profiled ``(mu_ms, sigma_ms)`` per model (copies)."""
+        with self._lock:
+            return self._tracker.mu[0].copy(), self._tracker.sigma[0].copy()
+
+    def _refresh_profiles(self) -> None:
+        mu = self._tracker.mu[0]
+        sigma = self._tracker.sigma[0]
+        self._mod[0, :, F.MU] = mu
+        self._mod[0, :, F.SIGMA] = sigma
+        self._musig = mu + sigma
+        self._musig_list = self._musig.tolist()
+        self._mu_minus_sigma_list = (mu - sigma).tolist()
+        self._fastest = int(np.argmin(mu))
+
+    def observe(self, model_id: str, exec_ms: float) -> bool:
+        """Fold a measured execution time of ``model_id`` into its profile (EWMA). Returns
+        ``False`` (and logs) for an unknown model or an implausible time; never raises."""
+        try:
+            k = self.pool.ids.index(model_id)
+        except ValueError:
+            log.warning("observe: unknown model %r (pool %s)", model_id, list(self.pool.ids))
+            return False
+        try:
+            x = float(exec_ms)
+        except (TypeError, ValueError):
+            x = float("nan")
+        if not 0.0 < x <= self.limits.max_sla_ms:
+            log.warning("observe: implausible execution time %r ms for %s", exec_ms, model_id)
+            return False
+        with self._lock:
+            self._tracker.update(np.zeros(1, np.intp), np.array([k]), np.array([x]))
+            self._refresh_profiles()
+        return True
+
+    def set_load(self, queue_len: float | None = None, slowdown: float | None = None) -> bool:
+        """Set the server's queue length / observed slowdown used for requests that do not
+        carry their own. Returns ``False`` (and logs) for an implausible value."""
+        lim = self.limits
+        ok = True
+        with self._lock:
+            if queue_len is not None:
+                if isinstance(queue_len, (int, float)) and 0 <= queue_len <= lim.max_queue_len:
+                    self._queue_len = float(queue_len)
+                else:
+                    ok = False
+            if slowdown is not None:
+                if isinstance(slowdown, (int, float)) and 0 < slowdown <= lim.max_slowdown:
+                    self._slowdown = float(slowdown)
+                else:
+                    ok = False
+        if not ok:
+            log.warning("set_load: implausible queue_len=%r slowdown=%r", queue_len, slowdown)
+        return ok
+
+    # ------------------------------------------------------------------ features
+    def _write_features(
+        self,
+        sla: float,
+        elapsed: float,
+        upload: float,
+        payload_kb: float,
+        net_mean: float,
+        net_std: float,
+        queue: float | None,
+        slowdown: float | None,
+    ) -> float:
+        """Write one request's features into the batch-1 buffers (exactly what
+        :func:`modi.runtime.features.encode` computes); return the float32-rounded budget as a
+        float (what ModiPick and the shield compare against)."""
+        r = self._req[0]
+        remaining = sla - elapsed
+        r[F.SLA] = sla
+        r[F.ELAPSED] = elapsed
+        r[F.T_INPUT] = upload
+        r[F.REMAINING] = remaining
+        r[F.BUDGET] = remaining - upload
+        r[F.PAYLOAD] = payload_kb
+        r[F.NET_MEAN] = net_mean
+        r[F.NET_STD] = net_std
+        r[F.QUEUE] = self._queue_len if queue is None else queue
+        r[F.SLOWDOWN] = self._slowdown if slowdown is None else slowdown
+        budget = float(r[F.BUDGET])
+        np.subtract(budget, self._musig, out=self._slack)
+        return budget
+
+    def features(self, request: Request | Mapping[str, Any], record: bool = False) -> Any:
+        """The observation vector ``(R + P*K,)`` the selector builds for ``request`` (what the
+        envs would observe). ``record=True`` also folds the upload time into the client's
+        history, as :meth:`select` does. Raises :class:`InvalidRequest` for a bad request."""
+        sla, el, up, pkb, client, q, s = parse_request(request, self.limits)
+        with self._lock:
+            c = self._clients
+            mean, std = c.update_one(client, up) if record else c.peek(client, up)
+            self._write_features(sla, el, up, pkb, mean, std, q, s)
+            return np.concatenate([self._req[0], self._mod[0].reshape(-1)])
+
+    # ------------------------------------------------------------------ decisions
+    def select(self, request: Request | Mapping[str, Any]) -> Decision:
+        """Choose the model for one request. Never raises."""
+        try:
+            try:
+                sla, el, up, pkb, client, q, s = parse_request(request, self.limits)
+            except InvalidRequest as e:
+                return self._invalid(request, e)
+            with self._lock:
+                mean, std = self._clients.update_one(client, up)
+                budget = self._write_features(sla, el, up, pkb, mean, std, q, s)
+                model = self._model
+                if model is None:
+                    self._counts["no_model"] += 1
+                    return self._rule(budget, "no learned model: " + self._no_model_reason)
+                try:
+                    k = int(model.run(self._out, self._feed, None)[0][0])
+                except Exception as e:
+                    self._counts["inference_error"] += 1
+                    return self._rule(budget, f"inference failed: {type(e).__name__}: {e}")
+                if not 0 <= k < self._k:
+                    self._counts["inference_error"] += 1
+                    return self._rule(budget, f"inference failed: action {k} is out of range")
+                if (
+                    self.shield
+                    and not self._musig_list[k] < budget
+                    and self._modipick_respects(budget)
+                ):
+                    d = self._shielded(k, budget)
+                    if d is not None:
+                        return d
+                self._counts["learned"] += 1
+                return self._learned_decisions[k]
+        except Exception as e:  # the last line of defence: still answer
+            log.exception("selector internal error")
+            return self._last_resort(f"internal error: {type(e).__name__}: {e}")
+
+    def _invalid(self, request: Any, err: InvalidRequest) -> Decision:
+        with self._lock:
+            self._counts["invalid"] += 1
+            budget = _budget_of(request)
+            return self._rule(budget, f"invalid request: {err}")
+
+    def _rule(self, budget: float, reason: str) -> Decision:
+        """ModiPick's choice for one request (caller holds the lock)."""
+        if not math.isfinite(budget):
+            k = self._fastest  # ModiPick's best effort when nothing can qualify
+        else:
+            mu, sigma = self._tracker.mu[0], self._tracker.sigma[0]
+            u = self._rng.random(1)
+            k = int(
+                modipick_select(
+                    np.array([budget]), mu, sigma, self._acc, u, threshold_ms=self.threshold_ms
+                )[0]
+            )
+        return Decision(self._ids[k], k, "fallback", reason)
+
+    def _modipick_respects(self, budget: float) -> bool:
+        """Whether ModiPick's choice would satisfy ``mu + sigma < T_U`` (caller holds the lock).
+
+        ModiPick (runtime.modipick) picks from its eligible set, all of which respect the hard
+        limit, whenever a base model exists (Eq. 2: ``mu + sigma < T_U`` and
+        ``mu - sigma < T_L``); otherwise it picks the fastest model. Checking this on Python
+        floats avoids running the numpy rule for requests the shield would not change.
+        """
+        t_l = budget - self.threshold_ms
+        for upper, lower in zip(self._musig_list, self._mu_minus_sigma_list, strict=True):
+            if upper < budget and lower < t_l:
+                return True
+        return self._musig_list[self._fastest] < budget
+
+    def _shielded(self, k: int, budget: float) -> Decision | None:
+        d = self._rule(budget, "")
+        m = d.index
+        if not self._musig_list[m] < budget:
+            return None  # ModiPick cannot respect the hard limit either: keep the learned choice
+        self._counts["shield"] += 1
+        reason = (
+            f"shield: learned choice {self._ids[k]!r} has mu+sigma = {self._musig_list[k]:.2f} ms "
+            f">= T_U = {budget:.2f} ms; ModiPick's choice {self._ids[m]!r} "
+            f"({self._musig_list[m]:.2f} ms) respects the hard limit"
+        )
+        return Decision(d.model_id, m, "fallback", reason)
+
+    def _last_resort(self, reason: str) -> Decision:
+        try:
+            with self._lock:
+                self._counts["internal_error"] += 1
+        except Exception:  # pragma: no cover - a broken lock is beyond saving
+            pass
+        k = self._fastest
+        return Decision(self._ids[k], k, "fallback", reason)
+
+    def select_batch(
+        self, requests: RequestBatch | Sequence[Request | Mapping[str, Any]]
+    ) -> Decisions:
+        """Choose models for many requests at once (in order: a client's earlier request in the
+        batch is part of its history for the later ones). Never raises."""
+        try:
+            return self._select_batch(requests)
+        except Exception as e:
+            log.exception("selector internal error (batch)")
+            n = len(requests) if hasattr(requests, "__len__") else 0
+            reason = f"internal error: {type(e).__name__}: {e}"
+            with self._lock:
+                self._counts["internal_error"] += n
+                k = self._fastest
+            return Decisions(
+                np.full(n, k, dtype=np.intp), np.zeros(n, dtype=np.bool_), [reason] * n, self._ids
+            )
+
+    def _select_batch(
+        self, requests: RequestBatch | Sequence[Request | Mapping[str, Any]]
+    ) -> Decisions:
+        batch, reasons = _as_batch(requests, self.limits)
+        n = len(batch)
+        if n == 0:
+            return Decisions(np.zeros(0, np.intp), np.zeros(0, np.bool_), [], self._ids)
+        up = batch.upload_ms
+        el = batch.elapsed_ms
+        pay = batch.payload_bytes
+        assert up is not None and el is not None and pay is not None
+        valid = batch.valid_rows(self.limits)
+        if reasons is None:
+            reasons = [""] * n
+            for i in np.flatnonzero(~valid).tolist():
+                try:
+                    parse_request(batch.row(i), self.limits)
+                    reasons[i] = "invalid request"
+                except InvalidRequest as e:
+                    reasons[i] = f"invalid request: {e}"
+        else:
+            valid &= np.array([not r for r in reasons], dtype=np.bool_)
+        clients = batch.client_id
+        if clients is not None and not valid.all():
+            clients = [c if ok else None for c, ok in zip(clients, valid.tolist(), strict=True)]
+        with self._lock:
+            net_mean, net_std = self._clients.update(clients, up)
+            queue = _fill(batch.queue_len, self._queue_len, n)
+            slow = _fill(batch.slowdown, self._slowdown, n)
+            mu = self._tracker.mu[0].copy()
+            sigma = self._tracker.sigma[0].copy()
+            musig = self._musig
+            u = self._rng.random(n)
+            model = self._model
+            no_model_reason = self._no_model_reason
+        with np.errstate(invalid="ignore", over="ignore"):
+            obs = F.encode(
+                batch.sla_ms, el, up, pay / BYTES_PER_KB, net_mean, net_std, queue, slow,
+                mu, sigma, self._acc,
+            )  # fmt: skip
+        budget = obs[:, F.BUDGET].astype(np.float64)
+        index = np.empty(n, dtype=np.intp)
+        learned = np.zeros(n, dtype=np.bool_)
+        counts = {"invalid": int(n - valid.sum())}
+        if model is None:
+            fallback = valid.copy()
+            for i in np.flatnonzero(valid).tolist():
+                reasons[i] = "no learned model: " + no_model_reason
+            counts["no_model"] = int(valid.sum())
+        else:
+            layout = F.ObsLayout(self._k)
+            rows = obs if valid.all() else np.where(valid[:, None], obs, np.float32(0.0))
+            feed = {
+                INPUT_REQUEST: np.ascontiguousarray(layout.request(rows)),
+                INPUT_MODELS: np.ascontiguousarray(layout.models(rows)),
+            }
+            try:
+                action = np.asarray(model.run_batch(self._out, feed, None)[0]).reshape(-1)
+                if action.shape != (n,):
+                    raise ValueError(f"action has shape {action.shape}, expected ({n},)")
+                err = ""
+            except Exception as e:
+                action = np.zeros(n, dtype=np.int64)
+                err = f"inference failed: {type(e).__name__}: {e}"
+            in_range = (action >= 0) & (action < self._k)
+            ok = valid & in_range if not err else np.zeros(n, dtype=np.bool_)
+            bad = valid & ~ok
+            if bad.any():
+                msg = err or "inference failed: action out of range"
+                for i in np.flatnonzero(bad).tolist():
+                    reasons[i] = msg
+                counts["inference_error"] = int(bad.sum())
+            index[ok] = action[ok]
+            learned[ok] = True
+            fallback = bad
+            if self.shield and ok.any():
+                # Learned choice breaks mu + sigma < T_U while some model would respect it.
+                viol = ok & ~(musig[np.where(ok, action, 0)] < budget) & (musig.min() < budget)
+                if viol.any():
+                    rows_v = np.flatnonzero(viol)
+                    alt = modipick_select(
+                        budget[rows_v], mu, sigma, self._acc, u[rows_v], self.threshold_ms
+                    )
+                    take = musig[alt] < budget[rows_v]
+                    for i, m, t in zip(rows_v.tolist(), alt.tolist(), take.tolist(), strict=True):
+                        if t:
+                            k = int(action[i])
+                            reasons[i] = (
+                                f"shield: learned choice {self._ids[k]!r} has mu+sigma = "
+                                f"{musig[k]:.2f} ms >= T_U = {budget[i]:.2f} ms; ModiPick's choice "
+                                f"{self._ids[m]!r} ({musig[m]:.2f} ms) respects the hard limit"
+                            )
+                            index[i] = m
+                            learned[i] = False
+                    counts["shield"] = int(take.sum())
+            counts["learned"] = int(learned.sum())
+        fb = fallback | ~valid
+        if fb.any():
+            rows_f = np.flatnonzero(fb)
+            b = budget[rows_f]
+            fin = np.isfinite(b)
+            pick = np.full(rows_f.size, int(np.argmin(mu)), dtype=np.intp)
+            if fin.any():
+                pick[fin] = modipick_select(
+                    b[fin], mu, sigma, self._acc, u[rows_f][fin], self.threshold_ms
+                )
+            index[rows_f] = pick
+        with self._lock:
+            for key, v in counts.items():
+                self._counts[key] += v
+        return Decisions(index, learned, reasons, self._ids)
+
+
+def _session(ort: Any, path: Path, threads: int) -> Any:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _bound_run(sess: Any) -> Callable[..., Any]:
+    """The C++ session's ``run`` (what ``InferenceSession.run`` calls after re-checking the
+    input names on every call), same signature; the public ``run`` if that is not there."""
+    inner = getattr(sess, "_sess", None)
+    run = getattr(inner, "run", None)
+    return run if callable(run) else sess.run
+
+
+def _budget_of(request: Any) -> float:
+    """``sla - elapsed - upload`` of a (possibly invalid) request, or NaN."""
+    try:
+        if isinstance(request, Mapping):
+            vals = [request.get(f) for f in ("sla_ms", "elapsed_ms", "upload_ms")]
+        else:
+            vals = [getattr(request, f, None) for f in ("sla_ms", "elapsed_ms", "upload_ms")]
+        sla, el, up = (float(v) for v in vals)  # type: ignore[arg-type]
+        b = float(np.float32((sla - el) - up))
+        return b if math.isfinite(b) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
+
+
+def _fill(col: NDArray[np.float64] | None, default: float, n: int) -> NDArray[np.float64]:
+    if col is None:
+        return np.full(n, default)
+    return np.where(np.isnan(col), default, col)
+
+
+def _as_batch(
+    requests: RequestBatch | Sequence[Request | Mapping[str, Any]], limits: RequestLimits
+) -> tuple[RequestBatch, list[str] | None]:
+    """A :class:`RequestBatch` and, for a sequence of requests, each row's invalidity reason."""
+    if isinstance(requests, RequestBatch):
+        return requests, None
+    reasons: list[str] = []
+    cols: list[list[Any]] = [[] for _ in range(7)]
+    nan = float("nan")
+    for r in requests:
+        try:
+            sla, el, up, pkb, client, q_r, s_r = parse_request(r, limits)
+            reasons.append("")
+            row: tuple[Any, ...] = (sla, el, up, pkb * BYTES_PER_KB, client, q_r, s_r)
+        except InvalidRequest as e:
+            reasons.append(f"invalid request: {e}")
+            b = _budget_of(r)
+            # Keep the budget for ModiPick's fallback: sla = budget, elapsed = upload = 0.
+            row = (b, 0.0, 0.0, nan, None, None, None)
+        for c, v in zip(cols, row, strict=True):
+            c.append(v)
+    queue = None if all(v is None for v in cols[5]) else [nan if v is None else v for v in cols[5]]
+    slow = None if all(v is None for v in cols[6]) else [nan if v is None else v for v in cols[6]]
+    clients = None if all(v is None for v in cols[4]) else cols[4]
+    batch = RequestBatch(cols[0], cols[1], cols[2], cols[3], clients, queue, slow)
+    return batch, reasons

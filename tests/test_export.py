@@ -1,0 +1,284 @@
+"""ONNX export of learned selectors: parity with the policy on simulated requests, the graph's
+signature and metadata, pool-specific exports, the fused and accurate-sigmoid rewrites, MLflow
+registration and the ``modi-export`` console script."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from modi.agents.bandits import LearnedPolicy, LinearThompson, LinUCB, NeuralBandit
+from modi.agents.export import (
+    ExportError,
+    check_parity,
+    export_onnx,
+    main,
+    read_metadata,
+    simulated_observations,
+)
+from modi.agents.fused import fuse_selector, plausible_inputs
+from modi.envs.catalog import load_preset
+from modi.envs.model_selection import build_sim
+from modi.runtime import PoolProfile, Request, Selector
+from modi.runtime import features as F
+from modi.runtime.metadata import ACTION_MEANING, pool_hash
+
+PARITY_REQUESTS = 10_000
+#: Small training budgets: enough for non-trivial decisions, a few seconds each.
+BUDGETS = {"linucb": 20_000, "lints": 20_000, "neural": 8_000}
+POLICIES: dict[str, type[LearnedPolicy]] = {
+    "linucb": LinUCB,
+    "lints": LinearThompson,
+    "neural": NeuralBandit,
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    # Small-batch training is much faster single-threaded on small shared machines.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def trained() -> dict[str, LearnedPolicy]:
+    out = {}
+    for kind, cls in POLICIES.items():
+        sim = build_sim(num_envs=64, sla_range_ms=(50.0, 400.0))
+        pol = cls(seed=0)
+        pol.fit(sim, BUDGETS[kind], seed=0, progress=False)
+        out[kind] = pol
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(trained: dict[str, LearnedPolicy], tmp_path_factory: Any) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("onnx")
+    return {k: export_onnx(p, d / f"{k}.onnx", run_id=f"run-{k}") for k, p in trained.items()}
+
+
+@pytest.mark.parametrize("kind", list(POLICIES))
+def test_onnx_chooses_exactly_what_the_policy_chooses_on_simulated_requests(
+    kind: str, trained: dict[str, LearnedPolicy], exported: dict[str, Path]
+) -> None:
+    obs = simulated_observations(trained[kind], "modipick_table2", PARITY_REQUESTS, seed=1)
+    assert obs.shape == (PARITY_REQUESTS, F.obs_dim(11))
+    agreement = check_parity(trained[kind], exported[kind], obs)
+    assert agreement == 1.0, f"{kind}: ONNX agrees with policy.select on {agreement:.4%}"
+
+
+@pytest.mark.parametrize("kind", list(POLICIES))
+def test_pool_agnostic_onnx_serves_a_pool_of_another_size(
+    kind: str, trained: dict[str, LearnedPolicy], exported: dict[str, Path]
+) -> None:
+    obs = simulated_observations(trained[kind], "mdinference_p2", 3000, seed=2)
+    k = F.ObsLayout.from_obs_dim(obs.shape[1]).num_models
+    assert k != 11, "the other pool must have another size"
+    assert check_parity(trained[kind], exported[kind], obs) == 1.0
+
+
+def test_graph_signature_opset_and_self_contained_file(exported: dict[str, Path]) -> None:
+    path = exported["neural"]
+    onnx.checker.check_model(str(path), full_check=True)
+    model = onnx.load(str(path))
+    assert {o.domain: o.version for o in model.opset_import}.get("", 0) == 18
+    assert all(t.data_location == onnx.TensorProto.DEFAULT for t in model.graph.initializer), (
+        "weights must be inside the file (no external data)"
+    )
+
+    def sig(vi: Any) -> tuple[str, int, list[Any]]:
+        dims = [d.dim_param or d.dim_value for d in vi.type.tensor_type.shape.dim]
+        return vi.name, vi.type.tensor_type.elem_type, dims
+
+    (req, req_t, req_d), (mod, mod_t, mod_d) = (sig(v) for v in model.graph.input)
+    (act, act_t, act_d), (sco, sco_t, sco_d) = (sig(v) for v in model.graph.output)
+    assert (req, mod, act, sco) == ("request", "models", "action", "scores")
+    assert (req_t, mod_t, sco_t) == (onnx.TensorProto.FLOAT,) * 3
+    assert act_t == onnx.TensorProto.INT64
+    assert isinstance(req_d[0], str) and req_d[1] == F.R, f"request dims {req_d}"
+    assert isinstance(mod_d[0], str) and isinstance(mod_d[1], str) and mod_d[2] == F.P, (
+        f"models dims {mod_d}: batch and model dimensions must be dynamic"
+    )
+    assert mod_d[0] == req_d[0] == act_d[0] == sco_d[0], "one batch dimension throughout"
+    assert not any(n.op_type == "Sigmoid" for n in model.graph.node), (
+        "Sigmoid must be rewritten as 1 / (1 + Exp(-x)) (onnxruntime's is approximate)"
+    )
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n, k in ((1, 1), (3, 7), (5, 30)):
+        r, m = plausible_inputs(n, k, seed=n)
+        a, s = sess.run(None, {"request": r.numpy(), "models": m.numpy()})
+        assert a.shape == (n,) and a.dtype == np.int64 and s.shape == (n, k)
+
+
+def test_metadata_travels_inside_the_file(exported: dict[str, Path]) -> None:
+    model = onnx.load(str(exported["linucb"]))
+    props = {p.key: p.value for p in model.metadata_props}
+    assert props["modi.schema_name"] == F.SCHEMA_NAME
+    assert props["modi.schema_version"] == str(F.SCHEMA_VERSION)
+    assert props["modi.pool_agnostic"] == "true"
+    assert props["modi.training_run_id"] == "run-linucb"
+    assert props["modi.policy_kind"] == "linucb" and props["modi.policy_name"] == "linucb"
+    assert props["modi.version"] and props["modi.action_meaning"] == ACTION_MEANING
+    assert json.loads(props["modi.request_features"]) == [c[0] for c in F.REQUEST_FEATURES]
+    meta = read_metadata(exported["linucb"])
+    assert meta.pool_agnostic and meta.pool_model_ids == () and meta.graph == "fused"
+    assert model.producer_name == "modi"
+
+
+def test_pool_specific_export_fixes_the_model_dimension_and_records_the_pool(
+    trained: dict[str, LearnedPolicy], tmp_path: Path
+) -> None:
+    pool = load_preset("pool", "modipick_table2")
+    path = export_onnx(
+        trained["lints"], tmp_path / "s.onnx", list(pool.ids), pool_accuracy=list(pool.accuracy)
+    )
+    meta = read_metadata(path)
+    assert not meta.pool_agnostic
+    assert meta.pool_model_ids == pool.ids
+    assert meta.pool_hash == pool_hash(pool.ids, pool.accuracy)
+    assert meta.pool_hash_covers == "ids+accuracy"
+    dims = onnx.load(str(path)).graph.input[1].type.tensor_type.shape.dim
+    assert dims[1].dim_value == len(pool), "pool-specific graphs take exactly K models"
+    obs = simulated_observations(trained["lints"], pool, 2000, seed=3)
+    assert check_parity(trained["lints"], path, obs) == 1.0
+
+
+class _FixedHead(LinUCB):
+    """A stand-in for a pool-specific policy (e.g. an SB3 agent with a Discrete(K) head)."""
+
+    pool_agnostic = False
+
+
+def test_pool_specific_policy_needs_its_pool_ids(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="pool_ids"):
+        export_onnx(_FixedHead(), tmp_path / "x.onnx")
+    pol = _FixedHead()
+    pol.pool_ids = ["a", "b"]  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="differ"):
+        export_onnx(pol, tmp_path / "x.onnx", pool_ids=["b", "a"])
+    path = export_onnx(pol, tmp_path / "x.onnx")
+    assert read_metadata(path).pool_model_ids == ("a", "b")
+
+
+@pytest.mark.parametrize("kind", ["linucb", "neural"])
+def test_fused_graph_is_smaller_and_decides_like_the_traced_one(
+    kind: str, trained: dict[str, LearnedPolicy], exported: dict[str, Path], tmp_path: Path
+) -> None:
+    plain = export_onnx(trained[kind], tmp_path / "plain.onnx", fuse=False)
+    assert read_metadata(plain).graph == "plain"
+    n_fused = len(onnx.load(str(exported[kind])).graph.node)
+    n_plain = len(onnx.load(str(plain)).graph.node)
+    assert n_fused < n_plain / 2, f"fused {n_fused} nodes vs traced {n_plain}"
+    obs = simulated_observations(trained[kind], "modipick_table2", 3000, seed=4)
+    assert check_parity(trained[kind], plain, obs) == 1.0
+
+
+def test_fusion_falls_back_to_the_original_when_it_cannot_reproduce_it() -> None:
+    class Odd(torch.nn.Module):
+        def forward(self, request: torch.Tensor, models: torch.Tensor) -> Any:
+            s = models[:, :, F.ACC] * torch.sin(request[:, :1])
+            return s.argmax(1), s
+
+    m = Odd()
+    fused, what = fuse_selector(m)
+    assert fused is m and what == []
+
+
+def test_onnxruntime_sigmoid_is_inaccurate_so_export_rewrites_it() -> None:
+    # The reason for the rewrite: onnxruntime's Sigmoid has ~1e-7 absolute error, which is
+    # enormous relative to P(met) of a hopeless request and reorders models.
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])
+    g = helper.make_graph([helper.make_node("Sigmoid", ["x"], ["y"])], "g", [x], [y])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    v = np.array([-15.0, -20.0], dtype=np.float32)
+    got = sess.run(None, {"x": v})[0]
+    want = torch.sigmoid(torch.from_numpy(v)).numpy()
+    if np.allclose(got, want, rtol=1e-3, atol=0):
+        pytest.skip("this onnxruntime's Sigmoid is accurate; the rewrite is harmless")
+    assert not np.allclose(got, want, rtol=1e-3, atol=0)
+
+
+def test_verification_catches_a_graph_that_disagrees(tmp_path: Path) -> None:
+    # A scorer whose scores are tiny sigmoid tails: onnxruntime's approximate Sigmoid gets
+    # them wrong, and verification must notice.
+    class Tail(LinUCB):
+        def scorer(self) -> torch.nn.Module:
+            class S(torch.nn.Module):
+                def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+                    return torch.sigmoid(-25.0 + models[:, :, F.ACC]) * 1e9
+
+            return S()
+
+    with pytest.raises(ExportError, match="differ"):
+        export_onnx(Tail(), tmp_path / "t.onnx", fuse=False, accurate_sigmoid=False)
+
+
+def test_export_overwrites_atomically_and_leaves_no_temporary_files(
+    trained: dict[str, LearnedPolicy], tmp_path: Path
+) -> None:
+    out = tmp_path / "sel.onnx"
+    export_onnx(trained["lints"], out)
+    export_onnx(trained["lints"], out, run_id="second")
+    assert read_metadata(out).training_run_id == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sel.onnx"]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_log_to_mlflow_registers_an_alias_the_selector_loads(
+    exported: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow")
+    from modi.agents.export import log_to_mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    import mlflow
+
+    old = mlflow.get_tracking_uri()
+    try:
+        reg = log_to_mlflow(exported["linucb"], "modi-selector-test", tracking_uri=uri)
+        assert reg.model_uri == "models:/modi-selector-test@champion"
+        assert reg.version == "1"
+        pool = PoolProfile.from_pool(load_preset("pool", "modipick_table2"))
+        sel = Selector.load(reg.model_uri, pool, strict=True)
+        assert sel.learned and sel.metadata is not None
+        assert sel.metadata.training_run_id == "run-linucb"
+        local = Selector.load(exported["linucb"], pool, strict=True)
+        rng = np.random.default_rng(0)
+        for _ in range(50):
+            t = float(rng.uniform(10, 200))
+            r = Request(float(rng.uniform(50, 400)), t, t, 330_000.0)
+            assert sel.select(r).index == local.select(r).index
+    finally:
+        mlflow.set_tracking_uri(old)
+
+
+def test_modi_export_cli_writes_a_pool_specific_selector(
+    trained: dict[str, LearnedPolicy], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = trained["linucb"].save(tmp_path / "linucb.pt")
+    out = tmp_path / "cli.onnx"
+    main([str(saved), str(out), "--pool", "modipick_table2", "--parity", "500"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["parity"] == 1.0
+    meta = read_metadata(out)
+    assert not meta.pool_agnostic and len(meta.pool_model_ids) == 11
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "missing.pt"), str(out)])
+    with pytest.raises(SystemExit):
+        main([str(saved), str(out), "--pool", "no_such_pool"])
