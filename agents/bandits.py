@@ -86,12 +86,21 @@ class LearnedPolicy:
         progress: bool = True,
         callback: Callable[[int, dict[str, float]], None] | None = None,
     ) -> TrainingHistory:
-        """Train on ``total_requests`` requests of ``sim`` (online: explore, observe)."""
+        """Train on ``total_requests`` requests of ``sim`` (online: explore, observe).
+
+        Torch runs single-threaded meanwhile: the batches are small, and on a 2-core machine
+        extra threads only contend (seen 5-30x slower with the default thread count).
+        """
         from modi.agents.training import train_online
 
-        return train_online(
-            self, sim, total_requests, seed, progress, self.log_every, callback=callback
-        )
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return train_online(
+                self, sim, total_requests, seed, progress, self.log_every, callback=callback
+            )
+        finally:
+            torch.set_num_threads(threads)
 
     def explore(self, obs: Obs) -> Actions:
         """Choice while training (with exploration)."""

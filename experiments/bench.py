@@ -76,6 +76,7 @@ def run_bench(
     reproduce: bool = True,
     training: tuple[str, ...] = (),
     label: str = "",
+    runtime: bool = True,
 ) -> dict[str, Any]:
     """Measure everything; returns the figures as a dict."""
     kw = env_kwargs or {}
@@ -113,6 +114,10 @@ def run_bench(
     if reproduce:
         with tempfile.TemporaryDirectory() as tmp:
             res["reproduction_seconds"] = round(reproduction_seconds(Path(tmp)), 2)
+    if runtime:
+        from modi.experiments.bench_runtime import run_runtime_bench
+
+        res.update(run_runtime_bench())
     for agent in training:
         from modi.experiments.bench_training import seconds_to_beat_modipick
 
@@ -156,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
         "--scenario", default=None, help="scenario preset for the env (pool, network, server)"
     )
     p.add_argument("--no-reproduction", action="store_true", help="skip reproduction_seconds")
+    p.add_argument("--no-runtime", action="store_true", help="skip the runtime selector figures")
     p.add_argument(
         "--training",
         nargs="*",
@@ -182,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         not args.no_reproduction,
         tuple(args.training),
         args.scenario or "",
+        not args.no_runtime,
     )
     args.out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res))

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from modi.runtime import features as F
+
 log = logging.getLogger(__name__)
 
 
@@ -105,6 +107,17 @@ def run_runtime_bench(
     t_sel = np.empty(rounds * requests, dtype=np.int64)
     t_rule = np.empty_like(t_sel)
     t_raw = np.empty_like(t_sel)
+    t_ort = np.empty_like(t_sel)
+    opts = onnxruntime.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    bare = onnxruntime.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    bare_run = bare.run
+    k = len(pool.ids)
+    feeds = {
+        "request": np.zeros((1, F.R), np.float32),
+        "models": np.zeros((1, k, F.P), np.float32),
+    }
     sel_fn, rule_fn, clock = learned.select, rule.select, time.perf_counter_ns
     gc.collect()
     j = 0
@@ -123,6 +136,10 @@ def run_runtime_bench(
                 t0 = clock()
                 modipick_select(budgets[i], mu, sd, acc, uniforms[i])
                 t_raw[j + i - lo] = clock() - t0
+            for i in range(lo, hi):  # the floor: onnxruntime's own call, nothing around it
+                t0 = clock()
+                bare_run(None, feeds)
+                t_ort[j + i - lo] = clock() - t0
             j += hi - lo
 
     rng = np.random.default_rng(seed + 1)
@@ -150,6 +167,7 @@ def run_runtime_bench(
     p50, p99 = _percentiles(t_sel)
     r50, r99 = _percentiles(t_rule)
     raw50, _ = _percentiles(t_raw)
+    o50, o99 = _percentiles(t_ort)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {
         "selector_p50_us": round(p50, 1),
@@ -157,6 +175,8 @@ def run_runtime_bench(
         "modipick_rule_p50_us": round(r50, 1),
         "modipick_rule_p99_us": round(r99, 1),
         "modipick_select_p50_us": round(raw50, 1),
+        "onnxruntime_run_p50_us": round(o50, 1),
+        "onnxruntime_run_p99_us": round(o99, 1),
         "selector_batch_decisions_per_s": round(max(rates)),
         "selector_batch_decisions_per_s_median": round(statistics.median(rates)),
         "selector_batch_threads": threads_batch,

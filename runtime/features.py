@@ -128,6 +128,32 @@ def encode_requests(
     return out
 
 
+def write_request(
+    row: NDArray[np.float32],
+    sla_ms: float,
+    elapsed_ms: float,
+    t_input_ms: float,
+    payload_kb: float,
+    net_mean_ms: float,
+    net_std_ms: float,
+    queue_len: float,
+    slowdown: float,
+) -> None:
+    """Scalar fast path of :func:`encode_requests` for one request, written into ``row``
+    (shape ``(R,)``) in place; the same formulas, so the values are identical (a test checks)."""
+    remaining = sla_ms - elapsed_ms
+    row[SLA] = sla_ms
+    row[ELAPSED] = elapsed_ms
+    row[T_INPUT] = t_input_ms
+    row[REMAINING] = remaining
+    row[BUDGET] = remaining - t_input_ms
+    row[PAYLOAD] = payload_kb
+    row[NET_MEAN] = net_mean_ms
+    row[NET_STD] = net_std_ms
+    row[QUEUE] = queue_len
+    row[SLOWDOWN] = slowdown
+
+
 def model_slack(budget_ms: ArrayLike, mu_ms: ArrayLike, sigma_ms: ArrayLike) -> NDArray[np.float64]:
     """The ``slack_ms`` column: ``budget - (mu + sigma)``; budget ``(N,)``, profiles ``(N, K)``."""
     b = np.asarray(budget_ms, dtype=np.float64)

@@ -501,17 +501,17 @@ class Selector:
         :func:`modi.runtime.features.encode` computes); return the float32-rounded budget as a
         float (what ModiPick and the shield compare against)."""
         r = self._req[0]
-        remaining = sla - elapsed
-        r[F.SLA] = sla
-        r[F.ELAPSED] = elapsed
-        r[F.T_INPUT] = upload
-        r[F.REMAINING] = remaining
-        r[F.BUDGET] = remaining - upload
-        r[F.PAYLOAD] = payload_kb
-        r[F.NET_MEAN] = net_mean
-        r[F.NET_STD] = net_std
-        r[F.QUEUE] = self._queue_len if queue is None else queue
-        r[F.SLOWDOWN] = self._slowdown if slowdown is None else slowdown
+        F.write_request(
+            r,
+            sla,
+            elapsed,
+            upload,
+            payload_kb,
+            net_mean,
+            net_std,
+            self._queue_len if queue is None else queue,
+            self._slowdown if slowdown is None else slowdown,
+        )
         budget = float(r[F.BUDGET])
         np.subtract(budget, self._musig, out=self._slack)
         return budget
