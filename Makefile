@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch==2.13.0 first: a CPU build is on this kind of machine; an unpinned torch pulls CUDA.
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[train,dev]" --config-settings editable_mode=strict
+	$(BIN)/pip install -q -e ".[train,server,dev]" --config-settings editable_mode=strict
 	touch $(STAMP)
 
 .PHONY: install main test lint bench
@@ -20,7 +20,7 @@ main: $(STAMP)
 	$(BIN)/modi-train
 
 test: $(STAMP)
-	$(BIN)/pip install -q -e ".[train,dev]" --config-settings editable_mode=strict
+	$(BIN)/pip install -q -e ".[train,server,dev]" --config-settings editable_mode=strict
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest tests

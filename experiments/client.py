@@ -1,0 +1,318 @@
+"""``modi-client``: a population of emulated mobile clients driving a ``modi-serve`` server.
+
+Each client is a closed loop: capture a real image (scikit-image's sample photographs when
+scikit-image is installed, else generated scenes; or scikit-learn's handwritten digits with their
+labels) at a phone camera resolution, optionally preprocess it on the device (resize to the
+pool's input and send raw pixels), sleep the upload time drawn from one of the simulator's
+network models (``modi.envs`` presets such as ``campus`` or ``link_wifi``), send it with its SLA,
+capture time and upload time, then sleep the download time. The end-to-end latency runs from
+capture to the answer's arrival, so it includes device preprocessing, both emulated network
+legs, the loopback transfer and everything in the server.
+
+The report gives attainment (share of requests within their SLA), accuracy (the chosen model's
+accuracy, or measured correctness for labelled digits), effective accuracy (accuracy, counting 0
+for a missed SLA), latency percentiles, throughput, failed requests and model usage. Usage::
+
+    modi-client --url http://127.0.0.1:8000 --sla-ms 250 --requests 400 --concurrency 8 \\
+        --network campus --images photos --preprocess mix --json report.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from modi.experiments.imaging import PIXELS_CONTENT_TYPE, encode_image, resize
+
+log = logging.getLogger(__name__)
+
+#: Phone camera resolutions (height, width) the photographs are resized to.
+PHONE_RESOLUTIONS = ((480, 640), (720, 1280), (1080, 1920))
+_SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "cat", "hubble_deep_field")
+
+
+@dataclass
+class Shot:
+    """One captured image: encoded bytes (as a phone camera writes), pixels, optional label."""
+
+    jpeg: bytes
+    pixels: np.ndarray
+    label: int | None
+    content_type: str = "image/jpeg"
+
+
+def photos(seed: int = 0) -> list[Shot]:
+    """Sample photographs at phone resolutions (generated scenes without scikit-image)."""
+    rng = np.random.default_rng(seed)
+    raw: list[np.ndarray] = []
+    try:
+        import skimage.data as sd
+
+        for name in _SKIMAGE_PHOTOS:
+            img = np.asarray(getattr(sd, name)())
+            if img.ndim == 2:
+                img = np.stack([img] * 3, axis=-1)
+            raw.append(img[..., :3].astype(np.uint8))
+    except ImportError:
+        log.warning("scikit-image is not installed: using generated scenes instead of photos")
+        for _ in range(6):
+            h, w = 480, 640
+            yy, xx = np.mgrid[0:h, 0:w]
+            base = np.stack([xx / w, yy / h, (xx + yy) / (w + h)], axis=-1) * 255
+            raw.append((base + rng.normal(0, 20, base.shape)).clip(0, 255).astype(np.uint8))
+    shots = []
+    for i, img in enumerate(raw):
+        h, w = PHONE_RESOLUTIONS[i % len(PHONE_RESOLUTIONS)]
+        px = resize(img, h, w)
+        shots.append(Shot(encode_image(px, "JPEG", 90), px, None))
+    return shots
+
+
+def digits(n: int = 64, size: int = 480, seed: int = 0) -> list[Shot]:
+    """Handwritten digits (scikit-learn) blown up to ``size`` pixels, as PNG, with labels."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    idx = np.random.default_rng(seed).choice(len(y), size=n, replace=False)
+    shots = []
+    for i in idx.tolist():
+        img = (x[i].reshape(8, 8) / 16.0 * 255).round().astype(np.uint8)
+        big = np.repeat(np.repeat(img, size // 8, 0), size // 8, 1)
+        px = np.stack([big] * 3, axis=-1)
+        shots.append(Shot(encode_image(px, "PNG"), px, int(y[i]), "image/png"))
+    return shots
+
+
+class NetworkReplay:
+    """Upload/download times (ms) per request from a simulator network model (a preset name)."""
+
+    def __init__(self, name: str, num_clients: int, seed: int = 0) -> None:
+        from modi.envs.catalog import load_preset
+
+        self.model = load_preset("network", name)
+        self.rng = np.random.default_rng(seed)
+        self.model.reset(self.rng, 1, num_clients)
+        self.t0 = time.perf_counter()
+
+    def sample(
+        self, client: int, payload_bytes: int, response_bytes: int = 1000
+    ) -> tuple[float, float]:
+        """``(t_input_ms, t_output_ms)`` of one request of ``client``."""
+        from modi.envs.networks import BlockContext
+
+        ctx = BlockContext(
+            client=np.array([[client]], dtype=np.int64),
+            time_ms=np.array([[(time.perf_counter() - self.t0) * 1e3]]),
+            payload_bytes=np.array([[float(payload_bytes)]]),
+            response_bytes=np.array([[float(response_bytes)]]),
+        )
+        t_in, t_out = self.model.sample(self.rng, ctx)
+        return float(np.asarray(t_in).reshape(-1)[0]), float(np.asarray(t_out).reshape(-1)[0])
+
+
+@dataclass
+class RunReport:
+    """What a client run measured (latencies in ms)."""
+
+    sla_ms: float
+    requests: int
+    failed: int
+    attainment: float
+    accuracy: float
+    effective_accuracy: float
+    e2e_p50_ms: float
+    e2e_p90_ms: float
+    e2e_p99_ms: float
+    server_p50_ms: float
+    select_p50_ms: float
+    select_p99_ms: float
+    exec_p50_ms: float
+    throughput_rps: float
+    duration_s: float
+    concurrency: int
+    network: str
+    preprocess: str
+    usage: dict[str, int] = field(default_factory=dict)
+    sources: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+async def _one(
+    http: Any,
+    url: str,
+    shot: Shot,
+    device_pre: bool,
+    input_hw: tuple[int, int],
+    sla_ms: float,
+    client: int,
+    net: NetworkReplay,
+) -> dict[str, Any]:
+    t_cap = time.perf_counter()
+    cap_ms = time.time() * 1e3
+    if device_pre:
+        px = resize(shot.pixels, *input_hw)
+        body, ctype = px.tobytes(), PIXELS_CONTENT_TYPE
+        shape = f"{px.shape[0]}x{px.shape[1]}x3"
+    else:
+        body, ctype, shape = shot.jpeg, shot.content_type, None
+    t_in, t_out = net.sample(client, len(body))
+    await asyncio.sleep(t_in / 1e3)
+    params: dict[str, Any] = {
+        "sla_ms": sla_ms, "upload_ms": round(t_in, 3), "capture_ts_ms": round(cap_ms, 3),
+        "client_id": f"phone-{client}",
+    }  # fmt: skip
+    if shape:
+        params["shape"] = shape
+    if shot.label is not None:
+        params["label"] = shot.label
+    row: dict[str, Any] = {"client": client, "sla_ms": sla_ms, "t_in_ms": t_in, "ok": False}
+    try:
+        r = await http.post(
+            f"{url}/v1/infer", params=params, content=body, headers={"content-type": ctype}
+        )
+    except Exception as e:  # a transport failure counts as a failed request
+        row["error"] = type(e).__name__
+        return row
+    await asyncio.sleep(t_out / 1e3)
+    row["e2e_ms"] = (time.perf_counter() - t_cap) * 1e3
+    if r.status_code != 200:
+        row["error"] = f"HTTP {r.status_code}"
+        return row
+    d = r.json()
+    row.update(
+        ok=True, model_id=d["model_id"], source=d["source"], accuracy=d["accuracy"],
+        correct=d["correct"], **{f"{k}_ms": v for k, v in d["timings_ms"].items()},
+    )  # fmt: skip
+    return row
+
+
+async def run_clients(
+    url: str,
+    sla_ms: float,
+    requests: int,
+    concurrency: int,
+    network: str = "campus",
+    images: str = "photos",
+    preprocess: str = "server",
+    seed: int = 0,
+    duration_s: float | None = None,
+    transport: Any = None,
+) -> tuple[RunReport, list[dict[str, Any]]]:
+    """Drive the server with ``concurrency`` closed-loop clients until ``requests`` are done (or
+    ``duration_s`` passed); return the report and one row per request. ``transport``: an httpx
+    transport (e.g. ``httpx.ASGITransport(app)`` to drive an app in-process)."""
+    import httpx
+
+    shots = photos(seed) if images == "photos" else digits(seed=seed)
+    if preprocess not in ("server", "device", "mix"):
+        raise ValueError(f"preprocess must be server, device or mix, got {preprocess!r}")
+    net = NetworkReplay(network, concurrency, seed)
+    rng = np.random.default_rng(seed + 1)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=60.0, limits=limits, transport=transport) as http:
+        doc = (await http.get(f"{url}/v1/models")).json()
+        h, w = max((tuple(m["input"][1:]) for m in doc["models"]), key=lambda s: s[0] * s[1])
+        rows: list[dict[str, Any]] = []
+        todo = iter(range(requests if duration_s is None else 1 << 62))
+        t_end = None if duration_s is None else time.perf_counter() + duration_s
+
+        async def worker(c: int) -> None:
+            for _ in todo:
+                if t_end is not None and time.perf_counter() >= t_end:
+                    return
+                shot = shots[int(rng.integers(len(shots)))]
+                dev = preprocess == "device" or (preprocess == "mix" and rng.random() < 0.5)
+                rows.append(await _one(http, url, shot, dev, (h, w), sla_ms, c, net))
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in range(concurrency)))
+        dur = time.perf_counter() - t0
+    return summarize(rows, sla_ms, dur, concurrency, network, preprocess), rows
+
+
+def summarize(
+    rows: Sequence[dict[str, Any]],
+    sla_ms: float,
+    duration_s: float,
+    concurrency: int,
+    network: str,
+    preprocess: str,
+) -> RunReport:
+    """The :class:`RunReport` of a run's rows."""
+    ok = [r for r in rows if r["ok"]]
+    n = len(rows)
+
+    def pct(key: str, q: float) -> float:
+        v = [r[key] for r in ok if key in r]
+        return float(np.percentile(v, q)) if v else float("nan")
+
+    met = np.array([r["e2e_ms"] <= r["sla_ms"] for r in ok], dtype=bool)
+    acc = np.array([float(r["correct"]) if r["correct"] is not None else r["accuracy"] for r in ok])
+    return RunReport(
+        sla_ms=sla_ms,
+        requests=n,
+        failed=n - len(ok),
+        attainment=float(met.sum() / n) if n else float("nan"),
+        accuracy=float(acc.mean()) if ok else float("nan"),
+        effective_accuracy=float((acc * met).sum() / n) if n else float("nan"),
+        e2e_p50_ms=pct("e2e_ms", 50),
+        e2e_p90_ms=pct("e2e_ms", 90),
+        e2e_p99_ms=pct("e2e_ms", 99),
+        server_p50_ms=pct("server_ms", 50),
+        select_p50_ms=pct("select_ms", 50),
+        select_p99_ms=pct("select_ms", 99),
+        exec_p50_ms=pct("exec_ms", 50),
+        throughput_rps=len(ok) / duration_s if duration_s > 0 else float("nan"),
+        duration_s=duration_s,
+        concurrency=concurrency,
+        network=network,
+        preprocess=preprocess,
+        usage=dict(Counter(r["model_id"] for r in ok).most_common()),
+        sources=dict(Counter(r["source"] for r in ok)),
+        errors=dict(Counter(r.get("error", "") for r in rows if not r["ok"])),
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry point."""
+    p = argparse.ArgumentParser(prog="modi-client", description=__doc__.split("\n")[0])
+    p.add_argument("--url", default="http://127.0.0.1:8000")
+    p.add_argument("--sla-ms", type=float, default=250.0)
+    p.add_argument("--requests", type=int, default=200)
+    p.add_argument("--duration-s", type=float, default=None, help="run this long instead")
+    p.add_argument("--concurrency", type=int, default=4, help="clients at once")
+    p.add_argument("--network", default="campus", help="network preset (conf/network)")
+    p.add_argument("--images", choices=("photos", "digits"), default="photos")
+    p.add_argument("--preprocess", choices=("server", "device", "mix"), default="server")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.add_argument("--rows", type=Path, default=None, help="write per-request rows (JSON lines)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    rep, rows = asyncio.run(
+        run_clients(
+            a.url, a.sla_ms, a.requests, a.concurrency, a.network, a.images, a.preprocess,
+            a.seed, a.duration_s,
+        )
+    )  # fmt: skip
+    text = json.dumps(asdict(rep), indent=2)
+    print(text)  # the CLI's output
+    if a.json:
+        a.json.write_text(text + "\n")
+    if a.rows:
+        a.rows.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+if __name__ == "__main__":
+    main()
