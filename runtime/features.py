@@ -18,6 +18,7 @@ execution times. The download time and the realised execution time are never fea
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, TypeVar
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -67,35 +68,46 @@ def obs_dim(num_models: int) -> int:
     return R + P * num_models
 
 
+_Layout = TypeVar("_Layout", bound="ObsLayout")
+
+
 @dataclass(frozen=True)
 class ObsLayout:
-    """Splits flat observations into the request block and the per-model block."""
+    """Splits flat observations into the request block and the per-model block.
+
+    Other schemas (e.g. :mod:`modi.runtime.device_features`) subclass it and set the class
+    attributes ``request_dim``, ``row_dim`` and ``schema``.
+    """
 
     num_models: int
+    request_dim: ClassVar[int] = R
+    row_dim: ClassVar[int] = P
+    schema: ClassVar[str] = f"{SCHEMA_NAME} v{SCHEMA_VERSION}"
 
     @classmethod
-    def from_obs_dim(cls, dim: int) -> ObsLayout:
+    def from_obs_dim(cls: type[_Layout], dim: int) -> _Layout:
         """Infer the pool size from an observation length; refuse a length that fits no pool."""
-        k, rem = divmod(dim - R, P)
-        if dim <= R or rem:
+        r, p = cls.request_dim, cls.row_dim
+        k, rem = divmod(dim - r, p)
+        if dim <= r or rem:
             raise ValueError(
-                f"observation length {dim} does not match schema {SCHEMA_NAME} v{SCHEMA_VERSION}: "
-                f"expected {R} + {P} * K for some K >= 1"
+                f"observation length {dim} does not match schema {cls.schema}: "
+                f"expected {r} + {p} * K for some K >= 1"
             )
         return cls(k)
 
     @property
     def dim(self) -> int:
         """Observation length."""
-        return obs_dim(self.num_models)
+        return self.request_dim + self.row_dim * self.num_models
 
     def request(self, obs: NDArray[np.floating]) -> NDArray[np.floating]:
         """Request block, shape ``(N, R)`` (a view)."""
-        return obs[..., :R]
+        return obs[..., : self.request_dim]
 
     def models(self, obs: NDArray[np.floating]) -> NDArray[np.floating]:
         """Model block, shape ``(N, K, P)`` (a view)."""
-        return obs[..., R:].reshape(*obs.shape[:-1], self.num_models, P)
+        return obs[..., self.request_dim :].reshape(*obs.shape[:-1], self.num_models, self.row_dim)
 
 
 def encode_requests(

@@ -1,0 +1,440 @@
+"""``modi/Offload-v0``: env checker, seeded determinism and common random numbers, the native
+vector env, information honesty of the device observation, a hand-checked latency/energy
+breakdown, and bad input."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+from modi.envs.catalog import PresetError
+from modi.envs.devices import (
+    DeviceError,
+    DeviceProfile,
+    OnDeviceModel,
+    Preprocessing,
+    RadioEnergy,
+)
+from modi.envs.images import INPUT_MEGAPIXELS, ImageBatch, ImageError, ImageModel
+from modi.envs.links import LinkModel
+from modi.envs.offload import (
+    ANSWER_BACKUP,
+    ANSWER_LOCAL,
+    ANSWER_NONE,
+    ANSWER_REMOTE,
+    INFO_KEYS,
+    OffloadEnv,
+    OffloadError,
+    OffloadSim,
+    OffloadVectorEnv,
+)
+from modi.envs.pools import ModelPool, ModelSpec
+from modi.runtime import device_features as dfeat
+
+ENV_ID = "modi/Offload-v0"
+PIESLICER_RUNS = (
+    Path(__file__).resolve().parents[1].parent / "shared/data/cakelab/pieslicer_on_device_runs.csv"
+)
+#: The device presets (low/mid/high) read the PieSlicer runs from the shared data.
+needs_data = pytest.mark.skipif(
+    not PIESLICER_RUNS.is_file(), reason=f"device data not found at {PIESLICER_RUNS}"
+)
+_EXPECTED_CHECKER_WARNINGS = ("infinity", "different from the unwrapped version")
+
+
+def _check_quietly(env: gym.Env[Any, Any]) -> None:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env, skip_render_check=True)
+    unexpected = [
+        str(w.message)
+        for w in caught
+        if not any(s in str(w.message) for s in _EXPECTED_CHECKER_WARNINGS)
+    ]
+    assert not unexpected, f"gymnasium's env checker complained: {unexpected}"
+
+
+def _actions(space: gym.spaces.MultiDiscrete, steps: int, seed: int = 3) -> list[Any]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, space.nvec) for _ in range(steps)]
+
+
+# --------------------------------------------------------------------------- a tiny world
+def _const_model(mid: str, acc: float, exec_ms: float, load_ms: float) -> OnDeviceModel:
+    return OnDeviceModel(mid, acc, np.array([exec_ms]), np.array([load_ms]))
+
+
+def _hand_device() -> DeviceProfile:
+    """Everything deterministic: 4 MP photos of 1 MB, 20 KB payloads, preprocessing
+    10 + 50 ms/MP = 210 ms, two on-device models, 2 W."""
+    return DeviceProfile(
+        name="hand",
+        tier="mid",
+        models=(_const_model("a", 0.5, 100.0, 50.0), _const_model("b", 0.7, 300.0, 200.0)),
+        preprocessing=Preprocessing(10.0, 50.0, 0.0),
+        compute_power_w=2.0,
+        backup_model="a",
+        images=ImageModel(
+            mode="camera",
+            camera_mp=4.0,
+            camera_fraction=1.0,
+            bytes_per_pixel=0.25,
+            bytes_per_pixel_sigma=0.0,
+            preprocessed_kb=20.0,
+            preprocessed_sigma=0.0,
+        ),
+    )
+
+
+def _hand_sim(sla_ms: float, **kwargs: Any) -> OffloadSim:
+    """Constant link: RTT 20 ms, 8 Mbit/s both ways (1 MB takes 1000 ms); one server model of
+    20 ms exactly (accuracy 0.8); server preprocessing 2 + 8 ms/MP."""
+    link = LinkModel(rtt_ms=20.0, uplink_mbps=8.0, downlink_mbps=8.0, name="const")
+    pool = ModelPool("one", (ModelSpec("srv", 0.8, 20.0, 0.0),))
+    args: dict[str, Any] = {
+        "sla_ms": sla_ms,
+        "radio": RadioEnergy("test", 1000.0, 500.0, 100.0),
+        "server_prep": {"intercept_ms": 2.0, "ms_per_mp": 8.0, "cv": 0.0},
+    }
+    args.update(kwargs)
+    return OffloadSim(_hand_device(), link, pool, **args)
+
+
+T_DP = 10.0 + 50.0 * 4.0  # device preprocessing, ms
+T_IN_PRE = 10.0 + 20.0  # RTT/2 + 20 KB at 1 MB/s
+T_IN_RAW = 10.0 + 1000.0
+T_OUT = 10.0 + 1.0  # RTT/2 + 1 KB
+T_SP_PRE = 2.0 + 8.0 * INPUT_MEGAPIXELS
+T_SP_RAW = 2.0 + 8.0 * 4.0
+
+
+# --------------------------------------------------------------------------- gymnasium
+@needs_data
+def test_check_env_passes_on_other_devices_and_options() -> None:
+    env = gym.make(
+        ENV_ID,
+        device="low",
+        network="wifi_residential",
+        sla_range_ms=(200.0, 2000.0),
+        cache_models=0,
+        resident_backup=False,
+        energy_cost_per_j=0.1,
+    )
+    _check_quietly(env.unwrapped)
+    assert isinstance(env.action_space, gym.spaces.MultiDiscrete)
+    assert env.action_space.nvec.tolist() == [2, 8, 2]
+
+
+@needs_data
+def test_same_seed_replays_and_fresh_instances_agree() -> None:
+    env = gym.make(ENV_ID, device="high", sla_ms=600.0)
+    acts = _actions(env.action_space, 300)
+
+    def record(e: gym.Env[Any, Any]) -> tuple[list[Any], list[float], list[dict[str, Any]]]:
+        obs, _ = e.reset(seed=5)
+        o, r, i = [obs], [], []
+        for a in acts:
+            obs, rew, _, _, info = e.step(a)
+            o.append(obs)
+            r.append(rew)
+            i.append(info)
+        return o, r, i
+
+    a, b, c = record(env), record(env), record(gym.make(ENV_ID, device="high", sla_ms=600.0))
+    np.testing.assert_array_equal(np.stack(a[0]), np.stack(b[0]))
+    np.testing.assert_array_equal(np.stack(a[0]), np.stack(c[0]))
+    assert a[1] == b[1] == c[1]
+    assert a[2] == b[2] == c[2]
+    assert set(a[2][0]) == set(INFO_KEYS)
+
+
+@needs_data
+def test_same_seed_gives_every_policy_the_same_requests() -> None:
+    """Common random numbers: whatever the actions, the captured images, SLAs and the
+    counterfactual pre-execution times of both locations are the same."""
+    env = gym.make(ENV_ID, sla_range_ms=(300.0, 1500.0))
+    keys = ("sla_ms", "megapixels", "raw_bytes", "pre_bytes")
+    keys += ("cf_preexec_device_ms", "cf_preexec_server_ms")
+    streams = []
+    for seed_actions in (1, 2):
+        env.reset(seed=9)
+        acts = _actions(env.action_space, 400, seed=seed_actions)
+        streams.append([{k: env.step(a)[4][k] for k in keys} for a in acts])
+    assert streams[0] == streams[1]
+
+
+@needs_data
+def test_vector_env_matches_the_single_env_and_autoresets() -> None:
+    single = OffloadEnv(device="mid", sla_ms=700.0)
+    vector = OffloadVectorEnv(num_envs=1, device="mid", sla_ms=700.0, max_episode_steps=50)
+    o1, _ = single.reset(seed=4)
+    o2, _ = vector.reset(seed=4)
+    np.testing.assert_array_equal(o1, o2[0])
+    for t, a in enumerate(_actions(single.action_space, 49)):
+        o1, r1, _, _, i1 = single.step(a)
+        o2, r2, _, trunc, i2 = vector.step(a[None, :])
+        assert r1 == r2[0] and not trunc[0]
+        assert i1 == {k: i2[k][0].item() for k in i1}, f"step {t}"
+        np.testing.assert_array_equal(o1, o2[0])
+    _, _, _, trunc, info = vector.step(np.array([[0, 7, 0]]))
+    assert trunc[0] and info["_final_obs"][0]
+    venv = gym.make_vec(ENV_ID, num_envs=4)
+    assert isinstance(venv, OffloadVectorEnv)
+    venv.reset(seed=0)
+    _, reward, _, _, info = venv.step(np.tile([0, 7, 1], (4, 1)))
+    assert reward.shape == (4,) and info["energy_mj"].shape == (4,)
+    assert len(set(info["megapixels"].tolist())) == 4, "streams should be independent"
+
+
+def test_docstring_documents_every_device_observation_column() -> None:
+    doc = OffloadEnv.__doc__ or ""
+    for i, (name, unit, _) in enumerate(dfeat.DEVICE_REQUEST_FEATURES):
+        assert f"| {i} | {name} | {unit} |" in doc, f"request column {i} ({name}) missing"
+    for i, (name, unit, _) in enumerate(dfeat.DEVICE_MODEL_FEATURES):
+        assert f"| {i} | {name} | {unit} |" in doc, f"model column {i} ({name}) missing"
+    for key in ("device_prep_ms", "server_prep_ms", "queue_ms", "backup_done_ms", "energy_mj"):
+        assert key in doc
+
+
+# --------------------------------------------------------------------------- honesty
+def test_device_observation_ignores_this_requests_network_and_the_server() -> None:
+    """Rewriting the current request's realised upload/download times or the server's state
+    leaves the device's observation unchanged (it is built before anything is sent)."""
+    sim = OffloadSim(
+        _hand_device(),
+        LinkModel(20.0, 8.0, 8.0, 0.5, 0.5, 0.5, name="noisy"),
+        ModelPool("two", (ModelSpec("s", 0.6, 5.0, 1.0), ModelSpec("l", 0.8, 50.0, 3.0))),
+        num_envs=3,
+    )
+    sim.reset(1)
+    for _ in range(5):
+        sim.step(np.tile([0, 2, 0], (3, 1)))
+    before = sim.obs.copy()
+    i = sim._cursor
+    for name in ("_blk_tin_pre", "_blk_tin_raw", "_blk_tout_pre", "_blk_tout_raw"):
+        getattr(sim, name)[i] *= 7.0
+    sim.tracker.mu[:] *= 3.0
+    sim._srv_mean[:] = 1e6
+    sim._arrive()
+    np.testing.assert_array_equal(sim.obs, before)
+
+
+@needs_data
+def test_device_observation_does_not_depend_on_the_server_policy() -> None:
+    """Two servers that choose differently: the same device actions see the same device
+    observations throughout (the device never observes the server's state)."""
+
+    class Always:
+        def __init__(self, k: int) -> None:
+            self.name, self.k = f"always{k}", k
+
+        def reset(self, num_envs: int, seed: int | None = None) -> None:
+            pass
+
+        def select(self, obs: Any) -> Any:
+            return np.full(obs.shape[0], self.k)
+
+    obs = []
+    for k in (0, 10):
+        env = OffloadEnv(device="mid", server_policy=Always(k), sla_ms=500.0)
+        o, _ = env.reset(seed=2)
+        trace = [o]
+        for a in _actions(env.action_space, 200, seed=8):
+            trace.append(env.step(a)[0])
+        obs.append(np.stack(trace))
+    np.testing.assert_array_equal(obs[0], obs[1])
+
+
+def test_network_features_are_the_ewma_of_previous_measurements() -> None:
+    """On a constant link every measurement is the same, so the EWMA is exact from the probe
+    on: latency = RTT/2 + 1 KB / downlink, uplink = the link's bandwidth."""
+    sim = _hand_sim(1000.0)
+    obs = sim.reset(0)
+    for _ in range(3):
+        req = obs[0, : dfeat.R]
+        assert req[dfeat.NET_LATENCY] == pytest.approx(T_OUT)
+        assert req[dfeat.NET_UPLINK] == pytest.approx(8.0, rel=1e-5)
+        assert req[dfeat.NET_UPLINK_STD] == pytest.approx(0.0, abs=1e-4)
+        assert req[dfeat.NET_AGE] > 0
+        assert req[dfeat.TIER_MID] == 1 and req[dfeat.TIER_LOW] == req[dfeat.TIER_HIGH] == 0
+        assert req[dfeat.PREP_EST] == pytest.approx(T_DP)
+        obs = sim.obs
+        sim.step(np.array([[0, 2, 0]]))
+
+
+# --------------------------------------------------------------------------- breakdown
+def test_offload_with_device_preprocessing_by_hand() -> None:
+    sim = _hand_sim(300.0)
+    sim.reset(0)
+    o = sim.step(np.array([[0, 2, 0]])).info(0)
+    preexec = T_DP + T_IN_PRE + T_SP_PRE
+    assert o["device_prep_ms"] == pytest.approx(T_DP)
+    assert o["t_input_ms"] == pytest.approx(T_IN_PRE)
+    assert o["server_prep_ms"] == pytest.approx(T_SP_PRE)
+    assert o["queue_ms"] == 0.0 and o["exec_ms"] == pytest.approx(20.0)
+    assert o["t_output_ms"] == pytest.approx(T_OUT)
+    assert o["preexec_ms"] == pytest.approx(preexec)
+    assert o["e2e_ms"] == pytest.approx(preexec + 20.0 + T_OUT)  # 273.4 <= 300
+    assert o["met"] and o["answered_by"] == ANSWER_REMOTE and o["accuracy"] == pytest.approx(0.8)
+    assert o["bytes_sent"] == pytest.approx(20e3) and o["bytes_received"] == pytest.approx(1e3)
+    assert o["compute_mj"] == pytest.approx(2.0 * T_DP)
+    radio = 1000.0 * 0.02 + 500.0 * 0.001 + 100.0 * (T_IN_PRE + T_OUT) / 1e3
+    assert o["radio_mj"] == pytest.approx(radio)
+    assert o["energy_mj"] == pytest.approx(2.0 * T_DP + radio)
+    assert o["reward"] == pytest.approx(0.8)
+    assert o["cf_preexec_device_ms"] == pytest.approx(preexec)
+    assert o["cf_preexec_server_ms"] == pytest.approx(T_IN_RAW + T_SP_RAW)
+
+
+def test_raw_upload_late_and_the_backup_answers() -> None:
+    sim = _hand_sim(400.0)
+    sim.reset(0)
+    o = sim.step(np.array([[1, 2, 1]])).info(0)
+    remote = T_IN_RAW + T_SP_RAW + 20.0 + T_OUT
+    backup_done = T_DP + 0.0 + 100.0  # resident backup: no load
+    assert o["preexec_ms"] == pytest.approx(T_IN_RAW + T_SP_RAW)
+    assert o["remote_e2e_ms"] == pytest.approx(remote)  # 1075 > 400: late
+    assert o["backup"] and o["backup_load_ms"] == 0.0
+    assert o["backup_done_ms"] == pytest.approx(backup_done)  # 310 <= 400
+    assert o["answered_by"] == ANSWER_BACKUP and o["accuracy"] == pytest.approx(0.5)
+    assert o["e2e_ms"] == pytest.approx(backup_done) and o["met"]
+    # the device preprocesses for its backup even though the server preprocesses the upload
+    assert o["device_prep_ms"] == pytest.approx(T_DP)
+    assert o["compute_mj"] == pytest.approx(2.0 * (T_DP + 100.0))
+    radio = 1000.0 * 1.0 + 500.0 * 0.001 + 100.0 * (T_IN_RAW + T_OUT) / 1e3
+    assert o["radio_mj"] == pytest.approx(radio)
+    # with device preprocessing the remote answer (273 ms) comes first and stops the backup
+    o = sim.step(np.array([[0, 2, 1]])).info(0)
+    assert o["answered_by"] == ANSWER_REMOTE and o["accuracy"] == pytest.approx(0.8)
+    busy = (T_DP + T_IN_PRE + T_SP_PRE + 20.0 + T_OUT) - T_DP
+    assert o["compute_mj"] == pytest.approx(2.0 * (T_DP + busy))
+
+
+def test_local_model_loads_once_and_misses_are_worth_nothing() -> None:
+    sim = _hand_sim(600.0, miss_penalty=0.25, energy_cost_per_j=0.1)
+    sim.reset(0)
+    first = sim.step(np.array([[1, 1, 1]])).info(0)  # model b, not in memory
+    assert first["prep"] == 0 and not first["backup"]  # ignored for a local placement
+    assert first["local_load_ms"] == pytest.approx(200.0)
+    assert first["local_e2e_ms"] == pytest.approx(T_DP + 200.0 + 300.0)  # 710 > 600
+    assert first["answered_by"] == ANSWER_NONE and not first["met"]
+    assert first["accuracy"] == 0.0 and first["bytes_sent"] == 0.0 and first["radio_mj"] == 0
+    energy = 2.0 * (T_DP + 200.0 + 300.0)
+    assert first["reward"] == pytest.approx(-0.25 - 0.1 * energy / 1e3)
+    assert sim.obs[0, dfeat.R + dfeat.P * 1 + dfeat.LOADED] == 1.0  # the device knows
+    second = sim.step(np.array([[0, 1, 0]])).info(0)  # now in memory
+    assert second["local_load_ms"] == 0.0
+    assert second["local_e2e_ms"] == pytest.approx(T_DP + 300.0)
+    assert second["answered_by"] == ANSWER_LOCAL and second["accuracy"] == pytest.approx(0.7)
+
+
+def test_counterfactuals_match_what_step_returns() -> None:
+    sim = OffloadSim(
+        _hand_device(),
+        LinkModel(20.0, 8.0, 8.0, 0.5, 0.5, 0.5, name="noisy"),
+        ModelPool("two", (ModelSpec("s", 0.6, 5.0, 1.0), ModelSpec("l", 0.8, 50.0, 3.0))),
+        num_envs=4,
+        sla_range_ms=(200.0, 1500.0),
+    )
+    sim.reset(3)
+    acts = sim.all_actions()
+    rng = np.random.default_rng(0)
+    rows = np.arange(4)
+    for _ in range(40):
+        reward, energy, e2e = sim.counterfactual_rewards()
+        pre = sim.current_preexec_ms()
+        j = rng.integers(0, len(acts), size=4)
+        o = sim.step(acts[j])
+        np.testing.assert_allclose(o.reward, reward[rows, j])
+        np.testing.assert_allclose(o.energy_mj, energy[rows, j])
+        np.testing.assert_allclose(o.e2e_ms, e2e[rows, j])
+        np.testing.assert_allclose(
+            pre, np.stack([o.cf_preexec_device_ms, o.cf_preexec_server_ms], 1)
+        )
+
+
+# --------------------------------------------------------------------------- bad input
+def test_unknown_device_tier_or_preset_is_named() -> None:
+    with pytest.raises(DeviceError, match=r"unknown device tier 'ultra'; expected one of"):
+        DeviceProfile("x", "ultra", (_const_model("a", 0.5, 1.0, 1.0),), Preprocessing(1, 1))
+    with pytest.raises(PresetError, match=r"unknown device 'ultra'; expected one of \[.*'mid'"):
+        gym.make(ENV_ID, device="ultra")
+    with pytest.raises(DeviceError, match="unknown device tier 'top'"):
+        DeviceProfile.from_config("x", "top", {"models": []}, {"intercept_ms": 1, "ms_per_mp": 1})
+
+
+def test_a_device_pool_with_no_models_is_refused() -> None:
+    with pytest.raises(DeviceError, match="on-device pool has no models"):
+        DeviceProfile("empty", "low", (), Preprocessing(1.0, 1.0))
+    with pytest.raises(DeviceError, match="on-device pool has no models"):
+        DeviceProfile.from_config(
+            "empty",
+            "low",
+            {"source": "pieslicer", "path": "x.csv", "models": []},
+            {"intercept_ms": 1, "ms_per_mp": 1},
+        )
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: ImageModel(camera_mp=-2.0), r"images\.camera_mp must be > 0, got -2"),
+        (lambda: ImageModel(other_mp=[-1.0, 3.0]), r"images\.other_mp must satisfy 0 < low"),
+        (lambda: ImageModel(file_size_mb=[2.0, 1.0]), r"images\.file_size_mb"),
+        (lambda: ImageModel(preprocessed_kb=0), r"images\.preprocessed_kb must be > 0"),
+        (lambda: ImageBatch.from_values(-3.0, 1e6, 2e4), r"images\.megapixels must be"),
+        (lambda: ImageBatch.from_values(3.0, -1e6, 2e4), r"images\.raw_bytes must be"),
+        (lambda: ImageBatch.from_values(3.0, 1e6, 0.0), r"images\.pre_bytes must be"),
+        (lambda: Preprocessing(10.0, 50.0).mean_ms(-1.0), r"megapixels must be finite and > 0"),
+        (lambda: Preprocessing(10.0, -5.0), r"preprocessing\.ms_per_mp must be > 0"),
+    ],
+)
+def test_negative_megapixels_or_sizes_are_named(make: Any, match: str) -> None:
+    with pytest.raises((ImageError, DeviceError), match=match):
+        make()
+
+
+@needs_data
+@pytest.mark.parametrize(
+    ("action", "match"),
+    [
+        ([0, 8, 0], r"component 1, placement.*must be in \[0, 8\), got \[8\]"),
+        ([2, 0, 0], r"component 0, preprocessing.*got \[2\]"),
+        ([0, 0, -1], r"component 2, backup.*got \[-1\]"),
+        ([0, 1], r"3 integers"),
+        ([0.5, 1, 0], r"integers"),
+    ],
+)
+def test_actions_outside_the_space_are_named(action: list[Any], match: str) -> None:
+    env = OffloadEnv()
+    env.reset(seed=0)
+    with pytest.raises(OffloadError, match=match):
+        env.step(np.array(action))
+
+
+@needs_data
+def test_vector_actions_of_the_wrong_shape_are_named() -> None:
+    venv = OffloadVectorEnv(num_envs=2)
+    venv.reset(seed=0)
+    with pytest.raises(OffloadError, match=r"expected actions of shape \(2, 3\)"):
+        venv.step(np.zeros((3, 3), dtype=np.int64))
+
+
+@needs_data
+def test_other_bad_arguments_are_named() -> None:
+    with pytest.raises(OffloadError, match="backup_model 'nope' is not an on-device model"):
+        OffloadEnv(backup_model="nope")
+    with pytest.raises(OffloadError, match="server_policy must be"):
+        OffloadEnv(server_policy="greedy")
+    with pytest.raises(OffloadError, match=r"sla_ms must be > 0"):
+        OffloadEnv(sla_ms=-5.0)
+    with pytest.raises(DeviceError, match="unknown radio 'satellite'"):
+        OffloadEnv(radio="satellite")
+    with pytest.raises(OffloadError, match="cache_models must be an integer >= 0"):
+        OffloadEnv(cache_models=-1)
