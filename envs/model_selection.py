@@ -8,13 +8,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, VectorEnv
 from numpy.typing import NDArray
 
 from modi.envs.catalog import load_preset
 from modi.envs.networks import NetworkModel
 from modi.envs.pools import ModelPool
 from modi.envs.simulator import ModelSelectionSim, StepOutcome
+from modi.envs.vector import StreamVectorEnv
 from modi.runtime.features import MODEL_FEATURES, REQUEST_FEATURES
 
 DEFAULT_EPISODE_REQUESTS = 1000
@@ -176,7 +176,7 @@ ModelSelectionEnv.__doc__ = (ModelSelectionEnv.__doc__ or "").format(
 )
 
 
-class ModelSelectionVectorEnv(VectorEnv[NDArray[np.float32], NDArray[np.int64], NDArray[Any]]):
+class ModelSelectionVectorEnv(StreamVectorEnv):
     """``num_envs`` request streams of :class:`ModelSelectionEnv`, batched natively in numpy.
 
     Reached with ``gymnasium.make_vec("modi/ModelSelection-v0", num_envs=N)``. Each stream is
@@ -184,11 +184,6 @@ class ModelSelectionVectorEnv(VectorEnv[NDArray[np.float32], NDArray[np.int64], 
     state is reset; the final observation is in ``infos["final_obs"]``). Infos hold arrays of
     the latency breakdown of the requests just served.
     """
-
-    metadata: dict[str, Any] = {  # noqa: RUF012 - gymnasium API
-        "autoreset_mode": AutoresetMode.SAME_STEP,
-        "render_modes": [],
-    }
 
     def __init__(
         self,
@@ -200,26 +195,12 @@ class ModelSelectionVectorEnv(VectorEnv[NDArray[np.float32], NDArray[np.int64], 
     ) -> None:
         self.sim = build_sim(pool, network, num_envs=num_envs, **kwargs)
         self.pool = self.sim.pool
-        self.num_envs = num_envs
-        self.max_episode_steps = int(max_episode_steps)
+        self._init_streams(num_envs, max_episode_steps)
         self.single_observation_space, self.single_action_space = _spaces(self.sim)
         self.observation_space = spaces.Box(
             -np.inf, np.inf, shape=(num_envs, self.sim.obs_dim), dtype=np.float32
         )
         self.action_space = spaces.MultiDiscrete(np.full(num_envs, self.sim.num_models))
-        self._elapsed = np.zeros(num_envs, dtype=np.int64)
-        self._terminated = np.zeros(num_envs, dtype=np.bool_)
-
-    def reset(
-        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[NDArray[np.float32], dict[str, Any]]:
-        """Start all streams; ``seed`` (an int) fixes every stream's requests."""
-        if isinstance(seed, list):
-            seed = seed[0] if seed else None
-        super().reset(seed=seed)
-        sim_seed = int(self.np_random.integers(2**63)) if seed is None else seed
-        self._elapsed[:] = 0
-        return self.sim.reset(sim_seed).copy(), {}
 
     def step(
         self, actions: NDArray[np.int64]
@@ -232,8 +213,6 @@ class ModelSelectionVectorEnv(VectorEnv[NDArray[np.float32], NDArray[np.int64], 
     ]:
         """Serve the current request of every stream."""
         o = self.sim.step(actions)
-        self._elapsed += 1
-        truncated = self._elapsed >= self.max_episode_steps
         infos: dict[str, Any] = {
             "model": o.model,
             "sla_ms": o.sla_ms,
@@ -247,9 +226,4 @@ class ModelSelectionVectorEnv(VectorEnv[NDArray[np.float32], NDArray[np.int64], 
             "dropped": o.dropped,
             "slowdown": o.slowdown,
         }
-        if truncated.any():
-            infos["final_obs"] = self.sim.obs.copy()
-            infos["_final_obs"] = truncated.copy()
-            self.sim.reset_state(truncated)
-            self._elapsed[truncated] = 0
-        return self.sim.obs.copy(), o.reward.copy(), self._terminated.copy(), truncated, infos
+        return self._finish_step(o.reward, infos)

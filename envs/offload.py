@@ -44,7 +44,6 @@ from typing import Any, Protocol, runtime_checkable
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector import AutoresetMode, VectorEnv
 from numpy.typing import NDArray
 
 from modi.envs.catalog import load_preset
@@ -53,6 +52,7 @@ from modi.envs.images import INPUT_MEGAPIXELS, ImageModel
 from modi.envs.networks import BlockContext, GaussianOneWay, NetworkModel
 from modi.envs.pools import ModelPool
 from modi.envs.trace_networks import MahimahiNetwork, ThroughputNetwork
+from modi.envs.vector import StreamVectorEnv
 from modi.runtime import device_features as dfeat
 from modi.runtime.features import ACC, BUDGET, CLIENT_NET_ALPHA, MU, SIGMA, ObsLayout, encode
 from modi.runtime.features import MODEL_FEATURES as SERVER_MODEL_FEATURES
@@ -1058,7 +1058,7 @@ OffloadEnv.__doc__ = (OffloadEnv.__doc__ or "").format(
 )
 
 
-class OffloadVectorEnv(VectorEnv[NDArray[np.float32], NDArray[np.int64], NDArray[Any]]):
+class OffloadVectorEnv(StreamVectorEnv):
     """``num_envs`` devices of :class:`OffloadEnv`, batched natively in numpy.
 
     Reached with ``gymnasium.make_vec("modi/Offload-v0", num_envs=N)``. Actions ``(N, 3)``.
@@ -1066,11 +1066,6 @@ class OffloadVectorEnv(VectorEnv[NDArray[np.float32], NDArray[np.int64], NDArray
     are reset; ``infos["final_obs"]`` holds the last observations). Infos hold arrays of the
     breakdown of :class:`OffloadEnv`.
     """
-
-    metadata: dict[str, Any] = {  # noqa: RUF012 - gymnasium API
-        "autoreset_mode": AutoresetMode.SAME_STEP,
-        "render_modes": [],
-    }
 
     def __init__(
         self,
@@ -1084,26 +1079,12 @@ class OffloadVectorEnv(VectorEnv[NDArray[np.float32], NDArray[np.int64], NDArray
         self.sim = build_offload_sim(device, network, pool, num_envs=num_envs, **kwargs)
         self.device = self.sim.device
         self.pool = self.sim.pool
-        self.num_envs = num_envs
-        self.max_episode_steps = int(max_episode_steps)
         self.single_observation_space, self.single_action_space = _spaces(self.sim)
         self.observation_space = spaces.Box(
             -np.inf, np.inf, shape=(num_envs, self.sim.obs_dim), dtype=np.float32
         )
         self.action_space = spaces.MultiDiscrete(np.tile(self.sim.action_nvec, (num_envs, 1)))
-        self._elapsed = np.zeros(num_envs, dtype=np.int64)
-        self._terminated = np.zeros(num_envs, dtype=np.bool_)
-
-    def reset(
-        self, *, seed: int | list[int] | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[NDArray[np.float32], dict[str, Any]]:
-        """Start all devices; ``seed`` (an int) fixes every stream."""
-        if isinstance(seed, list):
-            seed = seed[0] if seed else None
-        super().reset(seed=seed)
-        sim_seed = int(self.np_random.integers(2**63)) if seed is None else seed
-        self._elapsed[:] = 0
-        return self.sim.reset(sim_seed).copy(), {}
+        self._init_streams(num_envs, max_episode_steps)
 
     def step(
         self, actions: NDArray[np.int64]
@@ -1116,12 +1097,5 @@ class OffloadVectorEnv(VectorEnv[NDArray[np.float32], NDArray[np.int64], NDArray
     ]:
         """Handle the current capture of every device."""
         o = self.sim.step(actions)
-        self._elapsed += 1
-        truncated = self._elapsed >= self.max_episode_steps
         infos = o.infos()
-        if truncated.any():
-            infos["final_obs"] = self.sim.obs.copy()
-            infos["_final_obs"] = truncated.copy()
-            self.sim.reset_state(truncated)
-            self._elapsed[truncated] = 0
-        return self.sim.obs.copy(), o.reward.copy(), self._terminated.copy(), truncated, infos
+        return self._finish_step(o.reward, infos)
