@@ -199,7 +199,7 @@ class LinUCB(_LinearBandit):
         """Optimistic choice."""
         phi, acc = self._basis(obs)
         mean = phi @ self.theta
-        bonus = np.sqrt(np.einsum("nkd,de,nke->nk", phi, self.A_inv, phi))
+        bonus = np.sqrt(np.maximum(((phi @ self.A_inv) * phi).sum(axis=-1), 0.0))
         p = np.clip(mean + self.alpha * bonus, 0.0, 1.0)
         return np.asarray(self._exp_reward(acc, p).argmax(axis=1), dtype=np.intp)
 

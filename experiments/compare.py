@@ -178,9 +178,10 @@ def resolve_policy_path(item: str) -> Path:
 
         from modi.experiments.tracking import resolve_uri
 
-        mlflow.set_tracking_uri(resolve_uri(None))
         try:
-            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="policy")
+            local = mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path="policy", tracking_uri=resolve_uri(None)
+            )
         except Exception as e:  # MlflowException: unknown run or artifact
             raise ConfigError(
                 f"learned: MLflow run {run_id} has no policy artifact ({e})"

@@ -21,6 +21,8 @@ import pandas as pd
 from hydra import compose, initialize_config_module
 
 from modi.agents.bandits import load_learned
+from modi.envs.catalog import available
+from modi.experiments.common import ConfigError
 from modi.experiments.compare import run_compare
 from modi.experiments.train import learned_vs_modipick, train
 
@@ -162,19 +164,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-generalisation", action="store_true")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
+    for group, names in (
+        ("agent", [a.agent]),
+        ("scenario", a.scenarios),
+        ("tracking", [a.tracking]),
+    ):
+        known = available(group)
+        for n in names:
+            if n not in known:
+                p.error(f"unknown {group} {n!r}; expected one of {known}")
+    if a.n_requests < 1 or (a.train_requests is not None and a.train_requests < 1):
+        p.error("--n-requests and --train-requests must be >= 1")
+    if any(s < 0 for s in a.seeds) or any(s <= 0 for s in a.sla):
+        p.error("--seeds must be >= 0 and --sla > 0")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     a.out.mkdir(parents=True, exist_ok=True)
-    per_seed = run_learned(
-        a.out,
-        a.agent,
-        a.scenarios,
-        a.seeds,
-        a.sla,
-        a.n_requests,
-        a.train_requests,
-        a.tracking,
-        not a.quiet,
-    )
+    try:
+        per_seed = run_learned(
+            a.out,
+            a.agent,
+            a.scenarios,
+            a.seeds,
+            a.sla,
+            a.n_requests,
+            a.train_requests,
+            a.tracking,
+            not a.quiet,
+        )
+    except ConfigError as e:
+        log.error("%s", e)
+        return 2
     per_seed.to_csv(a.out / "per_seed.csv", index=False)
     summary = aggregate(per_seed)
     summary.to_csv(a.out / "summary.csv", index=False)

@@ -106,22 +106,40 @@ def mlflow_run(
     tags: Mapping[str, str] | None = None,
     resume_run_id: str | None = None,
 ) -> Iterator[Any]:
-    """Start (or resume) an MLflow run; on an exception it ends FAILED, on Ctrl-C KILLED."""
+    """Start (or resume) an MLflow run; on an exception it ends FAILED, on Ctrl-C KILLED.
+
+    The tracking URI is set for the run's duration and restored afterwards, and the experiment
+    is passed by id (no global ``set_experiment``), so one process can track into several
+    stores in turn.
+    """
     import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
 
     resolved = resolve_uri(uri)
     check_reachable(resolved)
     init_store(resolved)
-    mlflow.set_tracking_uri(resolved)
+    client = MlflowClient(tracking_uri=resolved)
     if resume_run_id:
         try:
-            mlflow.get_run(resume_run_id)
-        except Exception as e:  # MlflowException for unknown ids
+            client.get_run(resume_run_id)
+        except MlflowException as e:
             raise ConfigError(f"resume={resume_run_id}: no such MLflow run ({e})") from None
+    else:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            try:
+                exp_id = client.create_experiment(experiment)
+            except MlflowException:  # a parallel sweep job created it first
+                exp_id = client.get_experiment_by_name(experiment).experiment_id  # type: ignore[union-attr]
+        else:
+            exp_id = exp.experiment_id
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(resolved)
+    if resume_run_id:
         run = mlflow.start_run(run_id=resume_run_id)
     else:
-        mlflow.set_experiment(experiment)
-        run = mlflow.start_run(run_name=run_name)
+        run = mlflow.start_run(run_name=run_name, experiment_id=exp_id)
     try:
         if params and not resume_run_id:
             flat = flatten(params)
@@ -138,3 +156,5 @@ def mlflow_run(
         raise
     else:
         mlflow.end_run(status="FINISHED")
+    finally:
+        mlflow.set_tracking_uri(previous_uri)

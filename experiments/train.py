@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from modi.agents.bandits import LearnedPolicy, load_learned
+from modi.agents.export import export_onnx, log_to_mlflow
 from modi.envs.pools import ModelPool
 from modi.envs.simulator import ModelSelectionSim, SimulationError
 from modi.experiments import plots
@@ -184,7 +185,11 @@ def train(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict[str, fl
         )
         summary = learned_vs_modipick(results, agent.name)
         summary.to_csv(out_dir / "learned_vs_modipick.csv", index=False)
-        onnx_path = _export(cfg, agent, pool, run_id, out_dir) if cfg.get("export") else None
+        onnx_path = (
+            export_onnx(agent, out_dir / "selector.onnx", run_id=run_id or None)
+            if cfg.get("export")
+            else None
+        )
 
         metrics: dict[str, float] = {}
         mine = results[results.policy == agent.name]
@@ -203,7 +208,7 @@ def train(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict[str, fl
             for f in sorted(out_dir.glob("*.csv")) + sorted(out_dir.glob("*.png")):
                 mlflow.log_artifact(str(f), "results")
             if onnx_path is not None:
-                _log_onnx(mlflow, onnx_path, tr)
+                log_to_mlflow(onnx_path, tr.get("registered_model"), alias=tr.get("alias"))
     log.info("run folder %s", out_dir)
     sys.stdout.write(
         format_table(results) + "\n\n" + summary.round(3).to_string(index=False) + "\n"
@@ -230,26 +235,6 @@ def _resume(mlflow: Any, run_id: str, out_dir: Path) -> tuple[LearnedPolicy, int
     done = int(json.loads((local / "checkpoint.json").read_text())["requests_done"])
     log.info("resuming run %s after %d requests", run_id, done)
     return agent, done
-
-
-def _export(
-    cfg: DictConfig, agent: LearnedPolicy, pool: ModelPool, run_id: str, out_dir: Path
-) -> Path | None:
-    try:
-        from modi.agents.export import export_onnx
-    except ImportError:
-        log.warning("modi.agents.export is not available: skipping ONNX export")
-        return None
-    return export_onnx(agent, out_dir / "selector.onnx", run_id=run_id or None)
-
-
-def _log_onnx(mlflow: Any, onnx_path: Path, tr: DictConfig) -> None:
-    try:
-        from modi.agents.export import log_to_mlflow
-    except ImportError:
-        mlflow.log_artifact(str(onnx_path), "selector")
-        return
-    log_to_mlflow(onnx_path, tr.get("registered_model"), alias=tr.get("alias"))
 
 
 @hydra.main(version_base="1.3", config_path="pkg://modi.conf", config_name="train")
