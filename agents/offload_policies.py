@@ -7,6 +7,9 @@ knows at capture) and returns one action ``(preprocessing, placement, backup)`` 
 * ``static_remote`` — upload the raw image, preprocess in the cloud, offload.
 * ``pieslicer`` — PieSlicer (ICPE'21): linear regressions of each part of the pre-execution
   time, fitted on simulated measurements (:meth:`PieSlicer.fit`), pick the faster location.
+* ``prep_ceiling`` — the reference for PieSlicer's decision accuracy: the location with the lower
+  *expected* pre-execution time given what the device knows at capture, computed from the
+  simulator's own laws (:class:`PrepCeiling`; it knows the model, never this request's draws).
 * ``on_device`` — always local: the most accurate on-device model whose expected time fits the
   SLA (profiled preprocessing + load if not in memory + μ + σ), the fastest if none does.
 * ``deepdecision`` — DeepDecision-style rule: offload (preprocessed) when the expected network
@@ -32,6 +35,9 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from numpy.typing import NDArray
 
+from modi.envs.images import INPUT_MEGAPIXELS
+from modi.envs.links import LinkModel
+from modi.envs.networks import GaussianOneWay
 from modi.envs.offload import (
     ANSWER_BACKUP,
     ANSWER_LOCAL,
@@ -41,6 +47,7 @@ from modi.envs.offload import (
     PREP_SERVER,
     OffloadSim,
 )
+from modi.envs.traces import BYTES_PER_MS_PER_MBPS
 from modi.runtime import device_features as dfeat
 
 log = logging.getLogger(__name__)
@@ -213,6 +220,8 @@ class PreexecMeasurements:
     raw_mb: NDArray[np.float64]
     net_latency_ms: NDArray[np.float64]
     net_uplink_mbps: NDArray[np.float64]
+    net_uplink_last_mbps: NDArray[np.float64]
+    net_age_ms: NDArray[np.float64]
     prep: NDArray[np.int64]
     sent_mb: NDArray[np.float64]
     device_prep_ms: NDArray[np.float64]
@@ -259,6 +268,8 @@ def collect_measurements(sim: OffloadSim, requests: int, seed: int) -> PreexecMe
         cols["raw_mb"].append(req[:, dfeat.RAW_KB] / 1e3)
         cols["net_latency_ms"].append(req[:, dfeat.NET_LATENCY])
         cols["net_uplink_mbps"].append(req[:, dfeat.NET_UPLINK])
+        cols["net_uplink_last_mbps"].append(req[:, dfeat.NET_UPLINK_LAST])
+        cols["net_age_ms"].append(req[:, dfeat.NET_AGE])
         cols["prep"].append(o.prep)
         cols["sent_mb"].append(o.bytes_sent / 1e6)
         cols["device_prep_ms"].append(o.device_prep_ms)
@@ -275,9 +286,10 @@ class PieSlicerFit:
     device_prep: NDArray[np.float64]  # on [1, MP, raw MB]
     server_prep_raw: NDArray[np.float64]  # on [1, MP, raw MB]
     server_prep_pre_ms: float  # mean in-cloud time of an already preprocessed payload
-    upload: NDArray[np.float64]  # on [1, MB, MB / uplink_mbps, latency_ms] (or [1, MB])
+    upload: NDArray[np.float64]  # on PieSlicer.upload_features(...) (see there)
     pre_mb: float  # mean size of the preprocessed payload
     use_network_features: bool
+    bandwidth: str = "last"
     n_device: int = 0
     n_server: int = 0
     residual_ms: dict[str, float] = field(default_factory=dict)
@@ -286,6 +298,10 @@ class PieSlicerFit:
 def _lstsq(x: NDArray[np.float64], y: NDArray[np.float64]) -> NDArray[np.float64]:
     coef, *_ = np.linalg.lstsq(x, y, rcond=None)
     return np.asarray(coef, dtype=np.float64)
+
+
+#: Bandwidth estimates PieSlicer's upload model can use (see :class:`PieSlicer`).
+PIESLICER_BANDWIDTH = ("last", "ewma")
 
 
 class PieSlicer(_Base):
@@ -297,8 +313,14 @@ class PieSlicer(_Base):
 
     * device preprocessing ``~ 1 + MP + raw MB``;
     * in-cloud preprocessing of the raw image ``~ 1 + MP + raw MB`` (the server reports it);
-    * upload time ``~ 1 + MB + MB / uplink + latency`` with the device's network estimates
-      (``use_network_features``), or ``~ 1 + MB`` like the paper's size-only features;
+    * upload time, pooled over raw and preprocessed payloads, with the device's network
+      estimates (``use_network_features``; else ``~ 1 + MB`` like the paper's size-only
+      features). ``bandwidth="last"`` (default): the most recent bandwidth measurement ``b``
+      and its age ``a`` (s), ``~ 1 + MB + MB/b + MB/b·a + MB·a + latency`` — this request's
+      bandwidth regresses from ``b`` towards the link's mean the older ``b`` is, and the
+      age terms let the fit learn that. ``bandwidth="ewma"``: the EWMA of past measurements,
+      ``~ 1 + MB + MB/EWMA + latency`` (the first version; it mixes in stale measurements and
+      decides worse on fast, variable links);
     * the preprocessed payload's size: its mean.
 
     Predicted pre-execution: device ``= prep(MP) + upload(pre MB) + in-cloud(pre)``, server
@@ -307,22 +329,47 @@ class PieSlicer(_Base):
 
     name = "pieslicer"
 
-    def __init__(self, use_network_features: bool = True, fit_requests: int = 2000) -> None:
+    def __init__(
+        self,
+        use_network_features: bool = True,
+        fit_requests: int = 2000,
+        bandwidth: str = "last",
+    ) -> None:
         super().__init__()
         if fit_requests < 10:
             raise ValueError(f"pieslicer.fit_requests must be >= 10, got {fit_requests}")
+        if bandwidth not in PIESLICER_BANDWIDTH:
+            raise ValueError(
+                f"pieslicer.bandwidth must be one of {list(PIESLICER_BANDWIDTH)}, got {bandwidth!r}"
+            )
         self.use_network_features = bool(use_network_features)
         self.fit_requests = int(fit_requests)
+        self.bandwidth = bandwidth
         self.coef: PieSlicerFit | None = None
 
-    def _upload_x(
-        self, mb: NDArray[Any], bw: NDArray[Any], lat: NDArray[Any]
+    def upload_features(
+        self,
+        mb: NDArray[Any],
+        bw: NDArray[Any],
+        lat: NDArray[Any],
+        age_ms: NDArray[Any] | None = None,
     ) -> NDArray[np.float64]:
+        """Regressors of the upload time ``(..., F)`` for payloads of ``mb`` MB, bandwidth
+        estimate ``bw`` (Mbit/s: the last measurement or the EWMA, per ``bandwidth``), latency
+        estimate ``lat`` (ms) and the measurement's age (ms; ``None``: 0)."""
         mb = np.asarray(mb, dtype=np.float64)
+        one = np.ones_like(mb)
         if not self.use_network_features:
-            return np.stack([np.ones_like(mb), mb], axis=-1)
-        bw = np.maximum(np.asarray(bw, dtype=np.float64), 1e-3)
-        return np.stack([np.ones_like(mb), mb, mb / bw, np.asarray(lat, dtype=np.float64)], axis=-1)
+            return np.stack([one, mb], axis=-1)
+        inv = mb / np.maximum(np.asarray(bw, dtype=np.float64), 1e-3)
+        lat = np.broadcast_to(np.asarray(lat, dtype=np.float64), mb.shape)
+        if self.bandwidth == "ewma":
+            return np.stack([one, mb, inv, lat], axis=-1)
+        age_s = np.zeros_like(mb) if age_ms is None else np.asarray(age_ms, dtype=np.float64) / 1e3
+        return np.stack([one, mb, inv, inv * age_s, mb * age_s, lat], axis=-1)
+
+    def _net(self, uplink_ewma: NDArray[Any], uplink_last: NDArray[Any]) -> NDArray[Any]:
+        return uplink_last if self.bandwidth == "last" else uplink_ewma
 
     def fit_measurements(self, m: PreexecMeasurements) -> PieSlicerFit:
         """Fit the regressions on logged measurements (both locations must be present)."""
@@ -334,7 +381,8 @@ class PieSlicer(_Base):
                 f"got {int(dev.sum())} on the device and {int(srv.sum())} on the server"
             )
         size_x = np.stack([np.ones(len(m)), m.megapixels, m.raw_mb], axis=-1)
-        up_x = self._upload_x(m.sent_mb, m.net_uplink_mbps, m.net_latency_ms)
+        bw = self._net(m.net_uplink_mbps, m.net_uplink_last_mbps)
+        up_x = self.upload_features(m.sent_mb, bw, m.net_latency_ms, m.net_age_ms)
         c_dp = _lstsq(size_x[dev], m.device_prep_ms[dev])
         c_sp = _lstsq(size_x[srv], m.server_prep_ms[srv])
         c_up = _lstsq(up_x, m.t_input_ms)
@@ -345,6 +393,7 @@ class PieSlicer(_Base):
             upload=c_up,
             pre_mb=float(m.sent_mb[dev].mean()),
             use_network_features=self.use_network_features,
+            bandwidth=self.bandwidth,
             n_device=int(dev.sum()),
             n_server=int(srv.sum()),
             residual_ms={
@@ -375,14 +424,15 @@ class PieSlicer(_Base):
         req, _ = self._split(obs)
         req = req.astype(np.float64)
         mp, raw_mb = req[:, dfeat.MEGAPIXELS], req[:, dfeat.RAW_KB] / 1e3
-        bw, lat = req[:, dfeat.NET_UPLINK], req[:, dfeat.NET_LATENCY]
+        bw = self._net(req[:, dfeat.NET_UPLINK], req[:, dfeat.NET_UPLINK_LAST])
+        lat, age = req[:, dfeat.NET_LATENCY], req[:, dfeat.NET_AGE]
         size_x = np.stack([np.ones_like(mp), mp, raw_mb], axis=-1)
         dev = (
             size_x @ c.device_prep
-            + self._upload_x(np.full_like(mp, c.pre_mb), bw, lat) @ c.upload
+            + self.upload_features(np.full_like(mp, c.pre_mb), bw, lat, age) @ c.upload
             + c.server_prep_pre_ms
         )
-        srv = self._upload_x(raw_mb, bw, lat) @ c.upload + size_x @ c.server_prep_raw
+        srv = self.upload_features(raw_mb, bw, lat, age) @ c.upload + size_x @ c.server_prep_raw
         return np.stack([dev, srv], axis=1)
 
     def select(self, obs: DeviceObs) -> DeviceActions:
@@ -390,6 +440,69 @@ class PieSlicer(_Base):
         pred = self.predict_preexec_ms(obs)
         req, models = self._split(obs)
         prep = np.where(pred[:, 0] <= pred[:, 1], PREP_DEVICE, PREP_SERVER)
+        return self._actions(req.shape[0], prep, models.shape[1], 0)
+
+
+class PrepCeiling(_Base):
+    """The ceiling of PieSlicer's decision: the location with the lower *expected*
+    pre-execution time given exactly what the device knows at capture, with the expectations
+    taken under the simulator's own laws (bound with :meth:`bind`). Always offload, no backup.
+
+    It knows the model, not the draws: image size and megapixels, the tier's preprocessing law
+    (mean ``intercept + ms_per_mp·MP``), the server's, the preprocessed payload's mean size, and
+    for a :class:`~modi.envs.links.LinkModel` this request's expected inverse uplink given the
+    device's most recent bandwidth measurement and its age
+    (:meth:`~modi.envs.links.LinkModel.expected_inverse_uplink`; on such a link that
+    measurement is a sufficient statistic of the past). The round-trip term is the same for
+    both locations and enters at its mean. On the papers' Gaussian network the upload does not
+    depend on the payload and cancels. Other networks (traces) have no closed form: ``bind``
+    refuses them.
+    """
+
+    name = "prep_ceiling"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._sim: OffloadSim | None = None
+
+    def bind(self, sim: OffloadSim) -> PrepCeiling:
+        """Use ``sim``'s device, server preprocessing, images and network laws."""
+        if not isinstance(sim.network, (LinkModel, GaussianOneWay)):
+            raise ValueError(
+                f"prep_ceiling needs a LinkModel or GaussianOneWay network, got "
+                f"{type(sim.network).__name__} ({getattr(sim.network, 'name', '?')})"
+            )
+        self._sim = sim
+        return self
+
+    def expected_preexec_ms(self, obs: DeviceObs) -> NDArray[np.float64]:
+        """Expected pre-execution time ``(N, 2)`` (device, server preprocessing) given the
+        observation."""
+        if self._sim is None:
+            raise RuntimeError("PrepCeiling is not bound: call bind(sim) first")
+        sim = self._sim
+        req, _ = self._split(obs)
+        req = req.astype(np.float64)
+        mp, raw = req[:, dfeat.MEGAPIXELS], req[:, dfeat.RAW_KB] * 1e3
+        img = sim.images
+        pre = img.preprocessed_kb * 1e3 * np.exp(img.preprocessed_sigma**2 / 2.0)
+        dev = sim.device.preprocessing.mean_ms(mp) + float(
+            sim.server_prep.mean_ms(INPUT_MEGAPIXELS)
+        )
+        srv = sim.server_prep.mean_ms(mp)
+        net = sim.network
+        if isinstance(net, LinkModel):
+            inv = net.expected_inverse_uplink(req[:, dfeat.NET_UPLINK_LAST], req[:, dfeat.NET_AGE])
+            half_rtt = net.rtt.mean / 2.0
+            dev = dev + half_rtt + pre / BYTES_PER_MS_PER_MBPS * inv
+            srv = srv + half_rtt + raw / BYTES_PER_MS_PER_MBPS * inv
+        return np.stack([dev, srv], axis=1)
+
+    def select(self, obs: DeviceObs) -> DeviceActions:
+        """The location with the lower expected pre-execution time; offload; no backup."""
+        e = self.expected_preexec_ms(obs)
+        req, models = self._split(obs)
+        prep = np.where(e[:, 0] <= e[:, 1], PREP_DEVICE, PREP_SERVER)
         return self._actions(req.shape[0], prep, models.shape[1], 0)
 
 
@@ -419,6 +532,7 @@ DEVICE_POLICY_NAMES: tuple[str, ...] = (
     "static_local",
     "static_remote",
     "pieslicer",
+    "prep_ceiling",
     "on_device",
     "deepdecision",
     "modipick",
@@ -442,6 +556,8 @@ def make_device_policy(name: str, **kwargs: Any) -> DevicePolicy | ClairvoyantDe
         return StaticOffload(name, PREP_DEVICE, backup=True, server="mdinference", **kwargs)
     if name == "pieslicer":
         return PieSlicer(**kwargs)
+    if name == "prep_ceiling":
+        return PrepCeiling(**kwargs)
     if name == "on_device":
         return OnDevice(**kwargs)
     if name == "deepdecision":
@@ -476,6 +592,7 @@ class OffloadRollout:
         chose_dev = f["prep"][off] == PREP_DEVICE
         chosen = np.where(chose_dev, cf_dev, cf_srv)
         other = np.where(chose_dev, cf_srv, cf_dev)
+        regret = chosen - np.minimum(cf_dev, cf_srv)
         p50, p95, p99 = np.percentile(e2e, [50, 95, 99])
         out: dict[str, float] = {
             "n_requests": int(n),
@@ -496,9 +613,8 @@ class OffloadRollout:
             "preexec_p50_ms": float(np.percentile(pre, 50)) if pre.size else float("nan"),
             "preexec_p99_ms": float(np.percentile(pre, 99)) if pre.size else float("nan"),
             "prep_decision_accuracy": float((chosen <= other).mean()) if pre.size else float("nan"),
-            "preexec_regret_ms": float((chosen - np.minimum(cf_dev, cf_srv)).mean())
-            if pre.size
-            else float("nan"),
+            "preexec_regret_ms": float(regret.mean()) if pre.size else float("nan"),
+            "preexec_regret_p99_ms": float(np.percentile(regret, 99)) if pre.size else float("nan"),
             "energy_mj": float(f["energy_mj"].mean()),
             "compute_mj": float(f["compute_mj"].mean()),
             "radio_mj": float(f["radio_mj"].mean()),

@@ -326,6 +326,24 @@ class LinkModel:
         var = (self.rtt.mean * self.rtt.cv / 2.0) ** 2 + (bw_mean * self.uplink.cv) ** 2
         return self.rtt.mean / 2.0 + bw_mean, math.sqrt(var)
 
+    def expected_inverse_uplink(self, last_mbps: ArrayLike, age_ms: ArrayLike) -> F64:
+        """``E[1 / uplink]`` (per Mbit/s) of a request ``age_ms`` after the same client's
+        uplink was measured at ``last_mbps``: the log-space OU process gives
+        ``ln B | ln b ~ N(mu + rho (ln b - mu), sigma² (1 - rho²))`` with
+        ``rho = exp(-age / correlation_ms)``, so
+        ``E[1/B] = exp(-(mu + rho (ln b - mu)) + sigma² (1 - rho²) / 2)``."""
+        b = np.maximum(np.asarray(last_mbps, dtype=np.float64), 1e-12)
+        age = np.maximum(np.asarray(age_ms, dtype=np.float64), 0.0)
+        up = self.uplink
+        if self.correlation_ms == 0.0:
+            rho = np.zeros_like(age)
+        else:
+            with np.errstate(invalid="ignore"):
+                rho = np.exp(-age / self.correlation_ms)
+            rho = np.where(np.isnan(rho), 1.0, rho)  # inf correlation time and age 0
+        mean = up.mu + rho * (np.log(b) - up.mu)
+        return np.asarray(np.exp(-mean + up.sigma**2 * (1.0 - rho**2) / 2.0), dtype=np.float64)
+
     def reset(self, rng: np.random.Generator, num_envs: int, num_clients: int) -> None:
         """Forget every client's history: its next request draws from the stationary law."""
         if num_envs < 1 or num_clients < 1:

@@ -437,6 +437,7 @@ class OffloadSim:
         self._dev_bw = np.zeros(n)
         self._dev_bw_var = np.zeros(n)
         self._dev_last_ms = np.zeros(n)
+        self._dev_bw_last = np.zeros(n)
 
     def reset(self, seed: int | None = None) -> NDArray[np.float32]:
         """Start every device afresh from ``seed``; return the first observations ``(N, D)``."""
@@ -485,6 +486,7 @@ class OffloadSim:
         self._dev_lat = t_out[0].copy()
         self._dev_bw = self._uplink_mbps(t_large - t_small)[0]
         self._dev_bw_var = np.zeros(self.num_envs)
+        self._dev_bw_last = self._dev_bw.copy()
         self._dev_last_ms = np.zeros(self.num_envs)
 
     def _probe_contexts(self, client: I64, time_ms: F64) -> tuple[BlockContext, BlockContext]:
@@ -545,6 +547,7 @@ class OffloadSim:
 
         # the device's own network measurements (at each capture: the response's one-way
         # latency and the uplink bandwidth); the observation holds an EWMA of *previous* ones
+        # and the most recent previous bandwidth measurement itself
         lat = t_out_pre
         bw = self._uplink_mbps(t_large - t_small)
         net_lat = np.empty(shape)
@@ -564,6 +567,8 @@ class OffloadSim:
             m_lat = m_lat + a * (lat[j] - m_lat)
             last = time_ms[j]
         self._dev_lat, self._dev_bw, self._dev_bw_var, self._dev_last_ms = m_lat, m_bw, v_bw, last
+        net_bw_last = np.concatenate([self._dev_bw_last[None, :], bw[:-1]], axis=0)
+        self._dev_bw_last = bw[-1].copy()
 
         self._blk_time = time_ms
         self._blk_sla = sla
@@ -585,6 +590,7 @@ class OffloadSim:
             net_bw,
             net_std,
             net_age,
+            net_bw_last,
         )
         self._cursor = 0
 
@@ -930,7 +936,7 @@ class OffloadEnv(gym.Env[NDArray[np.float32], NDArray[np.int64]]):
 
         ## Observation Space
         ``Box(-inf, inf, (R + 6L,), float32)`` from :mod:`modi.runtime.device_features`
-        (schema ``modi.device_decision`` v1). Request block, indices 0..R-1:
+        (schema ``modi.device_decision`` v2). Request block, indices 0..R-1:
 
         | index | name | unit | meaning |
         |---|---|---|---|
@@ -946,7 +952,8 @@ class OffloadEnv(gym.Env[NDArray[np.float32], NDArray[np.int64]]):
         request's upload time ``T_input``, its download time ``T_output``, the server's load or
         model choice, the realised preprocessing/inference/load times. The network columns are
         EWMAs of the device's measurements at its *previous* requests (one-way latency of the
-        response; uplink bandwidth), started by one probe at time 0.
+        response; uplink bandwidth), started by one probe at time 0, and the most recent of
+        those bandwidth measurements itself with its age.
 
         ## Server side
         An offloaded request is seen by the server policy exactly as the serving runtime would
@@ -1006,7 +1013,8 @@ class OffloadEnv(gym.Env[NDArray[np.float32], NDArray[np.int64]]):
 
         ## Version History
         * v0: initial version (device schema ``modi.device_decision`` v1; server schema
-          ``modi.model_selection`` v1; no server queue).
+          ``modi.model_selection`` v1; no server queue). Device schema v2 appended
+          ``net_uplink_last_mbps`` to the request block (observations one column longer).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 - gymnasium API

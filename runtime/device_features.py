@@ -7,6 +7,10 @@ vector: this request's upload or download time, and anything about the server's 
 
 One flat ``float32`` vector per request: a *request block* of :data:`DEVICE_REQUEST_FEATURES`
 followed by ``L`` rows of :data:`DEVICE_MODEL_FEATURES`, one per on-device model (pool order).
+
+Version 2 added ``net_uplink_last_mbps``, the most recent bandwidth measurement itself: on a
+link whose bandwidth is a Markov process that measurement (with its age) says everything the
+past says about this request's bandwidth, while the EWMA mixes in older ones.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from numpy.typing import ArrayLike, NDArray
 from modi.runtime.features import ObsLayout
 
 SCHEMA_NAME = "modi.device_decision"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: Request block columns: (name, unit, description).
 DEVICE_REQUEST_FEATURES: tuple[tuple[str, str, str], ...] = (
@@ -35,6 +39,7 @@ DEVICE_REQUEST_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("net_uplink_mbps", "Mbit/s", "EWMA of uplink bandwidth measured at past requests"),
     ("net_uplink_std_mbps", "Mbit/s", "EW standard deviation of those uplink measurements"),
     ("net_age_ms", "ms", "time since the most recent of those measurements"),
+    ("net_uplink_last_mbps", "Mbit/s", "uplink bandwidth of that most recent measurement"),
 )
 #: On-device model rows: (name, unit, description).
 DEVICE_MODEL_FEATURES: tuple[tuple[str, str, str], ...] = (
@@ -65,6 +70,7 @@ P = len(DEVICE_MODEL_FEATURES)
     NET_UPLINK,
     NET_UPLINK_STD,
     NET_AGE,
+    NET_UPLINK_LAST,
 ) = range(R)
 # Column indices (model rows).
 MU, SIGMA, ACC, LOAD, LOADED, IS_BACKUP = range(P)
@@ -96,6 +102,7 @@ def encode_device_requests(
     net_uplink_mbps: ArrayLike,
     net_uplink_std_mbps: ArrayLike,
     net_age_ms: ArrayLike,
+    net_uplink_last_mbps: ArrayLike,
 ) -> NDArray[np.float32]:
     """Request blocks for arrays of requests of any shape ``S``: returns ``S + (R,)`` float32.
 
@@ -116,6 +123,7 @@ def encode_device_requests(
     out[..., NET_UPLINK] = net_uplink_mbps
     out[..., NET_UPLINK_STD] = net_uplink_std_mbps
     out[..., NET_AGE] = net_age_ms
+    out[..., NET_UPLINK_LAST] = net_uplink_last_mbps
     return out
 
 

@@ -261,11 +261,35 @@ def test_network_features_are_the_ewma_of_previous_measurements() -> None:
         assert req[dfeat.NET_LATENCY] == pytest.approx(T_OUT)
         assert req[dfeat.NET_UPLINK] == pytest.approx(8.0, rel=1e-5)
         assert req[dfeat.NET_UPLINK_STD] == pytest.approx(0.0, abs=1e-4)
+        assert req[dfeat.NET_UPLINK_LAST] == pytest.approx(8.0, rel=1e-5)
         assert req[dfeat.NET_AGE] > 0
         assert req[dfeat.TIER_MID] == 1 and req[dfeat.TIER_LOW] == req[dfeat.TIER_HIGH] == 0
         assert req[dfeat.PREP_EST] == pytest.approx(T_DP)
         obs = sim.obs
         sim.step(np.array([[0, 2, 0]]))
+
+
+def test_last_uplink_is_the_previous_requests_measurement() -> None:
+    """On a variable link ``net_uplink_last_mbps`` is the measurement the EWMA took in at the
+    previous request (``m_j = m_{j-1} + a (b_{j-1} - m_{j-1})``), the time-0 probe at first,
+    across block boundaries too; request ``j``'s own bandwidth shows up only at ``j + 1``."""
+    sim = OffloadSim(
+        _hand_device(),
+        LinkModel(20.0, 8.0, 8.0, 0.5, 0.5, 0.5, name="noisy"),
+        ModelPool("two", (ModelSpec("s", 0.6, 5.0, 1.0), ModelSpec("l", 0.8, 50.0, 3.0))),
+        num_envs=1,
+    )
+    assert sim.block_len == 256
+    obs = sim.reset(1).astype(np.float64)
+    assert obs[0, dfeat.NET_UPLINK_LAST] == pytest.approx(obs[0, dfeat.NET_UPLINK])
+    a = dfeat.DEVICE_NET_ALPHA
+    for _ in range(300):
+        sim.step(np.array([[1, 2, 0]]))
+        new = sim.obs.astype(np.float64)
+        m0, m1 = obs[0, dfeat.NET_UPLINK], new[0, dfeat.NET_UPLINK]
+        assert new[0, dfeat.NET_UPLINK_LAST] == pytest.approx((m1 - m0) / a + m0, rel=1e-4)
+        assert new[0, dfeat.NET_UPLINK_LAST] != pytest.approx(obs[0, dfeat.NET_UPLINK_LAST])
+        obs = new
 
 
 # --------------------------------------------------------------------------- breakdown

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,17 @@ from modi.agents.offload_policies import (
     DeepDecision,
     PieSlicer,
     PreexecMeasurements,
+    PrepCeiling,
     collect_measurements,
     make_device_policy,
     rollout_offload,
 )
 from modi.envs.catalog import available, load_preset
-from modi.envs.offload import PREP_DEVICE, PREP_SERVER, build_offload_sim
+from modi.envs.devices import Preprocessing
+from modi.envs.images import ImageModel
+from modi.envs.links import LinkModel
+from modi.envs.networks import BlockContext
+from modi.envs.offload import PREP_DEVICE, PREP_SERVER, OffloadSim, build_offload_sim
 from modi.experiments.common import ConfigError
 from modi.experiments.compare_offload import RESULT_COLUMNS, run_compare_offload
 from modi.runtime import device_features as dfeat
@@ -81,8 +87,9 @@ def test_pieslicer_recovers_the_simulated_preprocessing_times() -> None:
     # the upload model: bigger payloads and slower measured links take longer
     ps = PieSlicer()
     ps.coef = fit
-    x_fast = ps._upload_x(np.array([1.0, 5.0]), np.array([50.0, 50.0]), np.array([10.0, 10.0]))
-    x_slow = ps._upload_x(np.array([5.0]), np.array([5.0]), np.array([10.0]))
+    age = np.array([1000.0, 1000.0])
+    x_fast = ps.upload_features(np.array([1.0, 5.0]), np.array([50.0, 50.0]), 10.0, age)
+    x_slow = ps.upload_features(np.array([5.0]), np.array([5.0]), 10.0, age[:1])
     t_fast = x_fast @ fit.upload
     assert t_fast[1] > t_fast[0] and (x_slow @ fit.upload)[0] > t_fast[1]
 
@@ -107,6 +114,117 @@ def test_pieslicer_beats_both_static_choices_on_a_fast_link() -> None:
         stats["static_remote"]["prep_decision_accuracy"],
     )
     assert 0.0 < ps["device_prep_fraction"] < 1.0
+
+
+def _decisions(
+    sim: OffloadSim, policies: dict[str, PieSlicer | PrepCeiling], steps: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """Decision accuracy and mean regret (ms) of each policy's preprocessing location on the
+    same requests (the location does not change later observations)."""
+    obs = sim.reset(seed)
+    hits = {k: 0 for k in policies}
+    regret = {k: 0.0 for k in policies}
+    n = 0
+    for _ in range(steps):
+        cf = sim.current_preexec_ms()
+        for name, pol in policies.items():
+            prep = pol.select(obs)[:, 0]
+            chosen = cf[np.arange(sim.num_envs), prep]
+            hits[name] += int((chosen <= cf.min(axis=1)).sum())
+            regret[name] += float((chosen - cf.min(axis=1)).sum())
+        n += sim.num_envs
+        sim.step(np.tile([PREP_DEVICE, sim.num_local, 0], (sim.num_envs, 1)))
+        obs = sim.obs
+    return {k: {"accuracy": hits[k] / n, "regret_ms": regret[k] / n} for k in policies}
+
+
+def test_pieslicer_with_the_last_measurement_decides_like_the_ceiling() -> None:
+    """On a fast, variable link (low-end phone, ``link_wifi``: many close calls) the EWMA of
+    past bandwidths is a stale estimate of this request's; the most recent measurement with
+    its age brings PieSlicer to the expected-time ceiling, and both beat the EWMA fit."""
+    kw = {"images": IMAGE_1K, "sla_ms": 1e5}
+    fit_sim = build_offload_sim("low", "link_wifi", num_envs=20, **kw)
+    sim = build_offload_sim("low", "link_wifi", num_envs=40, **kw)
+    pols: dict[str, PieSlicer | PrepCeiling] = {
+        "ewma": PieSlicer(bandwidth="ewma"),
+        "last": PieSlicer(bandwidth="last"),
+        "ceiling": PrepCeiling().bind(sim),
+    }
+    for name in ("ewma", "last"):
+        pols[name].fit(fit_sim, seed=7)  # type: ignore[union-attr]
+    res = _decisions(sim, pols, 150, seed=0)
+    assert res["last"]["accuracy"] > res["ewma"]["accuracy"] + 0.01, res
+    assert res["last"]["regret_ms"] < 0.9 * res["ewma"]["regret_ms"], res
+    assert abs(res["last"]["accuracy"] - res["ceiling"]["accuracy"]) < 0.015, res
+    assert res["ceiling"]["regret_ms"] < res["ewma"]["regret_ms"], res
+    with pytest.raises(ValueError, match="bandwidth must be one of"):
+        PieSlicer(bandwidth="newest")
+
+
+def test_prep_ceiling_is_exact_without_noise() -> None:
+    """Constructed case: a constant link, noiseless preprocessing, fixed payload size — the
+    expected pre-execution times are the realised ones, so the ceiling is always right."""
+    dev = load_preset("device", "low")
+    dev = dataclasses.replace(dev, preprocessing=Preprocessing(15.0, 48.9, 0.0))
+    images = ImageModel(mode="file_size", file_size_mb=(0.5, 10.0), preprocessed_sigma=0.0)
+    link = LinkModel(10.0, 60.0, 100.0, name="constant")
+    sim = OffloadSim(
+        dev,
+        link,
+        load_preset("pool", "modipick_table2"),
+        num_envs=8,
+        sla_ms=1e5,
+        images=images,
+        server_prep={"intercept_ms": 2.0, "ms_per_mp": 8.0, "cv": 0.0},
+    )
+    ceiling = PrepCeiling().bind(sim)
+    obs = sim.reset(3)
+    for _ in range(20):
+        np.testing.assert_allclose(
+            ceiling.expected_preexec_ms(obs), sim.current_preexec_ms(), rtol=1e-5
+        )
+        sim.step(ceiling.select(obs))
+        obs = sim.obs
+    r = rollout_offload(ceiling, sim, 30, seed=4).summary(sim.num_local)
+    assert r["prep_decision_accuracy"] == 1.0 and 0.0 < r["device_prep_fraction"] < 1.0
+    with pytest.raises(RuntimeError, match="not bound"):
+        PrepCeiling().select(obs)
+
+
+def test_expected_inverse_uplink_is_the_conditional_mean_of_the_link() -> None:
+    """``E[1/B_now | b_last, age]`` against the link's own sampler: the residual has mean 0
+    and no correlation with the last measurement, while the plug-in ``1/b_last`` is biased
+    towards the extremes (it forgets the regression to the mean)."""
+    link = LinkModel(10.0, 50.0, 100.0, rtt_cv=0.0, uplink_cv=0.6, correlation_ms=5000.0)
+    n, age = 40000, 1500.0
+    rng = np.random.default_rng(0)
+    link.reset(rng, n, 1)
+    shape = (2, n)
+    ctx = BlockContext(
+        np.zeros(shape, dtype=np.int64),
+        np.array([[0.0], [age]]) * np.ones(shape),
+        np.full(shape, 1e6),
+        np.full(shape, 1e3),
+    )
+    t_in, _ = link.sample(rng, ctx)
+    inv = (t_in - 5.0) / 8000.0  # 1 MB at B Mbit/s takes 8000 / B ms, plus RTT/2 = 5 ms
+    b_last, inv_now = 1.0 / inv[0], inv[1]
+    pred = link.expected_inverse_uplink(b_last, np.full(n, age))
+    resid = inv_now - pred
+    scale = inv_now.std()
+    assert abs(resid.mean()) < 0.02 * scale
+    assert abs(np.corrcoef(resid, np.log(b_last))[0, 1]) < 0.02
+    plug_in = inv_now - 1.0 / b_last
+    assert np.corrcoef(plug_in, np.log(b_last))[0, 1] > 0.2
+    # limits: independent draws give the marginal mean, no noise gives 1 / mean
+    iid = LinkModel(10.0, 50.0, 100.0, uplink_cv=0.6, correlation_ms=0.0)
+    assert iid.expected_inverse_uplink(np.array([5.0]), np.array([10.0]))[0] == pytest.approx(
+        iid.uplink.mean_inverse
+    )
+    flat = LinkModel(10.0, 50.0, 100.0)
+    assert flat.expected_inverse_uplink(np.array([50.0]), np.array([1e4]))[0] == pytest.approx(
+        1 / 50.0
+    )
 
 
 def test_pieslicer_needs_both_locations_and_a_fit() -> None:
