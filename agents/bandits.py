@@ -73,9 +73,13 @@ class LearnedPolicy:
         req, models = split_obs(torch.as_tensor(np.atleast_2d(obs), dtype=torch.float32))
         return self.scorer()(req, models).numpy()
 
+    @torch.no_grad()
     def select(self, obs: Obs) -> Actions:
-        """Deterministic choice: the best-scoring model per row."""
-        return np.asarray(self.scores(obs).argmax(axis=1), dtype=np.intp)
+        """Deterministic choice: the best-scoring model per row (the fastest when every model
+        is hopeless), exactly what :meth:`selector_module` and its ONNX export compute."""
+        req, models = split_obs(torch.as_tensor(np.atleast_2d(obs), dtype=torch.float32))
+        action, _ = self.selector_module()(req, models)
+        return np.asarray(action.numpy(), dtype=np.intp)
 
     # -- training -----------------------------------------------------------------------------
     def fit(

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from modi.agents.scorers import LinearScorer, MetNet, PairFeatures, StepBasis
+from modi.agents.scorers import LinearScorer, MetNet, PairFeatures, StepBasis, floor_p_met
 from modi.runtime import features as F
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,7 @@ class AffinePairs(nn.Module):
 
 
 def _expected_reward(acc: torch.Tensor, p: torch.Tensor, miss_penalty: float) -> torch.Tensor:
+    p = floor_p_met(p)
     if miss_penalty == 0.0:
         return acc * p
     return (acc + miss_penalty) * p - miss_penalty

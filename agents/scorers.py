@@ -107,9 +107,23 @@ class StepBasis(nn.Module):
         return torch.cat([torch.ones_like(f[..., :1]), *steps], dim=-1)
 
 
+#: A ``P(met)`` below this counts as 0 in a deterministic decision. Such a model is hopeless;
+#: when every model is, their scores tie exactly and :class:`ArgmaxSelector` takes the fastest
+#: (ModiPick's best effort). Without the floor the choice among hopeless models rests on
+#: differences of ~1e-10 between scores of ~1e-5, which any two float32 implementations
+#: (torch here, onnxruntime in the server) may order differently.
+P_MET_FLOOR = 1e-3
+
+
+def floor_p_met(p_met: torch.Tensor) -> torch.Tensor:
+    """``P(met)`` with values below :data:`P_MET_FLOOR` set to exactly 0."""
+    return torch.where(p_met < P_MET_FLOOR, torch.zeros_like(p_met), p_met)
+
+
 def expected_reward(acc: torch.Tensor, p_met: torch.Tensor, miss_penalty: float) -> torch.Tensor:
-    """``A·p − penalty·(1 − p)``: the env's expected reward given ``P(met) = p``."""
-    return (acc + miss_penalty) * p_met - miss_penalty
+    """``A·p − penalty·(1 − p)``: the env's expected reward given ``P(met) = p`` (floored, see
+    :data:`P_MET_FLOOR`)."""
+    return (acc + miss_penalty) * floor_p_met(p_met) - miss_penalty
 
 
 class LinearScorer(nn.Module):
@@ -159,15 +173,21 @@ class MetNet(nn.Module):
 
 
 class ArgmaxSelector(nn.Module):
-    """Wraps a scorer: ``(request, models) -> (action (N,) int64, scores (N, K))``."""
+    """Wraps a scorer of expected rewards: ``(request, models) -> (action (N,) int64, scores
+    (N, K))``. The best-scoring model; the fastest (lowest profiled ``mu_ms``) when no model
+    scores above ``-miss_penalty``, i.e. when every model is hopeless (:data:`P_MET_FLOOR`)."""
 
     def __init__(self, scorer: nn.Module) -> None:
         super().__init__()
         self.scorer = scorer
+        self.hopeless_score = -float(getattr(scorer, "miss_penalty", 0.0))
 
     def forward(
         self, request: torch.Tensor, models: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Best-scoring model per row, and the scores."""
+        """Chosen model per row, and the scores."""
         scores = self.scorer(request, models)
-        return torch.argmax(scores, dim=1), scores
+        best = torch.argmax(scores, dim=1)
+        hopeless = torch.amax(scores, dim=1) <= self.hopeless_score
+        fastest = torch.argmin(models[:, :, F.MU], dim=1)
+        return torch.where(hopeless, fastest, best), scores

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
+from itertools import repeat
 
 import numpy as np
 from numpy.typing import NDArray
@@ -125,11 +126,12 @@ class ClientNetworkHistory:
         self._tick += 1
         tick = self._tick
         get = self._slot.get
-        # -1: not seen yet, -2: no client id.
-        slots = np.array([-2 if c is None else get(c, -1) for c in clients], dtype=np.intp)
+        # -1: not seen yet (None is never a key), then -2 for a missing client id.
+        slots = np.fromiter(map(get, clients, repeat(-1)), dtype=np.intp, count=len(clients))
         self._seen[slots[slots >= 0]] = tick  # before any eviction below
         for i in np.flatnonzero(slots == -1).tolist():  # new clients (maybe repeated)
-            slots[i] = self._slot_of(clients[i])
+            c = clients[i]
+            slots[i] = -2 if c is None else self._slot_of(c)
         rows = np.flatnonzero(slots >= 0)
         s_rows = slots[rows]
         # Occurrence rank of each request among its client's requests in this batch.

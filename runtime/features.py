@@ -196,14 +196,59 @@ def encode(
         )
     )
     n = req.shape[0]
-    mu = np.asarray(mu_ms, dtype=np.float64)
-    sigma = np.asarray(sigma_ms, dtype=np.float64)
-    k = mu.shape[-1]
+    k = np.shape(mu_ms)[-1]
     out = np.empty((n, R + P * k), dtype=np.float32)
     out[:, :R] = req
-    models = out[:, R:].reshape(n, k, P)
-    models[:, :, MU] = mu
-    models[:, :, SIGMA] = sigma
-    models[:, :, ACC] = accuracy
-    models[:, :, SLACK] = model_slack(req[:, BUDGET].astype(np.float64), mu, sigma)
+    _write_models(out[:, R:].reshape(n, k, P), req[:, BUDGET], mu_ms, sigma_ms, accuracy)
     return out
+
+
+def encode_blocks(
+    sla_ms: ArrayLike,
+    elapsed_ms: ArrayLike,
+    t_input_ms: ArrayLike,
+    payload_kb: ArrayLike,
+    net_mean_ms: ArrayLike,
+    net_std_ms: ArrayLike,
+    queue_len: ArrayLike,
+    slowdown: ArrayLike,
+    mu_ms: ArrayLike,
+    sigma_ms: ArrayLike,
+    accuracy: ArrayLike,
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """:func:`encode`'s two blocks as separate C-contiguous arrays, request ``(N, R)`` and
+    models ``(N, K, P)`` (the inputs of an exported selector); the same values bit for bit."""
+    req = np.atleast_2d(
+        encode_requests(
+            sla_ms, elapsed_ms, t_input_ms, payload_kb, net_mean_ms, net_std_ms, queue_len, slowdown
+        )
+    )
+    n = req.shape[0]
+    models = np.empty((n, np.shape(mu_ms)[-1], P), dtype=np.float32)
+    _write_models(models, req[:, BUDGET], mu_ms, sigma_ms, accuracy)
+    return req, models
+
+
+def _write_models(
+    models: NDArray[np.float32],
+    budget_ms: NDArray[np.float32],
+    mu_ms: ArrayLike,
+    sigma_ms: ArrayLike,
+    accuracy: ArrayLike,
+) -> None:
+    """Fill a model block ``(N, K, P)`` in place from the float32 budgets ``(N,)``."""
+    mu = np.asarray(mu_ms, dtype=np.float64)
+    sigma = np.asarray(sigma_ms, dtype=np.float64)
+    if mu.ndim == 1 and sigma.ndim == 1 and np.ndim(accuracy) <= 1 and models.shape[0] > 1:
+        # One profile for the whole batch: write the first request's rows, copy them down
+        # (the slack column is overwritten below).
+        first = models[0]
+        first[:, MU] = mu
+        first[:, SIGMA] = sigma
+        first[:, ACC] = accuracy
+        models[1:] = first
+    else:
+        models[:, :, MU] = mu
+        models[:, :, SIGMA] = sigma
+        models[:, :, ACC] = accuracy
+    models[:, :, SLACK] = model_slack(budget_ms.astype(np.float64), mu, sigma)

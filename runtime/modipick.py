@@ -18,6 +18,9 @@ The ablations of §4.4 replace stage 3: ``related_random`` picks uniformly from 
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -134,3 +137,98 @@ def modipick_select(
         acc = _as_2d(accuracy, n)
         return np.where(st.eligible, acc, -np.inf).argmax(axis=1)
     raise ValueError(f"unknown ModiPick variant {variant!r}; expected one of {VARIANTS}")
+
+
+def _pairwise_sum(a: list[float], lo: int, n: int) -> float:
+    """``a[lo:lo+n]`` summed in numpy's order (``pairwise_sum`` behind ``np.add.reduce``), so
+    the scalar rule normalises exactly as :func:`modipick_stages` does."""
+    if n < 8:
+        res = 0.0
+        for i in range(lo, lo + n):
+            res += a[i]
+        return res
+    if n <= 128:
+        r0, r1, r2, r3, r4, r5, r6, r7 = a[lo : lo + 8]
+        stop = lo + n - n % 8
+        for i in range(lo + 8, stop, 8):
+            r0 += a[i]
+            r1 += a[i + 1]
+            r2 += a[i + 2]
+            r3 += a[i + 3]
+            r4 += a[i + 4]
+            r5 += a[i + 5]
+            r6 += a[i + 6]
+            r7 += a[i + 7]
+        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+        for i in range(stop, lo + n):
+            res += a[i]
+        return res
+    half = n // 2
+    half -= half % 8
+    return _pairwise_sum(a, lo, half) + _pairwise_sum(a, lo + half, n - half)
+
+
+def modipick_select_one(
+    budget_ms: float,
+    mu_ms: Sequence[float],
+    sigma_ms: Sequence[float],
+    accuracy: Sequence[float],
+    uniform: float,
+    threshold_ms: float = 10.0,
+) -> int:
+    """ModiPick for one request on Python floats: the same choice as :func:`modipick_select`
+    (bit for bit, stage three's draw with ``uniform`` included; a test checks) without numpy's
+    per-call overhead. This is the serving path's batch-1 fallback and shield.
+
+    ``budget_ms`` (``T_U``) must be finite; ``mu_ms``, ``sigma_ms`` and ``accuracy`` are finite
+    per-model sequences of one length ``K >= 1``.
+    """
+    t_u = float(budget_ms)
+    t_l = t_u - threshold_ms
+    # Stage 1: the most accurate model with mu+sigma < T_U and mu-sigma < T_L (ties: the faster,
+    # then the first); when none qualifies, the fastest model outright.
+    base = -1
+    best_acc = -math.inf
+    best_mu = math.inf
+    fastest = 0
+    fastest_mu = math.inf
+    for i, (m, s, a) in enumerate(zip(mu_ms, sigma_ms, accuracy, strict=True)):
+        if m < fastest_mu:
+            fastest, fastest_mu = i, m
+        if m + s < t_u and m - s < t_l and (a > best_acc or (a == best_acc and m < best_mu)):
+            base, best_acc, best_mu = i, a, m
+    if base < 0:
+        return fastest
+    # Stage 2: M_E = models with mu in [T_L - d, T_L + d] and mu+sigma < T_U; stage 3: utilities
+    # U(m) = A (T_U - (mu+sigma)) / |T_L - mu| (>= 0 there: mu+sigma < T_U and A >= 0).
+    dist = abs(t_l - mu_ms[base]) + sigma_ms[base]
+    lo = t_l - dist
+    hi = t_l + dist
+    util: list[float] = []
+    for m, s, a in zip(mu_ms, sigma_ms, accuracy, strict=True):
+        upper = m + s
+        if upper < t_u and lo <= m <= hi:
+            w = a * (t_u - upper) / max(abs(t_l - m), MIN_DISTANCE_MS)
+            util.append(w if w > 0.0 else 0.0)
+        else:
+            util.append(0.0)
+    total = _pairwise_sum(util, 0, len(util))
+    if total > 0:
+        prob = [w / total for w in util]
+    else:  # every eligible utility is zero: uniform over M_E
+        elig = [m + s < t_u and lo <= m <= hi for m, s in zip(mu_ms, sigma_ms, strict=True)]
+        share = 1.0 / sum(elig)
+        prob = [share if e else 0.0 for e in elig]
+    # sample_rows: how many running sums are <= uniform * their total (the running sum never
+    # decreases, so a bisection counts them), never past the last positive column.
+    cdf: list[float] = []
+    c = 0.0
+    last_positive = -1
+    for i, p in enumerate(prob):
+        c += p
+        cdf.append(c)
+        if p > 0:
+            last_positive = i
+    if last_positive < 0:
+        last_positive = len(prob) - 1
+    return min(bisect_right(cdf, uniform * c), last_positive)

@@ -60,7 +60,7 @@ from modi.runtime.metadata import (
     MetadataError,
     SelectorMetadata,
 )
-from modi.runtime.modipick import modipick_select
+from modi.runtime.modipick import modipick_select, modipick_select_one
 from modi.runtime.pool_profile import PoolProfile
 from modi.runtime.profiles import ProfileTracker
 from modi.runtime.requests import (
@@ -78,6 +78,8 @@ Source = Literal["learned", "fallback"]
 #: Largest model file the selector loads (a selector graph is kilobytes).
 MAX_MODEL_BYTES = 256 * 1024 * 1024
 _MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+#: Up to this many rows, a batch's fallback and shield rows use the scalar ModiPick rule.
+_SCALAR_RULE_ROWS = 32
 
 
 class SelectorLoadError(ValueError):
@@ -145,7 +147,7 @@ class Decisions:
 class _Loaded:
     """A checked, ready-to-run selector file."""
 
-    run: Callable[..., Any]
+    run_one: Callable[[], int]  # the batch-1 inference on the selector's own buffers
     run_batch: Callable[..., Any]  # a session with ``batch_threads`` threads (or ``run``)
     metadata: SelectorMetadata
     source: str
@@ -229,6 +231,7 @@ class Selector:
         self._k = k
         self._ids = self.pool.ids
         self._acc = np.asarray(self.pool.accuracy, dtype=np.float64)
+        self._acc_list: list[float] = self._acc.tolist()
         self._tracker = ProfileTracker(self.pool.mean_ms, self.pool.std_ms, 1, profile_alpha)
         self._clients = ClientNetworkHistory(client_alpha, max_clients)
         self._rng = np.random.default_rng(seed)
@@ -245,6 +248,8 @@ class Selector:
         self._learned_decisions = tuple(Decision(m, i, "learned") for i, m in enumerate(self._ids))
         self._musig: NDArray[np.float64] = np.zeros(k)
         self._musig_list: list[float] = []
+        self._mu_list: list[float] = []
+        self._sigma_list: list[float] = []
         self._mu_minus_sigma_list: list[float] = []
         self._fastest = 0
         self._refresh_profiles()
@@ -330,6 +335,7 @@ class Selector:
         self._check_signature(sess, meta, path)
         run = _bound_run(sess)
         self._smoke_test(run, path)
+        run_one = self._bind_batch1(ort, sess, run, path)
         run_batch = run
         if self.batch_threads != self.intra_op_threads:
             try:
@@ -337,7 +343,7 @@ class Selector:
             except Exception as e:
                 raise SelectorLoadError(f"{path}: cannot open the batch session: {e}") from None
             self._smoke_test(run_batch, path)
-        return _Loaded(run, run_batch, meta, os.fspath(source), path)
+        return _Loaded(run_one, run_batch, meta, os.fspath(source), path)
 
     def _check_signature(self, sess: Any, meta: SelectorMetadata, path: Path) -> None:
         ins = {i.name: i for i in sess.get_inputs()}
@@ -376,6 +382,38 @@ class Selector:
             raise SelectorLoadError(
                 f"{path}: output 'action' is {outs[OUTPUT_ACTION].type}, expected tensor(int64)"
             )
+
+    def _bind_batch1(
+        self, ort: Any, sess: Any, run: Callable[..., Any], path: Path
+    ) -> Callable[[], int]:
+        """The batch-1 inference on the selector's preallocated buffers through an IOBinding
+        (no per-call conversion of inputs and outputs: about a third of onnxruntime's batch-1
+        cost). The binding is first checked on scratch buffers against ``run``; where it is not
+        available or disagrees, the plain ``run`` with a feed is used."""
+        rng = np.random.default_rng(0)
+        req = np.empty_like(self._req)
+        mod = np.empty_like(self._mod)
+        try:
+            probe = _io_runner(ort, sess, req, mod)
+            for _ in range(4):
+                req[...] = rng.uniform(0.0, 500.0, req.shape)
+                mod[...] = rng.uniform(0.0, 200.0, mod.shape)
+                want = int(
+                    np.asarray(
+                        run([OUTPUT_ACTION], {INPUT_REQUEST: req, INPUT_MODELS: mod}, None)[0]
+                    )[0]
+                )
+                if probe() != want:
+                    raise ValueError("the bound inference disagrees with run()")
+            return _io_runner(ort, sess, self._req, self._mod)
+        except Exception as e:
+            log.info("%s: no IOBinding for batch-1 inference (%s); using run()", path, e)
+        feed, outs = self._feed, self._out
+
+        def run_feed() -> int:
+            return int(run(outs, feed, None)[0][0])
+
+        return run_feed
 
     def _smoke_test(self, run: Callable[..., Any], path: Path) -> None:
         """Run two plausible requests; refuse a graph that fails or answers out of range."""
@@ -442,6 +480,8 @@ class Selector:
         self._mod[0, :, F.SIGMA] = sigma
         self._musig = mu + sigma
         self._musig_list = self._musig.tolist()
+        self._mu_list = mu.tolist()
+        self._sigma_list = sigma.tolist()
         self._mu_minus_sigma_list = (mu - sigma).tolist()
         self._fastest = int(np.argmin(mu))
 
@@ -543,7 +583,7 @@ class Selector:
                     self._counts["no_model"] += 1
                     return self._rule(budget, "no learned model: " + self._no_model_reason)
                 try:
-                    k = int(model.run(self._out, self._feed, None)[0][0])
+                    k = model.run_one()
                 except Exception as e:
                     self._counts["inference_error"] += 1
                     return self._rule(budget, f"inference failed: {type(e).__name__}: {e}")
@@ -574,13 +614,14 @@ class Selector:
         """ModiPick's choice for one request (caller holds the lock)."""
         if not math.isfinite(budget):
             k = self._fastest  # ModiPick's best effort when nothing can qualify
-        else:
-            mu, sigma = self._tracker.mu[0], self._tracker.sigma[0]
-            u = self._rng.random(1)
-            k = int(
-                modipick_select(
-                    np.array([budget]), mu, sigma, self._acc, u, threshold_ms=self.threshold_ms
-                )[0]
+        else:  # the scalar rule: modipick_select's choice without numpy's per-call overhead
+            k = modipick_select_one(
+                budget,
+                self._mu_list,
+                self._sigma_list,
+                self._acc_list,
+                self._rng.random(),
+                self.threshold_ms,
             )
         return Decision(self._ids[k], k, "fallback", reason)
 
@@ -658,10 +699,11 @@ class Selector:
                     reasons[i] = "invalid request"
                 except InvalidRequest as e:
                     reasons[i] = f"invalid request: {e}"
-        else:
+        elif any(reasons):
             valid &= np.array([not r for r in reasons], dtype=np.bool_)
+        all_valid = bool(valid.all())
         clients = batch.client_id
-        if clients is not None and not valid.all():
+        if clients is not None and not all_valid:
             clients = [c if ok else None for c, ok in zip(clients, valid.tolist(), strict=True)]
         with self._lock:
             net_mean, net_std = self._clients.update(clients, up)
@@ -669,70 +711,56 @@ class Selector:
             slow = _fill(batch.slowdown, self._slowdown, n)
             mu = self._tracker.mu[0].copy()
             sigma = self._tracker.sigma[0].copy()
-            musig = self._musig
+            musig = self._musig  # replaced, never modified, by _refresh_profiles
+            mu_l, sigma_l = self._mu_list, self._sigma_list
             u = self._rng.random(n)
             model = self._model
             no_model_reason = self._no_model_reason
         with np.errstate(invalid="ignore", over="ignore"):
-            obs = F.encode(
+            req, mod = F.encode_blocks(
                 batch.sla_ms, el, up, pay / BYTES_PER_KB, net_mean, net_std, queue, slow,
                 mu, sigma, self._acc,
             )  # fmt: skip
-        budget = obs[:, F.BUDGET].astype(np.float64)
-        index = np.empty(n, dtype=np.intp)
-        learned = np.zeros(n, dtype=np.bool_)
-        counts = {"invalid": int(n - valid.sum())}
+        budget = req[:, F.BUDGET].astype(np.float64)
+        counts = {"invalid": n - int(valid.sum())}
         if model is None:
+            index = np.empty(n, dtype=np.intp)
+            learned = np.zeros(n, dtype=np.bool_)
             fallback = valid.copy()
             for i in np.flatnonzero(valid).tolist():
                 reasons[i] = "no learned model: " + no_model_reason
             counts["no_model"] = int(valid.sum())
         else:
-            layout = F.ObsLayout(self._k)
-            rows = obs if valid.all() else np.where(valid[:, None], obs, np.float32(0.0))
-            feed = {
-                INPUT_REQUEST: np.ascontiguousarray(layout.request(rows)),
-                INPUT_MODELS: np.ascontiguousarray(layout.models(rows)),
-            }
+            if not all_valid:  # the graph never sees NaN, inf or absurd values
+                req[~valid] = 0.0
+                mod[~valid] = 0.0
             try:
-                action = np.asarray(model.run_batch(self._out, feed, None)[0]).reshape(-1)
+                action = np.asarray(
+                    model.run_batch(self._out, {INPUT_REQUEST: req, INPUT_MODELS: mod}, None)[0]
+                ).reshape(-1)
                 if action.shape != (n,):
                     raise ValueError(f"action has shape {action.shape}, expected ({n},)")
                 err = ""
             except Exception as e:
                 action = np.zeros(n, dtype=np.int64)
                 err = f"inference failed: {type(e).__name__}: {e}"
-            in_range = (action >= 0) & (action < self._k)
-            ok = valid & in_range if not err else np.zeros(n, dtype=np.bool_)
-            bad = valid & ~ok
-            if bad.any():
+            ok = valid & (action >= 0) & (action < self._k) if not err else np.zeros(n, np.bool_)
+            index = np.where(ok, action, 0).astype(np.intp)
+            learned = ok.copy()
+            fallback = valid & ~ok
+            if fallback.any():
                 msg = err or "inference failed: action out of range"
-                for i in np.flatnonzero(bad).tolist():
+                for i in np.flatnonzero(fallback).tolist():
                     reasons[i] = msg
-                counts["inference_error"] = int(bad.sum())
-            index[ok] = action[ok]
-            learned[ok] = True
-            fallback = bad
-            if self.shield and ok.any():
+                counts["inference_error"] = int(fallback.sum())
+            if self.shield:
                 # Learned choice breaks mu + sigma < T_U while some model would respect it.
-                viol = ok & ~(musig[np.where(ok, action, 0)] < budget) & (musig.min() < budget)
+                viol = ok & ~(musig[index] < budget) & (musig.min() < budget)
                 if viol.any():
-                    rows_v = np.flatnonzero(viol)
-                    alt = modipick_select(
-                        budget[rows_v], mu, sigma, self._acc, u[rows_v], self.threshold_ms
-                    )
-                    take = musig[alt] < budget[rows_v]
-                    for i, m, t in zip(rows_v.tolist(), alt.tolist(), take.tolist(), strict=True):
-                        if t:
-                            k = int(action[i])
-                            reasons[i] = (
-                                f"shield: learned choice {self._ids[k]!r} has mu+sigma = "
-                                f"{musig[k]:.2f} ms >= T_U = {budget[i]:.2f} ms; ModiPick's choice "
-                                f"{self._ids[m]!r} ({musig[m]:.2f} ms) respects the hard limit"
-                            )
-                            index[i] = m
-                            learned[i] = False
-                    counts["shield"] = int(take.sum())
+                    counts["shield"] = self._shield_rows(
+                        np.flatnonzero(viol), index, learned, reasons, budget, u, musig,
+                        mu, sigma, mu_l, sigma_l,
+                    )  # fmt: skip
             counts["learned"] = int(learned.sum())
         fb = fallback | ~valid
         if fb.any():
@@ -741,14 +769,65 @@ class Selector:
             fin = np.isfinite(b)
             pick = np.full(rows_f.size, int(np.argmin(mu)), dtype=np.intp)
             if fin.any():
-                pick[fin] = modipick_select(
-                    b[fin], mu, sigma, self._acc, u[rows_f][fin], self.threshold_ms
-                )
+                pick[fin] = self._modipick_rows(b[fin], u[rows_f][fin], mu, sigma, mu_l, sigma_l)
             index[rows_f] = pick
         with self._lock:
             for key, v in counts.items():
                 self._counts[key] += v
         return Decisions(index, learned, reasons, self._ids)
+
+    def _modipick_rows(
+        self,
+        budget: NDArray[np.float64],
+        u: NDArray[np.float64],
+        mu: NDArray[np.float64],
+        sigma: NDArray[np.float64],
+        mu_l: list[float],
+        sigma_l: list[float],
+    ) -> NDArray[np.intp]:
+        """ModiPick's choices for some rows: the scalar rule for a few (numpy's per-call cost
+        dominates there), the batched one for many; the same choices either way."""
+        if budget.size > _SCALAR_RULE_ROWS:
+            return modipick_select(budget, mu, sigma, self._acc, u, self.threshold_ms)
+        acc, t = self._acc_list, self.threshold_ms
+        return np.array(
+            [
+                modipick_select_one(b, mu_l, sigma_l, acc, x, t)
+                for b, x in zip(budget.tolist(), u.tolist(), strict=True)
+            ],
+            dtype=np.intp,
+        )
+
+    def _shield_rows(
+        self,
+        rows: NDArray[np.intp],
+        index: NDArray[np.intp],
+        learned: NDArray[np.bool_],
+        reasons: list[str],
+        budget: NDArray[np.float64],
+        u: NDArray[np.float64],
+        musig: NDArray[np.float64],
+        mu: NDArray[np.float64],
+        sigma: NDArray[np.float64],
+        mu_l: list[float],
+        sigma_l: list[float],
+    ) -> int:
+        """Replace the learned choices of ``rows`` (which break the hard limit) by ModiPick's
+        where that respects it; returns how many were replaced."""
+        alt = self._modipick_rows(budget[rows], u[rows], mu, sigma, mu_l, sigma_l)
+        take = musig[alt] < budget[rows]
+        ids = self._ids
+        for i, m, t in zip(rows.tolist(), alt.tolist(), take.tolist(), strict=True):
+            if t:
+                k = int(index[i])
+                reasons[i] = (
+                    f"shield: learned choice {ids[k]!r} has mu+sigma = {musig[k]:.2f} ms >= "
+                    f"T_U = {budget[i]:.2f} ms; ModiPick's choice {ids[m]!r} "
+                    f"({musig[m]:.2f} ms) respects the hard limit"
+                )
+                index[i] = m
+                learned[i] = False
+        return int(take.sum())
 
 
 def _session(ort: Any, path: Path, threads: int) -> Any:
@@ -758,6 +837,32 @@ def _session(ort: Any, path: Path, threads: int) -> Any:
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _io_runner(
+    ort: Any, sess: Any, req: NDArray[np.float32], mod: NDArray[np.float32]
+) -> Callable[[], int]:
+    """``() -> action`` of ``sess`` on the arrays ``req`` and ``mod`` (shared with onnxruntime
+    through an IOBinding, so writing into them changes the next inference's input). The output
+    slot is reset before each run, so a run that did not write it reads as out of range (-1)."""
+    out = np.zeros(1, dtype=np.int64)
+    io = sess.io_binding()
+    io.bind_ortvalue_input(INPUT_REQUEST, ort.OrtValue.ortvalue_from_numpy(req))
+    io.bind_ortvalue_input(INPUT_MODELS, ort.OrtValue.ortvalue_from_numpy(mod))
+    io.bind_ortvalue_output(OUTPUT_ACTION, ort.OrtValue.ortvalue_from_numpy(out))
+    inner = getattr(io, "_iobinding", None)
+    c_sess = getattr(sess, "_sess", None)
+    run_io = getattr(c_sess, "run_with_iobinding", None)
+    opts = ort.RunOptions()
+    if inner is None or not callable(run_io):  # no C-level handles: the public API
+        inner, run_io = io, lambda binding, _opts: sess.run_with_iobinding(binding)
+
+    def run_bound() -> int:
+        out[0] = -1
+        run_io(inner, opts)
+        return int(out[0])
+
+    return run_bound
 
 
 def _bound_run(sess: Any) -> Callable[..., Any]:

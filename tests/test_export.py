@@ -87,6 +87,38 @@ def test_pool_agnostic_onnx_serves_a_pool_of_another_size(
     assert check_parity(trained[kind], exported[kind], obs) == 1.0
 
 
+@pytest.mark.parametrize("kind", list(POLICIES))
+def test_hopeless_requests_go_to_the_fastest_model_in_torch_and_onnx(
+    kind: str, trained: dict[str, LearnedPolicy], exported: dict[str, Path]
+) -> None:
+    """A request no model can meet (budget far below every model's time) has P(met) under the
+    floor for every model: policy and ONNX both answer with the fastest model instead of an
+    argmax over scores that differ by float32 rounding."""
+    rng = np.random.default_rng(3)
+    mu = rng.uniform(5.0, 120.0, (64, 11))
+    sigma = rng.uniform(0.1, 1.0, (64, 11))
+    acc = rng.uniform(0.5, 0.8, (64, 11))
+    up = np.full(64, 900.0)  # 1.8 s of network against a 100 ms SLA
+    obs = F.encode(100.0, up, up, 330.0, up, 5.0, 0.0, 1.0, mu, sigma, acc)
+    pol = trained[kind]
+    scores = pol.scores(obs)
+    assert np.all(scores == 0.0), f"hopeless requests must score exactly 0, got {scores.max()}"
+    fastest = mu.argmin(axis=1)
+    np.testing.assert_array_equal(pol.select(obs), fastest)
+    layout = F.ObsLayout(11)
+    sess = ort.InferenceSession(str(exported[kind]), providers=["CPUExecutionProvider"])
+    feed = {
+        "request": np.ascontiguousarray(layout.request(obs)),
+        "models": np.ascontiguousarray(layout.models(obs)),
+    }
+    np.testing.assert_array_equal(sess.run(["action"], feed)[0], fastest)
+    # A request some model can meet is still decided by the scores.
+    fast = np.full(64, 20.0)
+    easy = F.encode(400.0, fast, fast, 330.0, fast, 5.0, 0.0, 1.0, mu, sigma, acc)
+    assert np.all(pol.scores(easy).max(axis=1) > 0.0)
+    np.testing.assert_array_equal(pol.select(easy), pol.scores(easy).argmax(axis=1))
+
+
 def test_graph_signature_opset_and_self_contained_file(exported: dict[str, Path]) -> None:
     path = exported["neural"]
     onnx.checker.check_model(str(path), full_check=True)

@@ -339,3 +339,47 @@ def test_reprofiling_can_be_turned_off() -> None:
         sim.step(np.array([0]))
     assert sim.tracker.last_update[0, 1:].tolist() == [0, 0]
     assert sim.tracker.mu[0, 1:].tolist() == [30.0, 60.0]
+
+
+# --------------------------------------------------------------------------- scalar rule
+_times = st.floats(0.0, 300.0, allow_nan=False)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    k=st.integers(1, 140),
+    seed=st.integers(0, 2**32 - 1),
+    budget=st.floats(-50.0, 500.0, allow_nan=False),
+    threshold=st.sampled_from([0.0, 5.0, 10.0, 40.0]),
+    u=st.floats(0.0, 1.0, exclude_max=True),
+    ties=st.booleans(),
+)
+def test_scalar_modipick_makes_the_batched_rules_choice(
+    k: int, seed: int, budget: float, threshold: float, u: float, ties: bool
+) -> None:
+    """modipick_select_one (the serving path's batch-1 rule) picks exactly what the numpy
+    modipick_select picks for the same uniform, on pools of any size, ties included."""
+    from modi.runtime.modipick import modipick_select_one
+
+    rng = np.random.default_rng(seed)
+    mu = rng.uniform(0.5, 300.0, k)
+    sigma = rng.uniform(0.0, 20.0, k)
+    acc = rng.uniform(0.3, 0.9, k)
+    if ties:  # duplicated profiles and accuracies exercise the tie-breaking of stage one
+        mu = np.round(mu / 50.0) * 50.0 + 1.0
+        acc = np.round(acc, 1)
+    want = int(modipick_select(np.array([budget]), mu, sigma, acc, np.array([u]), threshold)[0])
+    got = modipick_select_one(budget, mu.tolist(), sigma.tolist(), acc.tolist(), u, threshold)
+    assert got == want, f"scalar rule chose {got}, numpy rule {want}"
+
+
+def test_scalar_modipick_on_figure_4() -> None:
+    """The scalar rule walks Figure 4: u below Pr(m2) picks m2, above it m3; never m1."""
+    from modi.runtime.modipick import modipick_select_one
+
+    args = (FIG4_MU.tolist(), FIG4_SIGMA.tolist(), FIG4_ACC.tolist())
+    p2 = FIG4_PROB[1]
+    assert modipick_select_one(100.0, *args, uniform=p2 * 0.99, threshold_ms=10.0) == 1
+    assert modipick_select_one(100.0, *args, uniform=p2 * 1.01, threshold_ms=10.0) == 2
+    # No model qualifies for Eq. 2: the fastest model outright.
+    assert modipick_select_one(1.0, *args, uniform=0.5, threshold_ms=10.0) == 2

@@ -225,7 +225,7 @@ def test_inference_failure_falls_back_with_the_reason(files: dict[str, Path]) ->
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("device lost")
 
-    object.__setattr__(sel._model, "run", broken)
+    object.__setattr__(sel._model, "run_one", broken)
     object.__setattr__(sel._model, "run_batch", broken)
     d = sel.select(_request())
     assert d.source == "fallback" and "inference failed" in d.reason and "device lost" in d.reason
