@@ -216,13 +216,16 @@ class FusedStepLinearScorer(nn.Module):
             return None
         return cls(pairs.then(-w, -bias), theta, scorer.miss_penalty)
 
-    def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
-        """Scores ``(N, K)``."""
+    def p_met(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """``P(met)`` per model, ``(N, K)``."""
         # sigmoid(z) as 1 / (1 + exp(-z)) with the sign folded into ``pre``: accurate in both
         # tails in onnxruntime (see modi.agents.export._accurate_sigmoids).
         steps = torch.reciprocal(1.0 + torch.exp(self.pre(request, models)))
-        p = torch.clamp((steps @ self.theta_rest).squeeze(-1) + self.theta0, 0.0, 1.0)
-        return _expected_reward(models[:, :, F.ACC], p, self.miss_penalty)
+        return torch.clamp((steps @ self.theta_rest).squeeze(-1) + self.theta0, 0.0, 1.0)
+
+    def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """Scores ``(N, K)``."""
+        return _expected_reward(models[:, :, F.ACC], self.p_met(request, models), self.miss_penalty)
 
 
 class FusedMetNet(nn.Module):
@@ -253,10 +256,13 @@ class FusedMetNet(nn.Module):
         rest = copy.deepcopy(nn.Sequential(*list(net.mlp)[1:]))
         return cls(pairs.then(w, bias), rest, net.miss_penalty)
 
+    def p_met(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """``P(met)`` per model, ``(N, K)``."""
+        return torch.sigmoid(self.rest(self.pre(request, models)).squeeze(-1))
+
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """Scores ``(N, K)``."""
-        logits = self.rest(self.pre(request, models)).squeeze(-1)
-        return _expected_reward(models[:, :, F.ACC], torch.sigmoid(logits), self.miss_penalty)
+        return _expected_reward(models[:, :, F.ACC], self.p_met(request, models), self.miss_penalty)
 
 
 def _fused_version(m: nn.Module) -> nn.Module | None:

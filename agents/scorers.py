@@ -13,6 +13,8 @@ trains, evaluates and exports (:mod:`modi.agents.export`).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -107,17 +109,20 @@ class StepBasis(nn.Module):
         return torch.cat([torch.ones_like(f[..., :1]), *steps], dim=-1)
 
 
-#: A ``P(met)`` below this counts as 0 in a deterministic decision. Such a model is hopeless;
-#: when every model is, their scores tie exactly and :class:`ArgmaxSelector` takes the fastest
-#: (ModiPick's best effort). Without the floor the choice among hopeless models rests on
-#: differences of ~1e-10 between scores of ~1e-5, which any two float32 implementations
-#: (torch here, onnxruntime in the server) may order differently.
+#: A ``P(met)`` below this counts as 0 in a deterministic decision: such a model is hopeless.
+#: Among hopeless models :class:`ArgmaxSelector` takes the fastest (ModiPick's best effort)
+#: instead of comparing scores of ~1e-5 that differ by ~1e-10, which two float32
+#: implementations of one scorer (torch here, onnxruntime in the server) may order differently.
 P_MET_FLOOR = 1e-3
+#: Hopeless models rank at ``-HOPELESS_TIE_BREAK * mu_ms``: below every model that is not
+#: hopeless (those rank at ``(A + penalty) * P(met) >= 0``), faster ones first; the product is
+#: exact in any IEEE implementation, so the order is too.
+HOPELESS_TIE_BREAK = 1e-14
 
 
 def floor_p_met(p_met: torch.Tensor) -> torch.Tensor:
     """``P(met)`` with values below :data:`P_MET_FLOOR` set to exactly 0."""
-    return torch.where(p_met < P_MET_FLOOR, torch.zeros_like(p_met), p_met)
+    return torch.where(p_met < P_MET_FLOOR, 0.0, p_met)
 
 
 def expected_reward(acc: torch.Tensor, p_met: torch.Tensor, miss_penalty: float) -> torch.Tensor:
@@ -135,10 +140,13 @@ class LinearScorer(nn.Module):
         self.miss_penalty = float(miss_penalty)
         self.register_buffer("theta", theta.to(torch.float32))
 
+    def p_met(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """``P(met)`` per model, ``(N, K)``."""
+        return torch.clamp(self.basis(request, models) @ self.theta, 0.0, 1.0)
+
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
-        """Scores ``(N, K)``."""
-        p = torch.clamp(self.basis(request, models) @ self.theta, 0.0, 1.0)
-        return expected_reward(models[:, :, F.ACC], p, self.miss_penalty)
+        """Scores ``(N, K)``: expected reward."""
+        return expected_reward(models[:, :, F.ACC], self.p_met(request, models), self.miss_penalty)
 
 
 class MetNet(nn.Module):
@@ -166,28 +174,43 @@ class MetNet(nn.Module):
         f = (self.pairs(request, models) - self.norm_mean) / self.norm_std
         return self.mlp(f).squeeze(-1)
 
+    def p_met(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """``P(met)`` per model, ``(N, K)``."""
+        return torch.sigmoid(self.logits(request, models))
+
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """Scores ``(N, K)``: expected reward ``A·P(met) − penalty·(1 − P(met))``."""
-        p = torch.sigmoid(self.logits(request, models))
-        return expected_reward(models[:, :, F.ACC], p, self.miss_penalty)
+        return expected_reward(models[:, :, F.ACC], self.p_met(request, models), self.miss_penalty)
 
 
 class ArgmaxSelector(nn.Module):
-    """Wraps a scorer of expected rewards: ``(request, models) -> (action (N,) int64, scores
-    (N, K))``. The best-scoring model; the fastest (lowest profiled ``mu_ms``) when no model
-    scores above ``-miss_penalty``, i.e. when every model is hopeless (:data:`P_MET_FLOOR`)."""
+    """The deterministic decision over a scorer: ``(request, models) -> (action (N,) int64,
+    scores (N, K))``.
+
+    For a scorer of expected rewards with ``p_met(request, models)`` and ``miss_penalty`` (all of
+    :mod:`modi.agents.scorers`), ``action`` is the model of highest expected reward among those
+    whose ``P(met)`` reaches :data:`P_MET_FLOOR`, or the fastest (lowest profiled ``mu_ms``) when
+    none does; ``scores`` are the expected rewards, with a hopeless model at
+    ``-penalty - HOPELESS_TIE_BREAK * mu`` (the ranking ``action`` is the argmax of, shifted by
+    the constant ``-penalty``). Any other scorer: the argmax of its scores.
+    """
 
     def __init__(self, scorer: nn.Module) -> None:
         super().__init__()
         self.scorer = scorer
-        self.hopeless_score = -float(getattr(scorer, "miss_penalty", 0.0))
+        self.ranked = callable(getattr(scorer, "p_met", None))
+        self.miss_penalty = float(getattr(scorer, "miss_penalty", 0.0))
 
     def forward(
         self, request: torch.Tensor, models: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Chosen model per row, and the scores."""
-        scores = self.scorer(request, models)
-        best = torch.argmax(scores, dim=1)
-        hopeless = torch.amax(scores, dim=1) <= self.hopeless_score
-        fastest = torch.argmin(models[:, :, F.MU], dim=1)
-        return torch.where(hopeless, fastest, best), scores
+        if not self.ranked:
+            scores = self.scorer(request, models)
+            return torch.argmax(scores, dim=1), scores
+        p_met = cast(Callable[[torch.Tensor, torch.Tensor], torch.Tensor], self.scorer.p_met)
+        p = p_met(request, models)
+        pen = self.miss_penalty
+        gain = models[:, :, F.ACC] + pen if pen else models[:, :, F.ACC]
+        rank = torch.where(p < P_MET_FLOOR, models[:, :, F.MU] * -HOPELESS_TIE_BREAK, gain * p)
+        return torch.argmax(rank, dim=1), (rank - pen if pen else rank)

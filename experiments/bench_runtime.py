@@ -9,6 +9,9 @@ with :func:`modi.agents.export.export_onnx` and measures, in one run:
   model, i.e. the numpy ModiPick fallback, *interleaved* with the learned one in blocks of
   ``block`` requests so both see the same machine state (``modipick_select_p50_us``: the bare
   rule, in the same rotation);
+* ``onnxruntime_run_*`` / ``onnxruntime_bound_run_*``: the bare session's ``run`` (both
+  outputs, from a feed dict), and the IOBinding call ``select`` makes (the action alone): the
+  floor under ``selector_*``;
 * ``selector_batch_decisions_per_s``: :meth:`~modi.runtime.Selector.select_batch` on columnar
   batches of 1024 requests (best of several rounds), with ``batch_threads`` onnxruntime threads
   (default: every core; ``selector_batch_1thread_decisions_per_s`` with one, interleaved).
@@ -74,6 +77,7 @@ def run_runtime_bench(
     from modi.envs.catalog import load_preset
     from modi.envs.model_selection import build_sim
     from modi.runtime import PoolProfile, RequestBatch, Selector, modipick_select
+    from modi.runtime.selector import bound_inference
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -118,6 +122,8 @@ def run_runtime_bench(
         "request": np.zeros((1, F.R), np.float32),
         "models": np.zeros((1, k, F.P), np.float32),
     }
+    t_bound = np.empty_like(t_sel)
+    bound = bound_inference(onnxruntime, bare, feeds["request"], feeds["models"])
     sel_fn, rule_fn, clock = learned.select, rule.select, time.perf_counter_ns
     gc.collect()
     j = 0
@@ -136,10 +142,14 @@ def run_runtime_bench(
                 t0 = clock()
                 modipick_select(budgets[i], mu, sd, acc, uniforms[i])
                 t_raw[j + i - lo] = clock() - t0
-            for i in range(lo, hi):  # the floor: onnxruntime's own call, nothing around it
+            for i in range(lo, hi):  # onnxruntime's own call, nothing around it
                 t0 = clock()
                 bare_run(None, feeds)
                 t_ort[j + i - lo] = clock() - t0
+            for i in range(lo, hi):  # the floor: the call select makes (bound buffers)
+                t0 = clock()
+                bound()
+                t_bound[j + i - lo] = clock() - t0
             j += hi - lo
 
     rng = np.random.default_rng(seed + 1)
@@ -168,6 +178,7 @@ def run_runtime_bench(
     r50, r99 = _percentiles(t_rule)
     raw50, _ = _percentiles(t_raw)
     o50, o99 = _percentiles(t_ort)
+    b50, b99 = _percentiles(t_bound)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {
         "selector_p50_us": round(p50, 1),
@@ -177,6 +188,8 @@ def run_runtime_bench(
         "modipick_select_p50_us": round(raw50, 1),
         "onnxruntime_run_p50_us": round(o50, 1),
         "onnxruntime_run_p99_us": round(o99, 1),
+        "onnxruntime_bound_run_p50_us": round(b50, 1),
+        "onnxruntime_bound_run_p99_us": round(b99, 1),
         "selector_batch_decisions_per_s": round(max(rates)),
         "selector_batch_decisions_per_s_median": round(statistics.median(rates)),
         "selector_batch_threads": threads_batch,

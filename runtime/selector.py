@@ -394,7 +394,7 @@ class Selector:
         req = np.empty_like(self._req)
         mod = np.empty_like(self._mod)
         try:
-            probe = _io_runner(ort, sess, req, mod)
+            probe = bound_inference(ort, sess, req, mod)
             for _ in range(4):
                 req[...] = rng.uniform(0.0, 500.0, req.shape)
                 mod[...] = rng.uniform(0.0, 200.0, mod.shape)
@@ -405,7 +405,7 @@ class Selector:
                 )
                 if probe() != want:
                     raise ValueError("the bound inference disagrees with run()")
-            return _io_runner(ort, sess, self._req, self._mod)
+            return bound_inference(ort, sess, self._req, self._mod)
         except Exception as e:
             log.info("%s: no IOBinding for batch-1 inference (%s); using run()", path, e)
         feed, outs = self._feed, self._out
@@ -839,7 +839,7 @@ def _session(ort: Any, path: Path, threads: int) -> Any:
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
-def _io_runner(
+def bound_inference(
     ort: Any, sess: Any, req: NDArray[np.float32], mod: NDArray[np.float32]
 ) -> Callable[[], int]:
     """``() -> action`` of ``sess`` on the arrays ``req`` and ``mod`` (shared with onnxruntime
