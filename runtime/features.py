@@ -166,10 +166,20 @@ def write_request(
     row[SLOWDOWN] = slowdown
 
 
-def model_slack(budget_ms: ArrayLike, mu_ms: ArrayLike, sigma_ms: ArrayLike) -> NDArray[np.float64]:
-    """The ``slack_ms`` column: ``budget - (mu + sigma)``; budget ``(N,)``, profiles ``(N, K)``."""
+def model_slack(
+    budget_ms: ArrayLike,
+    mu_ms: ArrayLike,
+    sigma_ms: ArrayLike,
+    out: NDArray[np.floating] | None = None,
+) -> NDArray[np.floating]:
+    """The ``slack_ms`` column: ``budget - (mu + sigma)`` in float64; budget ``(N,)``, profiles
+    ``(N, K)`` or ``(K,)``. ``out`` (e.g. a float32 column of a model block) receives the values
+    rounded to its dtype, as an assignment of the float64 result would."""
     b = np.asarray(budget_ms, dtype=np.float64)
-    return b.reshape(*b.shape, 1) - (np.asarray(mu_ms) + np.asarray(sigma_ms))
+    musig = np.asarray(mu_ms, dtype=np.float64) + np.asarray(sigma_ms, dtype=np.float64)
+    if out is None:
+        return b.reshape(*b.shape, 1) - musig
+    return np.subtract(b.reshape(*b.shape, 1), musig, out=out, casting="same_kind")
 
 
 def encode(
@@ -251,4 +261,4 @@ def _write_models(
         models[:, :, MU] = mu
         models[:, :, SIGMA] = sigma
         models[:, :, ACC] = accuracy
-    models[:, :, SLACK] = model_slack(budget_ms.astype(np.float64), mu, sigma)
+    model_slack(budget_ms, mu, sigma, out=models[:, :, SLACK])

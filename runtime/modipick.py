@@ -90,6 +90,9 @@ def modipick_stages(
     lo = t_l - dist
     hi = t_l + dist
     eligible = upper_ok & (mu >= lo[:, None]) & (mu <= hi[:, None])
+    # The base model is in T_E by construction; only rounding at absurd budgets (~1e15 ms)
+    # could push it out and leave M_E empty.
+    eligible[rows, base] |= has_base
     eligible[~has_base] = False
     eligible[~has_base, fastest[~has_base]] = True
 
@@ -205,18 +208,20 @@ def modipick_select_one(
     lo = t_l - dist
     hi = t_l + dist
     util: list[float] = []
-    for m, s, a in zip(mu_ms, sigma_ms, accuracy, strict=True):
+    elig: list[bool] = []
+    for i, (m, s, a) in enumerate(zip(mu_ms, sigma_ms, accuracy, strict=True)):
         upper = m + s
-        if upper < t_u and lo <= m <= hi:
+        if (upper < t_u and lo <= m <= hi) or i == base:  # the base is in T_E by construction
             w = a * (t_u - upper) / max(abs(t_l - m), MIN_DISTANCE_MS)
             util.append(w if w > 0.0 else 0.0)
+            elig.append(True)
         else:
             util.append(0.0)
+            elig.append(False)
     total = _pairwise_sum(util, 0, len(util))
     if total > 0:
         prob = [w / total for w in util]
     else:  # every eligible utility is zero: uniform over M_E
-        elig = [m + s < t_u and lo <= m <= hi for m, s in zip(mu_ms, sigma_ms, strict=True)]
         share = 1.0 / sum(elig)
         prob = [share if e else 0.0 for e in elig]
     # sample_rows: how many running sums are <= uniform * their total (the running sum never

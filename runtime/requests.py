@@ -72,13 +72,30 @@ def _as_float(value: Any, name: str) -> float:
     t = type(value)
     if t is float:
         return float(value)
-    if t is int:
-        return float(value)
     if value is None:
         raise InvalidRequest(f"missing field {name!r}")
-    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.integer, np.floating)):
-        raise InvalidRequest(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    return float(value)
+    if t is not int and (
+        isinstance(value, bool) or not isinstance(value, (numbers.Real, np.integer, np.floating))
+    ):
+        raise InvalidRequest(f"{name} must be a number, got {type(value).__name__} {_show(value)}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise InvalidRequest(f"{name} is too large for a float") from None
+    except Exception as e:  # a numbers.Real subclass whose __float__ fails
+        raise InvalidRequest(
+            f"{name} cannot be read as a number ({type(e).__name__}: {_show(e)})"
+        ) from None
+
+
+def _show(value: Any, width: int = 60) -> str:
+    """``repr(value)`` cut to ``width`` characters, or a placeholder when repr itself fails
+    (e.g. an int of more digits than Python prints)."""
+    try:
+        text = repr(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _check(x: float, name: str, upper: float, limit_name: str, strictly_positive: bool) -> None:
@@ -164,7 +181,7 @@ def parse_request(request: Request | Mapping[str, Any], limits: RequestLimits) -
     if client is not None:
         try:
             hash(client)
-        except TypeError:
+        except Exception:  # unhashable, or a __hash__ that fails
             raise InvalidRequest(
                 f"client_id must be hashable (a string or an integer), got {type(client).__name__}"
             ) from None

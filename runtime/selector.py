@@ -78,6 +78,7 @@ Source = Literal["learned", "fallback"]
 #: Largest model file the selector loads (a selector graph is kilobytes).
 MAX_MODEL_BYTES = 256 * 1024 * 1024
 _MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
+_F32_MAX = float(np.finfo(np.float32).max)
 #: Up to this many rows, a batch's fallback and shield rows use the scalar ModiPick rule.
 _SCALAR_RULE_ROWS = 32
 
@@ -575,6 +576,8 @@ class Selector:
                 sla, el, up, pkb, client, q, s = parse_request(request, self.limits)
             except InvalidRequest as e:
                 return self._invalid(request, e)
+            except Exception as e:  # a hostile object (a mapping whose get raises, ...)
+                return self._invalid(request, _unreadable(e))
             with self._lock:
                 mean, std = self._clients.update_one(client, up)
                 budget = self._write_features(sla, el, up, pkb, mean, std, q, s)
@@ -881,10 +884,21 @@ def _budget_of(request: Any) -> float:
         else:
             vals = [getattr(request, f, None) for f in ("sla_ms", "elapsed_ms", "upload_ms")]
         sla, el, up = (float(v) for v in vals)  # type: ignore[arg-type]
-        b = float(np.float32((sla - el) - up))
-        return b if math.isfinite(b) else math.nan
-    except (TypeError, ValueError, OverflowError):
+        b = (sla - el) - up
+        if not -_F32_MAX <= b <= _F32_MAX:  # also NaN: nothing to budget with
+            return math.nan
+        return float(np.float32(b))
+    except Exception:  # anything unreadable: no budget
         return math.nan
+
+
+def _unreadable(err: Exception) -> InvalidRequest:
+    """The :class:`InvalidRequest` for a request that failed to parse with another error."""
+    try:
+        text = str(err)[:80]
+    except Exception:
+        text = ""
+    return InvalidRequest(f"unreadable request ({type(err).__name__}: {text})")
 
 
 def _fill(col: NDArray[np.float64] | None, default: float, n: int) -> NDArray[np.float64]:
@@ -907,8 +921,9 @@ def _as_batch(
             sla, el, up, pkb, client, q_r, s_r = parse_request(r, limits)
             reasons.append("")
             row: tuple[Any, ...] = (sla, el, up, pkb * BYTES_PER_KB, client, q_r, s_r)
-        except InvalidRequest as e:
-            reasons.append(f"invalid request: {e}")
+        except Exception as e:  # InvalidRequest, or a hostile object
+            err = e if isinstance(e, InvalidRequest) else _unreadable(e)
+            reasons.append(f"invalid request: {err}")
             b = _budget_of(r)
             # Keep the budget for ModiPick's fallback: sla = budget, elapsed = upload = 0.
             row = (b, 0.0, 0.0, nan, None, None, None)
