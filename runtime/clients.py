@@ -128,32 +128,54 @@ class ClientNetworkHistory:
         get = self._slot.get
         # -1: not seen yet (None is never a key), then -2 for a missing client id.
         slots = np.fromiter(map(get, clients, repeat(-1)), dtype=np.intp, count=len(clients))
-        self._seen[slots[slots >= 0]] = tick  # before any eviction below
-        for i in np.flatnonzero(slots == -1).tolist():  # new clients (maybe repeated)
-            c = clients[i]
-            slots[i] = -2 if c is None else self._slot_of(c)
-        rows = np.flatnonzero(slots >= 0)
+        unknown = slots < 0
+        if unknown.any():
+            self._seen[slots[~unknown]] = tick  # before any eviction below
+            for i in np.flatnonzero(unknown).tolist():  # new clients (maybe repeated)
+                c = clients[i]
+                slots[i] = -2 if c is None else self._slot_of(c)
+            rows = np.flatnonzero(slots >= 0)
+        else:
+            self._seen[slots] = tick
+            rows = np.arange(slots.size)
+        # A client's first request in the batch in one vectorised pass; its later ones (rare)
+        # one by one, in order, on the state the earlier ones left.
         s_rows = slots[rows]
-        # Occurrence rank of each request among its client's requests in this batch.
         order = np.argsort(s_rows, kind="stable")
         ss = s_rows[order]
-        pos = np.arange(ss.size)
-        first = np.ones(ss.size, dtype=np.bool_)
-        first[1:] = ss[1:] != ss[:-1]
-        rank = np.empty(ss.size, dtype=np.intp)
-        rank[order] = pos - np.maximum.accumulate(np.where(first, pos, 0))
+        repeated = ss[1:] == ss[:-1]
+        later: list[int] = []
+        if repeated.any():
+            again = np.sort(order[1:][repeated])  # positions in rows, chronological
+            later = rows[again].tolist()
+            first = np.ones(rows.size, dtype=np.bool_)
+            first[again] = False
+            rows = rows[first]
         a = self.alpha
         nm, nv = self._mean, self._var
-        for r in range(int(rank.max()) + 1 if rank.size else 0):
-            sel = rows[rank == r] if r or rank.any() else rows
-            s = slots[sel]
-            xi = x[sel]
-            m = nm[s]
-            v = nv[s]
-            new = np.isnan(m)
-            mean_out[sel] = np.where(new, xi, m)
-            var_out[sel] = v
-            d = np.where(new, 0.0, xi - m)
-            nm[s] = np.where(new, xi, m + a * d)
-            nv[s] = np.where(new, 0.0, (1 - a) * (v + a * d * d))
+        s = slots[rows]
+        xi = x[rows]
+        m = nm[s]
+        v = nv[s]
+        new = np.isnan(m)
+        mean_out[rows] = np.where(new, xi, m)
+        var_out[rows] = v
+        d = np.where(new, 0.0, xi - m)
+        nm[s] = np.where(new, xi, m + a * d)
+        nv[s] = np.where(new, 0.0, (1 - a) * (v + a * d * d))
+        for i in later:  # the arithmetic of update_one
+            k = int(slots[i])
+            xk = float(x[i])
+            mk = float(nm[k])
+            vk = float(nv[k])
+            var_out[i] = vk
+            if mk != mk:  # NaN (the earlier upload was NaN): start afresh, as the pass above does
+                mean_out[i] = xk
+                nm[k] = xk
+                nv[k] = 0.0
+                continue
+            mean_out[i] = mk
+            dk = xk - mk
+            nm[k] = mk + a * dk
+            nv[k] = (1 - a) * (vk + a * dk * dk)
         return mean_out, np.sqrt(var_out)
