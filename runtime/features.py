@@ -200,17 +200,11 @@ def encode(
     Request arguments have shape ``(N,)`` (or are scalars); model arguments have shape
     ``(N, K)`` or ``(K,)`` (one profile shared by the batch). Returns ``(N, R + P*K)`` float32.
     """
-    req = np.atleast_2d(
-        encode_requests(
-            sla_ms, elapsed_ms, t_input_ms, payload_kb, net_mean_ms, net_std_ms, queue_len, slowdown
-        )
-    )
-    n = req.shape[0]
-    k = np.shape(mu_ms)[-1]
-    out = np.empty((n, R + P * k), dtype=np.float32)
-    out[:, :R] = req
-    _write_models(out[:, R:].reshape(n, k, P), req[:, BUDGET], mu_ms, sigma_ms, accuracy)
-    return out
+    req, models = encode_blocks(
+        sla_ms, elapsed_ms, t_input_ms, payload_kb, net_mean_ms, net_std_ms, queue_len, slowdown,
+        mu_ms, sigma_ms, accuracy,
+    )  # fmt: skip
+    return np.concatenate([req, models.reshape(req.shape[0], -1)], axis=1)
 
 
 def encode_blocks(

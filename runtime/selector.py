@@ -45,7 +45,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -142,6 +142,16 @@ class Decisions:
         """Chosen model id per row."""
         ids = self.pool_ids
         return [ids[k] for k in self.index.tolist()]
+
+
+class _Profiles(NamedTuple):
+    """The execution-time profiles one batch decision uses (see ``Selector._snapshot``)."""
+
+    mu: NDArray[np.float64]
+    sigma: NDArray[np.float64]
+    musig: NDArray[np.float64]
+    mu_list: list[float]
+    sigma_list: list[float]
 
 
 @dataclass(frozen=True)
@@ -712,17 +722,14 @@ class Selector:
             net_mean, net_std = self._clients.update(clients, up)
             queue = _fill(batch.queue_len, self._queue_len, n)
             slow = _fill(batch.slowdown, self._slowdown, n)
-            mu = self._tracker.mu[0].copy()
-            sigma = self._tracker.sigma[0].copy()
-            musig = self._musig  # replaced, never modified, by _refresh_profiles
-            mu_l, sigma_l = self._mu_list, self._sigma_list
+            prof = self._snapshot()
             u = self._rng.random(n)
             model = self._model
             no_model_reason = self._no_model_reason
         with np.errstate(invalid="ignore", over="ignore"):
             req, mod = F.encode_blocks(
                 batch.sla_ms, el, up, pay / BYTES_PER_KB, net_mean, net_std, queue, slow,
-                mu, sigma, self._acc,
+                prof.mu, prof.sigma, self._acc,
             )  # fmt: skip
         budget = req[:, F.BUDGET].astype(np.float64)
         counts = {"invalid": n - int(valid.sum())}
@@ -758,41 +765,43 @@ class Selector:
                 counts["inference_error"] = int(fallback.sum())
             if self.shield:
                 # Learned choice breaks mu + sigma < T_U while some model would respect it.
+                musig = prof.musig
                 viol = ok & ~(musig[index] < budget) & (musig.min() < budget)
                 if viol.any():
                     counts["shield"] = self._shield_rows(
-                        np.flatnonzero(viol), index, learned, reasons, budget, u, musig,
-                        mu, sigma, mu_l, sigma_l,
-                    )  # fmt: skip
+                        np.flatnonzero(viol), index, learned, reasons, budget, u, prof
+                    )
             counts["learned"] = int(learned.sum())
         fb = fallback | ~valid
         if fb.any():
             rows_f = np.flatnonzero(fb)
             b = budget[rows_f]
             fin = np.isfinite(b)
-            pick = np.full(rows_f.size, int(np.argmin(mu)), dtype=np.intp)
+            pick = np.full(rows_f.size, int(np.argmin(prof.mu)), dtype=np.intp)
             if fin.any():
-                pick[fin] = self._modipick_rows(b[fin], u[rows_f][fin], mu, sigma, mu_l, sigma_l)
+                pick[fin] = self._modipick_rows(b[fin], u[rows_f][fin], prof)
             index[rows_f] = pick
         with self._lock:
             for key, v in counts.items():
                 self._counts[key] += v
         return Decisions(index, learned, reasons, self._ids)
 
+    def _snapshot(self) -> _Profiles:
+        """The current profiles (caller holds the lock); ``_refresh_profiles`` replaces these
+        objects instead of modifying them, so the snapshot stays valid after the lock."""
+        tr = self._tracker
+        return _Profiles(
+            tr.mu[0].copy(), tr.sigma[0].copy(), self._musig, self._mu_list, self._sigma_list
+        )
+
     def _modipick_rows(
-        self,
-        budget: NDArray[np.float64],
-        u: NDArray[np.float64],
-        mu: NDArray[np.float64],
-        sigma: NDArray[np.float64],
-        mu_l: list[float],
-        sigma_l: list[float],
+        self, budget: NDArray[np.float64], u: NDArray[np.float64], prof: _Profiles
     ) -> NDArray[np.intp]:
         """ModiPick's choices for some rows: the scalar rule for a few (numpy's per-call cost
         dominates there), the batched one for many; the same choices either way."""
         if budget.size > _SCALAR_RULE_ROWS:
-            return modipick_select(budget, mu, sigma, self._acc, u, self.threshold_ms)
-        acc, t = self._acc_list, self.threshold_ms
+            return modipick_select(budget, prof.mu, prof.sigma, self._acc, u, self.threshold_ms)
+        mu_l, sigma_l, acc, t = prof.mu_list, prof.sigma_list, self._acc_list, self.threshold_ms
         return np.array(
             [
                 modipick_select_one(b, mu_l, sigma_l, acc, x, t)
@@ -809,15 +818,12 @@ class Selector:
         reasons: list[str],
         budget: NDArray[np.float64],
         u: NDArray[np.float64],
-        musig: NDArray[np.float64],
-        mu: NDArray[np.float64],
-        sigma: NDArray[np.float64],
-        mu_l: list[float],
-        sigma_l: list[float],
+        prof: _Profiles,
     ) -> int:
         """Replace the learned choices of ``rows`` (which break the hard limit) by ModiPick's
         where that respects it; returns how many were replaced."""
-        alt = self._modipick_rows(budget[rows], u[rows], mu, sigma, mu_l, sigma_l)
+        alt = self._modipick_rows(budget[rows], u[rows], prof)
+        musig = prof.musig
         take = musig[alt] < budget[rows]
         ids = self._ids
         for i, m, t in zip(rows.tolist(), alt.tolist(), take.tolist(), strict=True):

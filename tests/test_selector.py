@@ -20,7 +20,6 @@ import onnx
 import pytest
 import torch
 
-from modi.agents.bandits import LinUCB
 from modi.agents.export import export_onnx
 from modi.envs.catalog import load_preset
 from modi.envs.model_selection import ModelSelectionEnv, build_sim
@@ -50,20 +49,18 @@ def _one_torch_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: Any) -> dict[str, Path]:
-    """A trained LinUCB (pool-agnostic and pool-specific) and a 'most accurate model'
-    selector (P(met) = 1 for every model) that the shield has to correct."""
+def files(
+    trained_linucb: Any, bandit_selector_files: dict[str, Path], tmp_path_factory: Any
+) -> dict[str, Path]:
+    """A trained LinUCB (pool-agnostic and pool-specific), a 'most accurate model' selector
+    (P(met) = 1 for every model) that the shield has to correct, and a corrupt file."""
     d = tmp_path_factory.mktemp("sel")
-    pol = LinUCB(seed=0)
-    pol.fit(build_sim(num_envs=64, sla_range_ms=(50.0, 400.0)), 10_000, seed=0, progress=False)
-    greedy = LinUCB()
-    greedy.theta = np.zeros_like(greedy.theta)
-    greedy.theta[0] = 1.0
     corrupt = d / "corrupt.onnx"
     corrupt.write_bytes(os.urandom(2048))
+    pol = trained_linucb
     return {
-        "linucb": export_onnx(pol, d / "linucb.onnx", run_id="r1"),
-        "greedy": export_onnx(greedy, d / "greedy.onnx", run_id="r2"),
+        "linucb": bandit_selector_files["linucb"],
+        "greedy": bandit_selector_files["greedy"],
         "specific": export_onnx(
             pol, d / "specific.onnx", list(TABLE2.ids), pool_accuracy=list(TABLE2.accuracy)
         ),

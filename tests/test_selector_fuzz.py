@@ -25,7 +25,6 @@ else than ``TypeError``, or a field whose ``__float__`` raises, gave an internal
 
 from __future__ import annotations
 
-import logging
 import math
 import random
 import types
@@ -39,14 +38,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modi.agents.bandits import LinUCB
-from modi.agents.export import export_onnx
 from modi.envs.catalog import load_preset
-from modi.envs.model_selection import build_sim
 from modi.runtime import Decision, Decisions, PoolProfile, Request, RequestBatch, Selector
 from modi.runtime.modipick import modipick_select, modipick_select_one
 from modi.runtime.requests import InvalidRequest, RequestLimits, parse_request
@@ -81,35 +76,10 @@ SETTINGS: dict[str, Any] = {
 
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def files(tmp_path_factory: Any) -> dict[str, Path]:
-    """A briefly trained LinUCB and an 'always the most accurate model' selector (which the
-    shield has to correct for tight budgets), both pool-agnostic."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        d = tmp_path_factory.mktemp("fuzz")
-        pol = LinUCB(seed=0)
-        pol.fit(build_sim(num_envs=16, sla_range_ms=(50.0, 400.0)), 2_000, seed=0, progress=False)
-        greedy = LinUCB()
-        greedy.theta = np.zeros_like(greedy.theta)
-        greedy.theta[0] = 1.0
-        return {
-            "linucb": export_onnx(pol, d / "linucb.onnx", run_id="fuzz"),
-            "greedy": export_onnx(greedy, d / "greedy.onnx", run_id="fuzz-greedy"),
-        }
-    finally:
-        torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def _quiet_selector_log() -> Iterator[None]:
-    """The selector logs every internal error with its traceback (the known bugs make
-    hundreds); the decisions carry the reason, which the tests check."""
-    logger = logging.getLogger("modi.runtime.selector")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    yield
-    logger.setLevel(level)
+def files(bandit_selector_files: dict[str, Path]) -> dict[str, Path]:
+    """A trained LinUCB and an 'always the most accurate model' selector (which the shield has
+    to correct for tight budgets), both pool-agnostic."""
+    return bandit_selector_files
 
 
 def _selectors(files: dict[str, Path]) -> dict[str, Selector]:
