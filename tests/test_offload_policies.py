@@ -272,6 +272,23 @@ def test_oracle_is_an_upper_bound_per_request() -> None:
         assert rewards["oracle"].mean() >= rew.mean() - 1e-9, name
 
 
+def test_each_oracle_bounds_the_policies_of_its_server_policy() -> None:
+    """``oracle`` runs with ModiPick on the server, ``oracle_mdinference`` with MDInference's
+    rule: each is the upper bound of the device policies that share its server side (the
+    MDInference server can beat ModiPick's, so ``oracle`` alone does not bound ``mdinference``)."""
+    from modi.agents.baselines import make_policy
+
+    sim = build_offload_sim("mid", "wifi_university", num_envs=10, sla_range_ms=(300.0, 800.0))
+    rewards = {}
+    for name in ("oracle_mdinference", "mdinference"):
+        pol = make_device_policy(name)
+        assert pol.server_policy == "mdinference"  # type: ignore[union-attr]
+        sim.set_server_policy(make_policy("mdinference"))
+        rewards[name] = rollout_offload(pol, sim, 60, seed=5).fields["reward"]
+    assert (rewards["oracle_mdinference"][0] >= rewards["mdinference"][0] - 1e-12).all()
+    assert rewards["oracle_mdinference"].mean() >= rewards["mdinference"].mean() - 1e-9
+
+
 # --------------------------------------------------------------------------- the app
 def test_offload_config_and_experiments_compose() -> None:
     cfg = _compose()
