@@ -13,7 +13,7 @@ with :func:`modi.agents.export.export_onnx` and measures, in one run:
   outputs, from a feed dict), and the IOBinding call ``select`` makes (the action alone): the
   floor under ``selector_*``;
 * ``selector_batch_decisions_per_s``: :meth:`~modi.runtime.Selector.select_batch` on columnar
-  batches of 1024 requests of 50,000 distinct clients (best of ``batch_repeats`` calls, run
+  batches of 1024 requests from 50,000 clients (best of ``batch_repeats`` calls, run
   back to back in blocks of ``batch_block``), with ``batch_threads`` onnxruntime threads
   (default: every core; ``selector_batch_1thread_decisions_per_s`` with one, in the blocks in
   between).

@@ -125,7 +125,17 @@ ParsedRequest = tuple[float, float, float, float, Hashable | None, float | None,
 
 def parse_request(request: Request | Mapping[str, Any], limits: RequestLimits) -> ParsedRequest:
     """Validate one request; return ``(sla, elapsed, upload, payload_kb, client, queue,
-    slowdown)`` with optional fields ``None`` when absent. Raises :class:`InvalidRequest`."""
+    slowdown)`` with optional fields ``None`` when absent. Raises :class:`InvalidRequest`, also
+    for a hostile object that breaks reading it (a mapping whose ``get`` raises, ...)."""
+    try:
+        return _parse_request(request, limits)
+    except InvalidRequest:
+        raise
+    except Exception as e:
+        raise InvalidRequest(f"unreadable request ({type(e).__name__}: {_show(e)})") from None
+
+
+def _parse_request(request: Any, limits: RequestLimits) -> ParsedRequest:
     sla_v: Any
     el_v: Any
     up_v: Any

@@ -586,8 +586,6 @@ class Selector:
                 sla, el, up, pkb, client, q, s = parse_request(request, self.limits)
             except InvalidRequest as e:
                 return self._invalid(request, e)
-            except Exception as e:  # a hostile object (a mapping whose get raises, ...)
-                return self._invalid(request, _unreadable(e))
             with self._lock:
                 mean, std = self._clients.update_one(client, up)
                 budget = self._write_features(sla, el, up, pkb, mean, std, q, s)
@@ -859,12 +857,9 @@ def bound_inference(
     io.bind_ortvalue_input(INPUT_REQUEST, ort.OrtValue.ortvalue_from_numpy(req))
     io.bind_ortvalue_input(INPUT_MODELS, ort.OrtValue.ortvalue_from_numpy(mod))
     io.bind_ortvalue_output(OUTPUT_ACTION, ort.OrtValue.ortvalue_from_numpy(out))
-    inner = getattr(io, "_iobinding", None)
-    c_sess = getattr(sess, "_sess", None)
-    run_io = getattr(c_sess, "run_with_iobinding", None)
-    opts = ort.RunOptions()
-    if inner is None or not callable(run_io):  # no C-level handles: the public API
-        inner, run_io = io, lambda binding, _opts: sess.run_with_iobinding(binding)
+    # The C-level handles (what InferenceSession.run_with_iobinding calls); an onnxruntime
+    # without them raises AttributeError here and the caller falls back to run().
+    inner, run_io, opts = io._iobinding, sess._sess.run_with_iobinding, ort.RunOptions()
 
     def run_bound() -> int:
         out[0] = -1
@@ -898,15 +893,6 @@ def _budget_of(request: Any) -> float:
         return math.nan
 
 
-def _unreadable(err: Exception) -> InvalidRequest:
-    """The :class:`InvalidRequest` for a request that failed to parse with another error."""
-    try:
-        text = str(err)[:80]
-    except Exception:
-        text = ""
-    return InvalidRequest(f"unreadable request ({type(err).__name__}: {text})")
-
-
 def _fill(col: NDArray[np.float64] | None, default: float, n: int) -> NDArray[np.float64]:
     if col is None:
         return np.full(n, default)
@@ -927,9 +913,8 @@ def _as_batch(
             sla, el, up, pkb, client, q_r, s_r = parse_request(r, limits)
             reasons.append("")
             row: tuple[Any, ...] = (sla, el, up, pkb * BYTES_PER_KB, client, q_r, s_r)
-        except Exception as e:  # InvalidRequest, or a hostile object
-            err = e if isinstance(e, InvalidRequest) else _unreadable(e)
-            reasons.append(f"invalid request: {err}")
+        except InvalidRequest as e:
+            reasons.append(f"invalid request: {e}")
             b = _budget_of(r)
             # Keep the budget for ModiPick's fallback: sla = budget, elapsed = upload = 0.
             row = (b, 0.0, 0.0, nan, None, None, None)
