@@ -77,6 +77,9 @@ class AffinePairs(nn.Module):
             None if cross is None else cross.double(),
             origin.double(),
         )
+        # Centring only matters where the origin meets a non-zero row of ``A``; elsewhere
+        # ``(r - o) A`` and ``r A`` are the same float32 sums, and the graph skips the ``Sub``.
+        self.centred = bool(((origin != 0) & (a != 0).any(dim=1)).any())
 
     @property
     def out_dim(self) -> int:
@@ -85,7 +88,8 @@ class AffinePairs(nn.Module):
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """The pair features (or their affine image)."""
-        base = ((request - self.origin) @ self.a + self.c).unsqueeze(1)
+        centred = request - self.origin if self.centred else request
+        base = (centred @ self.a + self.c).unsqueeze(1)
         if self.cross_col is None:
             return base + models @ self.b
         # One MatMul over [m, r_s * m] instead of two plus a product on the (N, K, H) result.
@@ -179,19 +183,38 @@ def _expected_reward(acc: torch.Tensor, p: torch.Tensor, miss_penalty: float) ->
     return (acc + miss_penalty) * p - miss_penalty
 
 
+#: ``exp`` arguments are capped here (``e^88`` is finite in float32), so ``inf * 0`` never
+#: turns a step of the other headroom feature into NaN.
+EXP_CAP = 88.0
+#: Largest ``|c_i - c_ref| / w`` the shifted-exponential form allows: the cap then costs at most
+#: ``e^-28`` on a step, and an ``exp`` that underflows only hides terms below float32's ``1 + x``.
+MAX_SHIFT = 60.0
+
+
 class FusedStepLinearScorer(nn.Module):
     """:class:`~modi.agents.scorers.LinearScorer` over a :class:`StepBasis`, fused:
-    ``P(met) = clip(θ0 + sigmoid(-pre(r, m)) θ[1:], 0, 1)`` (``pre`` holds the negated
-    pre-activations)."""
+    ``P(met) = clip(θ0 + Σ_i θ_i σ((h - c_i) / w), 0, 1)`` for the two headroom features ``h``.
 
-    theta0: torch.Tensor
-    theta_rest: torch.Tensor
+    The centres share one width, so ``exp(-(h - c_i) / w) = exp(-(h - c_ref) / w) g_i`` with
+    constants ``g_i = exp((c_i - c_ref) / w)``: one ``exp`` per (request, model, feature)
+    instead of one per centre, then ``1 + e g_i`` for every step (and the constant 1 of
+    ``θ0``) as one small ``MatMul`` over ``[e_0, e_1, 1]`` (the 1 is ``exp`` of an exactly-zero
+    third pre-activation column), and ``1 / (...)`` as ``Reciprocal``: the sigmoid written so
+    onnxruntime agrees with torch in both tails (see
+    :func:`modi.agents.export._accurate_sigmoids`). At batch 1024 this is a third less work
+    than the per-centre form at the same node count.
+    """
 
-    def __init__(self, pre: AffinePairs, theta: torch.Tensor, miss_penalty: float) -> None:
+    g: torch.Tensor
+    theta: torch.Tensor
+
+    def __init__(
+        self, pre: AffinePairs, g: torch.Tensor, theta: torch.Tensor, miss_penalty: float
+    ) -> None:
         super().__init__()
         self.pre = pre
-        self.register_buffer("theta0", theta[:1].to(torch.float32))
-        self.register_buffer("theta_rest", theta[1:].reshape(-1, 1).to(torch.float32))
+        self.register_buffer("g", g.to(torch.float32))
+        self.register_buffer("theta", theta.reshape(-1, 1).to(torch.float32))
         self.miss_penalty = float(miss_penalty)
 
     @classmethod
@@ -205,23 +228,33 @@ class FusedStepLinearScorer(nn.Module):
             return None
         centres = torch.as_tensor(basis.centres).double()
         n_c = int(centres.numel())
-        h = pairs.out_dim
-        width = float(basis.width)
-        w = torch.zeros(h, 2 * n_c, dtype=torch.float64)
-        w[0, :n_c] = 1.0 / width
-        w[1, n_c:] = 1.0 / width
-        bias = torch.cat([-centres / width, -centres / width])
         theta = scorer.theta.detach().double()  # type: ignore[operator]
         if theta.numel() != 1 + 2 * n_c:
             return None
-        return cls(pairs.then(-w, -bias), theta, scorer.miss_penalty)
+        width = float(basis.width)
+        mid = (centres.max() + centres.min()) / 2
+        ref = centres[int(torch.argmin((centres - mid).abs()))]
+        shift = (centres - ref) / width
+        if float(shift.abs().max()) > MAX_SHIFT:
+            return None
+        # Negated pre-activations at the reference centre for headroom features 0 and 1, and
+        # a column of exact zeros (no weights, no bias).
+        w = torch.zeros(pairs.out_dim, 3, dtype=torch.float64)
+        w[0, 0] = w[1, 1] = -1.0 / width
+        bias = torch.stack([ref / width, ref / width, torch.zeros((), dtype=torch.float64)])
+        g = torch.zeros(3, 2 * n_c + 1, dtype=torch.float64)
+        g[0, :n_c] = torch.exp(shift)
+        g[1, n_c : 2 * n_c] = torch.exp(shift)
+        g[2, :] = 1.0
+        # The basis is [1, steps_0, steps_1]; the graph's columns are [steps_0, steps_1, 1].
+        theta_cols = torch.cat([theta[1:], theta[:1]])
+        return cls(pairs.then(w, bias), g, theta_cols, scorer.miss_penalty)
 
     def p_met(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """``P(met)`` per model, ``(N, K)``."""
-        # sigmoid(z) as 1 / (1 + exp(-z)) with the sign folded into ``pre``: accurate in both
-        # tails in onnxruntime (see modi.agents.export._accurate_sigmoids).
-        steps = torch.reciprocal(1.0 + torch.exp(self.pre(request, models)))
-        return torch.clamp((steps @ self.theta_rest).squeeze(-1) + self.theta0, 0.0, 1.0)
+        e = torch.exp(torch.clamp(self.pre(request, models), max=EXP_CAP))
+        steps = torch.reciprocal(e @ self.g)
+        return torch.clamp((steps @ self.theta).squeeze(-1), 0.0, 1.0)
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """Scores ``(N, K)``."""

@@ -4,6 +4,7 @@ registration and the ``modi-export`` console script."""
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,6 +26,7 @@ from modi.agents.export import (
     simulated_observations,
 )
 from modi.agents.fused import fuse_selector, plausible_inputs
+from modi.agents.scorers import ArgmaxSelector
 from modi.envs.catalog import load_preset
 from modi.envs.model_selection import build_sim
 from modi.runtime import PoolProfile, Request, Selector
@@ -224,6 +226,90 @@ def test_fusion_falls_back_to_the_original_when_it_cannot_reproduce_it() -> None
     m = Odd()
     fused, what = fuse_selector(m)
     assert fused is m and what == []
+
+
+@pytest.mark.parametrize("kind", ["linucb", "neural"])
+@pytest.mark.parametrize("pool_ids", [None, [f"m{i}" for i in range(11)]], ids=["any-k", "k-11"])
+def test_graph_rewrites_change_nothing_but_speed(
+    kind: str,
+    pool_ids: list[str] | None,
+    trained: dict[str, LearnedPolicy],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Expand-before-Add and Slice-to-Gather rewrites: applied where they match, and the
+    graph's actions and scores bit for bit those of the graph without them."""
+    import modi.agents.export as E
+
+    pol = trained[kind]
+    fast = export_onnx(pol, tmp_path / "fast.onnx", pool_ids=pool_ids)
+    with monkeypatch.context() as mp:
+        mp.setattr(E, "_expand_broadcast_adds", lambda m: 0)
+        mp.setattr(E, "_gather_columns", lambda m: 0)
+        slow = export_onnx(pol, tmp_path / "slow.onnx", pool_ids=pool_ids)
+    model = onnx.load(str(fast))
+    ops = [n.op_type for n in model.graph.node]
+    assert "Expand" in ops and "Slice" not in ops, ops
+    shapes = E._shapes(model)
+    for n in model.graph.node:  # no Add broadcasts a middle axis any more
+        if n.op_type == "Add" and len(n.input) == 2:
+            a, b = (shapes.get(i) for i in n.input)
+            assert not (E._middle_broadcast(a, b) or E._middle_broadcast(b, a)), n.name
+    cpu = ["CPUExecutionProvider"]
+    sessions = [ort.InferenceSession(str(p), providers=cpu) for p in (fast, slow)]
+    for i, k in enumerate([11] if pool_ids else [1, 4, 11]):
+        for n in (1, 257):
+            r, m = plausible_inputs(n, k, seed=50 + 10 * i + n)
+            feed = {"request": r.numpy(), "models": m.numpy()}
+            (a1, s1), (a2, s2) = (s.run(None, feed) for s in sessions)
+            np.testing.assert_array_equal(a1, a2)
+            np.testing.assert_array_equal(s1.view(np.int32), s2.view(np.int32))
+
+
+def test_fused_step_scorer_matches_the_basis_in_both_tails(
+    trained: dict[str, LearnedPolicy],
+) -> None:
+    """One exp per headroom feature (shifted by constants per centre) gives the per-centre
+    sigmoids' P(met), including requests where one feature's exp overflows float32 and the
+    other's underflows (without the cap, inf * 0 would make it NaN)."""
+    from modi.agents.fused import FusedStepLinearScorer
+
+    scorer = trained["linucb"].selector_module().scorer  # type: ignore[attr-defined]
+    fused = FusedStepLinearScorer.build(scorer)
+    assert fused is not None
+    rng = np.random.default_rng(9)
+    n, k = 4096, 11
+    t_in = rng.choice([1.0, 50.0, 2_000.0, 20_000.0], n)  # up to a 20 s upload: the two
+    sla = rng.uniform(-5_000.0, 30_000.0, n)  # headroom features then differ by ~200 steps
+    mu = rng.uniform(1.0, 300.0, (n, k))
+    obs = F.encode(sla, t_in, t_in, 330.0, t_in, 5.0, 1.0, rng.uniform(0.8, 2.5, n), mu,
+                   rng.uniform(0.0, 50.0, (n, k)), rng.uniform(0.4, 0.85, (n, k)))  # fmt: skip
+    layout = F.ObsLayout(k)
+    r = torch.as_tensor(np.ascontiguousarray(layout.request(obs)))
+    m = torch.as_tensor(np.ascontiguousarray(layout.models(obs)))
+    with torch.no_grad():
+        want = copy.deepcopy(scorer).double().p_met(r.double(), m.double())
+        got = fused.p_met(r, m)
+    assert torch.isfinite(got).all()
+    assert float((got.double() - want).abs().max()) < 1e-5
+    with torch.no_grad():  # the float32 evaluation of the original is no closer
+        ref32 = scorer.p_met(r, m).double()
+    assert float((got.double() - want).abs().max()) <= 10 * float((ref32 - want).abs().max()) + 1e-6
+
+
+def test_step_scorer_with_a_very_wide_grid_keeps_the_per_centre_form() -> None:
+    from modi.agents.fused import FusedStepLinearScorer
+    from modi.agents.scorers import LinearScorer, StepBasis
+
+    basis = StepBasis(centres_ms=(-2_000.0, 0.0, 2_000.0), width_ms=8.0)  # 250 widths apart
+    scorer = LinearScorer(basis, torch.zeros(basis.dim))
+    assert FusedStepLinearScorer.build(scorer) is None
+    original = ArgmaxSelector(scorer)
+    fused, what = fuse_selector(original)
+    assert what == ["PairFeatures"]  # only the pair features: the steps stay one per centre
+    r, m = plausible_inputs(64, 5, seed=3)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(r, m)[1], original(r, m)[1], rtol=1e-5, atol=1e-6)
 
 
 def test_onnxruntime_sigmoid_is_inaccurate_so_export_rewrites_it() -> None:
