@@ -17,6 +17,7 @@ execution times. The download time and the realised execution time are never fea
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
@@ -164,6 +165,45 @@ def write_request(
     row[NET_STD] = net_std_ms
     row[QUEUE] = queue_len
     row[SLOWDOWN] = slowdown
+
+
+#: ``pack_into`` of one request block as ``R`` native float32 (the column order of
+#: :data:`REQUEST_FEATURES`).
+_PACK_REQUEST = struct.Struct(f"={R}f").pack_into
+assert (SLA, ELAPSED, T_INPUT, REMAINING, BUDGET) == (0, 1, 2, 3, 4)
+assert (PAYLOAD, NET_MEAN, NET_STD, QUEUE, SLOWDOWN) == (5, 6, 7, 8, 9)
+
+
+def pack_request(
+    buffer: memoryview,
+    sla_ms: float,
+    elapsed_ms: float,
+    t_input_ms: float,
+    payload_kb: float,
+    net_mean_ms: float,
+    net_std_ms: float,
+    queue_len: float,
+    slowdown: float,
+) -> None:
+    """:func:`write_request` in one C call, into a writable buffer of at least ``R`` native
+    float32 (e.g. ``row.data`` of a C-contiguous float32 row); the same values bit for bit (a
+    test checks). Raises
+    ``OverflowError`` for a value beyond float32's range (where numpy would store inf)."""
+    remaining = sla_ms - elapsed_ms
+    _PACK_REQUEST(
+        buffer,
+        0,
+        sla_ms,
+        elapsed_ms,
+        t_input_ms,
+        remaining,
+        remaining - t_input_ms,
+        payload_kb,
+        net_mean_ms,
+        net_std_ms,
+        queue_len,
+        slowdown,
+    )
 
 
 def model_slack(

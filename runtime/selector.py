@@ -79,6 +79,8 @@ Source = Literal["learned", "fallback"]
 MAX_MODEL_BYTES = 256 * 1024 * 1024
 _MLFLOW_SCHEMES = ("models:/", "runs:/", "mlflow-artifacts:/")
 _F32_MAX = float(np.finfo(np.float32).max)
+#: Up to this many models, the batch-1 path writes the slack column item by item.
+_SCALAR_SLACK_MODELS = 32
 #: Up to this many rows, a batch's fallback and shield rows use the scalar ModiPick rule.
 _SCALAR_RULE_ROWS = 32
 
@@ -254,6 +256,12 @@ class Selector:
         self._mod = np.zeros((1, k, F.P), dtype=np.float32)
         self._mod[0, :, F.ACC] = self._acc
         self._slack = self._mod[0, :, F.SLACK]
+        # The same two buffers as flat float32 memoryviews: a request is packed in one call and
+        # its slack column written item by item, faster than numpy for one short row.
+        self._req_buf = self._req.data
+        self._req_f = self._req.data.cast("B").cast("f")
+        self._mod_f = self._mod.data.cast("B").cast("f")
+        self._slack_items: list[tuple[int, float]] = []
         self._feed = {INPUT_REQUEST: self._req, INPUT_MODELS: self._mod}
         self._out = [OUTPUT_ACTION]
         self._learned_decisions = tuple(Decision(m, i, "learned") for i, m in enumerate(self._ids))
@@ -491,6 +499,7 @@ class Selector:
         self._mod[0, :, F.SIGMA] = sigma
         self._musig = mu + sigma
         self._musig_list = self._musig.tolist()
+        self._slack_items = [(i * F.P + F.SLACK, ms) for i, ms in enumerate(self._musig_list)]
         self._mu_list = mu.tolist()
         self._sigma_list = sigma.tolist()
         self._mu_minus_sigma_list = (mu - sigma).tolist()
@@ -551,20 +560,21 @@ class Selector:
         """Write one request's features into the batch-1 buffers (exactly what
         :func:`modi.runtime.features.encode` computes); return the float32-rounded budget as a
         float (what ModiPick and the shield compare against)."""
-        r = self._req[0]
-        F.write_request(
-            r,
-            sla,
-            elapsed,
-            upload,
-            payload_kb,
-            net_mean,
-            net_std,
-            self._queue_len if queue is None else queue,
-            self._slowdown if slowdown is None else slowdown,
-        )
-        budget = float(r[F.BUDGET])
-        np.subtract(budget, self._musig, out=self._slack)
+        q = self._queue_len if queue is None else queue
+        s = self._slowdown if slowdown is None else slowdown
+        try:
+            F.pack_request(self._req_buf, sla, elapsed, upload, payload_kb, net_mean, net_std, q, s)
+        except OverflowError:  # beyond float32 (only with raised limits): numpy stores inf
+            with np.errstate(over="ignore", invalid="ignore"):
+                row = self._req[0]
+                F.write_request(row, sla, elapsed, upload, payload_kb, net_mean, net_std, q, s)
+        budget = self._req_f[F.BUDGET]
+        if self._k <= _SCALAR_SLACK_MODELS:
+            mod = self._mod_f  # features.model_slack's formula: float64, then float32
+            for pos, musig in self._slack_items:
+                mod[pos] = budget - musig
+        else:
+            np.subtract(budget, self._musig, out=self._slack)
         return budget
 
     def features(self, request: Request | Mapping[str, Any], record: bool = False) -> Any:

@@ -30,6 +30,7 @@ from modi.runtime import (
     PoolProfileError,
     Request,
     RequestBatch,
+    RequestLimits,
     Selector,
     SelectorLoadError,
 )
@@ -434,6 +435,40 @@ def test_fast_path_features_equal_features_encode_bit_for_bit() -> None:
         got = sel.features(req)
         want = F.encode(sla, el, up, pay / 1000.0, up, 0.0, q, s, mu, sigma, TABLE2.accuracy)
         np.testing.assert_array_equal(got, want[0], err_msg=f"request {i}: {req}")
+
+
+def test_pack_request_writes_what_write_request_and_encode_write() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(500):
+        v = [float(x) for x in rng.uniform(-1e6, 1e6, 8) * rng.choice([1e-3, 1.0, 1e3], 8)]
+        a = np.zeros(F.R, np.float32)
+        b = np.zeros(F.R, np.float32)
+        F.pack_request(a.data, *v)
+        F.write_request(b, *v)
+        np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
+        np.testing.assert_array_equal(a, F.encode_requests(*v))
+    with pytest.raises(OverflowError):
+        F.pack_request(np.zeros(F.R, np.float32).data, 1e39, 0, 0, 0, 0, 0, 0, 1)
+
+
+@pytest.mark.parametrize("k", [1, 40], ids=["one-model", "40-models"])
+def test_fast_path_features_of_other_pool_sizes_and_beyond_float32(k: int) -> None:
+    """Pools past the item-by-item slack path, and values only raised limits admit (float32
+    overflows to inf, as numpy stores it)."""
+    rng = np.random.default_rng(k)
+    pool = PoolProfile.from_lists(
+        [f"m{i}" for i in range(k)],
+        rng.uniform(0.4, 0.9, k).tolist(),
+        rng.uniform(1, 300, k).tolist(),
+        rng.uniform(0, 30, k).tolist(),
+    )
+    sel = Selector(pool, limits=RequestLimits(max_sla_ms=1e300, max_upload_ms=1e300))
+    mu, sigma = sel.profiles
+    for sla, up in [(150.0, 40.0), (3e38, 1.0), (1e39, 5.0), (1e39, 1e39), (400.0, 3.5e38)]:
+        got = sel.features(Request(sla, 0.0, up, 1e3, client_id=None))
+        with np.errstate(over="ignore", invalid="ignore"):
+            want = F.encode(sla, 0.0, up, 1.0, up, 0.0, 0.0, 1.0, mu, sigma, pool.accuracy)
+        np.testing.assert_array_equal(got, want[0], err_msg=f"sla {sla}, upload {up}")
 
 
 def test_selector_features_equal_the_env_observation_for_the_same_requests() -> None:
