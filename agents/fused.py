@@ -68,8 +68,12 @@ class AffinePairs(nn.Module):
         self.register_buffer("b", b.to(torch.float32))
         self.register_buffer("origin", origin.to(torch.float32))
         self.cross_col = cross_col
+        # Without plain model terms (B = 0, as for the step basis's headroom features) the
+        # pair part is the cross part alone: no Concat, a MatMul half as deep.
+        self.plain = bool((b != 0).any()) or cross is None
         if cross is not None:
-            self.register_buffer("b_cross", torch.cat([b, cross]).to(torch.float32))
+            both = torch.cat([b, cross]) if self.plain else cross
+            self.register_buffer("b_cross", both.to(torch.float32))
         self._f64 = (
             c.double(),
             a.double(),
@@ -95,6 +99,8 @@ class AffinePairs(nn.Module):
         # One MatMul over [m, r_s * m] instead of two plus a product on the (N, K, H) result.
         s = self.cross_col
         scaled = models * request[:, s : s + 1].unsqueeze(-1)
+        if not self.plain:
+            return base + scaled @ self.b_cross
         return base + torch.cat([models, scaled], dim=-1) @ self.b_cross
 
     def then(self, w: torch.Tensor, bias: torch.Tensor) -> AffinePairs:
