@@ -174,9 +174,12 @@ def _expand_broadcast_adds(model: onnx.ModelProto) -> int:
     """Rewrite ``Add(x (N, 1, H), y (N, K, H))`` as ``Add(Expand(x, shape(y)), y)`` (the same
     sums). onnxruntime broadcasts a middle axis one ``H``-long span per ``(n, k)``, about 4x
     slower at batch 1024 than an ``Expand`` and a same-shape ``Add``. ``shape(y)`` is a constant
-    for a fixed ``K``, a ``Shape`` node for a dynamic one. Returns the count."""
+    when ``K`` is the ``models`` input's fixed size (which onnxruntime enforces), otherwise a
+    ``Shape`` node (exact whatever the shapes turn out to be: ``Expand`` broadcasts both ways).
+    Returns the count."""
     g = model.graph
     shapes = _shapes(model)
+    fixed_k = shapes.get(INPUT_MODELS, [None, None])[1]
     nodes = []
     count = 0
     for node in g.node:
@@ -188,7 +191,7 @@ def _expand_broadcast_adds(model: onnx.ModelProto) -> int:
                 base = node.name or f"add{count}"
                 x, y = node.input[small], node.input[1 - small]
                 k = (a, b)[1 - small][1]  # type: ignore[index]
-                if isinstance(k, int):
+                if isinstance(k, int) and k == fixed_k:  # the models input's own (checked) size
                     target = f"{base}__target"
                     shape = np.array([1, k, 1], np.int64)
                     g.initializer.append(numpy_helper.from_array(shape, target))

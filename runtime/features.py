@@ -187,8 +187,8 @@ def pack_request(
 ) -> None:
     """:func:`write_request` in one C call, into a writable buffer of at least ``R`` native
     float32 (e.g. ``row.data`` of a C-contiguous float32 row); the same values bit for bit (a
-    test checks). Raises
-    ``OverflowError`` for a value beyond float32's range (where numpy would store inf)."""
+    test checks). Raises ``OverflowError`` for a float beyond float32's range (where numpy
+    would store inf), ``struct.error`` for such an int."""
     remaining = sla_ms - elapsed_ms
     _PACK_REQUEST(
         buffer,

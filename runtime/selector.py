@@ -41,6 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -564,7 +565,7 @@ class Selector:
         s = self._slowdown if slowdown is None else slowdown
         try:
             F.pack_request(self._req_buf, sla, elapsed, upload, payload_kb, net_mean, net_std, q, s)
-        except OverflowError:  # beyond float32 (only with raised limits): numpy stores inf
+        except (OverflowError, struct.error):  # beyond float32 (raised limits): numpy's inf
             with np.errstate(over="ignore", invalid="ignore"):
                 row = self._req[0]
                 F.write_request(row, sla, elapsed, upload, payload_kb, net_mean, net_std, q, s)

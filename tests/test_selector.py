@@ -447,6 +447,15 @@ def test_pack_request_writes_what_write_request_and_encode_write() -> None:
         F.write_request(b, *v)
         np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32))
         np.testing.assert_array_equal(a, F.encode_requests(*v))
+    odd = [math.nan, -0.0, 1e-40, -1e-45, 3.4e38, 7, np.float64(0.1), -math.nan]
+    for i in range(len(odd)):
+        v = [odd[(i + j) % len(odd)] for j in range(8)]
+        a = np.zeros(F.R, np.float32)
+        b = np.zeros(F.R, np.float32)
+        F.pack_request(a.data, *v)
+        with np.errstate(invalid="ignore", over="ignore"):
+            F.write_request(b, *v)
+        np.testing.assert_array_equal(a.view(np.int32), b.view(np.int32), err_msg=str(v))
     with pytest.raises(OverflowError):
         F.pack_request(np.zeros(F.R, np.float32).data, 1e39, 0, 0, 0, 0, 0, 0, 1)
 
