@@ -632,3 +632,23 @@ def _core_only_venv(tmp: Path) -> tuple[Path, str]:
     site = next((venv / "lib").glob("python3*/site-packages"))
     (site / "core-deps.pth").write_text(str(links) + "\n")
     return py, "linked"
+
+
+# --------------------------------------------------------------------------- benchmark
+def test_runtime_benchmark_reports_every_figure_and_the_machine() -> None:
+    """A small run of the runtime benchmark (its figures are for modi-bench, not asserted
+    here): every figure present and plausible, the learned selector actually used."""
+    from modi.experiments.bench_runtime import _hiccups, run_runtime_bench
+
+    out = run_runtime_bench(
+        requests=1000, rounds=1, batch=64, batch_repeats=2, batch_block=1, train_requests=2000,
+        block=250, batch_threads=1,
+    )  # fmt: skip
+    for key in ("selector_p50_us", "selector_p99_us", "modipick_rule_p50_us",
+                "onnxruntime_bound_run_p50_us", "selector_batch_decisions_per_s"):  # fmt: skip
+        assert out[key] > 0, key
+    assert out["selector_p50_us"] <= out["selector_p99_us"]
+    assert out["requests_timed"] == 1000 and out["policy"] == "linucb"
+    assert out["machine_hiccups_per_s"] >= 0 and 0.0 <= out["machine_stolen_fraction"] < 1.0
+    gaps = _hiccups(0.01)
+    assert gaps.dtype == np.int64 and np.all(gaps > 20_000)
