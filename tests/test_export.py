@@ -297,6 +297,29 @@ def test_fused_step_scorer_matches_the_basis_in_both_tails(
     assert float((got.double() - want).abs().max()) <= 10 * float((ref32 - want).abs().max()) + 1e-6
 
 
+def test_skipped_sub_and_concat_give_the_same_pair_features_bit_for_bit(
+    trained: dict[str, LearnedPolicy],
+) -> None:
+    """The step scorer's pair features skip ``request - origin`` (the origin meets only zero rows
+    of A) and the ``Concat`` with the plain model terms (all zero): the same float32 values as
+    the full form, in torch and in onnxruntime's graph alike (the graph is checked against
+    torch by the parity tests)."""
+    from modi.agents.fused import FusedStepLinearScorer
+
+    fused = FusedStepLinearScorer.build(trained["linucb"].selector_module().scorer)  # type: ignore[attr-defined]
+    assert fused is not None
+    pre = fused.pre
+    assert not pre.centred and not pre.plain and pre.cross_col is not None
+    r, m = plausible_inputs(2000, 11, seed=5)
+    s = pre.cross_col
+    with torch.no_grad():
+        got = pre(r, m)
+        base = ((r - pre.origin) @ pre.a + pre.c).unsqueeze(1)
+        scaled = m * r[:, s : s + 1].unsqueeze(-1)
+        full = base + torch.cat([m, scaled], dim=-1) @ torch.cat([pre.b, pre.b_cross])
+    assert torch.equal(got.view(torch.int32), full.view(torch.int32))
+
+
 def test_step_scorer_with_a_very_wide_grid_keeps_the_per_centre_form() -> None:
     from modi.agents.fused import FusedStepLinearScorer
     from modi.agents.scorers import LinearScorer, StepBasis
