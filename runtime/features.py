@@ -141,32 +141,6 @@ def encode_requests(
     return out
 
 
-def write_request(
-    row: NDArray[np.float32],
-    sla_ms: float,
-    elapsed_ms: float,
-    t_input_ms: float,
-    payload_kb: float,
-    net_mean_ms: float,
-    net_std_ms: float,
-    queue_len: float,
-    slowdown: float,
-) -> None:
-    """Scalar fast path of :func:`encode_requests` for one request, written into ``row``
-    (shape ``(R,)``) in place; the same formulas, so the values are identical (a test checks)."""
-    remaining = sla_ms - elapsed_ms
-    row[SLA] = sla_ms
-    row[ELAPSED] = elapsed_ms
-    row[T_INPUT] = t_input_ms
-    row[REMAINING] = remaining
-    row[BUDGET] = remaining - t_input_ms
-    row[PAYLOAD] = payload_kb
-    row[NET_MEAN] = net_mean_ms
-    row[NET_STD] = net_std_ms
-    row[QUEUE] = queue_len
-    row[SLOWDOWN] = slowdown
-
-
 #: ``pack_into`` of one request block as ``R`` native float32 (the column order of
 #: :data:`REQUEST_FEATURES`).
 _PACK_REQUEST = struct.Struct(f"={R}f").pack_into
@@ -185,25 +159,20 @@ def pack_request(
     queue_len: float,
     slowdown: float,
 ) -> None:
-    """:func:`write_request` in one C call, into a writable buffer of at least ``R`` native
-    float32 (e.g. ``row.data`` of a C-contiguous float32 row); the same values bit for bit (a
-    test checks). Raises ``OverflowError`` for a float beyond float32's range (where numpy
-    would store inf), ``struct.error`` for such an int."""
+    """Scalar fast path of :func:`encode_requests` for one request: its block written into a
+    writable buffer of at least ``R`` native float32 (e.g. ``row.data`` of a C-contiguous
+    float32 row) in one C call; the same values bit for bit (a test checks), also where a value
+    is beyond float32's range (stored as inf, as numpy does)."""
     remaining = sla_ms - elapsed_ms
-    _PACK_REQUEST(
-        buffer,
-        0,
-        sla_ms,
-        elapsed_ms,
-        t_input_ms,
-        remaining,
-        remaining - t_input_ms,
-        payload_kb,
-        net_mean_ms,
-        net_std_ms,
-        queue_len,
-        slowdown,
-    )
+    budget = remaining - t_input_ms
+    try:
+        _PACK_REQUEST(buffer, 0, sla_ms, elapsed_ms, t_input_ms, remaining, budget, payload_kb,
+                      net_mean_ms, net_std_ms, queue_len, slowdown)  # fmt: skip
+    except (OverflowError, struct.error):  # beyond float32: numpy's cast stores inf
+        values = [sla_ms, elapsed_ms, t_input_ms, remaining, budget, payload_kb, net_mean_ms,
+                  net_std_ms, queue_len, slowdown]  # fmt: skip
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.frombuffer(buffer, dtype=np.float32, count=R)[:] = np.array(values, np.float64)
 
 
 def model_slack(

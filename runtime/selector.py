@@ -41,7 +41,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import struct
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -563,12 +562,7 @@ class Selector:
         float (what ModiPick and the shield compare against)."""
         q = self._queue_len if queue is None else queue
         s = self._slowdown if slowdown is None else slowdown
-        try:
-            F.pack_request(self._req_buf, sla, elapsed, upload, payload_kb, net_mean, net_std, q, s)
-        except (OverflowError, struct.error):  # beyond float32 (raised limits): numpy's inf
-            with np.errstate(over="ignore", invalid="ignore"):
-                row = self._req[0]
-                F.write_request(row, sla, elapsed, upload, payload_kb, net_mean, net_std, q, s)
+        F.pack_request(self._req_buf, sla, elapsed, upload, payload_kb, net_mean, net_std, q, s)
         budget = self._req_f[F.BUDGET]
         if self._k <= _SCALAR_SLACK_MODELS:
             mod = self._mod_f  # features.model_slack's formula: float64, then float32
