@@ -641,5 +641,6 @@ def test_runtime_benchmark_reports_every_figure_and_the_machine() -> None:
     assert out["selector_p50_us"] <= out["selector_p99_us"]
     assert out["requests_timed"] == 1000 and out["policy"] == "linucb"
     assert out["machine_hiccups_per_s"] >= 0 and 0.0 <= out["machine_stolen_fraction"] < 1.0
-    gaps = _hiccups(0.01)
+    gaps, spanned = _hiccups(0.01)
     assert gaps.dtype == np.int64 and np.all(gaps > 20_000)
+    assert spanned >= 0.01 * 1e9 * 0.9 and gaps.sum() <= spanned
