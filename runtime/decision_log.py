@@ -1,0 +1,577 @@
+"""The decision log: one JSON line per served decision, what off-policy evaluation reads.
+
+A server (``modi-serve --decision-log``) appends a :class:`DecisionRecord` per request as one
+whole line (a record is a complete line or absent); :func:`read_decision_log` reads a log back
+into numpy arrays (:class:`DecisionLog`) for :mod:`modi.agents.ope`, and refuses a log it
+cannot trust with a :class:`DecisionLogError` that names the line, the field and why.
+
+Record fields (format version :data:`FORMAT_VERSION`)::
+
+    v, ts, request_id, schema, pool, pool_hash,
+    selector: {name, version, exploration: {kind, epsilon, temperature}},
+    features: [R + P*K floats], action, model_id, probabilities: [K floats],
+    source: "learned"|"fallback", reason,
+    outcome: {latency_ms, met, accuracy, correct},
+    shadow: null | {selector, action, model_id, probabilities}
+
+The reward of off-policy evaluation is the *effective accuracy*: ``float(correct and met)``
+when the request carried a label (``correct`` not null), else ``accuracy if met else 0``; the
+attainment is ``met``. Part of the light runtime: standard library and numpy only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from modi.runtime.device_features import DeviceObsLayout
+from modi.runtime.features import ObsLayout
+from modi.runtime.metadata import pool_hash
+
+log = logging.getLogger(__name__)
+
+#: Version of the record layout (field ``v``).
+FORMAT_VERSION = 1
+#: Exploration kinds a selector may log.
+EXPLORATION_KINDS: tuple[str, ...] = ("none", "epsilon", "softmax", "rule")
+#: Values of ``source``.
+SOURCES: tuple[str, ...] = ("learned", "fallback")
+#: Tolerance on ``|sum(probabilities) - 1|`` (probabilities may be logged from float32).
+PROBABILITY_SUM_TOL = 1e-4
+#: Feature schemas a log may carry, with the layout that splits their vectors.
+LAYOUTS: dict[str, type[ObsLayout]] = {
+    ObsLayout.schema: ObsLayout,
+    DeviceObsLayout.schema: DeviceObsLayout,
+}
+
+_RECORD_FIELDS = (
+    "v", "ts", "request_id", "schema", "pool", "pool_hash", "selector", "features", "action",
+    "model_id", "probabilities", "source", "reason", "outcome", "shadow",
+)  # fmt: skip
+
+
+class DecisionLogError(ValueError):
+    """A decision log (or one of its records) cannot be used; ``line`` (1-based, 0 when not
+    known) and ``field`` say where, the message says why."""
+
+    def __init__(self, message: str, *, path: str = "", line: int = 0, field: str = "") -> None:
+        self.path = path
+        self.line = line
+        self.field = field
+        where = []
+        if path:
+            where.append(str(path))
+        if line:
+            where.append(f"line {line}")
+        if field:
+            where.append(f"field {field!r}")
+        super().__init__((": ".join([", ".join(where), message])) if where else message)
+
+
+@dataclass(frozen=True)
+class Exploration:
+    """How the logging selector randomises: ``kind`` in :data:`EXPLORATION_KINDS`."""
+
+    kind: str = "none"
+    epsilon: float | None = None
+    temperature: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of this exploration."""
+        return {"kind": self.kind, "epsilon": self.epsilon, "temperature": self.temperature}
+
+
+@dataclass(frozen=True)
+class SelectorInfo:
+    """Which selector decided: ``version`` is ``"sha256:<hex>"`` of an ``.onnx`` file or
+    ``"modipick"`` for the rule."""
+
+    name: str
+    version: str
+    exploration: Exploration = field(default_factory=Exploration)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of this selector."""
+        return {"name": self.name, "version": self.version,
+                "exploration": self.exploration.to_dict()}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to the request (each field ``None`` when not known)."""
+
+    latency_ms: float | None = None
+    met: bool | None = None
+    accuracy: float | None = None  # the served model's expected accuracy, a fraction
+    correct: bool | None = None  # when the request carried a label
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of this outcome."""
+        return {"latency_ms": self.latency_ms, "met": self.met, "accuracy": self.accuracy,
+                "correct": self.correct}  # fmt: skip
+
+    @property
+    def reward(self) -> float | None:
+        """Effective accuracy (``None`` when it cannot be computed)."""
+        if self.met is None:
+            return None
+        if self.correct is not None:
+            return float(self.correct and self.met)
+        if not self.met:
+            return 0.0
+        return None if self.accuracy is None else float(self.accuracy)
+
+
+@dataclass(frozen=True)
+class Shadow:
+    """A challenger's choice on the same request (logged, never served)."""
+
+    selector: SelectorInfo
+    action: int
+    model_id: str
+    probabilities: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of this shadow decision."""
+        return {"selector": self.selector.to_dict(), "action": self.action,
+                "model_id": self.model_id, "probabilities": list(self.probabilities)}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    """One served decision, as one line of the log."""
+
+    ts: float
+    request_id: str
+    schema: str
+    pool: tuple[str, ...]
+    pool_hash: str
+    selector: SelectorInfo
+    features: tuple[float, ...]
+    action: int
+    model_id: str
+    probabilities: tuple[float, ...]
+    source: str
+    reason: str
+    outcome: Outcome
+    shadow: Shadow | None = None
+    v: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of this record (field order of the format)."""
+        return {
+            "v": self.v, "ts": self.ts, "request_id": self.request_id, "schema": self.schema,
+            "pool": list(self.pool), "pool_hash": self.pool_hash,
+            "selector": self.selector.to_dict(), "features": list(self.features),
+            "action": self.action, "model_id": self.model_id,
+            "probabilities": list(self.probabilities), "source": self.source,
+            "reason": self.reason, "outcome": self.outcome.to_dict(),
+            "shadow": None if self.shadow is None else self.shadow.to_dict(),
+        }  # fmt: skip
+
+    def to_json_line(self) -> str:
+        """The record as one JSON line, newline included (no NaN/inf: strict JSON)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, obj: Any, line: int = 0, path: str = "") -> DecisionRecord:
+        """Validate and parse one decoded record; a :class:`DecisionLogError` names the field."""
+        return _Parser(path, line).record(obj)
+
+
+def schema_string(name: str, version: int) -> str:
+    """The ``schema`` field for a feature schema, e.g. ``"modi.model_selection v1"``."""
+    return f"{name} v{version}"
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+class _Parser:
+    def __init__(self, path: str, line: int) -> None:
+        self.path = path
+        self.line = line
+
+    def err(self, fld: str, why: str) -> DecisionLogError:
+        return DecisionLogError(why, path=self.path, line=self.line, field=fld)
+
+    def get(self, obj: Mapping[str, Any], key: str, prefix: str = "") -> Any:
+        if key not in obj:
+            raise self.err(prefix + key, "missing")
+        return obj[key]
+
+    def string(self, x: Any, fld: str, nullable: bool = False) -> Any:
+        if x is None and nullable:
+            return None
+        if not isinstance(x, str):
+            raise self.err(fld, f"expected a string, got {_kind(x)}")
+        return x
+
+    def number(self, x: Any, fld: str, nullable: bool = False) -> Any:
+        if x is None and nullable:
+            return None
+        if isinstance(x, bool) or not isinstance(x, int | float):
+            raise self.err(fld, f"expected a number, got {_kind(x)}")
+        if not math.isfinite(x):
+            raise self.err(fld, f"expected a finite number, got {x!r}")
+        return float(x)
+
+    def boolean(self, x: Any, fld: str) -> bool | None:
+        if x is None:
+            return None
+        if not isinstance(x, bool):
+            raise self.err(fld, f"expected true, false or null, got {_kind(x)}")
+        return x
+
+    def integer(self, x: Any, fld: str) -> int:
+        if isinstance(x, bool) or not isinstance(x, int):
+            raise self.err(fld, f"expected an integer, got {_kind(x)}")
+        return x
+
+    def obj(self, x: Any, fld: str) -> Mapping[str, Any]:
+        if not isinstance(x, dict):
+            raise self.err(fld, f"expected an object, got {_kind(x)}")
+        return x
+
+    def floats(self, x: Any, fld: str) -> tuple[float, ...]:
+        if not isinstance(x, list):
+            raise self.err(fld, f"expected a list of numbers, got {_kind(x)}")
+        for i, v in enumerate(x):
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise self.err(f"{fld}[{i}]", f"expected a finite number, got {v!r}")
+        return tuple(float(v) for v in x)
+
+    def selector(self, x: Any, fld: str) -> SelectorInfo:
+        s = self.obj(x, fld)
+        name = self.string(self.get(s, "name", fld + "."), fld + ".name")
+        version = self.string(self.get(s, "version", fld + "."), fld + ".version")
+        e = self.obj(self.get(s, "exploration", fld + "."), fld + ".exploration")
+        p = fld + ".exploration."
+        kind = self.string(self.get(e, "kind", p), p + "kind")
+        if kind not in EXPLORATION_KINDS:
+            raise self.err(p + "kind", f"expected one of {EXPLORATION_KINDS}, got {kind!r}")
+        eps = self.number(e.get("epsilon"), p + "epsilon", nullable=True)
+        if eps is not None and not 0.0 <= eps <= 1.0:
+            raise self.err(p + "epsilon", f"expected a value in [0, 1], got {eps}")
+        temp = self.number(e.get("temperature"), p + "temperature", nullable=True)
+        if temp is not None and temp <= 0:
+            raise self.err(p + "temperature", f"expected a positive value, got {temp}")
+        return SelectorInfo(name, version, Exploration(kind, eps, temp))
+
+    def action_probs(
+        self, obj: Mapping[str, Any], pool: tuple[str, ...], prefix: str
+    ) -> tuple[int, str, tuple[float, ...]]:
+        k = len(pool)
+        action = self.integer(self.get(obj, "action", prefix), prefix + "action")
+        if not 0 <= action < k:
+            raise self.err(prefix + "action", f"expected an index in [0, {k}), got {action}")
+        model_id = self.string(self.get(obj, "model_id", prefix), prefix + "model_id")
+        if model_id != pool[action]:
+            raise self.err(
+                prefix + "model_id",
+                f"{model_id!r} is not pool[{action}] = {pool[action]!r}",
+            )
+        if "probabilities" not in obj or obj["probabilities"] is None:
+            raise self.err(
+                prefix + "probabilities",
+                "missing: the log does not carry the logging policy's action probabilities "
+                "(propensities), which off-policy evaluation needs",
+            )
+        probs = self.floats(obj["probabilities"], prefix + "probabilities")
+        if len(probs) != k:
+            raise self.err(prefix + "probabilities", f"expected {k} values (the pool), got "
+                           f"{len(probs)}")  # fmt: skip
+        if min(probs) < 0.0 or max(probs) > 1.0 + PROBABILITY_SUM_TOL:
+            raise self.err(prefix + "probabilities", "expected values in [0, 1]")
+        total = math.fsum(probs)
+        if abs(total - 1.0) > PROBABILITY_SUM_TOL:
+            raise self.err(prefix + "probabilities", f"sum to {total:.6g}, expected 1")
+        if probs[action] <= 0.0:
+            raise self.err(
+                prefix + "probabilities",
+                f"the chosen action {action} has probability {probs[action]}: a policy cannot "
+                "take an action it gives probability 0",
+            )
+        return action, model_id, probs
+
+    def record(self, x: Any) -> DecisionRecord:
+        if not isinstance(x, dict):
+            raise self.err("", f"expected a JSON object (a decision record), got {_kind(x)}")
+        if "v" not in x:
+            known = [k for k in _RECORD_FIELDS if k in x]
+            why = (
+                "missing: not a modi decision record (foreign JSON?)"
+                if len(known) < 3
+                else "missing: records without a format version are not read"
+            )
+            raise self.err("v", why)
+        v = x["v"]
+        if v != FORMAT_VERSION or isinstance(v, bool):
+            raise self.err("v", f"format version {v!r} is not supported (expected "
+                           f"{FORMAT_VERSION})")  # fmt: skip
+        ts = self.number(self.get(x, "ts"), "ts")
+        request_id = self.string(self.get(x, "request_id"), "request_id")
+        schema = self.string(self.get(x, "schema"), "schema")
+        layout = LAYOUTS.get(schema)
+        if layout is None:
+            raise self.err("schema", f"unknown feature schema {schema!r}; expected one of "
+                           f"{sorted(LAYOUTS)}")  # fmt: skip
+        pool_raw = self.get(x, "pool")
+        if not isinstance(pool_raw, list) or not pool_raw:
+            raise self.err("pool", f"expected a non-empty list of model ids, got {_kind(pool_raw)}")
+        pool = tuple(self.string(m, f"pool[{i}]") for i, m in enumerate(pool_raw))
+        if len(set(pool)) != len(pool):
+            raise self.err("pool", "model ids repeat")
+        ph = self.string(self.get(x, "pool_hash"), "pool_hash")
+        if ph != pool_hash(pool):
+            raise self.err("pool_hash", f"{ph!r} is not the hash of the logged pool "
+                           f"({pool_hash(pool)!r})")  # fmt: skip
+        selector = self.selector(self.get(x, "selector"), "selector")
+        features = self.floats(self.get(x, "features"), "features")
+        dim = layout(len(pool)).dim
+        if len(features) != dim:
+            raise self.err(
+                "features",
+                f"expected {dim} values (schema {schema} with {len(pool)} models: "
+                f"{layout.request_dim} + {layout.row_dim} * {len(pool)}), got {len(features)}",
+            )
+        action, model_id, probs = self.action_probs(x, pool, "")
+        source = self.string(self.get(x, "source"), "source")
+        if source not in SOURCES:
+            raise self.err("source", f"expected one of {SOURCES}, got {source!r}")
+        reason = self.string(self.get(x, "reason"), "reason")
+        o = self.obj(self.get(x, "outcome"), "outcome")
+        acc = self.number(o.get("accuracy"), "outcome.accuracy", nullable=True)
+        if acc is not None and not 0.0 <= acc <= 1.0:
+            raise self.err("outcome.accuracy", f"expected a fraction in [0, 1], got {acc}")
+        outcome = Outcome(
+            latency_ms=self.number(o.get("latency_ms"), "outcome.latency_ms", nullable=True),
+            met=self.boolean(o.get("met"), "outcome.met"),
+            accuracy=acc,
+            correct=self.boolean(o.get("correct"), "outcome.correct"),
+        )
+        sh = x.get("shadow")
+        shadow = None
+        if sh is not None:
+            s = self.obj(sh, "shadow")
+            sel = self.selector(self.get(s, "selector", "shadow."), "shadow.selector")
+            sa, sm, sp = self.action_probs(s, pool, "shadow.")
+            shadow = Shadow(sel, sa, sm, sp)
+        return DecisionRecord(
+            ts=ts, request_id=request_id, schema=schema, pool=pool, pool_hash=ph,
+            selector=selector, features=features, action=action, model_id=model_id,
+            probabilities=probs, source=source, reason=reason, outcome=outcome, shadow=shadow,
+        )  # fmt: skip
+
+
+def _kind(x: Any) -> str:
+    if x is None:
+        return "null"
+    if isinstance(x, bool):
+        return "a boolean"
+    if isinstance(x, int | float):
+        return f"the number {x!r}"
+    if isinstance(x, str):
+        return f"the string {x[:40]!r}"
+    if isinstance(x, list):
+        return "a list"
+    if isinstance(x, dict):
+        return "an object"
+    return type(x).__name__
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def iter_decision_records(path: str | Path) -> Iterator[DecisionRecord]:
+    """Validated records of a log, in order (see :func:`iter_numbered_records`)."""
+    for _, rec in iter_numbered_records(path):
+        yield rec
+
+
+def iter_numbered_records(path: str | Path) -> Iterator[tuple[int, DecisionRecord]]:
+    """``(line number, record)`` of a log, in order. Raises :class:`DecisionLogError` at the
+    first bad line: a line that is not JSON (the message says *truncated* for an unterminated
+    last line such as a write cut by a full disk), a foreign object, a bad field, or a schema
+    or pool that differs from the first record's."""
+    p = str(path)
+    schema = ""
+    pool: tuple[str, ...] = ()
+    try:
+        f = open(path, "rb")  # noqa: SIM115
+    except OSError as e:
+        raise DecisionLogError(f"cannot open the log: {e.strerror or e}", path=p) from None
+    with f:
+        n = 0
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
+                if raw.endswith(b"\n"):
+                    raise DecisionLogError("empty line: records are whole lines", path=p, line=n)
+                continue
+            try:
+                obj = json.loads(raw)
+            except UnicodeDecodeError:
+                raise DecisionLogError("not UTF-8 text", path=p, line=n) from None
+            except json.JSONDecodeError as e:
+                if not raw.endswith(b"\n"):
+                    why = f"truncated last line (no newline, invalid JSON: {e.msg})"
+                else:
+                    why = f"not a JSON line ({e.msg} at column {e.colno}; a torn write?)"
+                raise DecisionLogError(why, path=p, line=n) from None
+            rec = _Parser(p, n).record(obj)
+            if not schema:
+                schema, pool = rec.schema, rec.pool
+            else:
+                if rec.schema != schema:
+                    raise DecisionLogError(
+                        f"schema changes mid-log: {rec.schema!r} after {schema!r}; one log "
+                        "must use one feature schema", path=p, line=n, field="schema",
+                    )  # fmt: skip
+                if rec.pool != pool:
+                    raise DecisionLogError(
+                        f"pool changes mid-log: {list(rec.pool)} after {list(pool)}; evaluate "
+                        "each pool's part of the log separately", path=p, line=n, field="pool",
+                    )  # fmt: skip
+            yield n, rec
+        if n == 0:
+            raise DecisionLogError("the log is empty", path=p)
+
+
+@dataclass(frozen=True)
+class DecisionLog:
+    """A whole decision log as arrays (``N`` records, ``K`` models, ``D`` features).
+
+    Unknown outcome values are NaN (``met``, ``accuracy``, ``correct``, ``latency_ms``,
+    ``rewards``); shadow arrays hold -1 / NaN on rows without a shadow decision.
+    """
+
+    path: str
+    schema: str
+    pool: tuple[str, ...]
+    pool_hash: str
+    features: NDArray[np.float64]  # (N, D)
+    actions: NDArray[np.intp]  # (N,)
+    probabilities: NDArray[np.float64]  # (N, K)
+    rewards: NDArray[np.float64]  # (N,) effective accuracy, NaN if unknown
+    met: NDArray[np.float64]  # (N,) 1.0 / 0.0 / NaN
+    accuracy: NDArray[np.float64]  # (N,)
+    correct: NDArray[np.float64]  # (N,) 1.0 / 0.0 / NaN
+    latency_ms: NDArray[np.float64]  # (N,)
+    ts: NDArray[np.float64]  # (N,)
+    line_numbers: NDArray[np.intp]  # (N,) 1-based line of each record
+    request_ids: tuple[str, ...]
+    fallback: NDArray[np.bool_]  # (N,) source == "fallback"
+    reasons: tuple[str, ...]
+    selectors: tuple[SelectorInfo, ...]  # distinct logging selectors, first-seen order
+    selector_index: NDArray[np.intp]  # (N,) index into selectors
+    shadow_selectors: tuple[SelectorInfo, ...]
+    shadow_selector_index: NDArray[np.intp]  # (N,) -1 without a shadow
+    shadow_actions: NDArray[np.intp]  # (N,) -1 without a shadow
+    shadow_probabilities: NDArray[np.float64]  # (N, K) NaN without a shadow
+
+    @property
+    def n(self) -> int:
+        """Number of records."""
+        return int(self.actions.shape[0])
+
+    @property
+    def num_models(self) -> int:
+        """Pool size ``K``."""
+        return len(self.pool)
+
+    @property
+    def layout(self) -> ObsLayout:
+        """The :class:`ObsLayout` that splits :attr:`features`."""
+        return LAYOUTS[self.schema](len(self.pool))
+
+    @property
+    def propensities(self) -> NDArray[np.float64]:
+        """``probabilities[i, actions[i]]``, shape ``(N,)``."""
+        return self.probabilities[np.arange(self.n), self.actions]
+
+    @property
+    def has_shadow(self) -> NDArray[np.bool_]:
+        """Rows that carry a shadow decision."""
+        return np.asarray(self.shadow_actions >= 0)
+
+    def first_unknown_reward(self) -> int:
+        """Line number of the first record whose reward is unknown (0 if none)."""
+        bad = np.flatnonzero(np.isnan(self.rewards))
+        return int(self.line_numbers[bad[0]]) if bad.size else 0
+
+
+def _opt(x: bool | float | None) -> float:
+    return math.nan if x is None else float(x)
+
+
+def decision_log_from_records(
+    records: Sequence[DecisionRecord], path: str = "", line_numbers: Sequence[int] | None = None
+) -> DecisionLog:
+    """Arrays of already validated records (one schema and pool: checked)."""
+    if not records:
+        raise DecisionLogError("no records", path=path)
+    first = records[0]
+    lines = list(line_numbers) if line_numbers is not None else list(range(1, len(records) + 1))
+    for r, ln in zip(records, lines, strict=True):
+        if r.schema != first.schema:
+            raise DecisionLogError("schema changes mid-log", path=path, line=ln, field="schema")
+        if r.pool != first.pool:
+            raise DecisionLogError("pool changes mid-log", path=path, line=ln, field="pool")
+    n, k = len(records), len(first.pool)
+    sel_ids: dict[SelectorInfo, int] = {}
+    shadow_ids: dict[SelectorInfo, int] = {}
+    sel_index = np.empty(n, dtype=np.intp)
+    sh_index = np.full(n, -1, dtype=np.intp)
+    sh_actions = np.full(n, -1, dtype=np.intp)
+    sh_probs = np.full((n, k), np.nan)
+    for i, r in enumerate(records):
+        sel_index[i] = sel_ids.setdefault(r.selector, len(sel_ids))
+        if r.shadow is not None:
+            sh_index[i] = shadow_ids.setdefault(r.shadow.selector, len(shadow_ids))
+            sh_actions[i] = r.shadow.action
+            sh_probs[i] = r.shadow.probabilities
+    return DecisionLog(
+        path=path,
+        schema=first.schema,
+        pool=first.pool,
+        pool_hash=first.pool_hash,
+        features=np.array([r.features for r in records], dtype=np.float64),
+        actions=np.array([r.action for r in records], dtype=np.intp),
+        probabilities=np.array([r.probabilities for r in records], dtype=np.float64),
+        rewards=np.array([_opt(r.outcome.reward) for r in records]),
+        met=np.array([_opt(r.outcome.met) for r in records]),
+        accuracy=np.array([_opt(r.outcome.accuracy) for r in records]),
+        correct=np.array([_opt(r.outcome.correct) for r in records]),
+        latency_ms=np.array([_opt(r.outcome.latency_ms) for r in records]),
+        ts=np.array([r.ts for r in records]),
+        line_numbers=np.array(lines, dtype=np.intp),
+        request_ids=tuple(r.request_id for r in records),
+        fallback=np.array([r.source == "fallback" for r in records], dtype=bool),
+        reasons=tuple(r.reason for r in records),
+        selectors=tuple(sel_ids),
+        selector_index=sel_index,
+        shadow_selectors=tuple(shadow_ids),
+        shadow_selector_index=sh_index,
+        shadow_actions=sh_actions,
+        shadow_probabilities=sh_probs,
+    )
+
+
+def read_decision_log(path: str | Path) -> DecisionLog:
+    """Read and validate a whole JSON-lines decision log (see :func:`iter_decision_records`
+    for what is refused)."""
+    records: list[DecisionRecord] = []
+    lines: list[int] = []
+    for line, rec in iter_numbered_records(path):
+        records.append(rec)
+        lines.append(line)
+    log.debug("read %d decision records from %s", len(records), path)
+    return decision_log_from_records(records, str(path), lines)
