@@ -85,6 +85,8 @@ PROBE_BYTES = (20e3, 1e6)
 DEFAULT_SERVER_PREP = {"intercept_ms": 2.0, "ms_per_mp": 8.0, "cv": 0.1}
 DEFAULT_EPISODE_REQUESTS = 1000
 _BLOCK_FLOATS = 1 << 20
+#: Initial number of in-flight measurement slots per device (grows when needed).
+_PENDING_SLOTS = 4
 
 #: Network models whose ``sample`` keeps no state and draws nothing (safe to call twice).
 _STATELESS_NETWORKS: tuple[type, ...] = (MahimahiNetwork, ThroughputNetwork, GaussianOneWay)
@@ -180,6 +182,7 @@ class OffloadOutcome:
     prep: I64  # effective preprocessing location (PREP_DEVICE for local requests)
     placement: I64  # on-device model index, or L for offload
     backup: NDArray[np.bool_]  # backup actually run (offloaded and asked for)
+    probe: NDArray[np.bool_]  # the device probed the uplink at this capture (probe_every_ms)
     server_model: I64  # -1 when not offloaded
     sla_ms: F64
     megapixels: F64
@@ -266,6 +269,15 @@ class OffloadSim:
             stale models (as in :class:`~modi.envs.simulator.ModelSelectionSim`).
         true_server_pool: the server's real execution-time distributions (default
             ``server_pool``).
+        probe_every_ms: when the device's newest network measurement is older than this and
+            nothing is in flight, a request it does not offload carries an uplink probe
+            (``PROBE_BYTES`` uploaded, one response back: bytes and radio energy charged to
+            that request, ``info["probe"]``); ``None`` (default): only the start-up probe.
+
+    The device's network history (the ``net_*`` observation columns) holds only what the device
+    has measured *and received* by the capture: the start-up probe, then each offloaded
+    request's response latency and upload bandwidth from the time its response arrives, and
+    each probe's from its completion (DESIGN.md §1). A request run locally measures nothing.
     """
 
     def __init__(
@@ -291,6 +303,7 @@ class OffloadSim:
         profile_alpha: float = 0.1,
         reprofile_every: int = 200,
         true_server_pool: ModelPool | None = None,
+        probe_every_ms: float | None = None,
     ) -> None:
         if not isinstance(device, DeviceProfile):
             raise OffloadError(f"device must be a DeviceProfile, got {type(device).__name__}")
@@ -377,6 +390,12 @@ class OffloadSim:
             except (TypeError, DeviceError) as e:
                 raise OffloadError(f"server_prep: {e}") from None
         self.reprofile_every = int(reprofile_every)
+        if probe_every_ms is not None:
+            pe = float(probe_every_ms)
+            if not pe > 0:
+                raise OffloadError(f"probe_every_ms must be > 0 or None, got {probe_every_ms!r}")
+            probe_every_ms = pe
+        self.probe_every_ms = probe_every_ms
 
         # device constants
         self.local_acc = np.array([m.accuracy for m in device.models])
@@ -438,6 +457,14 @@ class OffloadSim:
         self._dev_bw_var = np.zeros(n)
         self._dev_last_ms = np.zeros(n)
         self._dev_bw_last = np.zeros(n)
+        # measurements still in flight: completion time (inf: free slot), latency, bandwidth,
+        # and the time the measurement describes (the request's capture), ``(N, K)``
+        k = _PENDING_SLOTS
+        self._pend_done = np.full((n, k), np.inf)
+        self._pend_lat = np.zeros((n, k))
+        self._pend_bw = np.zeros((n, k))
+        self._pend_time = np.zeros((n, k))
+        self._probing = np.zeros(n, dtype=np.bool_)
 
     def reset(self, seed: int | None = None) -> NDArray[np.float32]:
         """Start every device afresh from ``seed``; return the first observations ``(N, D)``."""
@@ -489,6 +516,49 @@ class OffloadSim:
         self._dev_bw_last = self._dev_bw.copy()
         self._dev_last_ms = np.zeros(self.num_envs)
 
+    def _fold_measurements(self, now: F64) -> None:
+        """Fold every in-flight measurement completed by ``now`` (per device) into the
+        device's network history, in completion order (DESIGN.md §1: a measurement is known
+        only once it has completed)."""
+        a = dfeat.DEVICE_NET_ALPHA
+        while True:
+            done = self._pend_done
+            j = done.argmin(axis=1)
+            first = done[self._rows, j]
+            ready = first <= now
+            if not ready.any():
+                return
+            r, jj = self._rows[ready], j[ready]
+            bw, lat = self._pend_bw[r, jj], self._pend_lat[r, jj]
+            m_bw = self._dev_bw[r]
+            d = bw - m_bw
+            self._dev_bw[r] = m_bw + a * d
+            self._dev_bw_var[r] = (1 - a) * (self._dev_bw_var[r] + a * d * d)
+            self._dev_lat[r] = self._dev_lat[r] + a * (lat - self._dev_lat[r])
+            self._dev_bw_last[r] = bw
+            self._dev_last_ms[r] = self._pend_time[r, jj]
+            self._pend_done[r, jj] = np.inf
+
+    def _push_measurements(
+        self, rows: NDArray[np.intp], done_ms: F64, lat: F64, bw: F64, time_ms: F64
+    ) -> None:
+        """Queue measurements of ``rows`` (distinct) that complete at ``done_ms``."""
+        if rows.size == 0:
+            return
+        free = np.isinf(self._pend_done[rows])
+        if not free.any(axis=1).all():
+            k = self._pend_done.shape[1]
+            n = self.num_envs
+            self._pend_done = np.concatenate([self._pend_done, np.full((n, k), np.inf)], axis=1)
+            for name in ("_pend_lat", "_pend_bw", "_pend_time"):
+                setattr(self, name, np.concatenate([getattr(self, name), np.zeros((n, k))], axis=1))
+            free = np.isinf(self._pend_done[rows])
+        slot = free.argmax(axis=1)
+        self._pend_done[rows, slot] = done_ms
+        self._pend_lat[rows, slot] = lat
+        self._pend_bw[rows, slot] = bw
+        self._pend_time[rows, slot] = time_ms
+
     def _probe_contexts(self, client: I64, time_ms: F64) -> tuple[BlockContext, BlockContext]:
         """A small and a large bandwidth probe at the given times (what the device measures)."""
         resp = np.full(client.shape, self.response_bytes)
@@ -536,7 +606,7 @@ class OffloadSim:
         (t_in_pre, t_out_pre), twins = sample_twins(
             self.network, self._net_rng, ctx_pre, [ctx_raw, probe_small, probe_large]
         )
-        (t_in_raw, t_out_raw), (t_small, _), (t_large, _) = twins
+        (t_in_raw, t_out_raw), (t_small, t_out_probe), (t_large, _) = twins
         if not self._warned_flat_network and np.allclose(t_in_pre, t_in_raw):
             log.warning(
                 "network %r gives the same upload time for the raw image and the preprocessed "
@@ -545,30 +615,13 @@ class OffloadSim:
             )
             self._warned_flat_network = True
 
-        # the device's own network measurements (at each capture: the response's one-way
-        # latency and the uplink bandwidth); the observation holds an EWMA of *previous* ones
-        # and the most recent previous bandwidth measurement itself
-        lat = t_out_pre
-        bw = self._uplink_mbps(t_large - t_small)
-        net_lat = np.empty(shape)
-        net_bw = np.empty(shape)
-        net_std = np.empty(shape)
-        net_age = np.empty(shape)
-        a = dfeat.DEVICE_NET_ALPHA
-        m_lat, m_bw, v_bw, last = self._dev_lat, self._dev_bw, self._dev_bw_var, self._dev_last_ms
-        for j in range(b):
-            net_lat[j] = m_lat
-            net_bw[j] = m_bw
-            net_std[j] = np.sqrt(v_bw)
-            net_age[j] = time_ms[j] - last
-            d = bw[j] - m_bw
-            m_bw = m_bw + a * d
-            v_bw = (1 - a) * (v_bw + a * d * d)
-            m_lat = m_lat + a * (lat[j] - m_lat)
-            last = time_ms[j]
-        self._dev_lat, self._dev_bw, self._dev_bw_var, self._dev_last_ms = m_lat, m_bw, v_bw, last
-        net_bw_last = np.concatenate([self._dev_bw_last[None, :], bw[:-1]], axis=0)
-        self._dev_bw_last = bw[-1].copy()
+        # what the device would measure from its own upload of each request: the link's uplink
+        # bandwidth at the capture (two-payload twins of the same network state); it enters the
+        # device's history only if the request is offloaded, when its response arrives (step)
+        self._blk_bw = self._uplink_mbps(t_large - t_small)
+        # an explicit probe (probe_every_ms): both payloads one after the other, then a response
+        self._blk_probe_ms = t_small + t_large
+        self._blk_tout_probe = t_out_probe
 
         self._blk_time = time_ms
         self._blk_sla = sla
@@ -586,11 +639,11 @@ class OffloadSim:
             img.raw_bytes,
             prep_mean,
             self.device.tier_index,
-            net_lat,
-            net_bw,
-            net_std,
-            net_age,
-            net_bw_last,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
+            0.0,
         )
         self._cursor = 0
 
@@ -600,7 +653,19 @@ class OffloadSim:
         i = self._cursor
         n = self.num_envs
         obs = self.obs
+        now = self._blk_time[i]
+        self._fold_measurements(now)
+        if self.probe_every_ms is not None:
+            # a device whose newest measurement is older than probe_every_ms, with nothing in
+            # flight, probes the uplink at this capture (costs charged to this request)
+            idle = np.isinf(self._pend_done).all(axis=1)
+            self._probing = idle & (now - self._dev_last_ms > self.probe_every_ms)
         obs[:, : dfeat.R] = self._blk_req[i]
+        obs[:, dfeat.NET_LATENCY] = self._dev_lat
+        obs[:, dfeat.NET_UPLINK] = self._dev_bw
+        obs[:, dfeat.NET_UPLINK_STD] = np.sqrt(self._dev_bw_var)
+        obs[:, dfeat.NET_AGE] = now - self._dev_last_ms
+        obs[:, dfeat.NET_UPLINK_LAST] = self._dev_bw_last
         rows = obs[:, dfeat.R :].reshape(n, self.num_local, dfeat.P)
         rows[:] = self._model_rows
         rows[:, :, dfeat.LOADED] = self.loaded
@@ -738,6 +803,20 @@ class OffloadSim:
             offload, np.where(on_device_prep, self._blk_pre[i][rows], self._blk_raw[i][rows]), 0.0
         )
         bytes_recv = np.where(offload, self.response_bytes, 0.0)
+        # a device that probes the uplink at this capture (it offloads nothing: the upload of an
+        # offloaded request is its measurement) pays the probe's bytes and radio energy
+        probe = self._probing[rows] & local
+        probe_mj = np.where(
+            probe,
+            self.radio.energy_mj(
+                sum(PROBE_BYTES),
+                self.response_bytes,
+                self._blk_probe_ms[i][rows] + self._blk_tout_probe[i][rows],
+            ),
+            0.0,
+        )
+        bytes_sent = bytes_sent + np.where(probe, sum(PROBE_BYTES), 0.0)
+        bytes_recv = bytes_recv + np.where(probe, self.response_bytes, 0.0)
         device_prep = np.where(on_device_prep | backup, t_dp, 0.0)
         # the backup stops when the remote answer is back
         backup_busy = np.clip(np.minimum(dev_load + dev_exec, remote_e2e - t_dp), 0.0, None)
@@ -745,8 +824,9 @@ class OffloadSim:
             local, dev_load + dev_exec, np.where(backup, backup_busy, 0.0)
         )
         compute_mj = self.power_w * busy
-        radio_mj = np.where(
-            offload, self.radio.energy_mj(bytes_sent, bytes_recv, t_in + t_out), 0.0
+        radio_mj = (
+            np.where(offload, self.radio.energy_mj(bytes_sent, bytes_recv, t_in + t_out), 0.0)
+            + probe_mj
         )
         energy = compute_mj + radio_mj
         reward = (
@@ -759,6 +839,7 @@ class OffloadSim:
             prep=prep.astype(np.int64),
             placement=place.astype(np.int64),
             backup=backup,
+            probe=probe,
             server_model=np.where(offload, k, -1).astype(np.int64),
             sla_ms=sla,
             megapixels=self._blk_mp[i][rows].copy(),
@@ -850,6 +931,23 @@ class OffloadSim:
             a_ = CLIENT_NET_ALPHA
             self._srv_mean[r] = np.where(first, x, m0 + a_ * d)
             self._srv_var[r] = np.where(first, 0.0, (1 - a_) * (self._srv_var[r] + a_ * d * d))
+        # the device's own network measurements: an offloaded request's response latency and
+        # its upload's bandwidth, known when the response arrives; a probe's when it completes
+        i = self._cursor
+        if off.any():
+            r = rows[off]
+            t0 = self._blk_time[i][r]
+            self._push_measurements(
+                r, t0 + o.remote_e2e_ms[off], o.t_output_ms[off], self._blk_bw[i][r], t0
+            )
+        probe = self._probing & ~off
+        if probe.any():
+            r = rows[probe]
+            t0 = self._blk_time[i][r]
+            lat = self._blk_tout_probe[i][r]
+            self._push_measurements(
+                r, t0 + self._blk_probe_ms[i][r] + lat, lat, self._blk_bw[i][r], t0
+            )
         if self.reprofile_every and self.step_count % self.reprofile_every == 0:
             self._reprofile()
         self._cursor += 1
@@ -993,7 +1091,7 @@ class OffloadEnv(gym.Env[NDArray[np.float32], NDArray[np.int64]]):
 
         ## Info
         The full breakdown of the request just handled: ``prep, placement, backup,
-        server_model, sla_ms, megapixels, raw_bytes, pre_bytes, bytes_sent, bytes_received,
+        probe, server_model, sla_ms, megapixels, raw_bytes, pre_bytes, bytes_sent, bytes_received,
         device_prep_ms, t_input_ms, server_prep_ms, queue_ms, exec_ms, t_output_ms,
         preexec_ms, remote_e2e_ms, local_load_ms, local_exec_ms, local_e2e_ms,
         backup_load_ms, backup_exec_ms, backup_done_ms, e2e_ms, met, answered_by (0 none,

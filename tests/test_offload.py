@@ -4,6 +4,7 @@ breakdown, and bad input."""
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from modi.envs.offload import (
     ANSWER_NONE,
     ANSWER_REMOTE,
     INFO_KEYS,
+    PROBE_BYTES,
     OffloadEnv,
     OffloadError,
     OffloadSim,
@@ -269,27 +271,107 @@ def test_network_features_are_the_ewma_of_previous_measurements() -> None:
         sim.step(np.array([[0, 2, 0]]))
 
 
-def test_last_uplink_is_the_previous_requests_measurement() -> None:
-    """On a variable link ``net_uplink_last_mbps`` is the measurement the EWMA took in at the
-    previous request (``m_j = m_{j-1} + a (b_{j-1} - m_{j-1})``), the time-0 probe at first,
-    across block boundaries too; request ``j``'s own bandwidth shows up only at ``j + 1``."""
-    sim = OffloadSim(
+def _noisy_sim(**kwargs: Any) -> OffloadSim:
+    return OffloadSim(
         _hand_device(),
         LinkModel(20.0, 8.0, 8.0, 0.5, 0.5, 0.5, name="noisy"),
         ModelPool("two", (ModelSpec("s", 0.6, 5.0, 1.0), ModelSpec("l", 0.8, 50.0, 3.0))),
-        num_envs=1,
+        **kwargs,
     )
+
+
+def test_last_uplink_is_the_newest_completed_measurement() -> None:
+    """On a variable link ``net_uplink_last_mbps`` is the bandwidth measured by the offloaded
+    request whose response arrived last before the capture, and the EWMA took in exactly the
+    measurements completed since the previous capture (``m = m + a (b - m)`` each), across block
+    boundaries too."""
+    sim = _noisy_sim(num_envs=1, arrival_rate_hz=2.0)
     assert sim.block_len == 256
     obs = sim.reset(1).astype(np.float64)
     assert obs[0, dfeat.NET_UPLINK_LAST] == pytest.approx(obs[0, dfeat.NET_UPLINK])
     a = dfeat.DEVICE_NET_ALPHA
+    inflight: list[tuple[float, float]] = []  # (response arrival, measured bandwidth)
+    folded = 0
     for _ in range(300):
-        sim.step(np.array([[1, 2, 0]]))
+        i = sim._cursor
+        t0, bw = float(sim._blk_time[i][0]), float(sim._blk_bw[i][0])
+        o = sim.step(np.array([[1, 2, 0]]))
+        inflight.append((t0 + float(o.remote_e2e_ms[0]), bw))
+        now = float(sim._blk_time[sim._cursor][0])
+        done = sorted(x for x in inflight if x[0] <= now)
+        inflight = [x for x in inflight if x[0] > now]
         new = sim.obs.astype(np.float64)
-        m0, m1 = obs[0, dfeat.NET_UPLINK], new[0, dfeat.NET_UPLINK]
-        assert new[0, dfeat.NET_UPLINK_LAST] == pytest.approx((m1 - m0) / a + m0, rel=1e-4)
-        assert new[0, dfeat.NET_UPLINK_LAST] != pytest.approx(obs[0, dfeat.NET_UPLINK_LAST])
+        m = obs[0, dfeat.NET_UPLINK]
+        for _, b in done:
+            m = m + a * (b - m)
+        assert new[0, dfeat.NET_UPLINK] == pytest.approx(m, rel=1e-4)
+        if done:
+            folded += 1
+            assert new[0, dfeat.NET_UPLINK_LAST] == pytest.approx(done[-1][1], rel=1e-5)
+        else:
+            assert new[0, dfeat.NET_UPLINK_LAST] == obs[0, dfeat.NET_UPLINK_LAST]
         obs = new
+    assert 0 < folded < 300  # both cases met: a response in time and one still in flight
+
+
+def test_a_measurement_enters_the_history_only_once_it_has_completed() -> None:
+    """Perturbing the previous request's download latency and upload bandwidth changes the
+    next observation only when that response arrived before the next capture (the leak of
+    issue 14: the old env folded it in regardless)."""
+    sim = _noisy_sim(num_envs=4, arrival_rate_hz=1.0, sla_ms=2000.0)
+    sim.reset(3)
+    late = early = 0
+    for step in range(200):
+        i = sim._cursor
+        other = copy.deepcopy(sim)
+        for name in ("_blk_tout_pre", "_blk_tout_raw", "_blk_bw"):
+            getattr(other, name)[i] *= 7.0
+        act = np.tile([step % 2, 2, 0], (4, 1))
+        o = sim.step(act)
+        other.step(act)
+        arrival = sim._blk_time[i] + o.remote_e2e_ms
+        nxt = sim._blk_time[sim._cursor]
+        pending = arrival > nxt
+        net = slice(dfeat.NET_LATENCY, dfeat.R)
+        np.testing.assert_array_equal(other.obs[pending, net], sim.obs[pending, net])
+        assert np.all(
+            other.obs[~pending, dfeat.NET_LATENCY] != sim.obs[~pending, dfeat.NET_LATENCY]
+        )
+        late += int(pending.sum())
+        early += int((~pending).sum())
+    assert late > 0 and early > 0
+
+
+def test_a_local_request_measures_nothing_and_a_probe_costs_its_bytes() -> None:
+    """Running locally leaves the network history as it was (only its age grows); with
+    ``probe_every_ms`` a local request probes when the history is stale, pays the probe's bytes
+    and radio energy, and its measurement enters once the probe has completed."""
+    sim = _noisy_sim(num_envs=2)
+    obs = sim.reset(5).copy()
+    net = [dfeat.NET_LATENCY, dfeat.NET_UPLINK, dfeat.NET_UPLINK_STD, dfeat.NET_UPLINK_LAST]
+    for _ in range(50):
+        o = sim.step(np.tile([0, 0, 0], (2, 1)))
+        assert not o.probe.any() and np.all(o.bytes_sent == 0) and np.all(o.radio_mj == 0)
+        np.testing.assert_array_equal(sim.obs[:, net], obs[:, net])
+        assert np.all(sim.obs[:, dfeat.NET_AGE] > obs[:, dfeat.NET_AGE])
+        obs = sim.obs.copy()
+
+    probing = _noisy_sim(num_envs=2, probe_every_ms=3000.0)
+    probing.reset(5)
+    probes = 0
+    for _ in range(100):
+        before = probing.obs.copy()
+        age = before[:, dfeat.NET_AGE].astype(np.float64)
+        o = probing.step(np.tile([0, 0, 0], (2, 1)))
+        np.testing.assert_array_equal(o.bytes_sent > 0, o.probe)
+        np.testing.assert_array_equal(o.radio_mj > 0, o.probe)
+        assert np.all(o.bytes_sent[o.probe] == pytest.approx(sum(PROBE_BYTES)))
+        assert np.all(age[o.probe] > 3000.0)
+        probes += int(o.probe.sum())
+    assert probes > 0
+    # an offloaded request is its own measurement: no probe on it
+    o = probing.step(np.tile([0, 2, 0], (2, 1)))
+    assert not o.probe.any()
 
 
 # --------------------------------------------------------------------------- breakdown

@@ -154,7 +154,10 @@ def test_pieslicer_with_the_last_measurement_decides_like_the_ceiling() -> None:
         pols[name].fit(fit_sim, seed=7)  # type: ignore[union-attr]
     res = _decisions(sim, pols, 150, seed=0)
     assert res["last"]["accuracy"] > res["ewma"]["accuracy"] + 0.01, res
-    assert res["last"]["regret_ms"] < 0.9 * res["ewma"]["regret_ms"], res
+    # the last measurement closes most of the EWMA fit's regret gap to the ceiling (the history
+    # holds only completed measurements: the newest is a response or more old, issue 14)
+    ceil = res["ceiling"]["regret_ms"]
+    assert res["last"]["regret_ms"] - ceil < 0.5 * (res["ewma"]["regret_ms"] - ceil), res
     assert abs(res["last"]["accuracy"] - res["ceiling"]["accuracy"]) < 0.015, res
     assert res["ceiling"]["regret_ms"] < res["ewma"]["regret_ms"], res
     with pytest.raises(ValueError, match="bandwidth must be one of"):
