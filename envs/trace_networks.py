@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 from modi.envs.links import checked_number
 from modi.envs.networks import F64, BlockContext, NetworkError
 from modi.envs.traces import (
+    MahimahiTrace,
     Trace,
     TraceError,
     TraceSpec,
@@ -86,8 +87,68 @@ def _group_transfer(
     return out
 
 
+MIN_SEGMENT_MS = 1000.0
+"""Shortest trace segment (ms) a ``network.segment`` may leave of any trace."""
+
+Segment = tuple[float, float]
+
+
+def _parse_segment(value: object) -> Segment | None:
+    """``network.segment`` as ``(a, b)`` with ``0 <= a < b <= 1``, or None."""
+    if value is None:
+        return None
+    try:
+        items = list(value)  # type: ignore[call-overload]
+    except TypeError:
+        items = []
+    if len(items) != 2:
+        raise NetworkError(
+            f"network.segment must be null or two fractions [a, b] of each trace's period "
+            f"with 0 <= a < b <= 1, got {value!r}"
+        )
+    a = checked_number(items[0], "network.segment[0]", positive=False)
+    b = checked_number(items[1], "network.segment[1]", positive=False)
+    if not 0.0 <= a < b <= 1.0:
+        raise NetworkError(
+            f"network.segment must be two fractions [a, b] of each trace's period with "
+            f"0 <= a < b <= 1, got {[a, b]}"
+        )
+    return a, b
+
+
+def _segment_traces(
+    traces: Sequence[Trace], segment: Segment, field: str
+) -> tuple[list[Trace], F64]:
+    """Each trace cut to the fractions ``segment`` of its period (a loop of its own), and the
+    trace time (ms) at which each cut starts."""
+    a, b = segment
+    out: list[Trace] = []
+    starts = np.zeros(len(traces))
+    for i, tr in enumerate(traces):
+        length = (b - a) * tr.period_ms
+        if length < MIN_SEGMENT_MS:
+            raise NetworkError(
+                f"network.segment {list(segment)} leaves {length:.1f} ms of {field} trace "
+                f"{tr.path} (period {tr.period_ms:.1f} ms); a segment must span at least "
+                f"{MIN_SEGMENT_MS:.0f} ms of every trace"
+            )
+        try:
+            out.append(tr.segment(a * tr.period_ms, b * tr.period_ms))
+        except TraceError as exc:
+            raise NetworkError(f"network.segment {list(segment)}: {field}: {exc}") from exc
+        # Mahimahi segments start at whole milliseconds
+        starts[i] = round(a * tr.period_ms) if isinstance(tr, MahimahiTrace) else a * tr.period_ms
+    return out, starts
+
+
 class _TraceNetwork:
-    """Shared machinery: per-client trace assignment, offsets and the vectorised sample."""
+    """Shared machinery: per-client trace assignment, offsets and the vectorised sample.
+
+    With ``segment=(a, b)`` every trace is replaced by the part of its period between the
+    fractions ``a`` and ``b``, looped on its own (the traces' ``segment`` method):
+    offsets are uniform within the segment and a transfer that runs past its end continues at
+    its start, so a split reads no trace data outside its range.
+    """
 
     def __init__(
         self,
@@ -99,6 +160,7 @@ class _TraceNetwork:
         download_delay_ms: float,
         random_offset: bool,
         uplink_scale: float = 1.0,
+        segment: Segment | Sequence[float] | None = None,
     ) -> None:
         self.name = name
         self.rtt_ms = checked_number(rtt_ms, "network.rtt_ms", positive=True)
@@ -107,8 +169,38 @@ class _TraceNetwork:
         )
         self.uplink_scale = checked_number(uplink_scale, "network.uplink_scale", positive=True)
         self.random_offset = bool(random_offset)
-        self.uplink_traces = list(uplink)
-        self.downlink_traces = list(downlink)
+        self.segment = _parse_segment(segment)
+        """``(a, b)``: the fractions of each trace's period in use; None: all of it."""
+        self.source_uplink_traces = list(uplink)
+        """The uplink traces as loaded (whole periods)."""
+        self.source_downlink_traces = list(downlink)
+        """The downlink traces as loaded (whole periods)."""
+        self.uplink_segment_start_ms = np.zeros(len(self.source_uplink_traces))
+        """Per uplink trace: the trace time (ms) at which its segment starts (0 without one)."""
+        self.downlink_segment_start_ms = np.zeros(len(self.source_downlink_traces))
+        """Per downlink trace: the trace time (ms) at which its segment starts."""
+        if self.segment is None:
+            self.uplink_traces = list(uplink)
+            self.downlink_traces = list(downlink)
+        else:
+            self.uplink_traces, self.uplink_segment_start_ms = _segment_traces(
+                uplink, self.segment, "uplink"
+            )
+            if len(uplink) == len(downlink) and all(
+                u is d for u, d in zip(uplink, downlink, strict=True)
+            ):  # one set of traces for both directions (ThroughputNetwork)
+                self.downlink_traces = list(self.uplink_traces)
+                self.downlink_segment_start_ms = self.uplink_segment_start_ms
+            else:
+                self.downlink_traces, self.downlink_segment_start_ms = _segment_traces(
+                    downlink, self.segment, "downlink"
+                )
+            log.info(
+                "%s: using the segment [%g, %g) of every trace's period",
+                name,
+                self.segment[0],
+                self.segment[1],
+            )
         self.paired = paired
         assert not paired or len(self.uplink_traces) == len(self.downlink_traces)
         self._up_period = np.array([t.period_ms for t in self.uplink_traces], dtype=np.float64)
@@ -122,7 +214,9 @@ class _TraceNetwork:
 
         The offset is uniform over the assigned trace's period (the longer one of a pair), or
         0 when ``random_offset`` is off. Sets :attr:`uplink_index`, :attr:`downlink_index` and
-        :attr:`offset_ms`, all shaped ``(num_envs, num_clients)``.
+        :attr:`offset_ms`, all shaped ``(num_envs, num_clients)``. With a :attr:`segment`,
+        periods and offsets are those of the segment (offset 0 = the segment's start; the
+        offset in the whole trace is :attr:`start_offset_ms`).
         """
         if num_envs < 1 or num_clients < 1:
             raise NetworkError(
@@ -139,6 +233,12 @@ class _TraceNetwork:
         # small integer ids sort fast (radix sort) when requests are grouped by trace
         self._up_key = up.astype(np.int16 if len(self.uplink_traces) < 2**15 else np.int64)
         self._down_key = down.astype(np.int16 if len(self.downlink_traces) < 2**15 else np.int64)
+
+    @property
+    def start_offset_ms(self) -> F64:
+        """Each (stream, client)'s start offset in its (uplink) trace as loaded, ms: within
+        ``[a * P, b * P)`` with a :attr:`segment` ``(a, b)``, ``P`` the trace's period."""
+        return np.asarray(self.uplink_segment_start_ms[self.uplink_index] + self.offset_ms)
 
     def sample(self, rng: np.random.Generator, ctx: BlockContext) -> tuple[F64, F64]:
         """``(T_input, T_output)`` in ms for a block, each shaped like ``ctx.client``."""
@@ -236,6 +336,9 @@ class MahimahiNetwork(_TraceNetwork):
         random_offset: start each client at a uniform random point of its trace (default);
             False starts every client at trace time 0, like ``mm-link``.
         name: label used in logs and results.
+        segment: ``[a, b]``, fractions ``0 <= a < b <= 1`` of each trace's period: only that
+            part of every trace is used, looped on its own (train/validation/test splits of
+            one long trace); None (default): whole traces. Config key ``network.segment``.
 
     With several files on each side, uplink and downlink files are paired by stem
     (``ATT-LTE-driving.up`` with ``ATT-LTE-driving.down``) and each client gets one pair (one
@@ -251,13 +354,16 @@ class MahimahiNetwork(_TraceNetwork):
         download_delay_ms: float = 0.0,
         random_offset: bool = True,
         name: str = "mahimahi",
+        segment: Segment | Sequence[float] | None = None,
     ) -> None:
         with _naming("network.uplink"):
             ups: list[Trace] = list(load_traces(_spec(uplink, "network.uplink"), "mahimahi"))
         with _naming("network.downlink"):
             downs: list[Trace] = list(load_traces(_spec(downlink, "network.downlink"), "mahimahi"))
         up, down, paired = _pair_by_stem(ups, downs)
-        super().__init__(name, up, down, paired, rtt_ms, download_delay_ms, random_offset)
+        super().__init__(
+            name, up, down, paired, rtt_ms, download_delay_ms, random_offset, segment=segment
+        )
         log.info(
             "%s: %d uplink / %d downlink Mahimahi traces (%s), rtt %.1f ms",
             name,
@@ -291,6 +397,9 @@ class ThroughputNetwork(_TraceNetwork):
             download, >= 0 (see :class:`MahimahiNetwork`).
         random_offset: start each client at a uniform random point of its trace (default).
         name: label used in logs and results.
+        segment: ``[a, b]``, fractions ``0 <= a < b <= 1`` of each trace's period: only that
+            part of every trace is used, looped on its own (train/validation/test splits of
+            one long trace); None (default): whole traces. Config key ``network.segment``.
     """
 
     def __init__(
@@ -301,6 +410,7 @@ class ThroughputNetwork(_TraceNetwork):
         download_delay_ms: float = 0.0,
         random_offset: bool = True,
         name: str = "throughput",
+        segment: Segment | Sequence[float] | None = None,
     ) -> None:
         with _naming("network.path"):
             traces = load_traces(_spec(path, "network.path"), "throughput")
@@ -315,6 +425,7 @@ class ThroughputNetwork(_TraceNetwork):
             download_delay_ms,
             random_offset,
             uplink_scale=uplink_scale,
+            segment=segment,
         )
         log.info(
             "%s: %d throughput traces, uplink at %.3g x, rtt %.1f ms",

@@ -271,6 +271,8 @@ class MahimahiTrace:
 
     path: Path
     opportunities_ms: I64
+    loop_ms: int | None = None
+    """Loop length (ms) when it is not the last timestamp (a :meth:`segment`); must be >= it."""
     period_ms: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -281,6 +283,16 @@ class MahimahiTrace:
         opp = opp.astype(np.int64)
         _check_mahimahi(path, opp, None)
         last = int(opp[-1])
+        if self.loop_ms is not None:
+            if int(self.loop_ms) != self.loop_ms or self.loop_ms < max(last, 1):
+                raise TraceError(
+                    f"{path}: loop_ms must be an integer >= the last timestamp ({last} ms) and "
+                    f">= 1, got {self.loop_ms!r}"
+                )
+            object.__setattr__(self, "path", path)
+            object.__setattr__(self, "opportunities_ms", _frozen(opp))
+            object.__setattr__(self, "period_ms", int(self.loop_ms))
+            return
         if last == 0:
             log.warning(
                 "%s: all %d timestamps are 0 (mm-link rejects this); looping it with a 1 ms "
@@ -345,6 +357,43 @@ class MahimahiTrace:
         q, r = np.divmod(last, n)
         done = q * period + opp[r]
         return np.maximum(done.astype(np.float64) - start, 0.0)
+
+    def cumulative_bytes(self, time_ms: ArrayLike) -> F64:
+        """Bytes the looped trace can deliver up to ``time_ms`` (inclusive), counted from the
+        start of loop 0 (any real time; negative times count back through earlier loops), so
+        ``cumulative_bytes(t1) - cumulative_bytes(t0)`` is the capacity of ``(t0, t1]``."""
+        t = np.asarray(time_ms, dtype=np.float64)
+        opp = self.opportunities_ms
+        period = self.period_ms
+        loop = np.floor(t / period)
+        phase = t - loop * period
+        count = loop * opp.size + np.searchsorted(opp, phase, side="right")
+        return np.asarray(count * float(MTU_BYTES), dtype=np.float64)
+
+    def segment(self, start_ms: float, end_ms: float) -> MahimahiTrace:
+        """The part of one loop between ``start_ms`` and ``end_ms`` as a trace of its own, which
+        loops over that part only (period ``end - start``).
+
+        Both ends are rounded to whole milliseconds (the trace's resolution). The segment holds
+        the opportunities at times in ``(start, end]`` of one loop (Mahimahi's convention: an
+        opportunity at the loop end is the loop's last; one at 0 counts as the previous loop's
+        end), so adjacent segments share none. Raises :class:`TraceError` for bounds outside
+        ``[0, period_ms]``, an empty range, or a range without any opportunity.
+        """
+        s0, s1 = round(float(start_ms)), round(float(end_ms))
+        if not 0 <= s0 < s1 <= self.period_ms:
+            raise TraceError(
+                f"{self.path}: segment [{start_ms}, {end_ms}) ms (rounded to [{s0}, {s1})) must "
+                f"lie within one loop [0, {self.period_ms}] ms and be non-empty"
+            )
+        opp = np.sort(np.where(self.opportunities_ms == 0, self.period_ms, self.opportunities_ms))
+        inside = opp[(opp > s0) & (opp <= s1)] - s0
+        if inside.size == 0:
+            raise TraceError(
+                f"{self.path}: segment [{s0}, {s1}) ms holds no delivery opportunity; "
+                "expected a range in which the trace delivers something"
+            )
+        return MahimahiTrace(self.path, inside, loop_ms=s1 - s0)
 
 
 # --------------------------------------------------------------------------- throughput
@@ -480,6 +529,61 @@ class ThroughputTrace:
         t_done = np.clip(bounds[j] + into, bounds[j], bounds[j + 1])
         out = m * period + (t_done - phase)
         return np.where(size > 0, np.maximum(out, 0.0), 0.0)
+
+    def cumulative_bytes(self, time_ms: ArrayLike) -> F64:
+        """Bytes delivered from the start of loop 0 until ``time_ms`` (any real time; negative
+        times count back through earlier loops), so ``cumulative_bytes(t1) -
+        cumulative_bytes(t0)`` is what the trace delivers between ``t0`` and ``t1``."""
+        t = np.asarray(time_ms, dtype=np.float64)
+        bounds, cum, rate = self._bounds_ms, self._cum_bytes, self._rate
+        period = bounds[-1]
+        loop = np.floor(t / period)
+        phase = np.clip(t - loop * period, 0.0, period)
+        seg = np.clip(np.searchsorted(bounds, phase, side="right") - 1, 0, rate.size - 1)
+        within = cum[seg] + rate[seg] * (phase - bounds[seg])
+        return np.asarray(loop * cum[-1] + within, dtype=np.float64)
+
+    def segment(self, start_ms: float, end_ms: float) -> ThroughputTrace:
+        """The part of one loop between ``start_ms`` and ``end_ms`` as a trace of its own: its
+        time 0 is ``start_ms`` and it loops over that part only (period ``end - start``).
+
+        Raises :class:`TraceError` for bounds outside ``[0, period_ms]``, an empty range, or a
+        range in which the throughput is zero throughout.
+        """
+        s0, s1 = float(start_ms), float(end_ms)
+        bounds = self._bounds_ms
+        if not (np.isfinite(s0) and np.isfinite(s1) and 0.0 <= s0 < s1 <= bounds[-1]):
+            raise TraceError(
+                f"{self.path}: segment [{start_ms}, {end_ms}) ms must lie within one loop "
+                f"[0, {bounds[-1]}] ms and be non-empty"
+            )
+        lo = np.clip(bounds[:-1], s0, s1)
+        hi = np.clip(bounds[1:], s0, s1)
+        keep = hi > lo
+        new_bounds = np.append(lo[keep], hi[keep][-1]) - s0
+        mbps = self.mbps[keep]
+        if not np.any(mbps * np.diff(new_bounds) > 0):
+            raise TraceError(
+                f"{self.path}: throughput is zero throughout the segment [{s0}, {s1}) ms; "
+                "expected a range in which the trace delivers something"
+            )
+        return ThroughputTrace._from_bounds(self.path, new_bounds, mbps)
+
+    @classmethod
+    def _from_bounds(cls, path: Path, bounds_ms: F64, mbps: F64) -> ThroughputTrace:
+        """A trace with the given sample boundaries (ms, from 0, one more than ``mbps``)."""
+        trace = object.__new__(cls)
+        rate = mbps * BYTES_PER_MS_PER_MBPS
+        cum = np.concatenate(([0.0], np.cumsum(rate * np.diff(bounds_ms))))
+        object.__setattr__(trace, "path", path)
+        object.__setattr__(trace, "times_s", _frozen(bounds_ms[:-1] / 1000.0))
+        object.__setattr__(trace, "mbps", _frozen(mbps))
+        object.__setattr__(trace, "step_s", float(bounds_ms[-1] - bounds_ms[-2]) / 1000.0)
+        object.__setattr__(trace, "period_s", float(bounds_ms[-1] / 1000.0))
+        object.__setattr__(trace, "_bounds_ms", _frozen(bounds_ms))
+        object.__setattr__(trace, "_cum_bytes", _frozen(cum))
+        object.__setattr__(trace, "_rate", _frozen(rate))
+        return trace
 
 
 # --------------------------------------------------------------------------- loading sets

@@ -371,3 +371,155 @@ def test_hsdpa_preset_uses_its_traces_mean_rates() -> None:
     client = rng.integers(0, 4, (50, 200))
     _, t_out = net.sample(rng, _ctx(client, np.cumsum(np.full((50, 200), 50.0), axis=0)))
     assert 50.0 < np.median(t_out) < 80.0
+
+
+# --------------------------------------------------------------------------- segments (splits)
+
+
+def _random_block(
+    rng: np.random.Generator, num_envs: int, num_clients: int, rows: int, gap_ms: float
+) -> tuple[np.ndarray, np.ndarray]:
+    client = rng.integers(0, num_clients, (rows, num_envs))
+    time_ms = np.cumsum(rng.exponential(gap_ms, (rows, num_envs)), axis=0)
+    return client, time_ms
+
+
+@pytest.fixture
+def two_halves(tmp_path: Path) -> Path:
+    # 10 s: 1 Mbit/s (125 B/ms) for the first 5 s, 100 Mbit/s (12,500 B/ms) for the last 5 s
+    return _write(tmp_path, "halves", "".join(f"{i} {1 if i < 5 else 100}\n" for i in range(10)))
+
+
+@pytest.mark.parametrize(("segment", "rate"), [((0.0, 0.5), 125.0), ((0.5, 1.0), 12_500.0)])
+def test_a_throughput_segment_never_reads_the_other_half(
+    two_halves: Path, segment: tuple[float, float], rate: float
+) -> None:
+    net = ThroughputNetwork(two_halves, rtt_ms=2.0, uplink_scale=1.0, segment=segment)
+    rng = np.random.default_rng(11)
+    net.reset(rng, num_envs=8, num_clients=5)
+    period = 10_000.0
+    starts = net.start_offset_ms
+    assert np.all((starts >= segment[0] * period) & (starts < segment[1] * period))
+    client, time_ms = _random_block(rng, 8, 5, 60, 400.0)
+    # payloads of up to 6 s at the slow rate: many transfers run past the segment's end
+    ctx = _ctx(client, time_ms)
+    ctx.payload_bytes[:] = rng.uniform(1_000.0, 750_000.0, client.shape)
+    t_in, t_out = net.sample(rng, ctx)
+    # one rate only: any trace time outside the segment would change these
+    np.testing.assert_allclose(t_in, 1.0 + ctx.payload_bytes / rate, rtol=1e-9)
+    np.testing.assert_allclose(t_out, 1.0 + 1_000.0 / rate, rtol=1e-9)
+
+
+def test_a_mahimahi_segment_never_reads_the_other_half(tmp_path: Path) -> None:
+    # first 5 s: a packet every ms; last 5 s: one every 10 ms (up and down alike)
+    opp = [*range(1, 5001), *range(5010, 10_001, 10)]
+    text = "".join(f"{t}\n" for t in opp)
+    up, down = _write(tmp_path, "h.up", text), _write(tmp_path, "h.down", text)
+    fast = MahimahiNetwork(up, down, rtt_ms=2.0, segment=(0.0, 0.5))
+    slow = MahimahiNetwork(up, down, rtt_ms=2.0, segment=[0.5, 1.0])
+    rng = np.random.default_rng(12)
+    client, time_ms = _random_block(rng, 6, 4, 80, 300.0)
+    packets = 220  # 330 KB
+    for net in (fast, slow):
+        net.reset(np.random.default_rng(13), num_envs=6, num_clients=4)
+    t_fast, _ = fast.sample(rng, _ctx(client, time_ms))
+    t_slow, _ = slow.sample(rng, _ctx(client, time_ms))
+    # fast half: 220 packets in at most 220 ms (+ RTT/2); slow half: at least 219 gaps of 10 ms
+    assert t_fast.max() <= 1.0 + packets
+    assert t_slow.min() >= 1.0 + 10.0 * (packets - 1)
+    assert np.all((fast.start_offset_ms >= 0) & (fast.start_offset_ms < 5000))
+    assert np.all((slow.start_offset_ms >= 5000) & (slow.start_offset_ms < 10_000))
+
+
+def test_a_transfer_past_the_segment_end_wraps_to_its_start(tmp_path: Path) -> None:
+    # 8, 16, 8, 32 Mbit/s for 1 s each = 1000, 2000, 1000, 4000 B/ms
+    path = _write(tmp_path, "steps", "0 8\n1 16\n2 8\n3 32\n")
+    net = ThroughputNetwork(
+        path, rtt_ms=10.0, uplink_scale=1.0, random_offset=False, segment=(0.25, 0.75)
+    )
+    rng = np.random.default_rng(0)
+    net.reset(rng, num_envs=1, num_clients=1)
+    np.testing.assert_array_equal(net.start_offset_ms, 1000.0)  # the segment [1000, 3000) ms
+    ctx = _ctx([[0], [0], [0]], [[1500.0], [3500.0], [0.0]], payload=1_000_000.0)
+    t_in, _ = net.sample(rng, ctx)
+    # t = 1500 is trace time 2500: 500 ms at 1000 B/ms = 500,000 B up to the segment's end,
+    # then from trace time 1000 at 2000 B/ms: 250 ms. Total 750 (the whole trace: 500 + 125).
+    # t = 3500 is one segment loop (2000 ms) later: the same. t = 0 (trace time 1000):
+    # 1000 ms at 2000 B/ms = 2,000,000 B >= 1,000,000 -> 500 ms.
+    np.testing.assert_allclose(t_in[:, 0], [5.0 + 750.0, 5.0 + 750.0, 5.0 + 500.0])
+
+
+def test_a_mahimahi_transfer_wraps_within_its_segment(tmp_path: Path) -> None:
+    # every ms in (1000, 3000]; every 10 ms elsewhere
+    opp = [*range(10, 1001, 10), *range(1001, 3001), *range(3010, 4001, 10)]
+    text = "".join(f"{t}\n" for t in opp)
+    up, down = _write(tmp_path, "w.up", text), _write(tmp_path, "w.down", text)
+    net = MahimahiNetwork(up, down, rtt_ms=2.0, random_offset=False, segment=(0.25, 0.75))
+    rng = np.random.default_rng(0)
+    net.reset(rng, num_envs=1, num_clients=1)
+    t_in, _ = net.sample(rng, _ctx([[0]], [[1990.5]], payload=30 * 1500.0))
+    # trace time 2990.5: opportunities 2991..3000 (10 packets), then the segment's start again,
+    # 1001..1020 (20 packets): done at segment time 2000 + 20 -> 29.5 ms
+    np.testing.assert_allclose(t_in[0, 0], 1.0 + 29.5)
+
+
+def test_the_whole_period_as_a_segment_changes_nothing(tmp_path: Path) -> None:
+    rng = np.random.default_rng(21)
+    for name in ("a", "b", "c"):
+        mbps = rng.lognormal(0.0, 1.0, 40) * (rng.random(40) > 0.1)
+        _write(tmp_path, name, "".join(f"{i} {m}\n" for i, m in enumerate(mbps)))
+    nets = [
+        ThroughputNetwork(tmp_path, rtt_ms=30.0, uplink_scale=0.3, segment=seg)
+        for seg in (None, (0.0, 1.0))
+    ]
+    client, time_ms = _random_block(rng, 5, 7, 200, 150.0)
+    outs = []
+    for net in nets:
+        net.reset(np.random.default_rng(3), num_envs=5, num_clients=7)
+        outs.append(net.sample(np.random.default_rng(4), _ctx(client, time_ms)))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize(
+    ("segment", "pattern"),
+    [
+        ((0.5, 0.5), r"network\.segment .*0 <= a < b <= 1"),
+        ((0.6, 0.2), r"network\.segment .*0 <= a < b <= 1"),
+        ((-0.1, 0.5), r"network\.segment\[0\] must be >= 0"),
+        ((0.2, 1.5), r"network\.segment .*0 <= a < b <= 1"),
+        ((0.2,), r"network\.segment must be null or two fractions"),
+        (0.5, r"network\.segment must be null or two fractions"),
+        (("a", 0.5), r"network\.segment\[0\] must be a number"),
+        ((0.0, 0.05), r"network\.segment .*leaves 500\.0 ms .*at least 1000 ms"),
+    ],
+)
+def test_bad_segments_name_the_setting(tmp_path: Path, segment: object, pattern: str) -> None:
+    path = _write(tmp_path, "ten_s", "".join(f"{i} 5\n" for i in range(10)))
+    with pytest.raises(NetworkError, match=pattern):
+        ThroughputNetwork(path, rtt_ms=10.0, segment=segment)  # type: ignore[arg-type]
+    up = _write(tmp_path, "t.up", "".join(f"{i}\n" for i in range(1, 10_001)))
+    with pytest.raises(NetworkError, match=pattern):
+        MahimahiNetwork(up, up, rtt_ms=10.0, segment=segment)  # type: ignore[arg-type]
+
+
+def test_a_segment_without_any_throughput_is_refused(tmp_path: Path) -> None:
+    path = _write(tmp_path, "gap", "".join(f"{i} {0 if i < 5 else 3}\n" for i in range(10)))
+    with pytest.raises(NetworkError, match=r"network\.segment .*gap.*zero throughout"):
+        ThroughputNetwork(path, rtt_ms=10.0, segment=(0.0, 0.5))
+    up = _write(tmp_path, "g.up", "".join(f"{t}\n" for t in range(6000, 10_001)))
+    with pytest.raises(NetworkError, match=r"network\.segment .*g\.up.*no delivery opportunity"):
+        MahimahiNetwork(up, up, rtt_ms=10.0, segment=(0.0, 0.5))
+
+
+@pytest.mark.skipif(not (DATA / "pensieve").is_dir(), reason="Norway HSDPA traces not found")
+def test_segment_from_the_command_line() -> None:
+    overrides = ["network=hsdpa_norway", "network.segment=[0.8,1.0]"]
+    with initialize_config_module(config_module="modi.conf", version_base="1.3"):
+        cfg = compose(config_name="compare", overrides=overrides)
+    net = instantiate(cfg.network, _convert_="all")
+    assert net.segment == (0.8, 1.0)
+    net.reset(np.random.default_rng(0), 50, 4)
+    period = np.array([t.period_ms for t in net.source_uplink_traces])[net.uplink_index]
+    assert np.all(net.start_offset_ms >= 0.8 * period - 1e-6)
+    assert np.all(net.start_offset_ms < period)
