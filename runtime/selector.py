@@ -147,13 +147,32 @@ class Decisions:
 
 
 class _Profiles(NamedTuple):
-    """The execution-time profiles one batch decision uses (see ``Selector._snapshot``)."""
+    """The execution-time profiles and accuracies one batch decision uses: the selector's own
+    (``(K,)`` arrays and their lists, see ``Selector._snapshot``) or one row per observation
+    (``(N, K)`` arrays, no lists: :meth:`Selector.select_features`)."""
 
     mu: NDArray[np.float64]
     sigma: NDArray[np.float64]
     musig: NDArray[np.float64]
-    mu_list: list[float]
-    sigma_list: list[float]
+    acc: NDArray[np.float64]
+    mu_list: list[float] | None
+    sigma_list: list[float] | None
+    acc_list: list[float] | None
+
+    @property
+    def per_row(self) -> bool:
+        """Whether every row has its own profiles."""
+        return self.mu.ndim == 2
+
+    def at(self, table: NDArray[np.float64], rows: NDArray[np.intp], cols: Any) -> Any:
+        """``table``'s entries for ``(rows, cols)`` (``table[cols]`` when shared by all rows)."""
+        return table[rows, cols] if table.ndim == 2 else table[cols]
+
+    def fastest(self, rows: NDArray[np.intp]) -> NDArray[np.intp]:
+        """The fastest model (lowest ``mu``) of each row."""
+        if self.per_row:
+            return np.asarray(np.argmin(self.mu[rows], axis=1), dtype=np.intp)
+        return np.full(rows.size, int(np.argmin(self.mu)), dtype=np.intp)
 
 
 @dataclass(frozen=True)
@@ -525,6 +544,13 @@ class Selector:
             self._refresh_profiles()
         return True
 
+    def reseed(self, seed: int | Sequence[int] | None) -> None:
+        """Restart the random stream of the ModiPick rule's stage three from ``seed`` (an
+        integer or a sequence of them, e.g. a stream key; an evaluation does this per run, so
+        a stream's fallbacks are reproducible)."""
+        with self._lock:
+            self._rng = np.random.default_rng(seed)
+
     def set_load(self, queue_len: float | None = None, slowdown: float | None = None) -> bool:
         """Set the server's queue length / observed slowdown used for requests that do not
         carry their own. Returns ``False`` (and logs) for an implausible value."""
@@ -687,13 +713,7 @@ class Selector:
         except Exception as e:
             log.exception("selector internal error (batch)")
             n = len(requests) if hasattr(requests, "__len__") else 0
-            reason = f"internal error: {type(e).__name__}: {e}"
-            with self._lock:
-                self._counts["internal_error"] += n
-                k = self._fastest
-            return Decisions(
-                np.full(n, k, dtype=np.intp), np.zeros(n, dtype=np.bool_), [reason] * n, self._ids
-            )
+            return self._batch_last_resort(n, e)
 
     def _select_batch(
         self, requests: RequestBatch | Sequence[Request | Mapping[str, Any]]
@@ -717,9 +737,8 @@ class Selector:
                     reasons[i] = f"invalid request: {e}"
         elif any(reasons):
             valid &= np.array([not r for r in reasons], dtype=np.bool_)
-        all_valid = bool(valid.all())
         clients = batch.client_id
-        if clients is not None and not all_valid:
+        if clients is not None and not bool(valid.all()):
             clients = [c if ok else None for c, ok in zip(clients, valid.tolist(), strict=True)]
         with self._lock:
             net_mean, net_std = self._clients.update(clients, up)
@@ -734,6 +753,78 @@ class Selector:
                 batch.sla_ms, el, up, pay / BYTES_PER_KB, net_mean, net_std, queue, slow,
                 prof.mu, prof.sigma, self._acc,
             )  # fmt: skip
+        return self._decide(req, mod, valid, reasons, prof, u, model, no_model_reason)
+
+    def select_features(self, obs: NDArray[np.floating]) -> Decisions:
+        """Decide for prebuilt observations ``(N, R + P*K)`` (float32, as
+        :func:`modi.runtime.features.encode` and the simulators build them; one row ``(D,)``
+        is a batch of one), with the decision core of :meth:`select_batch`: the graph, the
+        shield and the fallback rule, on the observations' own model blocks (``mu``, ``sigma``
+        and accuracy per row, not the selector's profiles). Client histories and profiles are
+        left untouched. A row with a non-finite value gets the fallback with the reason
+        ``"invalid observation: ..."``. This is how an evaluation runs the served selector on
+        a simulated stream (:class:`modi.agents.served.ServedPolicy`).
+
+        Raises :class:`ValueError` for observations that do not fit the served pool (a
+        length other than ``R + P*K`` for its ``K`` models); otherwise never raises.
+        """
+        x = np.asarray(obs, dtype=np.float32)
+        if x.ndim == 1:
+            x = x[None, :]
+        want = F.R + F.P * self._k
+        if x.ndim != 2 or x.shape[1] != want:
+            raise ValueError(
+                f"observations have shape {x.shape}, expected (N, {want}) for schema "
+                f"{F.SCHEMA_NAME} v{F.SCHEMA_VERSION} and the served pool's {self._k} models"
+            )
+        try:
+            return self._select_features(x)
+        except Exception as e:
+            log.exception("selector internal error (features)")
+            return self._batch_last_resort(x.shape[0], e)
+
+    def _select_features(self, x: NDArray[np.float32]) -> Decisions:
+        n = int(x.shape[0])
+        if n == 0:
+            return Decisions(np.zeros(0, np.intp), np.zeros(0, np.bool_), [], self._ids)
+        req = np.ascontiguousarray(x[:, : F.R])
+        mod = np.ascontiguousarray(x[:, F.R :]).reshape(n, self._k, F.P)
+        valid = np.asarray(np.isfinite(x).all(axis=1))
+        reasons = [""] * n
+        if not bool(valid.all()):
+            names = [f[0] for f in F.REQUEST_FEATURES] + [
+                f"model {k} {f[0]}" for k in range(self._k) for f in F.MODEL_FEATURES
+            ]
+            for i in np.flatnonzero(~valid).tolist():
+                col = int(np.flatnonzero(~np.isfinite(x[i]))[0])
+                reasons[i] = f"invalid observation: {names[col]} is {float(x[i, col])}"
+        mu = mod[:, :, F.MU].astype(np.float64)
+        sigma = mod[:, :, F.SIGMA].astype(np.float64)
+        prof = _Profiles(
+            mu, sigma, mu + sigma, mod[:, :, F.ACC].astype(np.float64), None, None, None
+        )
+        with self._lock:
+            u = self._rng.random(n)
+            model = self._model
+            no_model_reason = self._no_model_reason
+        return self._decide(req, mod, valid, reasons, prof, u, model, no_model_reason)
+
+    def _decide(
+        self,
+        req: NDArray[np.float32],
+        mod: NDArray[np.float32],
+        valid: NDArray[np.bool_],
+        reasons: list[str],
+        prof: _Profiles,
+        u: NDArray[np.float64],
+        model: _Loaded | None,
+        no_model_reason: str,
+    ) -> Decisions:
+        """The decision core of a batch once its features are built (``req`` ``(N, R)`` and
+        ``mod`` ``(N, K, P)``, C-contiguous float32; ``valid`` rows only are given to the
+        graph; ``reasons`` holds the invalid rows' reasons and receives the others')."""
+        n = req.shape[0]
+        all_valid = bool(valid.all())
         budget = req[:, F.BUDGET].astype(np.float64)
         counts = {"invalid": n - int(valid.sum())}
         if model is None:
@@ -745,6 +836,8 @@ class Selector:
             counts["no_model"] = int(valid.sum())
         else:
             if not all_valid:  # the graph never sees NaN, inf or absurd values
+                req = req.copy()
+                mod = mod.copy()
                 req[~valid] = 0.0
                 mod[~valid] = 0.0
             try:
@@ -769,7 +862,9 @@ class Selector:
             if self.shield:
                 # Learned choice breaks mu + sigma < T_U while some model would respect it.
                 musig = prof.musig
-                viol = ok & ~(musig[index] < budget) & (musig.min() < budget)
+                rows = np.arange(n)
+                lowest = musig.min(axis=-1)
+                viol = ok & ~(prof.at(musig, rows, index) < budget) & (lowest < budget)
                 if viol.any():
                     counts["shield"] = self._shield_rows(
                         np.flatnonzero(viol), index, learned, reasons, budget, u, prof
@@ -780,35 +875,73 @@ class Selector:
             rows_f = np.flatnonzero(fb)
             b = budget[rows_f]
             fin = np.isfinite(b)
-            pick = np.full(rows_f.size, int(np.argmin(prof.mu)), dtype=np.intp)
+            pick = prof.fastest(rows_f)
             if fin.any():
-                pick[fin] = self._modipick_rows(b[fin], u[rows_f][fin], prof)
+                pick[fin] = self._modipick_rows(rows_f[fin], budget, u, prof)
             index[rows_f] = pick
         with self._lock:
             for key, v in counts.items():
                 self._counts[key] += v
         return Decisions(index, learned, reasons, self._ids)
 
+    def _batch_last_resort(self, n: int, e: Exception) -> Decisions:
+        reason = f"internal error: {type(e).__name__}: {e}"
+        with self._lock:
+            self._counts["internal_error"] += n
+            k = self._fastest
+        return Decisions(
+            np.full(n, k, dtype=np.intp), np.zeros(n, dtype=np.bool_), [reason] * n, self._ids
+        )
+
     def _snapshot(self) -> _Profiles:
         """The current profiles (caller holds the lock); ``_refresh_profiles`` replaces these
         objects instead of modifying them, so the snapshot stays valid after the lock."""
         tr = self._tracker
         return _Profiles(
-            tr.mu[0].copy(), tr.sigma[0].copy(), self._musig, self._mu_list, self._sigma_list
+            tr.mu[0].copy(),
+            tr.sigma[0].copy(),
+            self._musig,
+            self._acc,
+            self._mu_list,
+            self._sigma_list,
+            self._acc_list,
         )
 
     def _modipick_rows(
-        self, budget: NDArray[np.float64], u: NDArray[np.float64], prof: _Profiles
+        self,
+        rows: NDArray[np.intp],
+        budget: NDArray[np.float64],
+        u: NDArray[np.float64],
+        prof: _Profiles,
     ) -> NDArray[np.intp]:
-        """ModiPick's choices for some rows: the scalar rule for a few (numpy's per-call cost
-        dominates there), the batched one for many; the same choices either way."""
-        if budget.size > _SCALAR_RULE_ROWS:
-            return modipick_select(budget, prof.mu, prof.sigma, self._acc, u, self.threshold_ms)
-        mu_l, sigma_l, acc, t = prof.mu_list, prof.sigma_list, self._acc_list, self.threshold_ms
+        """ModiPick's choices for ``rows`` (finite budgets): the scalar rule for a few (numpy's
+        per-call cost dominates there), the batched one for many; the same choices either
+        way."""
+        b = budget[rows]
+        x = u[rows]
+        t = self.threshold_ms
+        if prof.per_row:
+            mu, sigma, acc = prof.mu[rows], prof.sigma[rows], prof.acc[rows]
+            if rows.size > _SCALAR_RULE_ROWS:
+                return modipick_select(b, mu, sigma, acc, x, t)
+            return np.array(
+                [
+                    modipick_select_one(bi, m, s, a, xi, t)
+                    for bi, m, s, a, xi in zip(
+                        b.tolist(), mu.tolist(), sigma.tolist(), acc.tolist(), x.tolist(),
+                        strict=True,
+                    )
+                ],
+                dtype=np.intp,
+            )  # fmt: skip
+        if rows.size > _SCALAR_RULE_ROWS:
+            return modipick_select(b, prof.mu, prof.sigma, prof.acc, x, t)
+        mu_l, sigma_l, acc_l = prof.mu_list, prof.sigma_list, prof.acc_list
+        assert mu_l is not None and sigma_l is not None and acc_l is not None
         return np.array(
             [
-                modipick_select_one(b, mu_l, sigma_l, acc, x, t)
-                for b, x in zip(budget.tolist(), u.tolist(), strict=True)
+                modipick_select_one(bi, mu_l, sigma_l, acc_l, xi, t)
+                for bi, xi in zip(b.tolist(), x.tolist(), strict=True)
             ],
             dtype=np.intp,
         )
@@ -825,17 +958,20 @@ class Selector:
     ) -> int:
         """Replace the learned choices of ``rows`` (which break the hard limit) by ModiPick's
         where that respects it; returns how many were replaced."""
-        alt = self._modipick_rows(budget[rows], u[rows], prof)
+        alt = self._modipick_rows(rows, budget, u, prof)
         musig = prof.musig
-        take = musig[alt] < budget[rows]
+        b = budget[rows]
+        m_alt = prof.at(musig, rows, alt)
+        m_own = prof.at(musig, rows, index[rows])
+        take = m_alt < b
         ids = self._ids
-        for i, m, t in zip(rows.tolist(), alt.tolist(), take.tolist(), strict=True):
+        for j, (i, m, t) in enumerate(zip(rows.tolist(), alt.tolist(), take.tolist(), strict=True)):
             if t:
                 k = int(index[i])
                 reasons[i] = (
-                    f"shield: learned choice {ids[k]!r} has mu+sigma = {musig[k]:.2f} ms >= "
+                    f"shield: learned choice {ids[k]!r} has mu+sigma = {m_own[j]:.2f} ms >= "
                     f"T_U = {budget[i]:.2f} ms; ModiPick's choice {ids[m]!r} "
-                    f"({musig[m]:.2f} ms) respects the hard limit"
+                    f"({m_alt[j]:.2f} ms) respects the hard limit"
                 )
                 index[i] = m
                 learned[i] = False
