@@ -35,6 +35,7 @@ from numpy.typing import NDArray
 from modi.envs.links import checked_number
 from modi.envs.networks import F64, BlockContext, NetworkError
 from modi.envs.traces import (
+    BYTES_PER_MS_PER_MBPS,
     MahimahiTrace,
     Trace,
     TraceError,
@@ -141,6 +142,17 @@ def _segment_traces(
     return out, starts
 
 
+def _group_cumulative(traces: Sequence[Trace], ids: NDArray[np.integer], time_ms: F64) -> F64:
+    """``traces[ids[i]].cumulative_bytes(time_ms[i])`` for flat arrays, one call per trace."""
+    if len(traces) == 1:
+        return traces[0].cumulative_bytes(time_ms)
+    out = np.empty_like(time_ms)
+    for i in np.unique(ids).tolist():
+        sel = ids == i
+        out[sel] = traces[i].cumulative_bytes(time_ms[sel])
+    return out
+
+
 class _TraceNetwork:
     """Shared machinery: per-client trace assignment, offsets and the vectorised sample.
 
@@ -239,6 +251,67 @@ class _TraceNetwork:
         """Each (stream, client)'s start offset in its (uplink) trace as loaded, ms: within
         ``[a * P, b * P)`` with a :attr:`segment` ``(a, b)``, ``P`` the trace's period."""
         return np.asarray(self.uplink_segment_start_ms[self.uplink_index] + self.offset_ms)
+
+    def latent_state(
+        self,
+        env_index: NDArray[np.intp],
+        client: NDArray[np.intp],
+        time_ms: NDArray[np.float64],
+        window_ms: float = 1000.0,
+    ) -> dict[str, NDArray[np.float64]]:
+        """What a perfect estimator of the link's *present* condition knows, per request.
+
+        For requests of stream ``env_index`` from ``client`` at stream clock ``time_ms`` (e.g.
+        the decision time at the server), all broadcast to one shape, using each client's
+        trace, offset and segment exactly as :meth:`sample` does (call after :meth:`reset`):
+
+        - ``"rtt_ms"``: the round-trip time at ``time_ms``;
+        - ``"downlink_mbps"``: the throughput the downlink trace delivered over the last
+          ``window_ms`` of trace time before ``time_ms`` (Mbit/s);
+        - ``"uplink_mbps"``: likewise for the uplink (times ``uplink_scale``).
+
+        Only trace time up to ``time_ms`` is read: nothing of the trace ahead.
+        """
+        window = checked_number(window_ms, "window_ms", positive=True)
+        env, cl, t = np.broadcast_arrays(
+            np.asarray(env_index), np.asarray(client), np.asarray(time_ms, dtype=np.float64)
+        )
+        num_envs, num_clients = self.offset_ms.shape
+        if num_envs == 0:
+            raise NetworkError(f"{self.name}: call reset(rng, num_envs, num_clients) first")
+        if env.size and (env.min() < 0 or env.max() >= num_envs):
+            raise NetworkError(
+                f"{self.name}: env_index must be in [0, {num_envs}), got [{env.min()}, {env.max()}]"
+            )
+        if cl.size and (cl.min() < 0 or cl.max() >= num_clients):
+            raise NetworkError(
+                f"{self.name}: client ids must be in [0, {num_clients}), got "
+                f"[{cl.min()}, {cl.max()}]"
+            )
+        if not np.all(np.isfinite(t)) or np.any(t < 0):
+            raise NetworkError(f"{self.name}: time_ms must be finite and >= 0")
+        shape = t.shape
+        key = (env.astype(np.int64) * num_clients + cl).ravel()
+        now = self.offset_ms.ravel()[key] + t.ravel()
+        then = now - window
+        up_ids = self._up_key.ravel()[key]
+        down_ids = up_ids if self.paired else self._down_key.ravel()[key]
+        up_bytes = _group_cumulative(self.uplink_traces, up_ids, now) - _group_cumulative(
+            self.uplink_traces, up_ids, then
+        )
+        down_bytes = _group_cumulative(self.downlink_traces, down_ids, now) - _group_cumulative(
+            self.downlink_traces, down_ids, then
+        )
+        per_mbps = window * BYTES_PER_MS_PER_MBPS
+        return {
+            "rtt_ms": self._rtt_ms(key, t.ravel()).reshape(shape),
+            "downlink_mbps": (down_bytes / per_mbps).reshape(shape),
+            "uplink_mbps": (up_bytes / per_mbps * self.uplink_scale).reshape(shape),
+        }
+
+    def _rtt_ms(self, key: NDArray[np.int64], time_ms: F64) -> F64:
+        """The round-trip time (ms) of flat (stream, client) ``key`` at stream clock ``time_ms``."""
+        return np.full(time_ms.shape, self.rtt_ms)
 
     def sample(self, rng: np.random.Generator, ctx: BlockContext) -> tuple[F64, F64]:
         """``(T_input, T_output)`` in ms for a block, each shaped like ``ctx.client``."""

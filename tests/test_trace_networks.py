@@ -523,3 +523,100 @@ def test_segment_from_the_command_line() -> None:
     period = np.array([t.period_ms for t in net.source_uplink_traces])[net.uplink_index]
     assert np.all(net.start_offset_ms >= 0.8 * period - 1e-6)
     assert np.all(net.start_offset_ms < period)
+
+
+# --------------------------------------------------------------------------- latent state
+
+
+def test_latent_state_of_a_hand_made_throughput_trace(tmp_path: Path) -> None:
+    # 8 Mbit/s for 1 s, then 16 Mbit/s for 1 s; period 2 s
+    path = _write(tmp_path, "steps", "0 8\n1 16\n")
+    net = ThroughputNetwork(path, rtt_ms=20.0, uplink_scale=0.5, random_offset=False)
+    net.reset(np.random.default_rng(0), num_envs=2, num_clients=3)
+    state = net.latent_state(
+        np.array([0, 1, 1, 0]), np.array([2, 0, 1, 0]), np.array([1500.0, 1000.0, 100.0, 4500.0])
+    )
+    # [500, 1500]: half at 8, half at 16 -> 12. [0, 1000]: 8. [-900, 100] = [1100, 2000] of the
+    # previous loop at 16 (900 ms) + [0, 100] at 8 -> 15.2. 4500 = 500 + 2 loops -> [-500, 500]:
+    # 500 ms at 16 + 500 ms at 8 -> 12.
+    np.testing.assert_allclose(state["downlink_mbps"], [12.0, 8.0, 15.2, 12.0])
+    np.testing.assert_allclose(state["uplink_mbps"], [6.0, 4.0, 7.6, 6.0])
+    np.testing.assert_array_equal(state["rtt_ms"], 20.0)
+    short = net.latent_state(np.array([0]), np.array([0]), np.array([1500.0]), window_ms=400.0)
+    np.testing.assert_allclose(short["downlink_mbps"], [16.0])
+
+
+def test_latent_state_of_a_hand_made_mahimahi_trace(tmp_path: Path) -> None:
+    # uplink: 3 packets at every ms of (0, 1000], 1 packet every 10 ms of (1000, 2000]
+    up_opp = [t for t in range(1, 1001) for _ in range(3)] + list(range(1010, 2001, 10))
+    up = _write(tmp_path, "m.up", "".join(f"{t}\n" for t in up_opp))
+    down = _write(tmp_path, "m.down", "".join(f"{t}\n" for t in range(1, 2001)))  # 1 per ms
+    net = MahimahiNetwork(up, down, rtt_ms=40.0, random_offset=False)
+    net.reset(np.random.default_rng(0), num_envs=1, num_clients=1)
+    zero = np.zeros(2, dtype=np.intp)
+    state = net.latent_state(zero, zero, np.array([1000.0, 1500.0]), window_ms=500.0)
+    # (500, 1000]: 1500 packets; (1000, 1500]: 50 packets. x 1500 B x 8 bit / 500 ms
+    np.testing.assert_allclose(state["uplink_mbps"], [1500 * 12 / 500, 50 * 12 / 500])
+    np.testing.assert_allclose(state["downlink_mbps"], 500 * 12 / 500)
+    np.testing.assert_array_equal(state["rtt_ms"], 40.0)
+
+
+def test_latent_state_reads_no_trace_ahead_and_stays_in_the_segment(tmp_path: Path) -> None:
+    rates = np.arange(1, 21, dtype=float)  # 20 s, 1..20 Mbit/s
+    past = _write(tmp_path, "a", "".join(f"{i} {r}\n" for i, r in enumerate(rates)))
+    rates[12:] *= 50.0  # another future after 12 s
+    future = _write(tmp_path, "b", "".join(f"{i} {r}\n" for i, r in enumerate(rates)))
+    states = []
+    for path in (past, future):
+        net = ThroughputNetwork(path, rtt_ms=20.0, random_offset=False, segment=(0.25, 0.75))
+        net.reset(np.random.default_rng(0), num_envs=1, num_clients=1)
+        # segment [5 s, 15 s); stream time 6.5 s is trace time 11.5 s, 0.5 s is 5.5 s
+        states.append(net.latent_state(np.zeros(2, np.intp), np.zeros(2, np.intp), [6500.0, 500.0]))
+    # b differs only after trace time 12 s: the estimate at 11.5 s cannot see it
+    assert states[0]["downlink_mbps"][0] == states[1]["downlink_mbps"][0]
+    # [10.5, 11.5] s: 0.5 s at 11 and 0.5 s at 12 Mbit/s. [4.5, 5.5] s wraps to the segment's
+    # end: [14.5, 15] s at 15 (x 50 in b) and [5, 5.5] s at 6 -- not 5, the rate before it
+    assert states[0]["downlink_mbps"][0] == pytest.approx(11.5)
+    assert states[0]["downlink_mbps"][1] == pytest.approx(0.5 * 15 + 0.5 * 6)
+    assert states[1]["downlink_mbps"][1] == pytest.approx(0.5 * 750 + 0.5 * 6)
+
+
+def test_latent_state_uses_each_clients_trace_and_offset(two_pairs: Path) -> None:
+    net = MahimahiNetwork(two_pairs / "*.up", two_pairs / "*.down", rtt_ms=2.0)
+    rng = np.random.default_rng(9)
+    net.reset(rng, num_envs=5, num_clients=4)
+    env = rng.integers(0, 5, 200)
+    client = rng.integers(0, 4, 200)
+    t = rng.uniform(0.0, 5000.0, 200)
+    state = net.latent_state(env, client, t, window_ms=250.0)
+    idx = net.uplink_index[env, client]
+    now = net.offset_ms[env, client] + t
+    for i, (up, down) in enumerate(zip(net.uplink_traces, net.downlink_traces, strict=True)):
+        sel = idx == i
+        for tr, key in ((up, "uplink_mbps"), (down, "downlink_mbps")):
+            delivered = tr.cumulative_bytes(now[sel]) - tr.cumulative_bytes(now[sel] - 250.0)
+            np.testing.assert_allclose(state[key][sel], delivered / 250.0 / 125.0)
+    # fast pair: ~1 packet per ms = 12 Mbit/s; slow pair: 1 per 10 ms = 1.2 Mbit/s
+    fast = [t.path.stem for t in net.uplink_traces].index("fast")
+    assert (
+        state["uplink_mbps"][idx == fast].min()
+        > 10.0
+        > 2.0
+        > state["uplink_mbps"][idx != fast].max()
+    )
+
+
+def test_latent_state_bad_input(small_mahimahi: tuple[Path, Path]) -> None:
+    net = MahimahiNetwork(*small_mahimahi, rtt_ms=1.0)
+    one = np.zeros(1, dtype=np.intp)
+    with pytest.raises(NetworkError, match="reset"):
+        net.latent_state(one, one, np.zeros(1))
+    net.reset(np.random.default_rng(0), 2, 3)
+    with pytest.raises(NetworkError, match=r"env_index must be in \[0, 2\)"):
+        net.latent_state(one + 2, one, np.zeros(1))
+    with pytest.raises(NetworkError, match=r"client ids must be in \[0, 3\)"):
+        net.latent_state(one, one + 3, np.zeros(1))
+    with pytest.raises(NetworkError, match="window_ms must be > 0"):
+        net.latent_state(one, one, np.zeros(1), window_ms=0.0)
+    with pytest.raises(NetworkError, match="time_ms must be finite"):
+        net.latent_state(one, one, np.array([np.nan]))

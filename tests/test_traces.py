@@ -602,3 +602,91 @@ def test_real_pensieve_norway_and_fcc() -> None:
     weighted = np.mean([t.mean_throughput_mbps for t in test_set])
     unweighted = np.mean([t.sample_mean_mbps for t in test_set])
     assert weighted < 0.95 * unweighted, (weighted, unweighted)
+
+
+# --------------------------------------------------------------------------- segments, capacity
+
+
+def _looped_opportunities(opp: list[int], period: int, t0: float, t1: float) -> int:
+    """Slow reference: opportunities of the looped trace at times in (t0, t1]."""
+    count = 0
+    for loop in range(math.floor(t0 / period) - 1, math.floor(t1 / period) + 2):
+        count += sum(1 for o in opp if t0 < loop * period + o <= t1)
+    return count
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    opp=_opps,
+    t0_8=st.integers(-1600, 2400),
+    length_8=st.integers(0, 1200),
+)
+def test_mahimahi_cumulative_bytes_counts_opportunities(
+    opp: list[int], t0_8: int, length_8: int
+) -> None:
+    t0, length = t0_8 / 8, length_8 / 8  # eighths of a ms: exact in float64
+    trace = MahimahiTrace(Path("random.down"), np.array(opp, dtype=np.int64))
+    got = trace.cumulative_bytes(t0 + length) - trace.cumulative_bytes(t0)
+    assert got == 1500 * _looped_opportunities(opp, trace.period_ms, t0, t0 + length)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+@given(
+    trace_data=_throughput_traces(),
+    start_frac=st.floats(0, 3),
+    size_frac=st.floats(0.001, 2.5),
+)
+def test_throughput_cumulative_bytes_inverts_transfer_time(
+    trace_data: tuple[list[float], list[float]], start_frac: float, size_frac: float
+) -> None:
+    times, mbps = trace_data
+    try:
+        trace = ThroughputTrace(Path("random.tp"), np.array(times), np.array(mbps))
+    except TraceError:
+        assume(False)
+        return
+    per_loop = trace.mean_throughput_mbps * 125.0 * trace.period_ms
+    start, size = start_frac * trace.period_ms, size_frac * per_loop
+    done = start + float(trace.transfer_time_ms(start, size))
+    delivered = trace.cumulative_bytes(done) - trace.cumulative_bytes(start)
+    assert delivered == pytest.approx(size, rel=1e-6, abs=1e-6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    opp=st.lists(st.integers(0, 60), min_size=2, max_size=30).map(sorted),
+    cut=st.tuples(st.floats(0, 1), st.floats(0, 1)),
+    start=st.floats(0, 400, allow_nan=False),
+    size=st.integers(0, 40_000),
+)
+def test_mahimahi_segment_is_the_range_looped_on_its_own(
+    opp: list[int], cut: tuple[float, float], start: float, size: int
+) -> None:
+    trace = MahimahiTrace(Path("random.down"), np.array(opp, dtype=np.int64))
+    period = trace.period_ms
+    s0, s1 = sorted(round(c * period) for c in cut)
+    inside = sorted(o - s0 for o in (period if o == 0 else o for o in opp) if s0 < o <= s1)
+    assume(s0 < s1 and inside)
+    seg = trace.segment(s0, s1)
+    assert seg.period_ms == s1 - s0
+    # reference: the opportunities of the range, looped with the range's length
+    packets = max(1, math.ceil(size / 1500))
+    times = (loop * (s1 - s0) + o for loop in range(10**6) for o in inside)
+    usable = (t for t in times if t >= start)
+    for _ in range(packets - 1):
+        next(usable)
+    assert float(seg.transfer_time_ms(start, size)) == next(usable) - start
+
+
+def test_throughput_segment_hand_computed(tmp_path: Path) -> None:
+    # 8, 16, 8, 32 Mbit/s (1000, 2000, 1000, 4000 B/ms) for 1 s each
+    trace = ThroughputTrace.load(_write(tmp_path, "steps", "0 8\n1 16\n2 8\n3 32\n"))
+    seg = trace.segment(1500.0, 3250.0)  # 500 ms at 2000, 1000 ms at 1000, 250 ms at 4000
+    assert seg.period_ms == 1750.0 and seg.path == trace.path
+    assert seg.mean_throughput_mbps == pytest.approx((500 * 16 + 1000 * 8 + 250 * 32) / 1750)
+    # from 1500 (= trace time 3000): 250 ms at 4000 = 1e6 B, then the segment's start: 2000 B/ms
+    np.testing.assert_allclose(seg.transfer_time_ms(1500.0, 2_000_000.0), 250.0 + 500.0)
+    np.testing.assert_allclose(seg.cumulative_bytes(1750.0), 1_000_000 + 1_000_000 + 1_000_000)
+    for bad in ((-1.0, 100.0), (100.0, 100.0), (0.0, 4000.5), (float("nan"), 10.0)):
+        with pytest.raises(TraceError, match=r"steps: segment .* within one loop"):
+            trace.segment(*bad)
