@@ -113,12 +113,23 @@ class ModelPool:
         Entries take ``id``/``name``, ``top1_accuracy`` (percent unless ``accuracy_unit`` is
         ``fraction``) or ``accuracy`` (fraction), ``mean_ms``, ``std_ms``, optional ``location``
         and ``samples_ms``.
+
+        A ``path`` replaces inline ``models`` (so ``pool.path=FILE`` works on a preset with
+        inline models, e.g. the default ``modipick_table2``); the pool is then named after the
+        file (its stem).
         """
         source = "inline config"
         if path is not None:
             entries, source = _read_pool_file(Path(path))
             if models:
-                raise PoolError(f"pool {name!r}: give either 'models' or 'path', not both")
+                log.info(
+                    "pool %s: path %s replaces the %d inline models; the pool is named %r",
+                    name,
+                    path,
+                    len(models),
+                    Path(path).stem,
+                )
+                name = Path(path).stem
         elif models is not None:
             entries = list(models)
         else:

@@ -353,6 +353,36 @@ class _TraceNetwork:
         )
 
 
+_DIRECTION_SUFFIX = {"network.uplink": ".up", "network.downlink": ".down"}
+
+
+def _keep_direction(traces: list[Trace], field: str) -> list[Trace]:
+    """From a set holding both ``.up`` and ``.down`` files (a folder of Mahimahi pairs given
+    for both directions), the files of ``field``'s direction; a file with neither suffix in
+    such a set is refused, since its direction cannot be told."""
+    suffixes = {t.path.suffix for t in traces}
+    if not {".up", ".down"} <= suffixes:
+        return traces
+    other = [str(t.path) for t in traces if t.path.suffix not in (".up", ".down")]
+    if other:
+        folder = traces[0].path.parent
+        raise NetworkError(
+            f"{field}: the files hold both .up and .down traces, and {len(other)} with neither "
+            f"suffix ({', '.join(other)}), so the direction of each is unclear; name them with "
+            f"globs, e.g. network.uplink='{folder}/*.up' network.downlink='{folder}/*.down'"
+        )
+    want = _DIRECTION_SUFFIX[field]
+    kept = [t for t in traces if t.path.suffix == want]
+    log.info(
+        "%s: %d files hold both .up and .down traces; using the %d '*%s' ones",
+        field,
+        len(traces),
+        len(kept),
+        want,
+    )
+    return kept
+
+
 def _pair_by_stem(up: list[Trace], down: list[Trace]) -> tuple[list[Trace], list[Trace], bool]:
     """Pair uplink and downlink traces by file stem (``X.up`` with ``X.down``) where possible.
 
@@ -416,7 +446,10 @@ class MahimahiNetwork(_TraceNetwork):
     With several files on each side, uplink and downlink files are paired by stem
     (``ATT-LTE-driving.up`` with ``ATT-LTE-driving.down``) and each client gets one pair (one
     offset, used in both directions, so a pair recorded together stays aligned); with no stem in
-    common each client draws its uplink and downlink independently.
+    common each client draws its uplink and downlink independently. One folder of ``.up`` and
+    ``.down`` files for both (``network.uplink=DIR network.downlink=DIR``) pairs ``X.up`` with
+    ``X.down``; if it also holds files with neither suffix it is refused (use the globs
+    ``DIR/*.up`` and ``DIR/*.down``).
     """
 
     def __init__(
@@ -433,6 +466,8 @@ class MahimahiNetwork(_TraceNetwork):
             ups: list[Trace] = list(load_traces(_spec(uplink, "network.uplink"), "mahimahi"))
         with _naming("network.downlink"):
             downs: list[Trace] = list(load_traces(_spec(downlink, "network.downlink"), "mahimahi"))
+        ups = _keep_direction(ups, "network.uplink")
+        downs = _keep_direction(downs, "network.downlink")
         up, down, paired = _pair_by_stem(ups, downs)
         super().__init__(
             name, up, down, paired, rtt_ms, download_delay_ms, random_offset, segment=segment

@@ -620,3 +620,49 @@ def test_latent_state_bad_input(small_mahimahi: tuple[Path, Path]) -> None:
         net.latent_state(one, one, np.zeros(1), window_ms=0.0)
     with pytest.raises(NetworkError, match="time_ms must be finite"):
         net.latent_state(one, one, np.array([np.nan]))
+
+
+# --------------------------------------------------------------------------- input traps
+
+
+def test_one_folder_for_both_directions_pairs_up_with_down(
+    two_pairs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        net = MahimahiNetwork(two_pairs, str(two_pairs), rtt_ms=2.0)
+    assert net.paired
+    assert sorted(t.path.name for t in net.uplink_traces) == ["fast.up", "slow.up"]
+    assert [t.path.stem for t in net.uplink_traces] == [t.path.stem for t in net.downlink_traces]
+    assert all(t.path.suffix == ".down" for t in net.downlink_traces)
+    assert "no uplink/downlink partner" not in caplog.text
+
+
+def test_a_folder_with_files_of_unclear_direction_is_refused(two_pairs: Path) -> None:
+    _write(two_pairs, "notes.txt", "1\n2\n")
+    with pytest.raises(NetworkError, match=r"network\.uplink: .*notes\.txt.*\*\.up.*\*\.down"):
+        MahimahiNetwork(two_pairs, two_pairs, rtt_ms=2.0)
+    # the globs work
+    net = MahimahiNetwork(two_pairs / "*.up", two_pairs / "*.down", rtt_ms=2.0)
+    assert net.paired and len(net.uplink_traces) == 2
+
+
+@pytest.mark.skipif(not MAHIMAHI.is_dir(), reason=f"Mahimahi traces not found at {MAHIMAHI}")
+def test_the_real_mahimahi_folder_for_both_directions(caplog: pytest.LogCaptureFixture) -> None:
+    overrides = ["network=mahimahi", f"network.uplink={MAHIMAHI}", f"network.downlink={MAHIMAHI}"]
+    with initialize_config_module(config_module="modi.conf", version_base="1.3"):
+        cfg = compose(config_name="compare", overrides=overrides)
+    with caplog.at_level(logging.WARNING):
+        net = instantiate(cfg.network, _convert_="all")
+    names = [
+        (u.path.name, d.path.name)
+        for u, d in zip(net.uplink_traces, net.downlink_traces, strict=True)
+    ]
+    assert sorted(names) == [
+        ("ATT-LTE-driving-2016.up", "ATT-LTE-driving-2016.down"),
+        ("ATT-LTE-driving.up", "ATT-LTE-driving.down"),
+        ("TMobile-LTE-short.up", "TMobile-LTE-short.down"),
+        ("TMobile-UMTS-driving.up", "TMobile-UMTS-driving.down"),
+    ]
+    # the one file without a partner is named once
+    assert caplog.text.count("TMobile-LTE-driving.down") == 1
+    assert ".up" not in caplog.text
