@@ -305,6 +305,12 @@ class _Parser:
     def record(self, x: Any) -> DecisionRecord:
         if not isinstance(x, dict):
             raise self.err("", f"expected a JSON object (a decision record), got {_kind(x)}")
+        if "v" not in x and "propensity" in x:
+            raise self.err(
+                "probabilities",
+                "missing: a log of an older modi-serve (a single 'propensity', no 'v'); it lacks "
+                "the logging policy's full probability vector that off-policy evaluation needs",
+            )
         if "v" not in x:
             known = [k for k in _RECORD_FIELDS if k in x]
             why = (
@@ -575,3 +581,61 @@ def read_decision_log(path: str | Path) -> DecisionLog:
         lines.append(line)
     log.debug("read %d decision records from %s", len(records), path)
     return decision_log_from_records(records, str(path), lines)
+
+
+def decision_log_from_arrays(
+    features: NDArray[np.floating],
+    actions: NDArray[np.integer],
+    probabilities: NDArray[np.floating],
+    met: NDArray[np.floating] | NDArray[np.bool_],
+    accuracy: NDArray[np.floating],
+    pool: Sequence[str],
+    *,
+    schema: str = ObsLayout.schema,
+    correct: NDArray[np.floating] | None = None,
+    latency_ms: NDArray[np.floating] | None = None,
+    selector: SelectorInfo | None = None,
+    path: str = "",
+) -> DecisionLog:
+    """A :class:`DecisionLog` straight from arrays (a simulated log; no JSON in between), with
+    the reader's checks on shapes and probabilities (rows sum to 1, the taken action > 0)."""
+    x = np.asarray(features, dtype=np.float64)
+    a = np.asarray(actions, dtype=np.intp).reshape(-1)
+    p = np.asarray(probabilities, dtype=np.float64)
+    n, k = a.size, len(pool)
+    layout = LAYOUTS.get(schema)
+    if layout is None:
+        raise DecisionLogError(f"unknown feature schema {schema!r}", field="schema")
+    if x.shape != (n, layout(k).dim):
+        raise DecisionLogError(f"shape {x.shape}, expected ({n}, {layout(k).dim})",
+                               field="features")  # fmt: skip
+    if p.shape != (n, k):
+        raise DecisionLogError(f"shape {p.shape}, expected ({n}, {k})", field="probabilities")
+    if n and (a.min() < 0 or a.max() >= k):
+        raise DecisionLogError(f"actions outside [0, {k})", field="action")
+    bad = np.flatnonzero(np.abs(p.sum(axis=1) - 1.0) > PROBABILITY_SUM_TOL)
+    if bad.size:
+        raise DecisionLogError("do not sum to 1", line=int(bad[0]) + 1, field="probabilities")
+    zero = np.flatnonzero(p[np.arange(n), a] <= 0)
+    if zero.size:
+        raise DecisionLogError("the taken action has probability 0", line=int(zero[0]) + 1,
+                               field="probabilities")  # fmt: skip
+    m = np.asarray(met, dtype=np.float64).reshape(-1)
+    acc = np.asarray(accuracy, dtype=np.float64).reshape(-1)
+    cor = np.full(n, np.nan) if correct is None else np.asarray(correct, np.float64).reshape(-1)
+    with np.errstate(invalid="ignore"):
+        rewards = np.where(np.isnan(cor), np.where(m > 0, acc, 0.0), cor * m)
+    rewards = np.where(np.isnan(m), np.nan, rewards)
+    sel = selector or SelectorInfo("simulated", "simulated", Exploration("rule"))
+    ids = tuple(str(i) for i in pool)
+    return DecisionLog(
+        path=path, schema=schema, pool=ids, pool_hash=pool_hash(ids), features=x, actions=a,
+        probabilities=p, rewards=rewards, met=m, accuracy=acc, correct=cor,
+        latency_ms=(np.full(n, np.nan) if latency_ms is None
+                    else np.asarray(latency_ms, np.float64).reshape(-1)),
+        ts=np.zeros(n), line_numbers=np.arange(1, n + 1, dtype=np.intp),
+        request_ids=tuple(str(i) for i in range(n)), fallback=np.zeros(n, dtype=bool),
+        reasons=("",) * n, selectors=(sel,), selector_index=np.zeros(n, dtype=np.intp),
+        shadow_selectors=(), shadow_selector_index=np.full(n, -1, dtype=np.intp),
+        shadow_actions=np.full(n, -1, dtype=np.intp), shadow_probabilities=np.full((n, k), np.nan),
+    )  # fmt: skip
