@@ -7,7 +7,15 @@
 * ``related_random`` / ``related_accurate`` — §4.4 ablations: uniform / most accurate over M_E.
 * ``pure_random`` — uniform over the whole pool (§4.4).
 * ``mdinference`` — most accurate model with μ + γσ < T_budget, the fastest when none fits.
+* ``calibrated_greedy`` — what a careful engineer writes by hand: the most accurate model with
+  μ + z·σ + d̂ + expected queue wait ≤ SLA − elapsed, ``d̂`` a download estimate (a quantile of
+  the download fitted on validation; :mod:`modi.experiments.tuning`), ``z`` tuned.
+* ``model_switching`` — Model-Switching (Zhang et al., HotCloud'20): smaller models as the queue
+  grows: the most accurate model whose run, behind the queued requests run by the same model,
+  fits what is left of the SLA.
 * ``oracle`` — clairvoyant: the most accurate model whose *realised* latency meets the SLA.
+* ``informed_ceiling`` — knows the latent link/server state, not the noise still to come
+  (:mod:`modi.agents.references`).
 
 "No model fits" always falls back to the model with the lowest profiled μ (best effort).
 """
@@ -19,8 +27,18 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from modi.agents.protocol import Actions, ClairvoyantPolicy, Obs, Policy
-from modi.runtime.features import ACC, BUDGET, MU, SIGMA, SLA, ObsLayout
+from modi.agents.protocol import Actions, Obs
+from modi.runtime.features import (
+    ACC,
+    BUDGET,
+    MU,
+    QUEUE,
+    REMAINING,
+    SIGMA,
+    SLA,
+    SLOWDOWN,
+    ObsLayout,
+)
 from modi.runtime.modipick import modipick_select
 
 
@@ -132,6 +150,83 @@ class ModiPick(_Base):
         )
 
 
+def _checked(value: float, field: str, minimum: float = 0.0) -> float:
+    x = float(value)
+    if not np.isfinite(x) or x < minimum:
+        raise ValueError(f"{field} must be a finite number >= {minimum}, got {value!r}")
+    return x
+
+
+class CalibratedGreedy(_Base):
+    """The most accurate model with ``(μ + z·σ)·slowdown + d̂ + wait ≤ SLA − elapsed``.
+
+    ``download_ms`` (``d̂``) is a download estimate the server can hold (a quantile of the
+    download fitted on validation); ``wait`` is the expected queue wait,
+    ``queue_len · wait_ms_per_request`` (by default the pool's mean profiled μ per queued
+    request, divided by ``workers``). The fastest model when none fits.
+    """
+
+    name = "calibrated_greedy"
+
+    def __init__(
+        self,
+        z: float = 1.0,
+        download_ms: float = 0.0,
+        wait_ms_per_request: float | None = None,
+        workers: int = 1,
+    ) -> None:
+        super().__init__()
+        self.z = _checked(z, "calibrated_greedy.z")
+        self.download_ms = _checked(download_ms, "calibrated_greedy.download_ms")
+        self.wait_ms_per_request = (
+            None
+            if wait_ms_per_request is None
+            else _checked(wait_ms_per_request, "calibrated_greedy.wait_ms_per_request")
+        )
+        self.workers = int(_checked(workers, "calibrated_greedy.workers", 1.0))
+
+    def _wait(self, req: NDArray[Any], mu: NDArray[Any]) -> NDArray[Any]:
+        per = (
+            mu.mean(axis=1, keepdims=True) / self.workers
+            if self.wait_ms_per_request is None
+            else self.wait_ms_per_request
+        )
+        return req[:, QUEUE : QUEUE + 1] * per
+
+    def select(self, obs: Obs) -> Actions:
+        """Choose per row within what is left of the SLA."""
+        req, models = self._split(obs)
+        mu = models[:, :, MU].astype(np.float64)
+        slow = req[:, SLOWDOWN : SLOWDOWN + 1].astype(np.float64)
+        need = (mu + self.z * models[:, :, SIGMA]) * slow + self.download_ms + self._wait(req, mu)
+        ok = need <= req[:, REMAINING : REMAINING + 1]
+        return _most_accurate(ok, models[:, :, ACC], mu)
+
+    def __repr__(self) -> str:
+        return f"CalibratedGreedy(z={self.z}, download_ms={self.download_ms:.3g})"
+
+
+class ModelSwitching(CalibratedGreedy):
+    """Model-Switching (Zhang et al., HotCloud'20): under load, smaller models.
+
+    The most accurate model ``m`` whose run behind the ``q`` queued requests, all served by
+    ``m`` too, fits: ``((q / workers + 1)·μ_m + z·σ_m)·slowdown + d̂ ≤ SLA − elapsed``. Without
+    a queue it is :class:`CalibratedGreedy`.
+    """
+
+    name = "model_switching"
+
+    def select(self, obs: Obs) -> Actions:
+        """Choose per row, scaling each model's time by the queue ahead."""
+        req, models = self._split(obs)
+        mu = models[:, :, MU].astype(np.float64)
+        slow = req[:, SLOWDOWN : SLOWDOWN + 1].astype(np.float64)
+        ahead = req[:, QUEUE : QUEUE + 1] / self.workers
+        need = ((ahead + 1.0) * mu + self.z * models[:, :, SIGMA]) * slow + self.download_ms
+        ok = need <= req[:, REMAINING : REMAINING + 1]
+        return _most_accurate(ok, models[:, :, ACC], mu)
+
+
 class PureRandom(_Base):
     """Uniform over the whole pool (ModiPick §4.4)."""
 
@@ -176,14 +271,17 @@ POLICY_NAMES: tuple[str, ...] = (
     "pure_random",
     "related_random",
     "related_accurate",
+    "calibrated_greedy",
+    "model_switching",
     "oracle",
+    "informed_ceiling",
 )
 
 
 def make_policy(
     name: str, profile_mu_ms: NDArray[np.float64] | None = None, **kwargs: Any
-) -> Policy | ClairvoyantPolicy:
-    """Build a baseline by name; ``kwargs`` go to its constructor (e.g. ``threshold_ms``)."""
+) -> Any:
+    """Build a baseline or reference by name; ``kwargs`` go to its constructor."""
     if name == "static_greedy":
         return StaticGreedy(profile_mu_ms, **kwargs)
     if name == "dynamic_greedy":
@@ -194,6 +292,14 @@ def make_policy(
         return MDInference(**kwargs)
     if name == "pure_random":
         return PureRandom(**kwargs)
+    if name == "calibrated_greedy":
+        return CalibratedGreedy(**kwargs)
+    if name == "model_switching":
+        return ModelSwitching(**kwargs)
     if name == "oracle":
         return Oracle(**kwargs)
+    if name == "informed_ceiling":
+        from modi.agents.references import InformedCeiling
+
+        return InformedCeiling(**kwargs)
     raise ValueError(f"unknown policy {name!r}; expected one of {list(POLICY_NAMES)}")

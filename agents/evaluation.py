@@ -6,12 +6,14 @@ same request stream (common random numbers).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from modi.agents.protocol import ClairvoyantPolicy, OnlinePolicy, Policy
+from modi.agents.protocol import ClairvoyantPolicy, InformedPolicy, OnlinePolicy, Policy
 from modi.envs.simulator import ModelSelectionSim
 
 
@@ -44,6 +46,29 @@ class Rollout:
             self.reward[:, cols],
         )
 
+    @classmethod
+    def concat(cls, parts: Sequence[Rollout]) -> Rollout:
+        """Several rollouts of one policy side by side (streams concatenated; same length)."""
+        if not parts:
+            raise ValueError("Rollout.concat needs at least one rollout")
+        if len(parts) == 1:
+            return parts[0]
+
+        def cat(attr: str) -> NDArray[Any]:
+            return np.concatenate([getattr(p, attr) for p in parts], axis=1)
+
+        return cls(
+            parts[0].policy,
+            cat("model"),
+            cat("sla_ms"),
+            cat("t_input_ms"),
+            cat("exec_ms"),
+            cat("e2e_ms"),
+            cat("met"),
+            cat("accuracy"),
+            cat("reward"),
+        )
+
     def summary(self) -> dict[str, float]:
         """Attainment, accuracies (fractions) and latency statistics over all requests."""
         e2e = self.e2e_ms.reshape(-1)
@@ -63,17 +88,22 @@ class Rollout:
 
 
 def rollout(
-    policy: Policy | ClairvoyantPolicy,
+    policy: Policy | ClairvoyantPolicy | InformedPolicy,
     sim: ModelSelectionSim,
     steps: int,
-    seed: int,
-    policy_seed: int | None = None,
+    seed: int | Sequence[int],
+    policy_seed: int | Sequence[int] | None = None,
 ) -> Rollout:
-    """Reset ``sim`` with ``seed`` and let ``policy`` serve ``steps`` requests per stream."""
+    """Reset ``sim`` with ``seed`` (an integer or a stream key) and let ``policy`` serve
+    ``steps`` requests per stream."""
     n = sim.num_envs
     obs = sim.reset(seed)
-    policy.reset(n, seed if policy_seed is None else policy_seed)
+    ps = seed if policy_seed is None else policy_seed
+    if not isinstance(ps, int):  # a stream key: the policy gets one integer derived from it
+        ps = int(np.random.SeedSequence(list(ps)).generate_state(1)[0])
+    policy.reset(n, ps)
     clairvoyant = isinstance(policy, ClairvoyantPolicy)
+    informed = not clairvoyant and isinstance(policy, InformedPolicy)
     online = isinstance(policy, OnlinePolicy)
     shape = (steps, n)
     out = Rollout(
@@ -92,6 +122,8 @@ def rollout(
             actions = policy.select_clairvoyant(  # type: ignore[union-attr]
                 obs, sim.current_e2e_ms(), sim.current_sla_ms()
             )
+        elif informed:
+            actions = policy.select_informed(obs, sim)  # type: ignore[union-attr]
         else:
             actions = policy.select(obs)  # type: ignore[union-attr]
         prev = obs.copy() if online else obs

@@ -48,3 +48,18 @@ class ClairvoyantPolicy(Protocol):
         """Choose with knowledge of every model's realised end-to-end latency ``(N, K)``;
         ``sla_ms`` is the exact SLA (the observation holds it rounded to float32)."""
         ...
+
+
+@runtime_checkable
+class InformedPolicy(Protocol):
+    """A reference allowed to see the simulator's latent state at decision time (the informed
+    ceiling): the link's and the server's present state, never the noise still to come."""
+
+    name: str
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        """Prepare for ``num_envs`` streams."""
+
+    def select_informed(self, obs: Obs, sim: Any) -> Actions:
+        """Choose with access to ``sim`` (a :class:`~modi.envs.simulator.ModelSelectionSim`)."""
+        ...

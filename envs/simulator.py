@@ -401,9 +401,13 @@ class ModelSelectionSim:
         return np.array(mean_out)[:, None], np.sqrt(np.array(var_out))[:, None]
 
     # ------------------------------------------------------------------ public API
-    def reset(self, seed: int | None = None) -> NDArray[np.float32]:
-        """Start all streams afresh from ``seed``; return the first observations ``(N, D)``."""
-        ss = np.random.SeedSequence(seed)
+    def reset(self, seed: int | Sequence[int] | None = None) -> NDArray[np.float32]:
+        """Start all streams afresh from ``seed``; return the first observations ``(N, D)``.
+
+        ``seed`` is an integer or a sequence of integers (a stream key such as
+        :func:`modi.experiments.splits.stream_key` builds: the stream is then a function of
+        what the key names, whatever else is simulated)."""
+        ss = np.random.SeedSequence(seed if seed is None or isinstance(seed, int) else list(seed))
         stream_ss, profile_ss, server_ss = ss.spawn(3)
         self._rng = np.random.default_rng(stream_ss)
         self._profile_rng = np.random.default_rng(profile_ss)
@@ -455,6 +459,41 @@ class ModelSelectionSim:
                 q = (self._blk_u[i] * samples.size).astype(np.intp)
                 ex[:, k] = samples[np.minimum(q, samples.size - 1)]
         return np.maximum(ex, MIN_EXEC_MS)
+
+    def current_state(self) -> dict[str, NDArray[Any]]:
+        """The latent state of the current requests at decision time, each ``(N,)``.
+
+        ``t_input_ms`` (observed), ``wait_ms`` (the queue wait the server's state fixes before
+        the choice; 0 without a queue), ``slowdown`` (the load-spike factor in force; 1 without
+        spikes), ``dropped``, ``client`` and ``decision_ms`` (the stream clock at arrival,
+        capture + upload), plus ``t_output_ms``: the download this request will take.
+        Privileged (the informed ceiling and tests only): ``t_output_ms`` is the realised
+        download; a reference that may only know the link's present state must use it only
+        where the network makes the download a function of that state.
+        """
+        i = self._cursor
+        srv = self.server
+        n = self.num_envs
+        wait = np.zeros(n) if srv is None else np.atleast_1d(np.asarray(srv.wait_ms, dtype=float))
+        dropped = (
+            np.zeros(n, dtype=np.bool_) if srv is None else np.atleast_1d(np.asarray(srv.dropped))
+        )
+        slow = np.ones(n) if self._blk_slow is None else np.asarray(self._blk_slow[i], dtype=float)
+        t_in = np.asarray(self._blk_tin[i], dtype=np.float64)
+        return {
+            "t_input_ms": t_in,
+            "t_output_ms": np.asarray(self._blk_tout[i], dtype=np.float64),
+            "wait_ms": wait.astype(np.float64),
+            "slowdown": slow,
+            "dropped": dropped,
+            "client": np.asarray(self._blk_client[i]),
+            "decision_ms": np.asarray(self._blk_time[i], dtype=np.float64) + t_in,
+        }
+
+    def true_profiles(self) -> tuple[F64, F64]:
+        """The execution-time law the server really has: ``(mean_ms, std_ms)`` per model
+        (before load spikes). Privileged (references and tests)."""
+        return self._true_mu.copy(), self._true_sigma.copy()
 
     def current_sla_ms(self) -> F64:
         """Exact (float64) SLA of the current requests, ``(N,)``; the observation holds it

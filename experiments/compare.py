@@ -6,10 +6,12 @@ point and model) and the figures into the run's output directory, and prints a t
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from modi.agents.baselines import POLICY_NAMES, make_policy
-from modi.agents.evaluation import rollout
-from modi.agents.protocol import ClairvoyantPolicy, Policy
+from modi.agents.evaluation import Rollout, rollout
+from modi.agents.protocol import Policy
 from modi.envs.pools import ModelPool
 from modi.envs.simulator import ModelSelectionSim
 from modi.experiments import plots
 from modi.experiments.common import ConfigError, as_float_list, as_int, instantiate_node
+from modi.experiments.splits import SPLITS, Splits, network_for_split, stream_key
+from modi.experiments.stats import mean_ci
 
 log = logging.getLogger(__name__)
 
@@ -46,31 +50,276 @@ RESULT_COLUMNS = [
     "latency_p99_ms",
     "latency_std_ms",
     "mean_reward",
+    "effective_accuracy_lo",
+    "effective_accuracy_hi",
+    "attainment_lo",
+    "attainment_hi",
+    "split",
+    "n_seeds",
+    "shield_rate",
 ]
+
+
+#: Rule families tuned on validation: policy name -> (policy built, config key of its grid).
+TUNED_RULES: dict[str, str] = {
+    "modipick_tuned": "modipick",
+    "mdinference_tuned": "mdinference",
+    "calibrated_greedy": "calibrated_greedy",
+    "model_switching": "model_switching",
+}
+KNOWN_POLICIES: tuple[str, ...] = (*POLICY_NAMES, "modipick_tuned", "mdinference_tuned")
 
 
 def _policies(cfg: DictConfig) -> list[str]:
     names = list(cfg.get("policies") or [])
     if not names:
         raise ConfigError("policies must list at least one policy")
-    unknown = [n for n in names if n not in POLICY_NAMES]
+    unknown = [n for n in names if n not in KNOWN_POLICIES]
     if unknown:
         raise ConfigError(
-            f"policies: unknown policy {unknown}; expected names from {list(POLICY_NAMES)}"
+            f"policies: unknown policy {unknown}; expected names from {list(KNOWN_POLICIES)}"
         )
     return names
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_points` measured.
+
+    ``units``: one row per policy × point × seed × stream (the independent units the
+    intervals are computed over); ``results``: one row per policy × point with 95 % intervals;
+    ``usage``: requests per policy, point and model.
+    """
+
+    units: pd.DataFrame
+    results: pd.DataFrame
+    usage: pd.DataFrame
+
+
+@dataclass
+class EvalSetup:
+    """Everything that defines the streams of an evaluation (see :func:`eval_setup`)."""
+
+    scenario: str
+    split: str
+    seeds: tuple[int, ...]
+    slas: list[float]
+    cvs: list[float] | None
+    n_requests: int
+    streams: int
+    splits: Splits
+    sim_args: dict[str, Any] = field(default_factory=dict)
+
+
+def eval_setup(
+    cfg: DictConfig, split: str | None = None, n_requests: int | None = None
+) -> EvalSetup:
+    """Read and check the evaluation settings of a ``modi-compare``-style config."""
+    # the training seeds of a comparison are unknown (a trained selector brings its own)
+    splits = Splits.from_cfg(cfg, train_seeds=())
+    split = str(split or cfg.get("split") or "test")
+    if split not in SPLITS:
+        raise ConfigError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    if cfg.get("seeds") is not None:
+        seeds = tuple(as_int(s, "seeds", minimum=0) for s in cfg.seeds)
+    elif cfg.get("seed") is not None:
+        seeds = (as_int(cfg.seed, "seed", minimum=0),)
+    else:
+        seeds = splits.seeds(split)
+    if not seeds:
+        raise ConfigError("seeds must list at least one seed")
+    other = {s for name in SPLITS if name != split for s in splits.seeds(name)}
+    if split != "train" and set(seeds) & other:
+        raise ConfigError(
+            f"seeds {sorted(set(seeds) & other)} of the {split} evaluation belong to another "
+            "split (splits.*.seeds); evaluate on seeds nobody trained or tuned on"
+        )
+    sim_args: dict[str, Any] = OmegaConf.to_container(cfg.get("sim", {}), resolve=True)  # type: ignore[assignment]
+    return EvalSetup(
+        scenario=str(cfg.get("scenario", "")),
+        split=split,
+        seeds=seeds,
+        slas=as_float_list(cfg.sla_ms, "sla_ms"),
+        cvs=None if cfg.get("cv") is None else as_float_list(cfg.cv, "cv", positive=False),
+        n_requests=as_int(n_requests if n_requests is not None else cfg.n_requests, "n_requests"),
+        streams=as_int(cfg.get("streams_per_point", 10), "streams_per_point"),
+        splits=splits,
+        sim_args=sim_args,
+    )
+
+
+def _point_sims(
+    cfg: DictConfig, pool: ModelPool, setup: EvalSetup
+) -> list[tuple[float, float | None, ModelSelectionSim]]:
+    """One simulator per sweep point (its streams all at that point's SLA and CV)."""
+    shared = None if setup.cvs is not None else network_for_split(cfg, setup.split, setup.splits)
+    out = []
+    for sla in setup.slas:
+        for cv in setup.cvs if setup.cvs is not None else [None]:
+            net = (
+                shared
+                if cv is None
+                else network_for_split(cfg, setup.split, setup.splits, cv=[cv] * setup.streams)
+            )
+            assert net is not None
+            try:
+                sim = ModelSelectionSim(
+                    pool, net, num_envs=setup.streams, sla_ms=sla, **setup.sim_args
+                )
+            except TypeError as e:
+                raise ConfigError(f"sim: {e}") from None
+            out.append((sla, cv, sim))
+    return out
+
+
+def evaluate_points(
+    cfg: DictConfig,
+    policies: Sequence[tuple[str, Any]],
+    setup: EvalSetup,
+    pool: ModelPool,
+    progress: bool = True,
+    desc: str = "",
+) -> Evaluation:
+    """Run every policy on every sweep point and seed of ``setup``: the stream of a point is
+    :func:`~modi.experiments.splits.stream_key` ``(scenario, split, seed, SLA[, CV])``, the
+    same for every policy."""
+    steps = math.ceil(setup.n_requests / setup.streams)
+    sims = _point_sims(cfg, pool, setup)
+    units: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
+    usage_rows: list[dict[str, Any]] = []
+    total = len(policies) * len(sims) * len(setup.seeds)
+    bar = tqdm(total=total, desc=desc or f"{setup.scenario} {setup.split}", disable=not progress)
+    for name, policy in policies:
+        for sla, cv, sim in sims:
+            parts = []
+            fired = decided = 0
+            for seed in setup.seeds:
+                key = stream_key(setup.scenario, setup.split, seed, sla, cv)
+                r = rollout(policy, sim, steps, key)
+                parts.append(r)
+                fired += int(getattr(policy, "shield_firings", 0))
+                decided += int(getattr(policy, "decisions", 0))
+                eff = (r.accuracy * r.met).mean(axis=0)
+                att = r.met.mean(axis=0)
+                acc = r.accuracy.mean(axis=0)
+                for j in range(sim.num_envs):
+                    units.append(
+                        {
+                            "scenario": setup.scenario,
+                            "policy": name,
+                            "sla_ms": sla,
+                            "cv": cv,
+                            "split": setup.split,
+                            "seed": seed,
+                            "stream": j,
+                            "n_requests": steps,
+                            "effective_accuracy": float(eff[j]),
+                            "attainment": float(att[j]),
+                            "accuracy": float(acc[j]),
+                        }
+                    )
+                bar.update(1)
+            whole = Rollout.concat(parts)
+            mine = [u for u in units[-len(parts) * sim.num_envs :]]
+            _e_m, e_lo, e_hi = mean_ci([u["effective_accuracy"] for u in mine])
+            _a_m, a_lo, a_hi = mean_ci([u["attainment"] for u in mine])
+            row = {
+                "scenario": setup.scenario,
+                "policy": name,
+                "sla_ms": sla,
+                "cv": cv,
+                "seed": setup.seeds[0],
+                "split": setup.split,
+                "n_seeds": len(setup.seeds),
+            } | whole.summary()
+            row |= {
+                "effective_accuracy_lo": e_lo,
+                "effective_accuracy_hi": e_hi,
+                "attainment_lo": a_lo,
+                "attainment_hi": a_hi,
+            }
+            row["shield_rate"] = fired / decided if decided else math.nan
+            rows.append(row)
+            counts = np.bincount(whole.model.reshape(-1), minlength=len(pool))
+            for k, c in enumerate(counts):
+                if c:
+                    usage_rows.append(
+                        {
+                            "scenario": setup.scenario,
+                            "policy": name,
+                            "sla_ms": sla,
+                            "cv": cv,
+                            "model": pool.ids[k],
+                            "requests": int(c),
+                            "fraction": c / whole.model.size,
+                        }
+                    )
+    bar.close()
+    return Evaluation(
+        pd.DataFrame(units), pd.DataFrame(rows)[RESULT_COLUMNS], pd.DataFrame(usage_rows)
+    )
+
+
+def build_policies(
+    cfg: DictConfig,
+    names: Sequence[str],
+    pool: ModelPool,
+    setup: EvalSetup,
+    progress: bool = True,
+) -> tuple[list[tuple[str, Any]], dict[str, dict[str, Any]]]:
+    """The named policies, the tuned ones tuned on validation; returns them and the chosen
+    parameters per tuned policy (see :mod:`modi.experiments.tuning`)."""
+    from modi.experiments.tuning import explicit_args, tune_rule
+
+    policy_args = cfg.get("policy_args") or {}
+    out: list[tuple[str, Any]] = []
+    chosen: dict[str, dict[str, Any]] = {}
+    for n in names:
+        node = policy_args.get(n) or {}
+        args: dict[str, Any] = dict(
+            OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node  # type: ignore[arg-type]
+        )
+        if n in TUNED_RULES and not explicit_args(n, args):
+            params, _ = tune_rule(cfg, n, pool, setup, progress=False)
+            chosen[n] = params
+            args = {**args, **params}
+        elif (
+            n in ("calibrated_greedy", "model_switching")
+            and "quantile" in args
+            and ("download_ms" not in args)
+        ):
+            from modi.experiments.tuning import download_quantiles
+
+            q = float(args.pop("quantile"))
+            args["download_ms"] = download_quantiles(cfg, pool, setup, [q])[q]
+        base = TUNED_RULES.get(n, n)
+        try:
+            pol = make_policy(base, profile_mu_ms=pool.mean_ms, **_strip(args))
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"policy_args.{n}: {e}") from None
+        pol.name = n
+        out.append((n, pol))
+    return out, chosen
+
+
+def _strip(args: dict[str, Any]) -> dict[str, Any]:
+    """Constructor arguments only (tuning bookkeeping such as ``quantile`` removed)."""
+    return {k: v for k, v in args.items() if k not in ("quantile",)}
 
 
 def run_compare(
     cfg: DictConfig,
     out_dir: Path,
     progress: bool = True,
-    learned: Mapping[str, Policy] | None = None,
+    learned: Mapping[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run the comparison described by ``cfg``; write CSVs and figures into ``out_dir``.
 
     ``learned`` adds already-built policies (trained selectors) under the given names; they run
-    on the very same request streams as the baselines.
+    on the very same request streams as the baselines. Writes ``results.csv`` (with 95 %
+    intervals), ``units.csv`` (per stream, for paired intervals), ``usage.csv`` and
+    ``tuned.json`` (the parameters the tuned rules chose on validation).
     """
     names = _policies(cfg)
     extra = dict(learned or {})
@@ -78,70 +327,21 @@ def run_compare(
     clash = sorted(set(extra) & set(names))
     if clash:
         raise ConfigError(f"learned: policy names {clash} clash with baselines in 'policies'")
-    slas = as_float_list(cfg.sla_ms, "sla_ms")
-    cvs = None if cfg.get("cv") is None else as_float_list(cfg.cv, "cv", positive=False)
-    n_requests = as_int(cfg.n_requests, "n_requests")
-    streams = as_int(cfg.get("streams_per_point", 10), "streams_per_point")
-    seed = as_int(cfg.seed, "seed", minimum=0)
+    setup = eval_setup(cfg)
     pool = instantiate_node(cfg, "pool")
     if not isinstance(pool, ModelPool):
         raise ConfigError(f"pool must build a ModelPool, got {type(pool).__name__}")
-
-    points = [(s, c) for s in slas for c in (cvs if cvs is not None else [None])]
-    env_sla = np.repeat([p[0] for p in points], streams)
-    if cvs is not None:
-        env_cv = np.repeat([p[1] for p in points], streams)
-        network = instantiate_node(cfg, "network", cv=env_cv.tolist())
-    else:
-        network = instantiate_node(cfg, "network")
-    sim_args: dict[str, Any] = OmegaConf.to_container(cfg.get("sim", {}), resolve=True)  # type: ignore[assignment]
-    try:
-        sim = ModelSelectionSim(
-            pool, network, num_envs=len(env_sla), sla_ms=env_sla.tolist(), **sim_args
-        )
-    except TypeError as e:
-        raise ConfigError(f"sim: {e}") from None
-    steps = math.ceil(n_requests / streams)
-    policy_args = cfg.get("policy_args") or {}
-    scenario = str(cfg.get("scenario", ""))
-
-    rows: list[dict[str, Any]] = []
-    usage_rows: list[dict[str, Any]] = []
-    todo: list[tuple[str, Policy | ClairvoyantPolicy]] = [
-        (n, make_policy(n, profile_mu_ms=pool.mean_ms, **dict(policy_args.get(n, {}) or {})))
-        for n in names
-    ]
+    todo, chosen = build_policies(cfg, names, pool, setup, progress)
     todo += list(extra.items())
-    for name, policy in tqdm(todo, desc=f"compare {scenario}", disable=not progress):
-        r = rollout(policy, sim, steps, seed)
-        for j, (sla, cv) in enumerate(points):
-            part = r.select_streams(slice(j * streams, (j + 1) * streams))
-            rows.append(
-                {"scenario": scenario, "policy": name, "sla_ms": sla, "cv": cv, "seed": seed}
-                | part.summary()
-            )
-            counts = np.bincount(part.model.reshape(-1), minlength=len(pool))
-            for k, c in enumerate(counts):
-                if c:
-                    usage_rows.append(
-                        {
-                            "scenario": scenario,
-                            "policy": name,
-                            "sla_ms": sla,
-                            "cv": cv,
-                            "model": pool.ids[k],
-                            "requests": int(c),
-                            "fraction": c / part.model.size,
-                        }
-                    )
-    results = pd.DataFrame(rows)[RESULT_COLUMNS]
-    usage = pd.DataFrame(usage_rows)
+    ev = evaluate_points(cfg, todo, setup, pool, progress, desc=f"compare {setup.scenario}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    results.to_csv(out_dir / "results.csv", index=False)
-    usage.to_csv(out_dir / "usage.csv", index=False)
-    _figures(cfg, results, usage, out_dir, scenario)
+    ev.results.to_csv(out_dir / "results.csv", index=False)
+    ev.units.to_csv(out_dir / "units.csv", index=False)
+    ev.usage.to_csv(out_dir / "usage.csv", index=False)
+    (out_dir / "tuned.json").write_text(json.dumps(chosen, indent=2, sort_keys=True))
+    _figures(cfg, ev.results, ev.usage, out_dir, setup.scenario)
     log.info("wrote %s and %s", out_dir / "results.csv", out_dir / "usage.csv")
-    return results, usage
+    return ev.results, ev.usage
 
 
 def load_learned_policies(spec: Any) -> dict[str, Policy]:

@@ -148,8 +148,10 @@ def _check_results(cfg: DictConfig, out: Path) -> pd.DataFrame:
         assert results.cv.isna().all()
     else:
         assert sorted(set(results.cv)) == sorted(set(cvs))
-    assert (results.seed == cfg.seed).all()
-    assert (results.n_requests == cfg.n_requests).all()
+    seeds = [cfg.seed] if cfg.seed is not None else list(cfg.splits.test.seeds)
+    assert (results.seed == seeds[0]).all()
+    assert (results.n_seeds == len(seeds)).all()
+    assert (results.n_requests == cfg.n_requests * len(seeds)).all()
     assert (results.scenario == cfg.scenario).all()
     for col in ("attainment", "accuracy", "effective_accuracy"):
         assert results[col].between(0.0, 1.0).all(), col
@@ -171,7 +173,7 @@ def _check_results(cfg: DictConfig, out: Path) -> pd.DataFrame:
     totals = usage.groupby(["policy", "sla_ms", "cv"], dropna=False).agg(
         requests=("requests", "sum"), fraction=("fraction", "sum")
     )
-    assert (totals.requests == cfg.n_requests).all()
+    assert (totals.requests == cfg.n_requests * len(seeds)).all()
     assert np.allclose(totals.fraction, 1.0)
     assert usage.fraction.between(0.0, 1.0).all()
 
@@ -201,6 +203,51 @@ def test_same_seed_gives_identical_results_csv(tmp_path: Path) -> None:
     other = _compose("experiment=modipick_fig9", *TINY, "sla_ms=[75,150]", "seed=1")
     run_compare(other, tmp_path / "c", progress=False)
     assert a != (tmp_path / "c" / "results.csv").read_bytes(), "the seed is ignored"
+
+
+def test_a_points_numbers_do_not_depend_on_the_rest_of_the_sweep(tmp_path: Path) -> None:
+    """A point's stream is keyed by (scenario, split, seed, SLA): sweeping more SLAs, or
+    listing them in another order, changes no number of the point."""
+    pols = "policies=[modipick,mdinference,oracle]"
+    alone = _compose(*TINY, "sla_ms=[115]", pols, "figures=[]")
+    sweep = _compose(*TINY, "sla_ms=[200,115,75]", pols, "figures=[]")
+    a, _ = run_compare(alone, tmp_path / "a", progress=False)
+    b, _ = run_compare(sweep, tmp_path / "b", progress=False)
+    cols = ["policy", "effective_accuracy", "attainment", "latency_p99_ms"]
+    b115 = b[b.sla_ms == 115.0][cols].reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[cols].reset_index(drop=True), b115)
+
+
+def test_results_carry_intervals_and_the_test_split(tmp_path: Path) -> None:
+    cfg = _compose(*TINY, "sla_ms=[115]", "policies=[modipick,oracle]", "figures=[]")
+    res, _ = run_compare(cfg, tmp_path, progress=False)
+    assert (res.split == "test").all()
+    assert (res.effective_accuracy_lo <= res.effective_accuracy).all()
+    assert (res.effective_accuracy <= res.effective_accuracy_hi).all()
+    assert (res.effective_accuracy_hi > res.effective_accuracy_lo).all()
+    units = pd.read_csv(tmp_path / "units.csv")
+    n_units = len(cfg.splits.test.seeds) * cfg.streams_per_point
+    assert (units.groupby("policy").size() == n_units).all()
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("seeds=[100]", "belong to another split"),
+        ("splits.val.seeds=[1000]", "in both val and test"),
+        ("splits.segments.val=[0.5,0.9]", "overlap"),
+        ("tuning.calibrated_greedy.quantile=[]", "is empty"),
+        ("tuning.calibrated_greedy.quantile=[1.5]", "out of range"),
+    ],
+)
+def test_overlapping_splits_and_bad_grids_are_refused(
+    override: str, message: str, tmp_path: Path
+) -> None:
+    from modi.experiments.common import ConfigError
+
+    cfg = _compose(*TINY, "sla_ms=[115]", "policies=[calibrated_greedy]", "figures=[]", override)
+    with pytest.raises(ConfigError, match=message):
+        run_compare(cfg, tmp_path, progress=False)
 
 
 @_needs_data("pool", "mdinference_p2")
