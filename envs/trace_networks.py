@@ -6,15 +6,19 @@ stream see different parts of the recordings while each client's link stays cohe
 A request captured at ``t`` (its stream's clock, ``ctx.time_ms``):
 
 - starts its upload at trace time ``offset + t``:
-  ``T_input = rtt_ms / 2 + uplink.transfer_time_ms(offset + t, payload_bytes)``;
+  ``T_input = RTT(t) / 2 + uplink.transfer_time_ms(offset + t, payload_bytes)``;
 - starts its download when the upload has arrived, ``offset + t + T_input + download_delay_ms``:
-  ``T_output = rtt_ms / 2 + downlink.transfer_time_ms(that time, response_bytes)``.
+  ``T_output = RTT(t') / 2 + downlink.transfer_time_ms(that time, response_bytes)`` with
+  ``t' = t + T_input + download_delay_ms``.
+
+``RTT`` is ``rtt_ms`` or, with ``rtt_cv > 0``, a log-normal process around it per client
+(:class:`RttProcess`: the Ookla speed tests' RTT spread for the radio type, time-correlated).
 
 Approximations (documented, deliberate): the execution time on the server is not known when
 the network is sampled (the network must not depend on the model the policy picks), so the
 download is assumed to start ``download_delay_ms`` (default 0) after the upload ends; the link
-is idle for every request (no queueing behind the client's earlier requests); propagation is a
-fixed ``rtt_ms / 2`` each way on top of the trace's delivery time. Traces loop forever
+is idle for every request (no queueing behind the client's earlier requests); propagation is
+``RTT / 2`` each way on top of the trace's delivery time. Traces loop forever
 (:mod:`modi.envs.traces`).
 
 All trace files are read and validated in ``__init__``: a missing, empty or malformed trace, or
@@ -25,6 +29,7 @@ setting, the file and the line before any request is simulated.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from modi.envs.links import checked_number
+from modi.envs.links import LogNormal, checked_number
 from modi.envs.networks import F64, BlockContext, NetworkError
 from modi.envs.traces import (
     BYTES_PER_MS_PER_MBPS,
@@ -142,6 +147,16 @@ def _segment_traces(
     return out, starts
 
 
+def _child_rng(rng: np.random.Generator) -> np.random.Generator:
+    """An independent generator derived from ``rng`` without drawing from its stream (so
+    turning a feature on leaves every other draw of the stream as it was); a generator
+    without a seed sequence gives one draw instead."""
+    try:
+        return rng.spawn(1)[0]
+    except (TypeError, ValueError):
+        return np.random.default_rng(rng.integers(0, 2**63))
+
+
 def _group_cumulative(traces: Sequence[Trace], ids: NDArray[np.integer], time_ms: F64) -> F64:
     """``traces[ids[i]].cumulative_bytes(time_ms[i])`` for flat arrays, one call per trace."""
     if len(traces) == 1:
@@ -151,6 +166,61 @@ def _group_cumulative(traces: Sequence[Trace], ids: NDArray[np.integer], time_ms
         sel = ids == i
         out[sel] = traces[i].cumulative_bytes(time_ms[sel])
     return out
+
+
+RTT_COMPONENTS = 32
+"""Sinusoids per client in the spectral representation of the time-varying RTT."""
+
+_RTT_CHUNK = 16_384  # requests per evaluation chunk (bounds the (requests, components) temps)
+
+
+class RttProcess:
+    """A time-varying round-trip time per (stream, client): log-normal marginal, log-space
+    correlation ``exp(-|Δt| / correlation_ms)`` (the Ornstein-Uhlenbeck process's law).
+
+    ``RTT(t) = exp(mu + sigma z(t))`` with ``mu, sigma`` of :class:`~modi.envs.links.LogNormal`
+    ``(mean_ms, cv)`` and ``z`` a stationary unit-variance Gaussian process with the OU's
+    exponential covariance, in its spectral (random Fourier) representation:
+    ``z(t) = sqrt(2 / M) sum_m cos(w_m t + phi_m)`` with ``w_m`` drawn from the OU's (Cauchy)
+    spectral density and ``phi_m`` uniform; ``E[z(t) z(t + Δt)] = exp(-|Δt| / tau)`` exactly,
+    and with ``M =`` :data:`RTT_COMPONENTS` the marginal is Gaussian to within a kurtosis of
+    ``-1.5 / M``. Each client's path is drawn once per :meth:`reset` and is a function of
+    time, so the RTT can be read at any moment (an upload, a download, a decision) without
+    ordering constraints, and a perfect estimator's ``RTT now`` is exact.
+    """
+
+    def __init__(self, mean_ms: float, cv: float, correlation_ms: float) -> None:
+        self.marginal = LogNormal(mean_ms, cv)
+        self.correlation_ms = correlation_ms
+        self._freq = np.zeros((0, RTT_COMPONENTS))
+        self._phase = np.zeros((0, RTT_COMPONENTS))
+
+    def reset(self, rng: np.random.Generator, num_paths: int) -> None:
+        """Draw ``num_paths`` independent paths (one per flat (stream, client) key)."""
+        shape = (num_paths, RTT_COMPONENTS)
+        u = rng.random(shape)
+        # Cauchy(0, 1 / tau) angular frequencies: the spectral density of exp(-|Δt| / tau);
+        # kept in cycles per ms, phases in cycles
+        self._freq = np.tan(np.pi * (u - 0.5)) / (2.0 * np.pi * self.correlation_ms)
+        self._phase = rng.random(shape)
+
+    def rtt_ms(self, key: NDArray[np.integer], time_ms: F64) -> F64:
+        """RTT (ms) of path ``key[i]`` at stream time ``time_ms[i]`` (flat arrays)."""
+        m = self.marginal
+        out = np.empty(time_ms.shape)
+        scale = math.sqrt(2.0 / RTT_COMPONENTS)
+        two_pi = np.float32(2.0 * np.pi)
+        for lo in range(0, time_ms.size, _RTT_CHUNK):
+            hi = lo + _RTT_CHUNK
+            k = key[lo:hi]
+            cycles = self._freq[k] * time_ms[lo:hi, None]  # float64: exact phase at any time
+            cycles += self._phase[k]
+            cycles -= np.rint(cycles)  # in [-0.5, 0.5]: float32 from here on (SIMD cos)
+            angle = cycles.astype(np.float32)
+            angle *= two_pi
+            z = np.cos(angle).sum(axis=1, dtype=np.float64) * scale
+            out[lo:hi] = np.exp(m.mu + m.sigma * z)
+        return out
 
 
 class _TraceNetwork:
@@ -173,9 +243,22 @@ class _TraceNetwork:
         random_offset: bool,
         uplink_scale: float = 1.0,
         segment: Segment | Sequence[float] | None = None,
+        rtt_cv: float = 0.0,
+        rtt_correlation_ms: float = 8000.0,
     ) -> None:
         self.name = name
         self.rtt_ms = checked_number(rtt_ms, "network.rtt_ms", positive=True)
+        """The mean round-trip time (ms); the RTT itself when ``rtt_cv`` is 0."""
+        self.rtt_cv = checked_number(rtt_cv, "network.rtt_cv", positive=False)
+        self.rtt_correlation_ms = checked_number(
+            rtt_correlation_ms, "network.rtt_correlation_ms", positive=True, allow_inf=True
+        )
+        self.rtt_process: RttProcess | None = (
+            RttProcess(self.rtt_ms, self.rtt_cv, self.rtt_correlation_ms)
+            if self.rtt_cv > 0
+            else None
+        )
+        """The time-varying RTT (None: a constant ``rtt_ms``)."""
         self.download_delay_ms = checked_number(
             download_delay_ms, "network.download_delay_ms", positive=False
         )
@@ -242,6 +325,8 @@ class _TraceNetwork:
         self.uplink_index = up
         self.downlink_index = down
         self.offset_ms = u * period if self.random_offset else np.zeros(shape)
+        if self.rtt_process is not None:
+            self.rtt_process.reset(_child_rng(rng), num_envs * num_clients)
         # small integer ids sort fast (radix sort) when requests are grouped by trace
         self._up_key = up.astype(np.int16 if len(self.uplink_traces) < 2**15 else np.int64)
         self._down_key = down.astype(np.int16 if len(self.downlink_traces) < 2**15 else np.int64)
@@ -311,7 +396,9 @@ class _TraceNetwork:
 
     def _rtt_ms(self, key: NDArray[np.int64], time_ms: F64) -> F64:
         """The round-trip time (ms) of flat (stream, client) ``key`` at stream clock ``time_ms``."""
-        return np.full(time_ms.shape, self.rtt_ms)
+        if self.rtt_process is None:
+            return np.full(time_ms.shape, self.rtt_ms)
+        return self.rtt_process.rtt_ms(key, time_ms)
 
     def sample(self, rng: np.random.Generator, ctx: BlockContext) -> tuple[F64, F64]:
         """``(T_input, T_output)`` in ms for a block, each shaped like ``ctx.client``."""
@@ -336,17 +423,25 @@ class _TraceNetwork:
         response = np.broadcast_to(np.asarray(ctx.response_bytes, dtype=np.float64), (b, n))
         start = self.offset_ms.ravel()[key] + t
         up_ids = self._up_key.ravel()[key]
-        half = 0.5 * self.rtt_ms
-        t_in = half + _group_transfer(
+        up_time = _group_transfer(
             self.uplink_traces, up_ids, start, payload.T.ravel() / self.uplink_scale
         )
         down_ids = up_ids if self.paired else self._down_key.ravel()[key]
-        t_out = half + _group_transfer(
+        if self.rtt_process is None:
+            half = 0.5 * self.rtt_ms
+            t_in = half + up_time
+        else:  # the upload sees the RTT at its start, the download at its own
+            t_in = 0.5 * self.rtt_process.rtt_ms(key, t) + up_time
+        t_out = _group_transfer(
             self.downlink_traces,
             down_ids,
             start + t_in + self.download_delay_ms,
             response.T.ravel(),
         )
+        if self.rtt_process is None:
+            t_out = half + t_out
+        else:
+            t_out += 0.5 * self.rtt_process.rtt_ms(key, t + t_in + self.download_delay_ms)
         return (
             np.ascontiguousarray(t_in.reshape(n, b).T),
             np.ascontiguousarray(t_out.reshape(n, b).T),
@@ -432,8 +527,8 @@ class MahimahiNetwork(_TraceNetwork):
     Args:
         uplink: uplink trace(s): a file, a directory, a glob pattern or a list of them.
         downlink: downlink trace(s), same forms.
-        rtt_ms: fixed round-trip propagation delay (ms), > 0; half is added to each direction
-            (Mahimahi's ``mm-delay``, which the traces do not contain).
+        rtt_ms: round-trip propagation delay (ms), > 0, its mean if ``rtt_cv`` > 0; half is
+            added to each direction (Mahimahi's ``mm-delay``, which the traces do not contain).
         download_delay_ms: assumed gap (ms) between the end of the upload and the start of the
             download (the server's execution time is unknown when the network is sampled), >= 0.
         random_offset: start each client at a uniform random point of its trace (default);
@@ -442,6 +537,9 @@ class MahimahiNetwork(_TraceNetwork):
         segment: ``[a, b]``, fractions ``0 <= a < b <= 1`` of each trace's period: only that
             part of every trace is used, looped on its own (train/validation/test splits of
             one long trace); None (default): whole traces. Config key ``network.segment``.
+        rtt_cv: coefficient of variation of a time-varying RTT (log-normal around the mean
+            ``rtt_ms``, :class:`RttProcess`), >= 0; 0 (default): the RTT is ``rtt_ms``.
+        rtt_correlation_ms: correlation time (ms) of the time-varying RTT, > 0.
 
     With several files on each side, uplink and downlink files are paired by stem
     (``ATT-LTE-driving.up`` with ``ATT-LTE-driving.down``) and each client gets one pair (one
@@ -461,6 +559,8 @@ class MahimahiNetwork(_TraceNetwork):
         random_offset: bool = True,
         name: str = "mahimahi",
         segment: Segment | Sequence[float] | None = None,
+        rtt_cv: float = 0.0,
+        rtt_correlation_ms: float = 8000.0,
     ) -> None:
         with _naming("network.uplink"):
             ups: list[Trace] = list(load_traces(_spec(uplink, "network.uplink"), "mahimahi"))
@@ -470,7 +570,16 @@ class MahimahiNetwork(_TraceNetwork):
         downs = _keep_direction(downs, "network.downlink")
         up, down, paired = _pair_by_stem(ups, downs)
         super().__init__(
-            name, up, down, paired, rtt_ms, download_delay_ms, random_offset, segment=segment
+            name,
+            up,
+            down,
+            paired,
+            rtt_ms,
+            download_delay_ms,
+            random_offset,
+            segment=segment,
+            rtt_cv=rtt_cv,
+            rtt_correlation_ms=rtt_correlation_ms,
         )
         log.info(
             "%s: %d uplink / %d downlink Mahimahi traces (%s), rtt %.1f ms",
@@ -499,7 +608,8 @@ class ThroughputNetwork(_TraceNetwork):
     Args:
         path: the trace(s): a file, a directory, a glob pattern or a list of them. Each client
             gets one trace.
-        rtt_ms: fixed round-trip propagation delay (ms), > 0; half is added to each direction.
+        rtt_ms: round-trip propagation delay (ms), > 0, its mean if ``rtt_cv`` > 0; half is
+            added to each direction.
         uplink_scale: uplink throughput as a fraction of the trace's throughput, > 0.
         download_delay_ms: assumed gap (ms) between the end of the upload and the start of the
             download, >= 0 (see :class:`MahimahiNetwork`).
@@ -508,6 +618,9 @@ class ThroughputNetwork(_TraceNetwork):
         segment: ``[a, b]``, fractions ``0 <= a < b <= 1`` of each trace's period: only that
             part of every trace is used, looped on its own (train/validation/test splits of
             one long trace); None (default): whole traces. Config key ``network.segment``.
+        rtt_cv: coefficient of variation of a time-varying RTT (log-normal around the mean
+            ``rtt_ms``, :class:`RttProcess`), >= 0; 0 (default): the RTT is ``rtt_ms``.
+        rtt_correlation_ms: correlation time (ms) of the time-varying RTT, > 0.
     """
 
     def __init__(
@@ -519,6 +632,8 @@ class ThroughputNetwork(_TraceNetwork):
         random_offset: bool = True,
         name: str = "throughput",
         segment: Segment | Sequence[float] | None = None,
+        rtt_cv: float = 0.0,
+        rtt_correlation_ms: float = 8000.0,
     ) -> None:
         with _naming("network.path"):
             traces = load_traces(_spec(path, "network.path"), "throughput")
@@ -534,19 +649,22 @@ class ThroughputNetwork(_TraceNetwork):
             random_offset,
             uplink_scale=uplink_scale,
             segment=segment,
+            rtt_cv=rtt_cv,
+            rtt_correlation_ms=rtt_correlation_ms,
         )
         log.info(
-            "%s: %d throughput traces, uplink at %.3g x, rtt %.1f ms",
+            "%s: %d throughput traces, uplink at %.3g x, rtt %.1f ms (cv %.3g)",
             name,
             len(traces),
             self.uplink_scale,
             self.rtt_ms,
+            self.rtt_cv,
         )
 
     def __repr__(self) -> str:
         return (
             f"ThroughputNetwork(name={self.name!r}, traces={len(self.downlink_traces)}, "
-            f"uplink_scale={self.uplink_scale}, rtt_ms={self.rtt_ms})"
+            f"uplink_scale={self.uplink_scale}, rtt_ms={self.rtt_ms}, rtt_cv={self.rtt_cv})"
         )
 
 

@@ -13,9 +13,10 @@ from hydra.utils import instantiate
 
 import modi.experiments.common  # noqa: F401 - registers the ${modi_data_dir:} resolver
 from modi.envs.catalog import load_preset
+from modi.envs.links import fit_lognormal, read_speedtest
 from modi.envs.model_selection import build_sim
 from modi.envs.networks import BlockContext, NetworkError, NetworkModel
-from modi.envs.trace_networks import MahimahiNetwork, ThroughputNetwork
+from modi.envs.trace_networks import MahimahiNetwork, RttProcess, ThroughputNetwork
 from modi.envs.traces import MahimahiTrace, ThroughputTrace, TraceError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -666,3 +667,113 @@ def test_the_real_mahimahi_folder_for_both_directions(caplog: pytest.LogCaptureF
     # the one file without a partner is named once
     assert caplog.text.count("TMobile-LTE-driving.down") == 1
     assert ".up" not in caplog.text
+
+
+# --------------------------------------------------------------------------- time-varying RTT
+
+
+def test_rtt_process_has_the_log_normal_marginal_and_the_ou_correlation() -> None:
+    proc = RttProcess(mean_ms=100.0, cv=0.4, correlation_ms=5000.0)
+    proc.reset(np.random.default_rng(0), 20_000)
+    key = np.arange(20_000)
+    t0 = np.random.default_rng(1).uniform(0.0, 1e7, key.size)
+    rtt = proc.rtt_ms(key, t0)
+    assert rtt.mean() == pytest.approx(100.0, rel=0.02)
+    assert rtt.std() / rtt.mean() == pytest.approx(0.4, rel=0.05)
+    assert np.median(rtt) == pytest.approx(proc.marginal.median, rel=0.02)
+    for lag in (100.0, 1000.0, 5000.0, 20_000.0):
+        later = proc.rtt_ms(key, t0 + lag)
+        rho = np.corrcoef(np.log(rtt), np.log(later))[0, 1]
+        assert rho == pytest.approx(np.exp(-lag / 5000.0), abs=0.03), lag
+
+
+@pytest.fixture
+def fast_link(tmp_path: Path) -> Path:
+    # 8 Gbit/s for 10 s: a 1 KB transfer takes 1 µs, a 30 KB one 30 µs
+    return _write(tmp_path, "fast", "".join(f"{i} 8000\n" for i in range(10)))
+
+
+def test_upload_and_download_see_the_rtt_at_their_own_times(fast_link: Path) -> None:
+    net = ThroughputNetwork(
+        fast_link, rtt_ms=80.0, rtt_cv=0.5, rtt_correlation_ms=200.0, download_delay_ms=40.0
+    )
+    rng = np.random.default_rng(5)
+    net.reset(rng, num_envs=3, num_clients=4)
+    client, time_ms = _random_block(rng, 3, 4, 50, 300.0)
+    ctx = _ctx(client, time_ms, payload=30_000.0)
+    t_in, t_out = net.sample(rng, ctx)
+    env = np.broadcast_to(np.arange(3), client.shape)
+    rtt_up = net.latent_state(env, client, time_ms)["rtt_ms"]
+    rtt_down = net.latent_state(env, client, time_ms + t_in + 40.0)["rtt_ms"]
+    np.testing.assert_allclose(t_in, 0.5 * rtt_up + 30_000.0 / 1e6, rtol=1e-9)
+    np.testing.assert_allclose(t_out, 0.5 * rtt_down + 1_000.0 / 1e6, rtol=1e-9)
+    # correlation time 200 ms: the download's RTT is not the upload's
+    assert np.abs(rtt_down / rtt_up - 1.0).mean() > 0.05
+    assert 0.2 < np.std(np.log(rtt_up)) < 0.7
+
+
+def test_the_rtt_paths_are_a_function_of_the_seed(fast_link: Path) -> None:
+    def run(seed: int, cv: float) -> tuple[np.ndarray, float]:
+        net = ThroughputNetwork(fast_link, rtt_ms=50.0, rtt_cv=cv)
+        rng = np.random.default_rng(seed)
+        net.reset(rng, num_envs=2, num_clients=3)
+        after_reset = float(rng.random())
+        client, time_ms = _random_block(np.random.default_rng(9), 2, 3, 40, 100.0)
+        return net.sample(rng, _ctx(client, time_ms))[0], after_reset
+
+    a, a_next = run(1, 0.3)
+    b, _ = run(1, 0.3)
+    c, _ = run(2, 0.3)
+    constant, constant_next = run(1, 0.0)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert np.ptp(constant) < 1e-3 < np.ptp(a)
+    # the paths come from a child of the stream's generator: the stream's own draws are unchanged
+    assert a_next == constant_next
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"rtt_cv": -0.1}, r"network\.rtt_cv must be >= 0"),
+        ({"rtt_cv": float("inf")}, r"network\.rtt_cv must be a finite number"),
+        ({"rtt_correlation_ms": 0.0}, r"network\.rtt_correlation_ms must be > 0"),
+    ],
+)
+def test_bad_rtt_settings_name_the_field(
+    fast_link: Path, kwargs: dict[str, float], field: str
+) -> None:
+    with pytest.raises(NetworkError, match=field):
+        ThroughputNetwork(fast_link, rtt_ms=50.0, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("preset", "radio_type"),
+    [
+        pytest.param("hsdpa_norway", "5G-NSA-Low-Band", marks=_preset("hsdpa_norway").marks),
+        pytest.param("throughput", "5G-NSA-Low-Band", marks=_preset("throughput").marks),
+        pytest.param("lumos5g_walking", "5G-NSA-mmWave", marks=_preset("lumos5g_walking").marks),
+    ],
+)
+@pytest.mark.skipif(not SPEEDTEST.is_dir(), reason=f"speed tests not found at {SPEEDTEST}")
+def test_preset_rtt_spread_is_the_ookla_fit(preset: str, radio_type: str) -> None:
+    rtt = read_speedtest(
+        SPEEDTEST / "dataset_speedtest_ookla.shared.csv", radio_type, None, "single"
+    )["rtt"]
+    net = load_preset("network", preset)
+    assert net.rtt_cv == pytest.approx(fit_lognormal(rtt, "quantile").cv, abs=5e-4)
+    assert net.rtt_process is not None and net.rtt_process.marginal.mean == net.rtt_ms
+
+
+@pytest.mark.skipif(not (DATA / "pensieve").is_dir(), reason="Norway HSDPA traces not found")
+def test_rtt_mean_from_the_command_line() -> None:
+    overrides = ["network=hsdpa_norway", "network.rtt_ms=200"]
+    with initialize_config_module(config_module="modi.conf", version_base="1.3"):
+        cfg = compose(config_name="compare", overrides=overrides)
+    net = instantiate(cfg.network, _convert_="all")
+    net.reset(np.random.default_rng(0), 64, 8)
+    env = np.repeat(np.arange(64), 8 * 50)
+    client = np.tile(np.repeat(np.arange(8), 50), 64)
+    time_ms = np.tile(np.arange(50) * 20_000.0, 64 * 8)
+    rtt = net.latent_state(env, client, time_ms)["rtt_ms"]
+    assert rtt.mean() == pytest.approx(200.0, rel=0.05)
