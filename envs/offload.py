@@ -530,11 +530,9 @@ class OffloadSim:
                 return
             r, jj = self._rows[ready], j[ready]
             bw, lat = self._pend_bw[r, jj], self._pend_lat[r, jj]
-            m_bw = self._dev_bw[r]
-            d = bw - m_bw
-            self._dev_bw[r] = m_bw + a * d
-            self._dev_bw_var[r] = (1 - a) * (self._dev_bw_var[r] + a * d * d)
-            self._dev_lat[r] = self._dev_lat[r] + a * (lat - self._dev_lat[r])
+            self._dev_lat[r], self._dev_bw[r], self._dev_bw_var[r] = dfeat.fold_measurement(
+                self._dev_lat[r], self._dev_bw[r], self._dev_bw_var[r], lat, bw, a
+            )
             self._dev_bw_last[r] = bw
             self._dev_last_ms[r] = self._pend_time[r, jj]
             self._pend_done[r, jj] = np.inf
@@ -891,6 +889,15 @@ class OffloadSim:
             o.energy_mj.reshape(n, na),
             o.e2e_ms.reshape(n, na),
         )
+
+    def counterfactual_outcomes(self) -> OffloadOutcome:
+        """The outcome of every joint action for the current requests: arrays ``(N * A,)``,
+        stream-major, actions in :meth:`all_actions` order (reshape to ``(N, A)``).
+        Privileged, like :meth:`counterfactual_rewards` (training targets, never an observation).
+        """
+        acts = self.all_actions()
+        na = len(acts)
+        return self._outcome(np.tile(acts, (self.num_envs, 1)), np.repeat(self._rows, na))
 
     def current_preexec_ms(self) -> F64:
         """Realised pre-execution time of each preprocessing location for the current

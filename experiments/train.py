@@ -240,6 +240,10 @@ def _resume(mlflow: Any, run_id: str, out_dir: Path) -> tuple[LearnedPolicy, int
 @hydra.main(version_base="1.3", config_path="pkg://modi.conf", config_name="train")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the learned selector's mean evaluation effective accuracy."""
+    if (cfg.get("env") or {}).get("kind") == "offload":  # modi-train env=offload
+        from modi.experiments.train_offload import offload_main
+
+        return offload_main(cfg)
     out = Path(HydraConfig.get().runtime.output_dir)
     try:
         metrics = train(cfg, out)

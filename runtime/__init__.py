@@ -6,6 +6,7 @@ gymnasium, stable-baselines3, mlflow or hydra (mlflow only inside ``Selector.loa
 ``models:/`` URI, if installed).
 """
 
+from modi.runtime.device_selector import DeviceSelector as DeviceSelector
 from modi.runtime.features import (
     MODEL_FEATURES,
     REQUEST_FEATURES,

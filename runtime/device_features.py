@@ -54,6 +54,26 @@ DEVICE_MODEL_FEATURES: tuple[tuple[str, str, str], ...] = (
 #: EWMA weight of the device's network measurements.
 DEVICE_NET_ALPHA = 0.5
 
+
+def fold_measurement(
+    lat_mean: ArrayLike,
+    bw_mean: ArrayLike,
+    bw_var: ArrayLike,
+    lat: ArrayLike,
+    bw: ArrayLike,
+    alpha: float = DEVICE_NET_ALPHA,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """One completed measurement (one-way latency ``lat`` ms, uplink ``bw`` Mbit/s) folded
+    into the device's network history: returns the new (latency EWMA, bandwidth EWMA,
+    bandwidth EW variance). The env and :class:`modi.runtime.DeviceSelector` both use it."""
+    m_bw = np.asarray(bw_mean, dtype=np.float64)
+    d = np.asarray(bw, dtype=np.float64) - m_bw
+    m_lat = np.asarray(lat_mean, dtype=np.float64)
+    new_lat = m_lat + alpha * (np.asarray(lat, dtype=np.float64) - m_lat)
+    new_var = (1 - alpha) * (np.asarray(bw_var, dtype=np.float64) + alpha * d * d)
+    return new_lat, m_bw + alpha * d, new_var
+
+
 R = len(DEVICE_REQUEST_FEATURES)
 P = len(DEVICE_MODEL_FEATURES)
 
@@ -149,3 +169,135 @@ def encode_device_models(
     flag[backup_index] = 1.0
     out[..., IS_BACKUP] = flag
     return out
+
+
+# ============================================================================ placement options
+#: Schema of the per-option vectors a device policy scores (one row per placement option).
+OPTION_SCHEMA_NAME = "modi.device_option"
+OPTION_SCHEMA_VERSION = 1
+
+#: Option kinds, in option order after the ``L`` local models: offload with on-device
+#: preprocessing, offload with in-cloud preprocessing, then both again with the backup on.
+OFFLOAD_OPTIONS: tuple[tuple[int, int], ...] = ((0, 0), (1, 0), (0, 1), (1, 1))  # (prep, backup)
+#: Median size (KB) of the 224x224 payload the device uploads after preprocessing itself (the
+#: device knows it only after preprocessing: a fixed estimate, like PieSlicer's mean size).
+PRE_PAYLOAD_KB = 20.0
+
+#: Columns of an option vector: (name, unit, description). Only device knowledge at capture.
+OPTION_FEATURES: tuple[tuple[str, str, str], ...] = (
+    ("sla_s", "s", "SLA of the request"),
+    ("megapixels_10", "10 MP", "resolution of the captured image / 10"),
+    ("raw_mb", "MB", "encoded size of the captured image"),
+    ("prep_est_s", "s", "profiled estimate of preprocessing on the device"),
+    ("tier_low", "flag", "low-end device"),
+    ("tier_mid", "flag", "mid-range device"),
+    ("tier_high", "flag", "high-end device"),
+    ("net_latency_s", "s", "EWMA of the one-way latency measured"),
+    ("log_uplink", "ln Mbit/s", "log of the EWMA of the uplink bandwidth measured"),
+    ("uplink_cv", "ratio", "EW std / EWMA of the uplink bandwidth (capped at 10)"),
+    ("log_age", "ln(1 + s)", "age of the newest network measurement"),
+    ("log_uplink_last", "ln Mbit/s", "log of the newest uplink bandwidth measurement"),
+    ("is_local", "flag", "run an on-device model"),
+    ("prep_server", "flag", "offload the raw image (preprocess in the cloud)"),
+    ("backup", "flag", "offload with the on-device backup model in parallel"),
+    ("model_mu_s", "s", "profiled mean inference time of the on-device model involved"),
+    ("model_sigma_s", "s", "its profiled standard deviation"),
+    ("model_accuracy", "fraction", "its top-1 accuracy (0 when none is involved)"),
+    ("model_load_s", "s", "its load time if not in memory, else 0"),
+    ("local_slack_s", "s", "SLA - preprocessing - load - mean inference of that model"),
+    ("local_z", "sigmas", "that slack in the model's standard deviations (capped at +-10)"),
+    ("upload_est_s", "s", "payload size / newest uplink measurement (offload options)"),
+    ("offload_slack_s", "s", "SLA - device preprocessing - upload - 2 x latency (offload)"),
+)
+F = len(OPTION_FEATURES)
+_MAX_CV = 10.0
+_MAX_Z = 10.0
+
+
+def num_options(num_models: int) -> int:
+    """Number of placement options of a device with ``num_models`` on-device models."""
+    if num_models < 1:
+        raise ValueError(f"num_models must be >= 1, got {num_models}")
+    return num_models + len(OFFLOAD_OPTIONS)
+
+
+def option_actions(num_models: int) -> NDArray[np.int64]:
+    """The env action ``(preprocessing, placement, backup)`` of every option, ``(K, 3)``."""
+    k = num_options(num_models)
+    out = np.zeros((k, 3), dtype=np.int64)
+    out[:num_models, 1] = np.arange(num_models)
+    for j, (prep, backup) in enumerate(OFFLOAD_OPTIONS):
+        out[num_models + j] = (prep, num_models, backup)
+    return out
+
+
+def option_features(obs: ArrayLike) -> NDArray[np.float32]:
+    """Option vectors ``(N, K, F)`` of device observations ``(N, R + P·L)`` (or one ``(D,)``).
+
+    The same function builds the features in training (from ``modi/Offload-v0``'s
+    observations) and on the phone (:class:`modi.runtime.DeviceSelector`); it knows nothing
+    of the pool beyond the rows in the observation, so a scorer over these vectors serves any
+    on-device pool.
+    """
+    x = np.atleast_2d(np.asarray(obs, dtype=np.float64))
+    layout = DeviceObsLayout.from_obs_dim(x.shape[1])
+    req, models = layout.request(x), layout.models(x)
+    n, big_l = models.shape[0], models.shape[1]
+    k = big_l + len(OFFLOAD_OPTIONS)
+    out = np.zeros((n, k, F), dtype=np.float64)
+    sla = req[:, SLA]
+    prep = req[:, PREP_EST]
+    bw = np.maximum(req[:, NET_UPLINK], 1e-3)
+    bw_last = np.maximum(req[:, NET_UPLINK_LAST], 1e-3)
+    lat = req[:, NET_LATENCY]
+    shared = np.stack(
+        [
+            sla / 1e3,
+            req[:, MEGAPIXELS] / 10.0,
+            req[:, RAW_KB] / 1e3,
+            prep / 1e3,
+            req[:, TIER_LOW],
+            req[:, TIER_MID],
+            req[:, TIER_HIGH],
+            lat / 1e3,
+            np.log(bw),
+            np.minimum(req[:, NET_UPLINK_STD] / bw, _MAX_CV),
+            np.log1p(np.maximum(req[:, NET_AGE], 0.0) / 1e3),
+            np.log(bw_last),
+        ],
+        axis=1,
+    )
+    out[:, :, :12] = shared[:, None, :]
+    # the on-device model of each option: the local model, or the backup (offload + backup)
+    backup_idx = np.argmax(models[:, :, IS_BACKUP], axis=1)
+    idx = np.concatenate(
+        [np.tile(np.arange(big_l), (n, 1)), np.repeat(backup_idx[:, None], 4, axis=1)], axis=1
+    )
+    rows = np.take_along_axis(models, idx[:, :, None], axis=1)  # (N, K, P)
+    involved = np.zeros((n, k), dtype=bool)
+    involved[:, :big_l] = True
+    involved[:, big_l + 2 :] = True
+    mu, sigma = rows[:, :, MU], rows[:, :, SIGMA]
+    load = np.where(rows[:, :, LOADED] > 0, 0.0, rows[:, :, LOAD])
+    slack = sla[:, None] - prep[:, None] - load - mu
+    z = np.clip(slack / np.maximum(sigma, 1.0), -_MAX_Z, _MAX_Z)
+    out[:, :, 12] = 0.0
+    out[:, :big_l, 12] = 1.0
+    out[:, big_l:, 13] = [p for p, _ in OFFLOAD_OPTIONS]
+    out[:, big_l:, 14] = [b for _, b in OFFLOAD_OPTIONS]
+    out[:, :, 15] = np.where(involved, mu / 1e3, 0.0)
+    out[:, :, 16] = np.where(involved, sigma / 1e3, 0.0)
+    out[:, :, 17] = np.where(involved, rows[:, :, ACC], 0.0)
+    out[:, :, 18] = np.where(involved, load / 1e3, 0.0)
+    out[:, :, 19] = np.where(involved, slack / 1e3, 0.0)
+    out[:, :, 20] = np.where(involved, z, 0.0)
+    payload_kb = np.where(
+        np.array([p for p, _ in OFFLOAD_OPTIONS])[None, :] == 1,
+        req[:, RAW_KB, None],
+        PRE_PAYLOAD_KB,
+    )
+    upload_ms = 8.0 * payload_kb / bw_last[:, None]
+    dev_prep = np.where(np.array([p for p, _ in OFFLOAD_OPTIONS])[None, :] == 0, prep[:, None], 0.0)
+    out[:, big_l:, 21] = upload_ms / 1e3
+    out[:, big_l:, 22] = (sla[:, None] - dev_prep - upload_ms - 2.0 * lat[:, None]) / 1e3
+    return out.astype(np.float32)

@@ -1,0 +1,445 @@
+"""A learned device policy for ``modi/Offload-v0``: one shared scorer over placement options.
+
+Every placement option of a capture — each on-device model, offload with on-device or
+in-cloud preprocessing, each with or without the on-device backup — is described by one
+vector of :func:`modi.runtime.device_features.option_features` (the request, the device's own
+network history, and the on-device model the option involves). One small MLP maps an option
+vector to the option's expected outcome: effective accuracy, device energy (J) and MB sent.
+The policy picks the option with the highest
+
+    score = accuracy - w_energy_per_j * energy_J - w_bytes_per_mb * MB_sent
+
+so any energy weight is one argmax away (the accuracy-energy frontier needs no retraining), and
+nothing in the scorer depends on the device's model list: a phone with another on-device pool
+needs no retraining (only options whose features leave the training range are refused at run
+time, see :class:`modi.runtime.DeviceSelector`).
+
+Training is full-information regression in simulation: at every visited capture the env's
+privileged counterfactual outcomes of *all* options (:meth:`OffloadSim.counterfactual_outcomes`)
+are the regression targets (the observation stays the honest one), on a mixture of device tiers
+× networks × SLAs. States are visited first with uniformly random options, then with the
+current scorer (ε-greedy), so the device's network history looks like the learned policy's.
+The policy is myopic: it ignores what a model load does to later requests.
+
+Export: :func:`export_device_onnx` writes one ONNX file ``options (N, K, F) -> predictions
+(N, K, 3), scores (N, K)`` with the feature schema, the weights and the training range of every
+feature in its metadata (:mod:`modi.agents.device_onnx_meta` keys).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from numpy.typing import NDArray
+from onnx import TensorProto, helper, numpy_helper
+
+from modi.envs.devices import DeviceProfile
+from modi.envs.offload import OffloadSim
+from modi.runtime import device_features as dfeat
+from modi.runtime.device_meta import DeviceModelMeta
+from modi.runtime.device_selector import DeviceModel, DeviceSpec
+
+log = logging.getLogger(__name__)
+
+#: Prediction targets, in output order.
+TARGETS = ("accuracy", "energy_j", "mb_sent")
+OPSET = 18
+
+
+class DeviceScorerError(ValueError):
+    """Bad training or export argument; the message names it."""
+
+
+class ScorerNet(torch.nn.Module):
+    """Normalised MLP ``(..., F) -> (..., 3)`` (accuracy, energy J, MB sent)."""
+
+    x_mean: torch.Tensor
+    x_std: torch.Tensor
+    y_mean: torch.Tensor
+    y_std: torch.Tensor
+
+    def __init__(
+        self,
+        hidden: Sequence[int],
+        x_mean: NDArray[np.float32],
+        x_std: NDArray[np.float32],
+        y_mean: NDArray[np.float32],
+        y_std: NDArray[np.float32],
+    ) -> None:
+        super().__init__()
+        layers: list[torch.nn.Module] = []
+        width = dfeat.F
+        for h in hidden:
+            layers += [torch.nn.Linear(width, int(h)), torch.nn.ReLU()]
+            width = int(h)
+        layers.append(torch.nn.Linear(width, len(TARGETS)))
+        self.mlp = torch.nn.Sequential(*layers)
+        self.register_buffer("x_mean", torch.as_tensor(x_mean, dtype=torch.float32))
+        self.register_buffer("x_std", torch.as_tensor(x_std, dtype=torch.float32))
+        self.register_buffer("y_mean", torch.as_tensor(y_mean, dtype=torch.float32))
+        self.register_buffer("y_std", torch.as_tensor(y_std, dtype=torch.float32))
+        self.hidden = [int(h) for h in hidden]
+
+    def forward_normalised(self, x: torch.Tensor) -> torch.Tensor:
+        """Predictions in target-standardised units."""
+        return self.mlp((x - self.x_mean) / self.x_std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Predictions in target units."""
+        return self.forward_normalised(x) * self.y_std + self.y_mean
+
+
+def _weights_vector(w_energy_per_j: float, w_bytes_per_mb: float) -> NDArray[np.float32]:
+    for name, w in (("w_energy_per_j", w_energy_per_j), ("w_bytes_per_mb", w_bytes_per_mb)):
+        if not np.isfinite(w) or w < 0:
+            raise DeviceScorerError(f"{name} must be a finite number >= 0, got {w!r}")
+    return np.array([1.0, -w_energy_per_j, -w_bytes_per_mb], dtype=np.float32)
+
+
+@dataclass
+class DeviceScorerPolicy:
+    """The learned device policy (a :class:`~modi.agents.offload_policies.DevicePolicy`)."""
+
+    net: ScorerNet
+    w_energy_per_j: float = 0.0
+    w_bytes_per_mb: float = 0.0
+    feature_min: NDArray[np.float32] = field(default_factory=lambda: np.zeros(dfeat.F, np.float32))
+    feature_max: NDArray[np.float32] = field(default_factory=lambda: np.zeros(dfeat.F, np.float32))
+    trained_on: dict[str, Any] = field(default_factory=dict)
+    name: str = "learned"
+    server_policy: str | None = None
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        """Deterministic: nothing to reset."""
+
+    def with_weights(
+        self, w_energy_per_j: float, w_bytes_per_mb: float | None = None
+    ) -> DeviceScorerPolicy:
+        """The same scorer under other objective weights (a point of the frontier)."""
+        _weights_vector(
+            w_energy_per_j, self.w_bytes_per_mb if w_bytes_per_mb is None else w_bytes_per_mb
+        )
+        return DeviceScorerPolicy(
+            self.net,
+            float(w_energy_per_j),
+            self.w_bytes_per_mb if w_bytes_per_mb is None else float(w_bytes_per_mb),
+            self.feature_min,
+            self.feature_max,
+            self.trained_on,
+            self.name,
+        )
+
+    def predict(self, options: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Predicted (accuracy, energy J, MB sent) of option vectors ``(..., F)``."""
+        with torch.no_grad():
+            return self.net(torch.from_numpy(np.ascontiguousarray(options, np.float32))).numpy()
+
+    def scores(self, obs: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Score of every option ``(N, K)`` for device observations ``(N, D)``."""
+        pred = self.predict(dfeat.option_features(obs))
+        w = _weights_vector(self.w_energy_per_j, self.w_bytes_per_mb)
+        return np.asarray(pred @ w, dtype=np.float32)
+
+    def select(self, obs: NDArray[np.float32]) -> NDArray[np.int64]:
+        """One action ``(preprocessing, placement, backup)`` per observation row."""
+        obs = np.atleast_2d(obs)
+        s = self.scores(obs)
+        big_l = dfeat.DeviceObsLayout.from_obs_dim(obs.shape[1]).num_models
+        return dfeat.option_actions(big_l)[s.argmax(axis=1)]
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | Path) -> Path:
+        """Save the scorer (torch state + settings) to ``path``."""
+        path = Path(path)
+        torch.save(
+            {
+                "hidden": self.net.hidden,
+                "state": self.net.state_dict(),
+                "w_energy_per_j": self.w_energy_per_j,
+                "w_bytes_per_mb": self.w_bytes_per_mb,
+                "feature_min": self.feature_min.tolist(),
+                "feature_max": self.feature_max.tolist(),
+                "trained_on": self.trained_on,
+                "option_schema": f"{dfeat.OPTION_SCHEMA_NAME} v{dfeat.OPTION_SCHEMA_VERSION}",
+            },
+            path,
+        )
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> DeviceScorerPolicy:
+        """Load a scorer saved by :meth:`save`."""
+        d = torch.load(Path(path), weights_only=False)
+        schema = f"{dfeat.OPTION_SCHEMA_NAME} v{dfeat.OPTION_SCHEMA_VERSION}"
+        if d.get("option_schema") != schema:
+            raise DeviceScorerError(
+                f"{path}: option schema {d.get('option_schema')!r}, expected {schema!r}"
+            )
+        z = np.zeros(dfeat.F, np.float32)
+        net = ScorerNet(d["hidden"], z, z + 1, np.zeros(3, np.float32), np.ones(3, np.float32))
+        net.load_state_dict(d["state"])
+        return cls(
+            net,
+            float(d["w_energy_per_j"]),
+            float(d["w_bytes_per_mb"]),
+            np.asarray(d["feature_min"], np.float32),
+            np.asarray(d["feature_max"], np.float32),
+            dict(d.get("trained_on", {})),
+        )
+
+
+# ============================================================================ training
+def _targets(sim: OffloadSim, opt_idx: NDArray[np.intp]) -> NDArray[np.float32]:
+    """Counterfactual (accuracy, energy J, MB sent) of every option, ``(N, K, 3)``."""
+    o = sim.counterfactual_outcomes()
+    n, na = sim.num_envs, len(sim.all_actions())
+    y = np.stack(
+        [
+            o.accuracy.reshape(n, na),
+            o.energy_mj.reshape(n, na) / 1e3,
+            o.bytes_sent.reshape(n, na) / 1e6,
+        ],
+        axis=-1,
+    )
+    return np.asarray(y[:, opt_idx], dtype=np.float32)
+
+
+def option_action_index(num_local: int) -> NDArray[np.intp]:
+    """Index of each option's action in :meth:`OffloadSim.all_actions` order."""
+    acts = dfeat.option_actions(num_local)
+    return np.asarray((acts[:, 0] * (num_local + 1) + acts[:, 1]) * 2 + acts[:, 2], dtype=np.intp)
+
+
+Behaviour = Callable[[NDArray[np.float32]], NDArray[np.int64]] | None
+
+
+def collect(
+    sims: Sequence[OffloadSim],
+    steps: int,
+    seed: int,
+    behaviour: DeviceScorerPolicy | None = None,
+    epsilon: float = 1.0,
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """Visit ``steps`` captures per stream of every sim (reset with ``seed + i``) and return
+    option vectors ``(M, F)`` and their counterfactual targets ``(M, 3)``. The option taken is
+    uniformly random with probability ``epsilon``, else ``behaviour``'s."""
+    xs: list[NDArray[np.float32]] = []
+    ys: list[NDArray[np.float32]] = []
+    rng = np.random.default_rng(seed)
+    for i, sim in enumerate(sims):
+        obs = sim.reset(seed + i)
+        opt_idx = option_action_index(sim.num_local)
+        acts = dfeat.option_actions(sim.num_local)
+        k = len(acts)
+        for _ in range(steps):
+            x = dfeat.option_features(obs)
+            y = _targets(sim, opt_idx)
+            xs.append(x.reshape(-1, dfeat.F))
+            ys.append(y.reshape(-1, 3))
+            pick = rng.integers(0, k, size=sim.num_envs)
+            if behaviour is not None and epsilon < 1.0:
+                greedy = rng.random(sim.num_envs) >= epsilon
+                if greedy.any():
+                    s = behaviour.scores(obs)
+                    pick = np.where(greedy, s.argmax(axis=1), pick)
+            sim.step(acts[pick])
+            obs = sim.obs
+    return np.concatenate(xs), np.concatenate(ys)
+
+
+def fit_scorer(
+    x: NDArray[np.float32],
+    y: NDArray[np.float32],
+    hidden: Sequence[int] = (64, 64),
+    epochs: int = 6,
+    batch_size: int = 4096,
+    lr: float = 3e-3,
+    seed: int = 0,
+    net: ScorerNet | None = None,
+    x_val: NDArray[np.float32] | None = None,
+    y_val: NDArray[np.float32] | None = None,
+) -> tuple[ScorerNet, list[dict[str, float]]]:
+    """Least-squares fit of the scorer (Adam, standardised targets); returns the net and one
+    row of losses per epoch (train, and validation when given)."""
+    if len(x) == 0 or x.shape[1] != dfeat.F or y.shape != (len(x), 3):
+        raise DeviceScorerError(
+            f"training data must be (M, {dfeat.F}) options and (M, 3) targets, got {x.shape} "
+            f"and {y.shape}"
+        )
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise DeviceScorerError(
+            f"epochs, batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}"
+        )
+    torch.manual_seed(seed)
+    if net is None:
+        x_mean, x_std = x.mean(axis=0), x.std(axis=0)
+        x_std = np.where(x_std > 1e-6, x_std, 1.0).astype(np.float32)
+        y_mean, y_std = y.mean(axis=0), y.std(axis=0)
+        y_std = np.where(y_std > 1e-9, y_std, 1.0).astype(np.float32)
+        net = ScorerNet(hidden, x_mean.astype(np.float32), x_std, y_mean.astype(np.float32), y_std)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    y_std_t = net.y_std
+    y_mean_t = net.y_mean
+    gen = torch.Generator().manual_seed(seed)
+    history: list[dict[str, float]] = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(len(xt), generator=gen)
+        total = 0.0
+        for b in range(0, len(xt), batch_size):
+            idx = perm[b : b + batch_size]
+            pred = net.forward_normalised(xt[idx])
+            loss = torch.mean((pred - (yt[idx] - y_mean_t) / y_std_t) ** 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss.detach()) * len(idx)
+        sched.step()
+        row = {
+            "epoch": float(epoch),
+            "train_mse": total / len(xt),
+            "seconds": time.perf_counter() - t0,
+        }
+        if x_val is not None and y_val is not None:
+            with torch.no_grad():
+                pv = net.forward_normalised(torch.from_numpy(x_val))
+                row["val_mse"] = float(
+                    torch.mean((pv - (torch.from_numpy(y_val) - y_mean_t) / y_std_t) ** 2)
+                )
+        history.append(row)
+        log.info("scorer epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
+    net.eval()
+    return net, history
+
+
+def train_device_scorer(
+    sims: Sequence[OffloadSim],
+    steps: int,
+    seed: int,
+    rounds: int = 2,
+    epsilon: float = 0.2,
+    hidden: Sequence[int] = (64, 64),
+    epochs: int = 6,
+    batch_size: int = 4096,
+    lr: float = 3e-3,
+    w_energy_per_j: float = 0.0,
+    w_bytes_per_mb: float = 0.0,
+    trained_on: dict[str, Any] | None = None,
+    on_round: Callable[[int, list[dict[str, float]]], None] | None = None,
+) -> DeviceScorerPolicy:
+    """Collect and fit for ``rounds`` rounds (the first with random options, then ε-greedy with
+    the current scorer; data of all rounds kept), return the policy."""
+    if rounds < 1 or steps < 1 or not sims:
+        raise DeviceScorerError(f"need rounds >= 1, steps >= 1 and sims, got {rounds}, {steps}")
+    xs: list[NDArray[np.float32]] = []
+    ys: list[NDArray[np.float32]] = []
+    policy: DeviceScorerPolicy | None = None
+    for r in range(rounds):
+        x, y = collect(sims, steps, seed + 7919 * r, policy, 1.0 if policy is None else epsilon)
+        xs.append(x)
+        ys.append(y)
+        xa, ya = np.concatenate(xs), np.concatenate(ys)
+        net, hist = fit_scorer(xa, ya, hidden, epochs, batch_size, lr, seed + r)
+        policy = DeviceScorerPolicy(
+            net,
+            w_energy_per_j,
+            w_bytes_per_mb,
+            xa.min(axis=0),
+            xa.max(axis=0),
+            dict(trained_on or {}),
+        )
+        log.info("device scorer round %d: %d option rows", r, len(xa))
+        if on_round is not None:
+            on_round(r, hist)
+    assert policy is not None
+    return policy
+
+
+# ============================================================================ export
+def export_device_onnx(policy: DeviceScorerPolicy, path: str | Path) -> Path:
+    """Write the scorer as one ONNX file: ``options (N, K, F) float32 -> predictions
+    (N, K, 3), scores (N, K)`` with the metadata of :class:`DeviceModelMeta`."""
+    net = policy.net
+    linears = [m for m in net.mlp if isinstance(m, torch.nn.Linear)]
+    inits: list[onnx.TensorProto] = []
+    nodes: list[onnx.NodeProto] = []
+
+    def const(name: str, arr: NDArray[Any]) -> str:
+        inits.append(numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name))
+        return name
+
+    const("x_mean", net.x_mean.numpy())
+    const("x_inv_std", 1.0 / net.x_std.numpy())
+    nodes.append(helper.make_node("Sub", ["options", "x_mean"], ["xc"]))
+    nodes.append(helper.make_node("Mul", ["xc", "x_inv_std"], ["h0"]))
+    cur = "h0"
+    for i, lin in enumerate(linears):
+        w = const(f"w{i}", lin.weight.detach().numpy().T)
+        b = const(f"b{i}", lin.bias.detach().numpy())
+        nodes.append(helper.make_node("MatMul", [cur, w], [f"m{i}"]))
+        out = f"a{i}" if i < len(linears) - 1 else "yn"
+        nodes.append(helper.make_node("Add", [f"m{i}", b], [out]))
+        if i < len(linears) - 1:
+            nodes.append(helper.make_node("Relu", [out], [f"h{i + 1}"]))
+            cur = f"h{i + 1}"
+    const("y_std", net.y_std.numpy())
+    const("y_mean", net.y_mean.numpy())
+    nodes.append(helper.make_node("Mul", ["yn", "y_std"], ["ys"]))
+    nodes.append(helper.make_node("Add", ["ys", "y_mean"], ["predictions"]))
+    const("objective", _weights_vector(policy.w_energy_per_j, policy.w_bytes_per_mb)[:, None])
+    nodes.append(helper.make_node("MatMul", ["predictions", "objective"], ["score_col"]))
+    inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "last_axis"))
+    nodes.append(helper.make_node("Squeeze", ["score_col", "last_axis"], ["scores"]))
+    graph = helper.make_graph(
+        nodes,
+        "modi_device_scorer",
+        [helper.make_tensor_value_info("options", TensorProto.FLOAT, ["N", "K", dfeat.F])],
+        [
+            helper.make_tensor_value_info("predictions", TensorProto.FLOAT, ["N", "K", 3]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", "K"]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    meta = DeviceModelMeta(
+        w_energy_per_j=policy.w_energy_per_j,
+        w_bytes_per_mb=policy.w_bytes_per_mb,
+        feature_min=tuple(float(v) for v in policy.feature_min),
+        feature_max=tuple(float(v) for v in policy.feature_max),
+        trained_on=json.dumps(policy.trained_on, sort_keys=True),
+    )
+    helper.set_metadata_props(model, meta.to_props())
+    onnx.checker.check_model(model)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def device_spec(profile: DeviceProfile) -> DeviceSpec:
+    """The :class:`~modi.runtime.device_selector.DeviceSpec` of a device preset (what the phone
+    knows about itself: the env's profiled values)."""
+    return DeviceSpec(
+        tier=profile.tier,
+        models=tuple(
+            DeviceModel(
+                m.id, float(m.accuracy), float(m.mean_ms), float(m.std_ms), float(m.load_mean_ms)
+            )
+            for m in profile.models
+        ),
+        backup=profile.ids[profile.backup_index],
+        prep_intercept_ms=float(profile.preprocessing.intercept_ms),
+        prep_ms_per_mp=float(profile.preprocessing.ms_per_mp),
+    )

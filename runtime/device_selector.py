@@ -1,0 +1,333 @@
+"""The device runtime: the phone's decision at capture time from an exported device policy.
+
+:class:`DeviceSelector` loads an ONNX file written by
+:func:`modi.agents.device_scorer.export_device_onnx`, keeps the phone's own network history
+(:func:`modi.runtime.device_features.fold_measurement`, the env's EWMA), builds the observation
+and the option vectors with :mod:`modi.runtime.device_features` (the module ``modi/Offload-v0``
+uses) and returns a :class:`DeviceDecision`: where to preprocess, which placement (an
+on-device model or offload) and whether to start the backup, with the reason.
+
+It never raises on the decision path. It answers with the PieSlicer rule instead (preprocess
+where the expected pre-execution time is lower, from the newest uplink measurement; offload; no
+backup) and says why when:
+
+* there is no model, or the file is missing, corrupt or for another schema (``"no learned
+  model: ..."``);
+* an input is bad: NaN / inf / negative measurements or request fields (``"invalid input:
+  ..."``);
+* an option vector leaves the range seen in training by more than ``range_margin`` of that
+  range (another on-device pool or device than the policy was trained for, ``"out of
+  range: ..."``);
+* onnxruntime fails (``"inference failed: ..."``).
+
+Only numpy and onnxruntime are imported (never torch, gymnasium, hydra or mlflow).
+
+Usage on a phone::
+
+    spec = DeviceSpec(tier="mid", models=[DeviceModel("mobilenet_0.25_128", 0.41, 66.3, 6.0,
+                      12.0), ...], backup="mobilenet_0.25_128", prep_intercept_ms=15.0,
+                      prep_ms_per_mp=36.4)
+    sel = DeviceSelector.load("device_policy.onnx", spec)
+    sel.start(latency_ms=12.0, uplink_mbps=20.0, time_ms=0.0)        # the start-up probe
+    d = sel.decide(time_ms=t, sla_ms=500, megapixels=12.0, raw_bytes=3.1e6)
+    ...                                                               # act on d.prep, d.placement
+    sel.record(latency_ms=..., uplink_mbps=..., time_ms=t_capture)    # when the response is back
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from modi.runtime import device_features as dfeat
+from modi.runtime.device_meta import (
+    INPUT_OPTIONS,
+    OUTPUT_SCORES,
+    DeviceMetadataError,
+    DeviceModelMeta,
+)
+
+log = logging.getLogger(__name__)
+
+TIERS = ("low", "mid", "high")
+PREP_NAMES = ("device", "server")
+#: Server preprocessing estimate of the fallback rule (ms = intercept + per-MP x MP): the env's
+#: default server (``modi.envs.offload.DEFAULT_SERVER_PREP``).
+FALLBACK_SERVER_PREP = (2.0, 8.0)
+
+
+@dataclass(frozen=True)
+class DeviceModel:
+    """One on-device model's profile (ms) and top-1 accuracy (fraction)."""
+
+    model_id: str
+    accuracy: float
+    mean_ms: float
+    std_ms: float
+    load_ms: float
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """What the phone knows about itself: tier, on-device models, backup, preprocessing law."""
+
+    tier: str
+    models: Sequence[DeviceModel]
+    backup: str
+    prep_intercept_ms: float
+    prep_ms_per_mp: float
+
+
+@dataclass(frozen=True)
+class DeviceDecision:
+    """One capture's decision. ``placement`` is an on-device model id or ``"offload"``."""
+
+    prep: str
+    placement: str
+    backup: bool
+    action: tuple[int, int, int]
+    source: str  # "learned" or "fallback"
+    reason: str
+    scores: tuple[float, ...] = field(default=(), repr=False)
+
+
+class DeviceSelector:
+    """Device-side decisions from an exported device policy, with a PieSlicer fallback."""
+
+    def __init__(
+        self,
+        spec: DeviceSpec,
+        model_path: str | Path | None = None,
+        range_margin: float = 0.25,
+        alpha: float = dfeat.DEVICE_NET_ALPHA,
+    ) -> None:
+        self.spec = spec
+        self.range_margin = float(range_margin)
+        self.alpha = float(alpha)
+        self._spec_error = self._check_spec(spec)
+        self.meta: DeviceModelMeta | None = None
+        self._run: Any = None
+        self.load_error: str | None = "no model given" if model_path is None else None
+        self.loaded = np.zeros(len(spec.models), dtype=bool)
+        self._backup_index = 0
+        if self._spec_error is None:
+            ids = [m.model_id for m in spec.models]
+            self._backup_index = ids.index(spec.backup)
+            self.loaded[self._backup_index] = True
+        # network history (the env's state): EWMAs, newest measurement, its time
+        self._lat = math.nan
+        self._bw = math.nan
+        self._bw_var = 0.0
+        self._bw_last = math.nan
+        self._last_ms = math.nan
+        if model_path is not None:
+            self._load(Path(model_path))
+
+    @classmethod
+    def load(cls, path: str | Path, spec: DeviceSpec, **kwargs: Any) -> DeviceSelector:
+        """A selector for ``spec`` with the policy at ``path`` (never raises: a bad file gives
+        a selector that falls back, with :attr:`load_error` saying why)."""
+        return cls(spec, path, **kwargs)
+
+    @staticmethod
+    def _check_spec(spec: DeviceSpec) -> str | None:
+        if spec.tier not in TIERS:
+            return f"unknown device tier {spec.tier!r}; expected one of {list(TIERS)}"
+        if not spec.models:
+            return "the device has no on-device models"
+        ids = [m.model_id for m in spec.models]
+        if spec.backup not in ids:
+            return f"backup {spec.backup!r} is not an on-device model ({ids})"
+        for m in spec.models:
+            vals = (m.accuracy, m.mean_ms, m.std_ms, m.load_ms)
+            if not all(math.isfinite(v) and v >= 0 for v in vals) or m.accuracy > 1:
+                return f"model {m.model_id!r}: accuracy in [0, 1] and times >= 0 expected"
+        if not all(
+            math.isfinite(v) and v >= 0 for v in (spec.prep_intercept_ms, spec.prep_ms_per_mp)
+        ):
+            return "prep_intercept_ms and prep_ms_per_mp must be finite and >= 0"
+        return None
+
+    def _load(self, path: Path) -> None:
+        try:
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = 1
+            opts.inter_op_num_threads = 1
+            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            props = sess.get_modelmeta().custom_metadata_map
+            self.meta = DeviceModelMeta.from_props(props)
+            names = [i.name for i in sess.get_inputs()]
+            if names != [INPUT_OPTIONS]:
+                raise DeviceMetadataError(f"inputs {names}, expected [{INPUT_OPTIONS!r}]")
+        except Exception as e:  # never raise on load
+            self.meta = None
+            self.load_error = f"{path}: {e}"
+            log.warning("device policy not loaded, using the PieSlicer rule: %s", self.load_error)
+            return
+        self._lo = np.asarray(self.meta.feature_min, dtype=np.float32)
+        self._hi = np.asarray(self.meta.feature_max, dtype=np.float32)
+        width = self._hi - self._lo
+        self._lo_ok = self._lo - self.range_margin * width - 1e-6
+        self._hi_ok = self._hi + self.range_margin * width + 1e-6
+        self._run = sess.run
+        self._outputs = [OUTPUT_SCORES]
+        self.load_error = None
+
+    # ------------------------------------------------------------------ network history
+    def start(self, latency_ms: float, uplink_mbps: float, time_ms: float) -> None:
+        """The start-up probe: the history starts from this measurement."""
+        self._lat, self._bw, self._bw_var = float(latency_ms), float(uplink_mbps), 0.0
+        self._bw_last, self._last_ms = float(uplink_mbps), float(time_ms)
+
+    def record(self, latency_ms: float, uplink_mbps: float, time_ms: float) -> None:
+        """A completed measurement (call when the response has arrived): the response's one-way
+        latency, the upload's bandwidth, and the capture time of the request that measured
+        them. Invalid values are ignored (logged)."""
+        vals = (latency_ms, uplink_mbps, time_ms)
+        if (
+            not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals)
+            or min(latency_ms, uplink_mbps) < 0
+        ):
+            log.warning("ignoring an invalid network measurement %s", vals)
+            return
+        if math.isnan(self._bw):
+            self.start(latency_ms, uplink_mbps, time_ms)
+            return
+        lat, bw, var = dfeat.fold_measurement(
+            self._lat, self._bw, self._bw_var, latency_ms, uplink_mbps, self.alpha
+        )
+        self._lat, self._bw, self._bw_var = float(lat), float(bw), float(var)
+        self._bw_last, self._last_ms = float(uplink_mbps), float(time_ms)
+
+    def set_loaded(self, model_id: str, loaded: bool = True) -> None:
+        """Mark an on-device model as in memory (or not)."""
+        ids = [m.model_id for m in self.spec.models]
+        if model_id in ids:
+            self.loaded[ids.index(model_id)] = bool(loaded)
+
+    # ------------------------------------------------------------------ decisions
+    def observation(
+        self, time_ms: float, sla_ms: float, megapixels: float, raw_bytes: float
+    ) -> NDArray[np.float32]:
+        """The env's observation ``(D,)`` of this capture (``modi.device_decision``)."""
+        s = self.spec
+        req = dfeat.encode_device_requests(
+            sla_ms,
+            megapixels,
+            raw_bytes,
+            s.prep_intercept_ms + s.prep_ms_per_mp * megapixels,
+            TIERS.index(s.tier),
+            self._lat,
+            self._bw,
+            math.sqrt(self._bw_var),
+            time_ms - self._last_ms,
+            self._bw_last,
+        )
+        rows = dfeat.encode_device_models(
+            [m.mean_ms for m in s.models],
+            [m.std_ms for m in s.models],
+            [m.accuracy for m in s.models],
+            [m.load_ms for m in s.models],
+            self.loaded.astype(np.float64),
+            self._backup_index,
+        )
+        return np.concatenate([req, rows.reshape(-1)])
+
+    def _fallback(
+        self, reason: str, sla_ms: float, megapixels: float, raw_bytes: float
+    ) -> DeviceDecision:
+        """PieSlicer's rule from the newest uplink measurement: the location with the lower
+        expected pre-execution time; offload; no backup (device preprocessing when unknown)."""
+        prep = 0
+        try:
+            bw = self._bw_last
+            s = self.spec
+            if (
+                math.isfinite(bw)
+                and bw > 0
+                and math.isfinite(megapixels)
+                and math.isfinite(raw_bytes)
+            ):
+                dev = s.prep_intercept_ms + s.prep_ms_per_mp * megapixels
+                dev += 8.0 * dfeat.PRE_PAYLOAD_KB / bw
+                a, b = FALLBACK_SERVER_PREP
+                srv = 8.0 * raw_bytes / 1e3 / bw + a + b * megapixels
+                prep = 0 if dev <= srv else 1
+        except Exception:  # the fallback itself never raises
+            prep = 0
+        n = len(self.spec.models)
+        return DeviceDecision(PREP_NAMES[prep], "offload", False, (prep, n, 0), "fallback", reason)
+
+    def decide(
+        self, time_ms: float, sla_ms: float, megapixels: float, raw_bytes: float
+    ) -> DeviceDecision:
+        """The decision for a capture at ``time_ms`` (never raises)."""
+        if self._spec_error is not None:
+            return self._fallback(
+                f"invalid device: {self._spec_error}", sla_ms, megapixels, raw_bytes
+            )
+        if self._run is None:
+            return self._fallback(
+                f"no learned model: {self.load_error}", sla_ms, megapixels, raw_bytes
+            )
+        try:
+            vals = (time_ms, sla_ms, megapixels, raw_bytes)
+            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+                return self._fallback(
+                    f"invalid input: non-finite request field {vals}", sla_ms, megapixels, raw_bytes
+                )
+            if sla_ms <= 0 or megapixels <= 0 or raw_bytes <= 0:
+                return self._fallback(
+                    "invalid input: sla_ms, megapixels, raw_bytes must be > 0",
+                    sla_ms,
+                    megapixels,
+                    raw_bytes,
+                )
+            hist = (self._lat, self._bw, self._bw_last, self._last_ms)
+            if not all(math.isfinite(v) for v in hist) or min(hist[:3]) < 0:
+                return self._fallback(
+                    f"invalid input: network history {hist} (no measurement yet?)",
+                    sla_ms,
+                    megapixels,
+                    raw_bytes,
+                )
+            obs = self.observation(time_ms, sla_ms, megapixels, raw_bytes)
+            x = dfeat.option_features(obs)
+            bad = (x < self._lo_ok) | (x > self._hi_ok)
+            if bad.any():
+                _, k, f = np.argwhere(bad)[0]
+                name = dfeat.OPTION_FEATURES[f][0]
+                return self._fallback(
+                    f"out of range: option {k} feature {name}={float(x[0, k, f]):.4g} outside the "
+                    f"training range [{float(self._lo[f]):.4g}, {float(self._hi[f]):.4g}]",
+                    sla_ms,
+                    megapixels,
+                    raw_bytes,
+                )
+            scores = self._run(self._outputs, {INPUT_OPTIONS: x})[0][0]
+            if scores.shape != (x.shape[1],) or not np.all(np.isfinite(scores)):
+                return self._fallback("inference failed: bad scores", sla_ms, megapixels, raw_bytes)
+        except Exception as e:  # the decision path never raises
+            return self._fallback(f"inference failed: {e}", sla_ms, megapixels, raw_bytes)
+        k = int(np.argmax(scores))
+        n = len(self.spec.models)
+        prep, place, backup = (int(v) for v in dfeat.option_actions(n)[k])
+        where = self.spec.models[place].model_id if place < n else "offload"
+        return DeviceDecision(
+            PREP_NAMES[prep],
+            where,
+            bool(backup),
+            (prep, place, backup),
+            "learned",
+            f"highest score of {x.shape[1]} options",
+            tuple(float(v) for v in scores),
+        )
