@@ -398,6 +398,38 @@ def format_table(results: pd.DataFrame) -> str:
     return t[cols].to_string(index=False)
 
 
+def console_summary(results: pd.DataFrame, checks: pd.DataFrame, out: Path) -> str:
+    """What the console shows: one row per scenario × policy (means over the SLA points, in
+    %, ms, mJ, KB), the claims that do not hold, and where the files are (the per-SLA table is
+    ``results.csv``, the claims ``checks.csv``)."""
+    t = results.groupby(["scenario", "policy"], sort=False).agg(
+        eff_acc=("effective_accuracy", "mean"),
+        attain=("attainment", "mean"),
+        prep_acc=("prep_decision_accuracy", "mean"),
+        preexec_p50_ms=("preexec_p50_ms", "mean"),
+        energy_mj=("energy_mj", "mean"),
+        kb_sent=("kb_sent", "mean"),
+    )
+    for c in ("eff_acc", "attain", "prep_acc"):
+        t[c] = (100 * t[c]).round(1)
+    for c in ("preexec_p50_ms", "energy_mj", "kb_sent"):
+        t[c] = t[c].round(0)
+    slas = sorted(results.sla_ms.unique())
+    lines = [
+        f"device policies, means over {len(slas)} SLA point(s) {[float(x) for x in slas]} "
+        "(%, ms, mJ, KB):",
+        t.reset_index().to_string(index=False),
+    ]
+    if len(checks):
+        failing = checks[~checks.holds.astype(bool)]
+        lines.append(f"claims: {len(checks) - len(failing)} of {len(checks)} hold")
+        for _, r in failing.iterrows():
+            sla = "" if pd.isna(r.sla_ms) else f" at {r.sla_ms:g} ms"
+            lines.append(f"  does not hold: {r.scenario} {r.claim}{sla} ({r.value:.4g})")
+    lines.append(f"files: {out / 'results.csv'} (per SLA), {out / 'checks.csv'}, figures *.png")
+    return "\n".join(lines)
+
+
 @hydra.main(version_base="1.3", config_path="pkg://modi.conf", config_name="offload")
 def main(cfg: DictConfig) -> float:
     """Hydra entry point; returns the mean effective accuracy of the first policy."""
@@ -407,12 +439,11 @@ def main(cfg: DictConfig) -> float:
     except (ConfigError, ValueError) as e:
         log.error("%s", e)
         sys.exit(2)
-    print(format_table(results))
-    checks = pd.read_csv(out / "checks.csv")
-    if len(checks):
-        print("\nclaims:")
-        print(checks.to_string(index=False))
-    print(f"\nresults: {out / 'results.csv'}")
+    try:
+        checks = pd.read_csv(out / "checks.csv")
+    except pd.errors.EmptyDataError:
+        checks = pd.DataFrame()
+    print(console_summary(results, checks, out))
     first = results[results.policy == results.policy.iloc[0]]
     return float(first.effective_accuracy.mean())
 

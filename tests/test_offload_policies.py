@@ -29,7 +29,7 @@ from modi.envs.links import LinkModel
 from modi.envs.networks import BlockContext
 from modi.envs.offload import PREP_DEVICE, PREP_SERVER, OffloadSim, build_offload_sim
 from modi.experiments.common import ConfigError
-from modi.experiments.compare_offload import RESULT_COLUMNS, run_compare_offload
+from modi.experiments.compare_offload import RESULT_COLUMNS, console_summary, run_compare_offload
 from modi.runtime import device_features as dfeat
 
 PIESLICER_RUNS = (
@@ -329,6 +329,12 @@ def test_compare_offload_runs_a_tiny_budget(tmp_path: Path) -> None:
     assert {"pieslicer_decision_accuracy", "modipick_backup_attainment_gain"} <= set(checks.claim)
     for png in ("offload_mid_wifi_residential.png", "preexec.png"):
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the console shows one row per scenario x policy, the failing claims and the files
+    text = console_summary(results, checks, tmp_path)
+    failing = int((~checks.holds.astype(bool)).sum())
+    assert len(text.splitlines()) == 1 + 1 + 6 + 1 + failing + 1, text
+    assert str(tmp_path / "results.csv") in text and "checks.csv" in text
+    assert f"claims: {len(checks) - failing} of {len(checks)} hold" in text
     # same seed, same numbers
     again = run_compare_offload(cfg, tmp_path / "again", progress=False)
     pd.testing.assert_frame_equal(results, again)
