@@ -463,27 +463,40 @@ class PolicyCandidate:
 
 @dataclass
 class SelectorCandidate:
-    """An exported selector as a server runs it (:class:`modi.runtime.Selector`): the graph's
-    choice, and where the shield may replace it, the exact mixture the shield draws (ModiPick's
-    probabilities on models that respect the hard limit ``μ + σ < T_U``, the graph's choice with
-    the rest); ModiPick's probabilities where the selector falls back."""
+    """An exported selector as a server runs it (:class:`modi.runtime.Selector`, its shield
+    included): the graph's choice where the selector keeps it, ModiPick's probabilities where
+    it falls back (the shield firing, an inference failure); with the budget shield (a learned
+    choice with ``μ + σ >= T_U`` replaced by ModiPick's draw when that draw respects the limit)
+    the exact mixture that draw gives: ModiPick's probabilities on models within the limit,
+    the graph's choice with the rest. Which rows the selector keeps is read from the selector
+    itself, so the estimate follows whatever shield it serves with."""
 
     name: str
-    selector: Any  # a Selector loaded with shield=False; ``shield`` says what is served
-    shield: bool = True
+    selector: Any  # the Selector as served
+    raw: Any  # the same file with the shield off (the graph's own choice)
     threshold_ms: float = 10.0
     path: str = ""
+
+    @property
+    def shield_mode(self) -> str:
+        """``"off"``, ``"budget"`` or another mode (e.g. ``"range"``) of the served selector."""
+        mode = getattr(self.selector, "shield_mode", None)
+        if mode is None:  # a Selector whose only shield is the budget one
+            return "budget" if self.selector.shield else "off"
+        return str(mode)
 
     def probabilities(self, obs: NDArray[np.float32]) -> F64:
         """``π(a|x)`` of the served selector."""
         x = np.ascontiguousarray(obs, dtype=np.float32)
-        d = self.selector.select_features(x)
         k = ObsLayout.from_obs_dim(x.shape[1]).num_models
         mp = modipick_probabilities(x, self.threshold_ms)
+        if self.shield_mode != "budget":
+            d = self.selector.select_features(x)
+            learned = np.asarray(d.learned, dtype=bool)
+            return np.asarray(np.where(learned[:, None], one_hot(d.index, k), mp))
+        d = self.raw.select_features(x)
         learned = np.asarray(d.learned, dtype=bool)
         out = np.where(learned[:, None], one_hot(d.index, k), mp)
-        if not self.shield:
-            return np.asarray(out)
         lay = ObsLayout(k)
         mod = lay.models(x)
         budget = lay.request(x)[:, F.BUDGET].astype(np.float64)
@@ -499,10 +512,11 @@ class SelectorCandidate:
         return np.asarray(out)
 
 
-def load_candidate(spec: str, lg: DecisionLog, *, shield: bool = True) -> Candidate:
+def load_candidate(spec: str, lg: DecisionLog, *, shield: bool | str = True) -> Candidate:
     """A candidate from the command line: an ``.onnx`` file or ``models:/`` URI (served through
-    :class:`~modi.runtime.Selector`, checked against the log's schema and pool), a saved
-    learned policy (``.pt``), or a baseline name (``dynamic_greedy``, ``modipick``, ...)."""
+    :class:`~modi.runtime.Selector` with ``shield`` as a server passes it, checked against the
+    log's schema and pool), a saved learned policy (``.pt``), or a baseline name
+    (``dynamic_greedy``, ``modipick``, ...)."""
     from modi.agents.baselines import POLICY_NAMES, make_policy
 
     if spec.endswith(".onnx") or spec.startswith("models:/"):
@@ -534,7 +548,7 @@ def load_candidate(spec: str, lg: DecisionLog, *, shield: bool = True) -> Candid
     )
 
 
-def _selector_candidate(spec: str, lg: DecisionLog, shield: bool) -> SelectorCandidate:
+def _selector_candidate(spec: str, lg: DecisionLog, shield: bool | str) -> SelectorCandidate:
     from modi.runtime.pool_profile import PoolProfile
     from modi.runtime.selector import Selector, SelectorLoadError
 
@@ -551,12 +565,13 @@ def _selector_candidate(spec: str, lg: DecisionLog, shield: bool) -> SelectorCan
         [max(float(s), 0.0) for s in mod[:, F.SIGMA]],
     )
     try:
-        sel = Selector.load(spec, pool, strict=True, shield=False)
+        sel = Selector.load(spec, pool, strict=True, shield=shield)
+        raw = Selector.load(spec, pool, strict=True, shield=False)
     except SelectorLoadError as e:
         raise OPEError(f"candidate {spec} cannot serve the logged pool/schema: {e}") from None
     meta = sel.metadata
     name = meta.policy_name if meta is not None and meta.policy_name else Path(spec).stem
-    return SelectorCandidate(name, sel, shield, sel.threshold_ms, spec)
+    return SelectorCandidate(name, sel, raw, sel.threshold_ms, spec)
 
 
 # --- a whole log ----------------------------------------------------------------------------
