@@ -50,6 +50,7 @@ from modi.agents.ope import (
     modipick_probabilities,
     one_hot,
 )
+from modi.agents.protocol import Policy
 from modi.envs.simulator import ModelSelectionSim
 from modi.runtime.decision_log import decision_log_from_arrays
 from modi.runtime.features import ObsLayout
@@ -137,8 +138,8 @@ def log_stream(
     )  # fmt: skip
 
 
-def epsilon_greedy(policy: LinUCB, epsilon: float) -> Callable[[NDArray[np.float32]], F64]:
-    """The ε-greedy probabilities around a learned policy's deterministic choice."""
+def epsilon_greedy(policy: Policy, epsilon: float) -> Callable[[NDArray[np.float32]], F64]:
+    """The ε-greedy probabilities around a deterministic policy's choice (e.g. a learned one)."""
 
     def probs(obs: NDArray[np.float32]) -> F64:
         k = ObsLayout.from_obs_dim(obs.shape[1]).num_models
