@@ -30,7 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from modi.experiments.zoo import MANIFEST, ZooEntry, read_manifest
+from modi.experiments.zoo import (
+    MANIFEST,
+    ZooEntry,
+    logging_with_progress,
+    progress_bar,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +131,10 @@ def profile_dir(
     labels: Path | None = None,
     threads: int = 1,
     default_accuracy: float | None = None,
+    progress: bool = False,
 ) -> list[Profile]:
-    """Measure every model of ``pool_dir``; see the module docstring."""
+    """Measure every model of ``pool_dir``; see the module docstring. ``progress`` shows a bar
+    (one tick per model)."""
     if runs < 2 or warmup < 0:
         raise ValueError(f"need runs >= 2 and warmup >= 0, got runs={runs} warmup={warmup}")
     manifest: dict[str, ZooEntry] = {}
@@ -139,7 +147,7 @@ def profile_dir(
         raise ValueError(f"{pool_dir} holds no .onnx models")
     xy = load_labels(labels) if labels is not None else None
     out = []
-    for f in files:
+    for f in progress_bar(files, f"profiling {pool_dir.name}", progress):
         sess = open_session(f, threads)
         entry = manifest.get(f.name)
         acc: float | None
@@ -194,23 +202,53 @@ def write_pool_yaml(
 
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
-    p = argparse.ArgumentParser(prog="modi-profile", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="modi-profile",
+        description=(__doc__ or "").replace("``", "`").replace(":mod:", "").replace("::", ":"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("pool_dir", type=Path, help="folder of .onnx models (with manifest.json)")
-    p.add_argument("--runs", type=int, default=100, help="timed inferences per model")
-    p.add_argument("--warmup", type=int, default=10, help="untimed inferences first")
-    p.add_argument("--labels", type=Path, default=None, help="labelled .npz (x, y) for accuracy")
-    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
-    p.add_argument("--default-accuracy", type=float, default=None, help="fraction, unmeasured")
-    p.add_argument("--name", default=None, help="pool name (default: folder name)")
+    p.add_argument(
+        "--runs",
+        type=int,
+        default=100,
+        help="timed inferences per model, >= 2 (default: %(default)s)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=10,
+        help="untimed inferences before them (default: %(default)s)",
+    )
+    p.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        help="labelled .npz (float x of shape (N, C, H, W), integer y) to measure accuracy on",
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="onnxruntime intra-op threads (default: %(default)s)"
+    )
+    p.add_argument(
+        "--default-accuracy",
+        type=float,
+        default=None,
+        help="accuracy (fraction in [0, 1]) of models with no labels and no manifest entry; "
+        "recorded as not measured",
+    )
+    p.add_argument("--name", default=None, help="pool name (default: the folder's name)")
     p.add_argument("--out", type=Path, required=True, help="pool YAML to write")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not a.pool_dir.is_dir():
         p.error(f"{a.pool_dir} is not a folder")
+    show = not a.no_progress
     try:
-        profiles = profile_dir(
-            a.pool_dir, a.runs, a.warmup, a.labels, a.threads, a.default_accuracy
-        )
+        with logging_with_progress(show):
+            profiles = profile_dir(
+                a.pool_dir, a.runs, a.warmup, a.labels, a.threads, a.default_accuracy, show
+            )
     except ValueError as e:
         p.error(str(e))
     path = write_pool_yaml(profiles, a.out, a.name or a.pool_dir.name, a.runs, a.warmup, a.threads)

@@ -28,14 +28,47 @@ import argparse
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+def progress_bar(items: Sequence[_T], desc: str, enabled: bool = True) -> Iterator[_T]:
+    """``items`` with a progress bar on stderr (tqdm, one tick per model, the current model as
+    the bar's postfix) when ``enabled`` and tqdm is installed; plain iteration otherwise."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the bar is optional (tqdm comes with the train extra)
+        enabled = False
+    if not enabled:
+        yield from items
+        return
+    with tqdm(total=len(items), desc=desc, unit="model", dynamic_ncols=True) as bar:
+        for item in items:
+            bar.set_postfix_str(str(getattr(item, "name", item)), refresh=True)
+            yield item
+            bar.update(1)
+
+
+def logging_with_progress(enabled: bool) -> AbstractContextManager[Any]:
+    """Route log lines through tqdm so they do not break a progress bar (a no-op without)."""
+    if enabled:
+        try:
+            from tqdm.contrib.logging import logging_redirect_tqdm
+
+            return logging_redirect_tqdm()
+        except ImportError:
+            pass
+    return nullcontext()
+
 
 MANIFEST = "manifest.json"
 DIGITS_TEST = "digits_test.npz"
@@ -282,17 +315,22 @@ def _export(model: Any, example: Any, path: Path) -> None:
         )
 
 
-def build_imagenet(out: Path, ids: list[str] | None = None, seed: int = 0) -> list[ZooEntry]:
-    """Export the ImageNet architectures (random weights) into ``out``."""
+def build_imagenet(
+    out: Path, ids: list[str] | None = None, seed: int = 0, progress: bool = False
+) -> list[ZooEntry]:
+    """Export the ImageNet architectures (random weights) into ``out``; ``progress`` shows a
+    bar (one tick per model)."""
     import torch
 
     torch.manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     nets = _nets()
     entries = []
-    for mid in ids or list(nets):
+    todo = list(ids or nets)
+    for mid in todo:
         if mid not in nets:
             raise ValueError(f"unknown architecture {mid!r}; known: {list(nets)}")
+    for mid in progress_bar(todo, "exporting ImageNet models", progress):
         t0 = time.perf_counter()
         model = nets[mid]()
         _export(model, torch.randn(1, 3, 224, 224), out / f"{mid}.onnx")
@@ -344,9 +382,14 @@ def _digits_nets() -> dict[str, Callable[[], Any]]:
 
 
 def build_digits(
-    out: Path, seed: int = 0, epochs: int = 25, ids: list[str] | None = None
+    out: Path,
+    seed: int = 0,
+    epochs: int = 25,
+    ids: list[str] | None = None,
+    progress: bool = False,
 ) -> list[ZooEntry]:
-    """Train the digits classifiers (scikit-learn's data set), export them and the test split."""
+    """Train the digits classifiers (scikit-learn's data set), export them and the test split;
+    ``progress`` shows a bar (one tick per model)."""
     import torch
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -361,9 +404,11 @@ def build_digits(
     xt, yt = torch.from_numpy(xtr), torch.from_numpy(ytr.astype(np.int64))
     entries = []
     nets = _digits_nets()
-    for mid in ids or list(nets):
+    todo = list(ids or nets)
+    for mid in todo:
         if mid not in nets:
             raise ValueError(f"unknown digits model {mid!r}; known: {list(nets)}")
+    for mid in progress_bar(todo, "training digits models", progress):
         model = nets[mid]()
         opt = torch.optim.Adam(model.parameters(), lr=3e-3)
         for _ in range(epochs):
@@ -396,18 +441,39 @@ def build_digits(
 def main(argv: list[str] | None = None) -> None:
     """``python -m modi.experiments.zoo OUT [--only imagenet|digits] [--models ID ...]``."""
     p = argparse.ArgumentParser(
-        prog="python -m modi.experiments.zoo", description=__doc__.split("\n")[0]
+        prog="python -m modi.experiments.zoo",
+        description=(__doc__ or "").replace("``", "`").replace("::", ":"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("out", type=Path, help="folder; pools go to OUT/imagenet and OUT/digits")
-    p.add_argument("--only", choices=("imagenet", "digits"), default=None)
-    p.add_argument("--models", nargs="*", default=None, help="subset of the ImageNet models")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--only",
+        choices=("imagenet", "digits"),
+        default=None,
+        help="build one pool only (default: both)",
+    )
+    p.add_argument(
+        "--models",
+        nargs="*",
+        default=None,
+        help=f"subset of the ImageNet models (default: all of {', '.join(PUBLISHED_TOP1)})",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the weights and the digits split (default: %(default)s)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if a.only in (None, "imagenet"):
-        build_imagenet(a.out / "imagenet", a.models, a.seed)
-    if a.only in (None, "digits"):
-        build_digits(a.out / "digits", a.seed)
+    show = not a.no_progress
+    with logging_with_progress(show):
+        if a.only in (None, "imagenet"):
+            build_imagenet(a.out / "imagenet", a.models, a.seed, progress=show)
+        if a.only in (None, "digits"):
+            build_digits(a.out / "digits", a.seed, progress=show)
+    log.info("wrote %s", a.out)
 
 
 if __name__ == "__main__":
