@@ -38,6 +38,7 @@ from modi.agents.offload_policies import (
 from modi.envs.catalog import load_preset
 from modi.envs.offload import OffloadSim
 from modi.envs.pools import ModelPool
+from modi.experiments import plots
 from modi.experiments.common import ConfigError, as_float_list, as_int, instantiate_node
 
 log = logging.getLogger(__name__)
@@ -201,9 +202,9 @@ def run_compare_offload(cfg: DictConfig, out_dir: Path, progress: bool = True) -
     checks.to_csv(out_dir / "checks.csv", index=False)
     if cfg.get("figures", True):
         for scenario, df in results.groupby("scenario", sort=False):
-            plot_scenario(df, out_dir / f"offload_{scenario}.png", str(scenario))
+            plots.offload_scenario(df, out_dir / f"offload_{scenario}.png", str(scenario))
         if {"static_local", "static_remote", "pieslicer"} <= set(results.policy):
-            plot_preexec(results, out_dir / "preexec.png")
+            plots.offload_preexec(results, out_dir / "preexec.png")
     log.info("wrote %s and %s", out_dir / "results.csv", out_dir / "checks.csv")
     return results
 
