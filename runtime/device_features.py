@@ -15,6 +15,7 @@ past says about this request's bandwidth, while the EWMA mixes in older ones.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -301,3 +302,78 @@ def option_features(obs: ArrayLike) -> NDArray[np.float32]:
     out[:, big_l:, 21] = upload_ms / 1e3
     out[:, big_l:, 22] = (sla[:, None] - dev_prep - upload_ms - 2.0 * lat[:, None]) / 1e3
     return out.astype(np.float32)
+
+
+class OptionBuilder:
+    """Option vectors of *one* capture for a fixed set of on-device model rows: the device
+    runtime's batch-1 path. The model-dependent columns are computed once per model state
+    (:meth:`set_models`); :meth:`build` fills the rest with the same float64 formulas as
+    :func:`option_features` (a test checks they agree on env observations)."""
+
+    def __init__(self, model_rows: ArrayLike) -> None:
+        self.set_models(model_rows)
+
+    def set_models(self, model_rows: ArrayLike) -> None:
+        """Model rows ``(L, P)`` of the device observation (after a model load or unload)."""
+        m = np.asarray(model_rows, dtype=np.float32).astype(np.float64)
+        if m.ndim != 2 or m.shape[1] != P or m.shape[0] < 1:
+            raise ValueError(f"model rows must be (L >= 1, {P}), got {m.shape}")
+        big_l = m.shape[0]
+        k = big_l + len(OFFLOAD_OPTIONS)
+        backup = int(np.argmax(m[:, IS_BACKUP]))
+        rows = m[np.concatenate([np.arange(big_l), np.full(4, backup)])]
+        involved = np.ones(k, dtype=bool)
+        involved[big_l : big_l + 2] = False
+        self.num_models = big_l
+        self._involved = involved
+        self._mu = rows[:, MU]
+        self._sigma1 = np.maximum(rows[:, SIGMA], 1.0)
+        self._load = np.where(rows[:, LOADED] > 0, 0.0, rows[:, LOAD])
+        static = np.zeros((k, F))
+        static[:big_l, 12] = 1.0
+        static[big_l:, 13] = [p for p, _ in OFFLOAD_OPTIONS]
+        static[big_l:, 14] = [b for _, b in OFFLOAD_OPTIONS]
+        static[:, 15] = np.where(involved, self._mu / 1e3, 0.0)
+        static[:, 16] = np.where(involved, rows[:, SIGMA] / 1e3, 0.0)
+        static[:, 17] = np.where(involved, rows[:, ACC], 0.0)
+        static[:, 18] = np.where(involved, self._load / 1e3, 0.0)
+        self._static = static
+        self._raw_opt = np.array([p for p, _ in OFFLOAD_OPTIONS]) == 1
+
+    def build(self, request: ArrayLike) -> NDArray[np.float32]:
+        """Option vectors ``(1, K, F)`` of one request block ``(R,)`` (float32 values)."""
+        r = np.asarray(request, dtype=np.float32).tolist()
+        x = self._static.copy()
+        sla, prep, lat, raw_kb = r[SLA], r[PREP_EST], r[NET_LATENCY], r[RAW_KB]
+        bw = max(r[NET_UPLINK], 1e-3)
+        bw_last = max(r[NET_UPLINK_LAST], 1e-3)
+        x[:, :12] = (
+            sla / 1e3,
+            r[MEGAPIXELS] / 10.0,
+            raw_kb / 1e3,
+            prep / 1e3,
+            r[TIER_LOW],
+            r[TIER_MID],
+            r[TIER_HIGH],
+            lat / 1e3,
+            math.log(bw),
+            min(r[NET_UPLINK_STD] / bw, _MAX_CV),
+            math.log1p(max(r[NET_AGE], 0.0) / 1e3),
+            math.log(bw_last),
+        )
+        slack = sla - prep - self._load - self._mu
+        z = slack / self._sigma1
+        np.minimum(z, _MAX_Z, out=z)
+        np.maximum(z, -_MAX_Z, out=z)
+        inv = self._involved
+        x[:, 19] = slack / 1e3
+        x[:, 20] = z
+        x[~inv, 19:21] = 0.0
+        big_l = self.num_models
+        up_pre = 8.0 * PRE_PAYLOAD_KB / bw_last
+        up_raw = 8.0 * raw_kb / bw_last
+        for j, raw in enumerate(self._raw_opt.tolist()):
+            up = up_raw if raw else up_pre
+            x[big_l + j, 21] = up / 1e3
+            x[big_l + j, 22] = (sla - (0.0 if raw else prep) - up - 2.0 * lat) / 1e3
+        return x.astype(np.float32)[None]

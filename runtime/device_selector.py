@@ -15,9 +15,9 @@ backup) and says why when:
   model: ..."``);
 * an input is bad: NaN / inf / negative measurements or request fields (``"invalid input:
   ..."``);
-* an option vector leaves the range seen in training by more than ``range_margin`` of that
-  range (another on-device pool or device than the policy was trained for, ``"out of
-  range: ..."``);
+* an on-device model's option columns (its μ, σ, accuracy, load time) leave the range seen in
+  training by more than ``range_margin`` of that range: another on-device pool or device than
+  the policy was trained for (``"out of range: ..."``; checked once per model state);
 * onnxruntime fails (``"inference failed: ..."``).
 
 Only numpy and onnxruntime are imported (never torch, gymnasium, hydra or mlflow).
@@ -57,6 +57,12 @@ from modi.runtime.device_meta import (
 log = logging.getLogger(__name__)
 
 TIERS = ("low", "mid", "high")
+#: Option columns that describe the on-device model (checked against the training range).
+POOL_FEATURES = tuple(
+    i
+    for i, (n, _, _) in enumerate(dfeat.OPTION_FEATURES)
+    if n in ("model_mu_s", "model_sigma_s", "model_accuracy", "model_load_s")
+)
 PREP_NAMES = ("device", "server")
 #: Server preprocessing estimate of the fallback rule (ms = intercept + per-MP x MP): the env's
 #: default server (``modi.envs.offload.DEFAULT_SERVER_PREP``).
@@ -117,6 +123,7 @@ class DeviceSelector:
         self.load_error: str | None = "no model given" if model_path is None else None
         self.loaded = np.zeros(len(spec.models), dtype=bool)
         self._backup_index = 0
+        self._tier = TIERS.index(spec.tier) if spec.tier in TIERS else 0
         if self._spec_error is None:
             ids = [m.model_id for m in spec.models]
             self._backup_index = ids.index(spec.backup)
@@ -127,8 +134,17 @@ class DeviceSelector:
         self._bw_var = 0.0
         self._bw_last = math.nan
         self._last_ms = math.nan
+        self._req = np.zeros(dfeat.R, dtype=np.float32)
+        self._ids = [m.model_id for m in spec.models]
+        self._actions = [
+            (int(a), int(b), int(c)) for a, b, c in dfeat.option_actions(max(1, len(self._ids)))
+        ]
+        self._reason = f"highest score of {len(self._actions)} options"
+        self._builder: dfeat.OptionBuilder | None = None
+        self._pool_error: str | None = None
         if model_path is not None:
             self._load(Path(model_path))
+        self._models_changed()
 
     @classmethod
     def load(cls, path: str | Path, spec: DeviceSpec, **kwargs: Any) -> DeviceSelector:
@@ -182,6 +198,44 @@ class DeviceSelector:
         self._outputs = [OUTPUT_SCORES]
         self.load_error = None
 
+    def _model_rows(self) -> NDArray[np.float32]:
+        s = self.spec
+        return dfeat.encode_device_models(
+            [m.mean_ms for m in s.models],
+            [m.std_ms for m in s.models],
+            [m.accuracy for m in s.models],
+            [m.load_ms for m in s.models],
+            self.loaded.astype(np.float64),
+            self._backup_index,
+        )
+
+    def _models_changed(self) -> None:
+        """Recompute the option columns that depend on the on-device models and check them
+        against the training range (once per model state, not per decision)."""
+        self._builder = None
+        self._pool_error = None
+        if self._spec_error is not None:
+            return
+        try:
+            self._builder = dfeat.OptionBuilder(self._model_rows())
+        except ValueError as e:
+            self._pool_error = str(e)
+            return
+        if self.meta is None:
+            return
+        static = self._builder._static
+        for f in POOL_FEATURES:
+            col = static[:, f].astype(np.float32)
+            bad = (col < self._lo_ok[f]) | (col > self._hi_ok[f])
+            if bad.any():
+                k = int(np.argmax(bad))
+                self._pool_error = (
+                    f"option {k} feature {dfeat.OPTION_FEATURES[f][0]}={float(col[k]):.4g} "
+                    f"outside the training range [{float(self._lo[f]):.4g}, "
+                    f"{float(self._hi[f]):.4g}] (another on-device pool or device?)"
+                )
+                return
+
     # ------------------------------------------------------------------ network history
     def start(self, latency_ms: float, uplink_mbps: float, time_ms: float) -> None:
         """The start-up probe: the history starts from this measurement."""
@@ -211,8 +265,9 @@ class DeviceSelector:
     def set_loaded(self, model_id: str, loaded: bool = True) -> None:
         """Mark an on-device model as in memory (or not)."""
         ids = [m.model_id for m in self.spec.models]
-        if model_id in ids:
+        if model_id in ids and self.loaded[ids.index(model_id)] != bool(loaded):
             self.loaded[ids.index(model_id)] = bool(loaded)
+            self._models_changed()
 
     # ------------------------------------------------------------------ decisions
     def observation(
@@ -232,15 +287,7 @@ class DeviceSelector:
             time_ms - self._last_ms,
             self._bw_last,
         )
-        rows = dfeat.encode_device_models(
-            [m.mean_ms for m in s.models],
-            [m.std_ms for m in s.models],
-            [m.accuracy for m in s.models],
-            [m.load_ms for m in s.models],
-            self.loaded.astype(np.float64),
-            self._backup_index,
-        )
-        return np.concatenate([req, rows.reshape(-1)])
+        return np.concatenate([req, self._model_rows().reshape(-1)])
 
     def _fallback(
         self, reason: str, sla_ms: float, megapixels: float, raw_bytes: float
@@ -280,8 +327,12 @@ class DeviceSelector:
                 f"no learned model: {self.load_error}", sla_ms, megapixels, raw_bytes
             )
         try:
-            vals = (time_ms, sla_ms, megapixels, raw_bytes)
-            if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+            try:
+                vals = (float(time_ms), float(sla_ms), float(megapixels), float(raw_bytes))
+            except (TypeError, ValueError):
+                vals = (math.nan,) * 4
+            time_ms, sla_ms, megapixels, raw_bytes = vals
+            if not all(math.isfinite(v) for v in vals):
                 return self._fallback(
                     f"invalid input: non-finite request field {vals}", sla_ms, megapixels, raw_bytes
                 )
@@ -300,34 +351,35 @@ class DeviceSelector:
                     megapixels,
                     raw_bytes,
                 )
-            obs = self.observation(time_ms, sla_ms, megapixels, raw_bytes)
-            x = dfeat.option_features(obs)
-            bad = (x < self._lo_ok) | (x > self._hi_ok)
-            if bad.any():
-                _, k, f = np.argwhere(bad)[0]
-                name = dfeat.OPTION_FEATURES[f][0]
+            if self._pool_error is not None or self._builder is None:
                 return self._fallback(
-                    f"out of range: option {k} feature {name}={float(x[0, k, f]):.4g} outside the "
-                    f"training range [{float(self._lo[f]):.4g}, {float(self._hi[f]):.4g}]",
-                    sla_ms,
-                    megapixels,
-                    raw_bytes,
+                    f"out of range: {self._pool_error}", sla_ms, megapixels, raw_bytes
                 )
+            s, req = self.spec, self._req
+            req[dfeat.SLA] = sla_ms
+            req[dfeat.MEGAPIXELS] = megapixels
+            req[dfeat.RAW_KB] = raw_bytes / 1e3
+            req[dfeat.PREP_EST] = s.prep_intercept_ms + s.prep_ms_per_mp * megapixels
+            req[dfeat.TIER_LOW + self._tier] = 1.0
+            req[dfeat.NET_LATENCY] = self._lat
+            req[dfeat.NET_UPLINK] = self._bw
+            req[dfeat.NET_UPLINK_STD] = math.sqrt(self._bw_var)
+            req[dfeat.NET_AGE] = time_ms - self._last_ms
+            req[dfeat.NET_UPLINK_LAST] = self._bw_last
+            x = self._builder.build(req)
             scores = self._run(self._outputs, {INPUT_OPTIONS: x})[0][0]
-            if scores.shape != (x.shape[1],) or not np.all(np.isfinite(scores)):
+            if scores.shape != (x.shape[1],) or not np.isfinite(scores).all():
                 return self._fallback("inference failed: bad scores", sla_ms, megapixels, raw_bytes)
         except Exception as e:  # the decision path never raises
             return self._fallback(f"inference failed: {e}", sla_ms, megapixels, raw_bytes)
-        k = int(np.argmax(scores))
-        n = len(self.spec.models)
-        prep, place, backup = (int(v) for v in dfeat.option_actions(n)[k])
-        where = self.spec.models[place].model_id if place < n else "offload"
+        prep, place, backup = self._actions[int(scores.argmax())]
+        where = self._ids[place] if place < len(self._ids) else "offload"
         return DeviceDecision(
             PREP_NAMES[prep],
             where,
             bool(backup),
             (prep, place, backup),
             "learned",
-            f"highest score of {x.shape[1]} options",
-            tuple(float(v) for v in scores),
+            self._reason,
+            tuple(scores.tolist()),
         )

@@ -99,6 +99,24 @@ def test_option_features_see_only_the_observation() -> None:
     np.testing.assert_array_equal(dfeat.option_features(sim.obs), before)
 
 
+def test_the_runtime_option_builder_equals_option_features() -> None:
+    """The device runtime's batch-1 path (:class:`OptionBuilder`) gives the same float32
+    vectors as :func:`option_features` on env observations (models loaded and unloaded,
+    every action kind)."""
+    for models in (1, 4):
+        sim = _sim(4, models)
+        obs = sim.reset(9)
+        rng = np.random.default_rng(0)
+        for _ in range(150):
+            x = dfeat.option_features(obs)
+            for i in range(4):
+                rows = obs[i, dfeat.R :].reshape(models, dfeat.P)
+                b = dfeat.OptionBuilder(rows).build(obs[i, : dfeat.R])
+                np.testing.assert_array_equal(b[0], x[i])
+            sim.step(rng.integers(0, sim.action_nvec, size=(4, 3)))
+            obs = sim.obs
+
+
 # --------------------------------------------------------------------------- scorer + export
 def test_onnx_chooses_like_the_trained_policy_on_10000_env_observations(
     trained: tuple[DeviceScorerPolicy, Path],
@@ -217,9 +235,10 @@ def test_selector_falls_back_to_pieslicer_and_never_raises(
         DeviceModel(m.model_id, m.accuracy, 100 * m.mean_ms, m.std_ms, m.load_ms)
         for m in spec.models
     )
-    far = _selector_like_env(sim, path)
-    far.spec = DeviceSpec(spec.tier, slow, spec.backup, 10.0, 30.0)
+    far = DeviceSelector(DeviceSpec(spec.tier, slow, spec.backup, 10.0, 30.0), path)
+    far.start(20.0, 10.0, 0.0)
     check(far, "out of range")
+    assert "model_mu_s" in far.decide(*args).reason
 
 
 def test_selector_folds_measurements_like_the_env() -> None:
