@@ -56,12 +56,20 @@ def _free_port() -> int:
 
 
 class ServerProcess:
-    """``modi-serve`` in a subprocess on a free loopback port."""
+    """``modi-serve`` (or ``program``, another server command) in a subprocess on a free
+    loopback port."""
 
-    def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        args: list[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        program: list[str] | None = None,
+    ) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        cmd = [sys.executable, "-m", "modi.experiments.serve", "--port", str(self.port), *args]
+        prog = program or [sys.executable, "-m", "modi.experiments.serve"]
+        cmd = [*prog, "--port", str(self.port), *args]
         self._log = open(log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
 

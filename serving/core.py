@@ -192,28 +192,40 @@ class Shadow:
         self.k = pool.num_models
         self.threshold_ms = cfg.threshold_ms
         self._metrics = metrics_ref
+        self.decisions = 0  # shadow decisions so far
+        self.busy_s = 0.0  # time spent in fill (the writer thread's, never a request's)
 
     def fill(self, batch: list[dict[str, Any]]) -> None:
-        """Set ``shadow`` on every record of ``batch`` that carries features."""
+        """Set ``shadow`` on every record of ``batch`` that carries features (one batched
+        decision for the whole batch)."""
         rows = [r for r in batch if r.get("features") is not None]
         if not rows:
             return
+        n = len(rows)
         x = np.asarray([r["features"] for r in rows], dtype=np.float32)
         t0 = time.perf_counter()
         ds = self.selector.select_features(x)
-        per_ms = (time.perf_counter() - t0) * 1e3 / len(rows)
+        idx = np.asarray(ds.index)
+        prob = np.zeros((n, self.k))
+        prob[np.arange(n), idx] = 1.0
+        fb = np.flatnonzero(~np.asarray(ds.learned, dtype=bool))
+        if fb.size:
+            prob[fb] = modipick_probabilities(x[fb], self.k, self.threshold_ms)
+        per_ms = (time.perf_counter() - t0) * 1e3 / n
+        ids = self.selector.pool.ids
+        info = self.info
+        agree = 0
+        for r, a, p in zip(rows, idx.tolist(), prob.tolist(), strict=True):
+            r["shadow"] = {"selector": info, "action": a, "model_id": ids[a], "probabilities": p}
+            agree += a == r["action"]
         m = self._metrics()
-        for i, r in enumerate(rows):
-            d = ds[i]
-            p = one_hot(self.k, d.index) if d.learned else modipick_probabilities(
-                x[i], self.k, self.threshold_ms)  # fmt: skip
-            r["shadow"] = {
-                "selector": self.info, "action": d.index, "model_id": d.model_id,
-                "probabilities": p.tolist(),
-            }  # fmt: skip
-            if m is not None:
-                m.shadow.labels(agree=str(d.index == r["action"]).lower()).inc()
-                m.shadow_ms.observe(per_ms)
+        if m is not None:
+            m.shadow.labels(agree="true").inc(agree)
+            m.shadow.labels(agree="false").inc(n - agree)
+            m.shadow_ms.observe(per_ms)
+            m.shadow_batches.inc()
+        self.decisions += n
+        self.busy_s += time.perf_counter() - t0
 
 
 # ---------------------------------------------------------------- the server
@@ -273,6 +285,7 @@ class InferenceServer:
         )
         self.metrics = ServingMetrics(self._live_counters, self._live_gauges)
         self._rng = np.random.default_rng(cfg.seed)
+        self._decision_counters: dict[tuple[str, str], Any] = {}
         self._waiting = 0
         self._decoding = 0
         self._state_lock = threading.Lock()
@@ -491,7 +504,11 @@ class InferenceServer:
         assert m is not None
         m.select_ms.observe(sel_ms)
         mid = self.pool.ids[action]
-        m.decisions.labels(model=mid, source=d.source).inc()
+        key = (mid, d.source)
+        child = self._decision_counters.get(key)
+        if child is None:
+            child = self._decision_counters[key] = m.decisions.labels(model=mid, source=d.source)
+        child.inc()
         if not d.learned:
             m.fallbacks.labels(cause=fallback_cause(d.reason)).inc()
         if action != d.index:
@@ -627,20 +644,37 @@ class InferenceServer:
         if self.log is not None:
             latency = extras["elapsed_ms"] + server_ms
             self.log.submit(
-                {
-                    "v": 1, "ts": now_ms / 1e3, "request_id": rid, "schema": SCHEMA,
-                    "pool": list(self.pool.ids), "pool_hash": self.pool_hash,
-                    "selector": self._sel_info if d.learned or self.selector.learned
-                    else MODIPICK_INFO,
-                    "features": choice.features, "action": choice.action,
-                    "model_id": choice.model_id, "probabilities": choice.probabilities,
-                    "source": d.source, "reason": d.reason,
-                    "outcome": {"latency_ms": latency, "met": bool(latency <= req.sla_ms),
-                                "accuracy": accuracy, "correct": correct},
-                    "shadow": None,
-                }
-            )  # fmt: skip
+                self.decision_record(choice, req.sla_ms, rid, now_ms / 1e3, latency, correct)
+            )
         return out
+
+    def decision_record(
+        self,
+        choice: Choice,
+        sla_ms: float,
+        request_id: str,
+        ts: float,
+        latency_ms: float | None,
+        correct: bool | None,
+    ) -> dict[str, Any]:
+        """The decision-log record of one served request (the agreed format, ``shadow`` left
+        for the log's writer thread to fill). ``latency_ms`` is the time from capture to the
+        answer leaving the server (the download of the answer is not observed); ``met`` is
+        ``latency_ms <= sla_ms``."""
+        d = choice.decision
+        return {
+            "v": 1, "ts": ts, "request_id": request_id, "schema": SCHEMA,
+            "pool": list(self.pool.ids), "pool_hash": self.pool_hash,
+            "selector": self._sel_info if self.selector.learned else MODIPICK_INFO,
+            "features": choice.features, "action": choice.action, "model_id": choice.model_id,
+            "probabilities": choice.probabilities, "source": d.source, "reason": d.reason,
+            "outcome": {
+                "latency_ms": latency_ms,
+                "met": None if latency_ms is None else bool(latency_ms <= sla_ms),
+                "accuracy": float(self.pool.accuracy[choice.action]), "correct": correct,
+            },
+            "shadow": None,
+        }  # fmt: skip
 
     # -------------------------------------------------------------- admin and status
     def reload(self, name: str | None) -> tuple[bool, str]:

@@ -21,9 +21,9 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 MAX_PENDING = 10_000
 #: Records handed to ``on_batch`` at once at most.
 MAX_BATCH = 256
-_STOP = object()
 
 
 @dataclass
@@ -64,6 +63,8 @@ class DecisionLogWriter:
         path: the log file (created; appended to).
         on_batch: called with each batch of records (mutable dicts) before they are written.
         max_pending: queue bound.
+        interval_s: the writer wakes this often (records are handed over without waking it:
+            no lock or thread switch per request).
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class DecisionLogWriter:
         path: str | os.PathLike[str],
         on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
         max_pending: int = MAX_PENDING,
+        interval_s: float = 0.05,
     ) -> None:
         self.path = Path(path)
         self.on_batch = on_batch
@@ -84,20 +86,21 @@ class DecisionLogWriter:
             self._open()
         except OSError as e:
             raise ServerConfigError(f"cannot open the decision log {self.path}: {e}") from None
-        self._queue: queue.Queue[Any] = queue.Queue(max_pending)
+        self.max_pending = max_pending
+        self.interval_s = interval_s
+        self._buf: deque[dict[str, Any]] = deque()
+        self._inflight = 0
+        self._closed = False
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="modi-decision-log", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ the request side
     def submit(self, record: dict[str, Any]) -> bool:
         """Queue ``record`` for writing (never blocks, never raises); ``False`` if dropped."""
-        try:
-            self._queue.put_nowait(record)
+        if len(self._buf) < self.max_pending and not self._closed:
+            self._buf.append(record)  # atomic; the writer wakes on its own clock
             return True
-        except queue.Full:
-            pass
-        except Exception:  # a closed writer
-            pass
         with self._lock:
             self.stats.dropped += 1
             self.stats.last_drop_ts = time.time()
@@ -106,7 +109,7 @@ class DecisionLogWriter:
     @property
     def pending(self) -> int:
         """Records queued and not yet written."""
-        return self._queue.qsize()
+        return len(self._buf) + self._inflight
 
     def healthy(self, window_s: float = 300.0) -> bool:
         """``False`` while writes fail (the last attempt failed) and for ``window_s`` seconds
@@ -123,18 +126,20 @@ class DecisionLogWriter:
         """Wait until every queued record is written (or ``timeout_s``); whether it drained."""
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
-            if self._queue.unfinished_tasks == 0:
+            if not self._buf and not self._inflight:
                 return True
+            self._wake.set()
             time.sleep(0.002)
-        return self._queue.unfinished_tasks == 0
+        return not self._buf and not self._inflight
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued, stop the thread and close the file."""
         if self._thread.is_alive():
             self.flush(timeout_s)
-            with contextlib.suppress(queue.Full):
-                self._queue.put(_STOP, timeout=1.0)
+            self._closed = True
+            self._wake.set()
             self._thread.join(timeout_s)
+        self._closed = True
         with self._lock:
             if self._fd is not None:
                 with contextlib.suppress(OSError):
@@ -143,33 +148,28 @@ class DecisionLogWriter:
 
     # ------------------------------------------------------------------ the writer thread
     def _run(self) -> None:
-        q = self._queue
         while True:
-            item = q.get()
-            if item is _STOP:
-                q.task_done()
+            self._wake.wait(self.interval_s)
+            self._wake.clear()
+            self._drain()
+            if self._closed:
+                self._drain()
                 return
-            batch = [item]
-            stop = False
-            while len(batch) < MAX_BATCH:
-                try:
-                    nxt = q.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is _STOP:
-                    stop = True
-                    q.task_done()
-                    break
-                batch.append(nxt)
+
+    def _drain(self) -> None:
+        buf = self._buf
+        while buf:
+            self._inflight = 1
+            batch: list[dict[str, Any]] = []
+            while buf and len(batch) < MAX_BATCH:
+                batch.append(buf.popleft())
+            self._inflight = len(batch)
             try:
                 self._process(batch)
             except Exception:  # pragma: no cover - _process guards itself
                 log.exception("decision log: unexpected error")
             finally:
-                for _ in batch:
-                    q.task_done()
-            if stop:
-                return
+                self._inflight = 0
 
     def _process(self, batch: list[dict[str, Any]]) -> None:
         if self.on_batch is not None:

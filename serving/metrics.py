@@ -86,6 +86,11 @@ class ServingMetrics:
             "served model", ["agree"], registry=r,
         )  # fmt: skip
 
+        self.shadow_batches = Counter(
+            "modi_shadow_batches", "Batches of logged decisions the shadow decided at once",
+            registry=r,
+        )  # fmt: skip
+
         def hist(name: str, text: str, labels: tuple[str, ...] = ()) -> Histogram:
             return Histogram(name, text, list(labels), buckets=BUCKETS_MS, registry=r)
 
@@ -96,8 +101,8 @@ class ServingMetrics:
         self.preprocess_ms = hist("modi_preprocess_ms", "Decode and preprocessing time (ms)")
         self.exec_ms = hist("modi_exec_ms", "Model execution time per model (ms)", ("model",))
         self.server_ms = hist("modi_server_ms", "Arrival to response in the server (ms)")
-        self.shadow_ms = hist("modi_shadow_ms", "Shadow selector time per decision, off the "
-                              "request path (ms)")  # fmt: skip
+        self.shadow_ms = hist("modi_shadow_ms", "Shadow selector time per decision, one "
+                              "observation per batch, off the request path (ms)")  # fmt: skip
         ProcessCollector(registry=r)  # process_resident_memory_bytes, cpu seconds, open fds
         r.register(_Live(counters, gauges))
 

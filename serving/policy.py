@@ -96,14 +96,15 @@ def one_hot(k: int, index: int) -> NDArray[np.float64]:
 def modipick_probabilities(
     features: NDArray[np.floating], k: int, threshold_ms: float
 ) -> NDArray[np.float64]:
-    """ModiPick's action probabilities for one observation ``(R + P*K,)``: its budget and the
-    profiles (μ, σ, accuracy) the observation carries."""
+    """ModiPick's action probabilities for observations ``(R + P*K,)`` or ``(N, R + P*K)``
+    (``(K,)`` or ``(N, K)``): each row's budget and the profiles (μ, σ, accuracy) it carries."""
     x = np.asarray(features, dtype=np.float64)
-    mod = x[F.R :].reshape(k, F.P)
+    rows = np.atleast_2d(x)
+    mod = rows[:, F.R :].reshape(rows.shape[0], k, F.P)
     st = modipick_stages(
-        np.array([x[F.BUDGET]]), mod[:, F.MU], mod[:, F.SIGMA], mod[:, F.ACC], threshold_ms
+        rows[:, F.BUDGET], mod[:, :, F.MU], mod[:, :, F.SIGMA], mod[:, :, F.ACC], threshold_ms
     )
-    p: NDArray[np.float64] = st.probability[0]
+    p: NDArray[np.float64] = st.probability[0] if x.ndim == 1 else st.probability
     return p
 
 

@@ -284,7 +284,7 @@ def test_reload_swaps_and_a_bad_file_is_refused_while_the_old_keeps_serving(clie
     assert r.status_code == 200 and "b.onnx" in r.json()["selector"], r.text
     r = client.post("/v1/admin/reload", headers=h, json={"selector": "bad.onnx"})
     assert r.status_code == 409 and "refused bad.onnx" in r.json()["error"], r.text
-    assert client.server.selector.status.endswith("b.onnx")
+    assert "b.onnx" in client.server.selector.status
     body, _ = _digit_png(0)
     assert _infer(client, body).json()["source"] == "learned"
     for name, needle in (("../a.onnx", "plain file name"), ("missing.onnx", "does not exist")):
