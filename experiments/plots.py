@@ -71,19 +71,30 @@ _COLORS = (
 )
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*", "p")
 _LINESTYLES = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 1)))
-#: Fixed styles of the policies every comparison has (others get the next free style).
-_KNOWN = (
-    "static_greedy",
-    "dynamic_greedy",
-    "modipick",
-    "mdinference",
-    "static_local",
-    "static_remote",
-    "pieslicer",
-    "on_device",
-    "deepdecision",
-    "modipick_backup",
-)
+#: Fixed style slots of the published rules (server side, then device side: policies of the two
+#: sides share slots only where they never meet in one figure).
+_SLOTS: dict[str, int] = {
+    "static_greedy": 0,
+    "dynamic_greedy": 1,
+    "modipick": 2,
+    "mdinference": 3,
+    "calibrated_greedy": 4,
+    "model_switching": 5,
+    "pure_random": 6,
+    "related_random": 7,
+    "related_accurate": 8,
+    "static_local": 0,
+    "static_remote": 1,
+    "pieslicer": 4,
+    "on_device": 5,
+    "deepdecision": 6,
+    "modipick_backup": 7,
+    "random_prep": 8,
+}
+#: Strong colours of learned (and any other unlisted) policies, drawn on top of the rules.
+_LEARNED_COLORS = ("#C00000", "#6A3D9A", "#1B7837", "#B35806", "#2166AC")
+#: Reference policies (clairvoyant or informed bounds): grey and dashed.
+_REFERENCE_MARKS = ("oracle", "ceiling")
 
 # The percent metrics of results frames (stored as fractions) and their axis labels.
 _PCT_LABELS = {
@@ -96,12 +107,12 @@ _PCT_LABELS = {
 def policy_style(policy: str, index: int) -> dict[str, Any]:
     """Line keyword arguments of ``policy``: colour, line style, marker and marker size.
 
-    Oracles (names containing ``oracle``) are black or dark grey and dashed; the published
-    rules keep one style across figures; any other policy (a learned one) takes the style of
-    its ``index`` among the figure's policies. Marker sizes shrink with ``index`` so that
-    identical curves show as nested hollow markers.
+    References (names containing ``oracle`` or ``ceiling``) are black or grey and dashed; the
+    published rules keep one style across figures; any other policy (a learned one) is a strong
+    solid line with filled markers, coloured by its ``index`` among the figure's policies.
+    Hollow markers shrink with ``index`` so that identical curves show as nested markers.
     """
-    if "oracle" in policy:
+    if any(mark in policy for mark in _REFERENCE_MARKS):
         k = 0 if policy == "oracle" else 1 + sum(map(ord, policy)) % 3
         return {
             "color": ("#000000", "#555555", "#333333", "#777777")[k],
@@ -112,17 +123,16 @@ def policy_style(policy: str, index: int) -> dict[str, Any]:
             "markeredgewidth": 1.3,
             "zorder": 3,
         }
-    slot = _KNOWN.index(policy) if policy in _KNOWN else len(_KNOWN) + index
-    if policy not in _KNOWN:
-        # Learned and other policies: strong solid lines, filled markers, drawn on top.
+    if policy not in _SLOTS:
         return {
-            "color": _COLORS[(index + 3) % len(_COLORS)],
+            "color": _LEARNED_COLORS[index % len(_LEARNED_COLORS)],
             "linestyle": "-",
             "linewidth": 2.2,
-            "marker": _MARKERS[(slot + 5) % len(_MARKERS)],
+            "marker": ("o", "s", "^", "D", "v")[index % 5],
             "markersize": 6.0,
             "zorder": 4,
         }
+    slot = _SLOTS[policy]
     return {
         "color": _COLORS[slot % len(_COLORS)],
         "linestyle": _LINESTYLES[slot % len(_LINESTYLES)],
