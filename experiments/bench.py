@@ -118,6 +118,12 @@ def run_bench(
         from modi.experiments.bench_runtime import run_runtime_bench
 
         res.update(run_runtime_bench())
+        from modi.experiments.bench_device import run_device_bench
+
+        res.update(run_device_bench())
+        res["device_vs_selector_p99"] = round(
+            res["device_selector_p99_us"] / res["selector_p99_us"], 3
+        )
     for agent in training:
         from modi.experiments.bench_training import seconds_to_beat_modipick
 

@@ -340,8 +340,11 @@ class OptionBuilder:
         self._static = static
         self._raw_opt = np.array([p for p, _ in OFFLOAD_OPTIONS]) == 1
 
-    def build(self, request: ArrayLike) -> NDArray[np.float32]:
-        """Option vectors ``(1, K, F)`` of one request block ``(R,)`` (float32 values)."""
+    def build(
+        self, request: ArrayLike, out: NDArray[np.float32] | None = None
+    ) -> NDArray[np.float32]:
+        """Option vectors ``(1, K, F)`` of one request block ``(R,)`` (float32 values), written
+        into ``out`` when given (a preallocated ``(1, K, F)`` float32 buffer)."""
         r = np.asarray(request, dtype=np.float32).tolist()
         x = self._static.copy()
         sla, prep, lat, raw_kb = r[SLA], r[PREP_EST], r[NET_LATENCY], r[RAW_KB]
@@ -376,4 +379,7 @@ class OptionBuilder:
             up = up_raw if raw else up_pre
             x[big_l + j, 21] = up / 1e3
             x[big_l + j, 22] = (sla - (0.0 if raw else prep) - up - 2.0 * lat) / 1e3
+        if out is not None:
+            out[0] = x
+            return out
         return x.astype(np.float32)[None]

@@ -178,6 +178,8 @@ class DeviceSelector:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = 1
             opts.inter_op_num_threads = 1
+            opts.log_severity_level = 3
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             props = sess.get_modelmeta().custom_metadata_map
             self.meta = DeviceModelMeta.from_props(props)
@@ -197,6 +199,20 @@ class DeviceSelector:
         self._run = sess.run
         self._outputs = [OUTPUT_SCORES]
         self.load_error = None
+        # batch-1 buffers shared with onnxruntime (IOBinding): the option vectors are written
+        # in place and the scores read in place; plain run() where that is not available
+        k = len(self.spec.models) + len(dfeat.OFFLOAD_OPTIONS)
+        self._x = np.zeros((1, k, dfeat.F), dtype=np.float32)
+        self._scores = np.zeros((1, k), dtype=np.float32)
+        self._run_bound: Any = None
+        try:
+            io = sess.io_binding()
+            io.bind_ortvalue_input(INPUT_OPTIONS, ort.OrtValue.ortvalue_from_numpy(self._x))
+            io.bind_ortvalue_output(OUTPUT_SCORES, ort.OrtValue.ortvalue_from_numpy(self._scores))
+            inner, run_io, run_opts = io._iobinding, sess._sess.run_with_iobinding, ort.RunOptions()
+            self._run_bound = lambda: run_io(inner, run_opts)
+        except Exception:  # an onnxruntime without these handles: run() instead
+            self._run_bound = None
 
     def _model_rows(self) -> NDArray[np.float32]:
         s = self.spec
@@ -366,8 +382,14 @@ class DeviceSelector:
             req[dfeat.NET_UPLINK_STD] = math.sqrt(self._bw_var)
             req[dfeat.NET_AGE] = time_ms - self._last_ms
             req[dfeat.NET_UPLINK_LAST] = self._bw_last
-            x = self._builder.build(req)
-            scores = self._run(self._outputs, {INPUT_OPTIONS: x})[0][0]
+            if self._run_bound is not None:
+                x = self._builder.build(req, self._x)
+                self._scores.fill(np.nan)
+                self._run_bound()
+                scores = self._scores[0]
+            else:
+                x = self._builder.build(req)
+                scores = self._run(self._outputs, {INPUT_OPTIONS: x})[0][0]
             if scores.shape != (x.shape[1],) or not np.isfinite(scores).all():
                 return self._fallback("inference failed: bad scores", sla_ms, megapixels, raw_bytes)
         except Exception as e:  # the decision path never raises

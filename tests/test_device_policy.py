@@ -307,3 +307,19 @@ def test_device_selector_imports_no_training_stack(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     assert out.stdout.strip() == "", f"DeviceSelector imported {out.stdout.strip()}"
+
+
+def test_device_bench_measures_a_learned_decision() -> None:
+    """A small run of the device runtime benchmark (figures are for modi-bench, not asserted
+    against a speed)."""
+    from modi.experiments.bench_device import run_device_bench
+
+    res = run_device_bench(n=300, warmup=50)
+    assert set(res) == {
+        "device_selector_p50_us",
+        "device_selector_p99_us",
+        "device_fallback_p50_us",
+        "device_fallback_p99_us",
+    }
+    assert all(v > 0 for v in res.values())
+    assert res["device_selector_p50_us"] <= res["device_selector_p99_us"]
