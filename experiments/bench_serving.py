@@ -171,7 +171,12 @@ async def _send(url: str, body: bytes, ctype: str, n: int, concurrency: int) -> 
     return codes
 
 
-def flood(out: Path, requests: int = 50, concurrency: int = 8) -> list[dict[str, Any]]:
+def flood(
+    out: Path,
+    requests: int = 50,
+    concurrency: int = 8,
+    which: tuple[str, ...] = ("before", "after"),
+) -> list[dict[str, Any]]:
     """RSS of the server before and after the hardening under image floods; one row each."""
     from modi.experiments.prototype import ServerProcess
 
@@ -186,6 +191,7 @@ def flood(out: Path, requests: int = 50, concurrency: int = 8) -> list[dict[str,
     bodies = {"png_6000x6000": (bomb_png(), "image/png"),
               "jpeg_3000x2000": (photo_jpeg(), "image/jpeg")}  # fmt: skip
     servers = {"before": [sys.executable, str(tmp / "serve_before.py")], "after": None}
+    servers = {k: v for k, v in servers.items() if k in which}
     rows = []
     for image, (body, ctype) in bodies.items():
         for name, program in servers.items():
@@ -289,13 +295,15 @@ def main(argv: list[str] | None = None) -> None:
     f.add_argument("--out", type=Path, default=Path("runs/bench_serving"), help="output folder")
     f.add_argument("--requests", type=int, default=50, help="requests per flood")
     f.add_argument("--concurrency", type=int, default=8, help="requests at once")
+    f.add_argument("--servers", default="before,after",
+                   help="comma-separated servers to flood: before, after")  # fmt: skip
     s = sub.add_parser("shadow", help="decision-path cost with and without --shadow")
     s.add_argument("--decisions", type=int, default=20000, help="decisions per server")
     s.add_argument("--blocks", type=int, default=10, help="alternating blocks")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     if a.cmd == "flood":
-        flood(a.out, a.requests, a.concurrency)
+        flood(a.out, a.requests, a.concurrency, tuple(a.servers.split(",")))
     else:
         shadow_overhead(a.decisions, a.blocks)
 

@@ -207,10 +207,12 @@ async def run_clients(
     seed: int = 0,
     duration_s: float | None = None,
     transport: Any = None,
+    progress: bool = False,
 ) -> tuple[RunReport, list[dict[str, Any]]]:
     """Drive the server with ``concurrency`` closed-loop clients until ``requests`` are done (or
     ``duration_s`` passed); return the report and one row per request. ``transport``: an httpx
-    transport (e.g. ``httpx.ASGITransport(app)`` to drive an app in-process)."""
+    transport (e.g. ``httpx.ASGITransport(app)`` to drive an app in-process); ``progress``: a
+    tqdm progress bar on stderr (requests done, or seconds for ``duration_s``)."""
     import httpx
 
     shots = photos(seed) if images == "photos" else digits(seed=seed)
@@ -226,6 +228,8 @@ async def run_clients(
         todo = iter(range(requests if duration_s is None else 1 << 62))
         t_end = None if duration_s is None else time.perf_counter() + duration_s
 
+        bar = _progress_bar(progress, requests, duration_s)
+
         async def worker(c: int) -> None:
             for _ in todo:
                 if t_end is not None and time.perf_counter() >= t_end:
@@ -233,9 +237,17 @@ async def run_clients(
                 shot = shots[int(rng.integers(len(shots)))]
                 dev = preprocess == "device" or (preprocess == "mix" and rng.random() < 0.5)
                 rows.append(await _one(http, url, shot, dev, (h, w), sla_ms, c, net))
+                if bar is not None:
+                    bar.update(1)
+                    if rows[-1].get("error"):
+                        bar.set_postfix(failed=sum(1 for r in rows if r.get("error")))
 
         t0 = time.perf_counter()
-        await asyncio.gather(*(worker(c) for c in range(concurrency)))
+        try:
+            await asyncio.gather(*(worker(c) for c in range(concurrency)))
+        finally:
+            if bar is not None:
+                bar.close()
         dur = time.perf_counter() - t0
     return summarize(rows, sla_ms, dur, concurrency, network, preprocess), rows
 
@@ -283,27 +295,61 @@ def summarize(
     )
 
 
+def _progress_bar(on: bool, requests: int, duration_s: float | None) -> Any:
+    """A tqdm bar on stderr counting requests (``None`` when off or tqdm is missing)."""
+    if not on:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm comes with the server extra
+        return None
+    total = None if duration_s is not None else requests
+    return tqdm(total=total, desc="requests", unit="req", dynamic_ncols=True, leave=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
-    p = argparse.ArgumentParser(prog="modi-client", description=__doc__.split("\n")[0])
-    p.add_argument("--url", default="http://127.0.0.1:8000")
-    p.add_argument("--sla-ms", type=float, default=250.0)
-    p.add_argument("--requests", type=int, default=200)
-    p.add_argument("--duration-s", type=float, default=None, help="run this long instead")
-    p.add_argument("--concurrency", type=int, default=4, help="clients at once")
-    p.add_argument("--network", default="campus", help="network preset (conf/network)")
-    p.add_argument("--images", choices=("photos", "digits"), default="photos")
-    p.add_argument("--preprocess", choices=("server", "device", "mix"), default="server")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, default=None, help="write the report here")
-    p.add_argument("--rows", type=Path, default=None, help="write per-request rows (JSON lines)")
+    p = argparse.ArgumentParser(
+        prog="modi-client",
+        description="Emulated mobile clients driving a modi-serve server: real images, "
+        "replayed network times, SLAs; prints a report (attainment, accuracy, effective "
+        "accuracy, latency percentiles, throughput, model usage) as JSON.",
+    )
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the server's base URL")
+    p.add_argument("--sla-ms", type=float, default=250.0, help="every request's SLA (ms)")
+    p.add_argument("--requests", type=int, default=200, help="requests to send in all")
+    p.add_argument("--duration-s", type=float, default=None,
+                   help="run for this many seconds instead of a number of requests")  # fmt: skip
+    p.add_argument("--concurrency", type=int, default=4, help="closed-loop clients at once")
+    p.add_argument(
+        "--network",
+        default="campus",
+        help="network preset of the upload/download times (conf/network)",
+    )
+    p.add_argument(
+        "--images",
+        choices=("photos", "digits"),
+        default="photos",
+        help="photographs at phone resolutions, or labelled handwritten digits",
+    )
+    p.add_argument(
+        "--preprocess",
+        choices=("server", "device", "mix"),
+        default="server",
+        help="send encoded images, device-preprocessed pixels, or half of each",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of images and network times")
+    p.add_argument("--json", type=Path, default=None, help="also write the report to this file")
+    p.add_argument("--rows", type=Path, default=None,
+                   help="write one JSON line per request to this file")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
     rep, rows = asyncio.run(
         run_clients(
             a.url, a.sla_ms, a.requests, a.concurrency, a.network, a.images, a.preprocess,
-            a.seed, a.duration_s,
+            a.seed, a.duration_s, progress=not a.no_progress,
         )
     )  # fmt: skip
     text = json.dumps(asdict(rep), indent=2)

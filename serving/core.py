@@ -25,6 +25,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -290,6 +291,8 @@ class InferenceServer:
         self._decoding = 0
         self._state_lock = threading.Lock()
         self._sems: dict[tuple[int, str], asyncio.Semaphore] = {}
+        # Decodes run on their own few threads (fewer malloc arenas holding freed pixels).
+        self._decoder = ThreadPoolExecutor(cfg.max_decodes, thread_name_prefix="modi-decode")
         self.log: DecisionLogWriter | None = None
         if cfg.decision_log is not None:
             hook = self.shadow.fill if self.shadow is not None else None
@@ -590,11 +593,12 @@ class InferenceServer:
                     self._decoding += 1
                 try:
                     pixels = await loop.run_in_executor(
-                        None, self.decode, payload, extras["content_type"]
+                        self._decoder, self.decode, payload, extras["content_type"]
                     )
                 finally:
                     with self._state_lock:
                         self._decoding -= 1
+        big = not extras["preprocessed"] and pixels.size >= TRIM_PIXELS
         del payload, body
         decode_ms = (time.perf_counter() - t_dec) * 1e3
         self.enter_queue()
@@ -617,6 +621,12 @@ class InferenceServer:
             if queued:  # cancelled while waiting for a slot
                 self.leave_queue()
         server_ms = (time.perf_counter() - t_arrive) * 1e3
+        if big:
+            del pixels
+            with self._state_lock:
+                idle = self._decoding == 0
+            if idle:  # hand the freed pixels back to the system, off the request path
+                self._decoder.submit(release_memory)
         m = self.metrics
         assert m is not None
         m.queue_ms.observe(queue_ms)
@@ -800,12 +810,37 @@ class InferenceServer:
         return g
 
     def close(self) -> None:
-        """Write the queued decisions and close the decision log."""
+        """Write the queued decisions, close the decision log, stop the decode threads."""
         if self.log is not None:
             self.log.close()
+        self._decoder.shutdown(wait=False)
 
 
 # ---------------------------------------------------------------- helpers
+#: After a decode of at least this many values (H*W*3) with no other decode running, freed
+#: memory is handed back to the system (glibc keeps it in its arenas otherwise).
+TRIM_PIXELS = 3_000_000
+
+
+def release_memory() -> None:
+    """Return freed heap memory to the system (glibc's ``malloc_trim``; a no-op elsewhere)."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+            import ctypes.util
+
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _TRIM = libc.malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
+
+
 async def read_body(
     chunks: AsyncIterator[bytes], declared: str | None, limit: int, timeout_s: float
 ) -> bytes:
