@@ -96,6 +96,13 @@ def _broken_site(tmp_path: Path, page: str) -> subprocess.CompletedProcess[str]:
         hooks=[str(ROOT / "docs" / "hooks.py")],
     )
     config.pop("exclude_docs", None)
+    for plugin in config["plugins"]:  # extension paths are relative to the config file
+        if isinstance(plugin, dict) and "mkdocstrings" in plugin:
+            options = plugin["mkdocstrings"]["handlers"]["python"]["options"]
+            options["extensions"] = [
+                str(ROOT / e) if isinstance(e, str) and e.startswith("docs/") else e
+                for e in options.get("extensions", [])
+            ]
     cfg = tmp_path / "mkdocs.yml"
     cfg.write_text(yaml.safe_dump(config))
     return _mkdocs_build(cfg, tmp_path / "site")
