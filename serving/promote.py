@@ -95,6 +95,10 @@ def decide(
             "not support it"
         )
     where = f"candidates[{i}].estimates.{estimator}"
+    if isinstance(ests[estimator], dict) and "error" in ests[estimator]:
+        raise PromotionError(
+            f"evidence: {where} is refused by modi-ope: {str(ests[estimator]['error'])[:200]}"
+        )
     lo = _num(ests[estimator], "lo", where)
     value = _num(ests[estimator], "value", where)
     if champion is None:

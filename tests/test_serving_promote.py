@@ -40,6 +40,10 @@ def test_promotes_only_when_the_lower_bound_beats_the_champion() -> None:
         (lambda d: d.pop("candidates"), "'candidates' list"),
         (lambda d: d["candidates"][0]["estimates"].pop("dr"), "no 'dr' estimate"),
         (lambda d: d["candidates"][0]["estimates"]["dr"].pop("lo"), "missing 'lo'"),
+        (
+            lambda d: d["candidates"][0]["estimates"].update(dr={"error": "cannot estimate"}),
+            "refused by modi-ope: cannot estimate",
+        ),
         (lambda d: d["candidates"][0]["estimates"]["dr"].update(lo="high"), "finite number"),
         (lambda d: d["logging_policy"].update(value=None), "logging_policy.value"),
         (lambda d: d.pop("logging_policy"), "logging_policy: missing 'value'"),
