@@ -334,13 +334,29 @@ class MetModel:
         coef = np.zeros(d)
         if 0.0 < y.mean() < 1.0:
             coef[0] = math.log(y.mean() / (1.0 - y.mean()))
-        for _ in range(100):
+
+        def loss(c: F64) -> float:
+            z = xd @ c
+            return float((np.logaddexp(0.0, z) - y * z).sum() + 0.5 * (pen * c * c).sum())
+
+        cur = loss(coef)
+        for _ in range(100):  # Newton's method with backtracking (near-separable data)
             p = _sigmoid(xd @ coef)
             g = xd.T @ (p - y) + pen * coef
             h = (xd * (p * (1.0 - p))[:, None]).T @ xd + np.diag(pen)
             step = np.linalg.solve(h, g)
-            coef -= step
-            if float(np.abs(step).max()) < 1e-9:
+            t = 1.0
+            while t > 1e-6:
+                new = loss(coef - t * step)
+                if new <= cur:
+                    break
+                t *= 0.5
+            else:
+                break
+            coef = coef - t * step
+            done = cur - new <= 1e-10 * max(1.0, abs(cur))
+            cur = new
+            if done:
                 break
         self.coef = coef
         return self

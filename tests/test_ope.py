@@ -337,3 +337,44 @@ def test_validation_tiny_budget() -> None:
     assert ((runs.true_onpolicy >= 0) & (runs.true_onpolicy <= 1)).all()
     ok = runs[~runs.refused]
     assert ((ok.lo <= ok.value) & (ok.value <= ok.hi)).all()
+
+
+def test_candidate_for_another_schema(sim_log: Any, bandit_selector_files: dict[str, Path]) -> None:
+    from modi.agents.ope import OPEError
+    from modi.runtime.device_features import DeviceObsLayout
+
+    sim, run = sim_log
+    k = len(sim.pool.ids)
+    dev = decision_log_from_arrays(
+        np.zeros((3, DeviceObsLayout(k).dim)), run.actions[:3], run.probs[:3], run.met[:3],
+        run.accuracy[:3], [str(i) for i in sim.pool.ids], schema=DeviceObsLayout.schema,
+    )  # fmt: skip
+    for spec in ("dynamic_greedy", str(bandit_selector_files["linucb"])):
+        with pytest.raises(OPEError, match="schema"):
+            load_candidate(spec, dev)
+
+
+def test_met_model_is_calibrated_on_a_near_separable_log() -> None:
+    """On WiFi the download is a few ms and execution times barely vary, so ``met`` is almost a
+    step function of the features; an ε-greedy learned logger makes the log nearly separable.
+    The fit must neither diverge nor saturate (plain Newton steps did: P(met) = 1 everywhere)."""
+    from modi.agents.bandits import LinUCB
+    from modi.agents.ope import MetModel
+    from modi.experiments.ope_validation import epsilon_greedy
+
+    sim = build_sim(network="link_wifi", num_envs=4, sla_range_ms=(50.0, 400.0))
+    greedy = LinUCB(seed=1)
+    greedy.fit(sim, 500, seed=2, progress=False)
+    run = log_stream(sim, epsilon_greedy(greedy, 0.2), 150, seed=5)
+    lay = ObsLayout.from_obs_dim(run.obs.shape[1])
+    feats = run.obs.astype(np.float64)
+    m = MetModel(lay).fit(feats, run.actions, run.met)
+    assert np.isfinite(m.coef).all() and np.abs(m.coef).max() < 100
+    p = m.predict(feats)
+    taken = p[np.arange(run.actions.size), run.actions]
+    assert abs(taken.mean() - run.met.mean()) < 0.01
+    for k in np.unique(run.actions):
+        sel = run.actions == k
+        if sel.sum() >= 30:
+            assert abs(taken[sel].mean() - run.met[sel].mean()) < 0.05, k
+    assert 0.0 < run.met.mean() < 1.0 and p.std() > 0.1  # informative, not constant
