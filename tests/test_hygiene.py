@@ -111,3 +111,42 @@ def test_packaging_metadata_raises_no_deprecation_warning() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert r.stdout.strip() == "", f"pyproject.toml deprecation warnings:\n{r.stdout}"
+
+
+def test_wheel_builds_without_setuptools_warnings(tmp_path: Path) -> None:
+    """A wheel of the project (from a copy of its packaged files) builds with no warning from
+    setuptools (deprecations, "package would be ignored", ...) and ships every config file."""
+    import tomllib
+
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    dirs = set(meta["tool"]["setuptools"]["package-dir"].values())
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for d in sorted(dirs):
+        if (ROOT / d).is_dir():
+            shutil.copytree(ROOT / d, src / d, ignore=shutil.ignore_patterns("__pycache__"))
+    r = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-v", "-w", str(tmp_path / "w"), "."],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    warnings = [
+        line.strip()
+        for line in (r.stdout + r.stderr).splitlines()
+        if "Warning:" in line and ("setuptools" in line or "BuildBackend" in line)
+    ]
+    assert not warnings, "setuptools warns while building the wheel:\n" + "\n".join(warnings)
+    import zipfile
+
+    (wheel,) = (tmp_path / "w").glob("modi-*.whl")
+    shipped = {n for n in zipfile.ZipFile(wheel).namelist() if n.endswith(".yaml")}
+    expected = {
+        f"modi/conf/{p.relative_to(ROOT / 'conf')}" for p in (ROOT / "conf").rglob("*.yaml")
+    }
+    assert expected <= shipped, f"config files missing from the wheel: {sorted(expected - shipped)}"
