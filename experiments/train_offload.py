@@ -150,7 +150,7 @@ class _OnnxPolicy:
     """The exported file as a device policy (what the evaluation rolls out)."""
 
     name = LEARNED
-    server_policy: str | None = None
+    server_policy: str | None = None  # the env's server policy, as in training
 
     def __init__(self, path: Path) -> None:
         import onnxruntime as ort
@@ -339,11 +339,14 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
 
             mlflow = _mlflow
         t0 = time.perf_counter()
+        server_name = str(env.get("server_policy", "modipick"))
         sims = [
             _sim(env, d, n, pool, streams, objective, sla_range_ms=tuple(sla_range))
             for d in devices
             for n in networks
         ]
+        for sim in sims:
+            sim.set_server_policy(_server_policy(env, server_name))
         hist_rows: list[dict[str, float]] = []
 
         def on_round(r: int, hist: list[dict[str, float]]) -> None:
@@ -380,6 +383,8 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             for d in devices
             for n in networks
         ]
+        for sim in val_sims:
+            sim.set_server_policy(_server_policy(env, server_name))
         parity = check_parity(
             policy, onnx_path, val_sims, as_int(ev.parity_observations, "parity"), val_seed
         )
