@@ -33,12 +33,14 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hmac
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +163,14 @@ INFER_BODY: dict[str, Any] = {
 def create_app(cfg: ServeConfig | InferenceServer) -> FastAPI:
     """The FastAPI app serving ``cfg`` (a config, or a ready :class:`InferenceServer`)."""
     server = cfg if isinstance(cfg, InferenceServer) else InferenceServer(cfg)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        server.close()  # shutdown: write the queued decisions
+
     app = FastAPI(
+        lifespan=lifespan,
         title="modi reference server",
         version="2",
         description="Model selection for mobile inference: a learned selector picks the pool "

@@ -810,10 +810,12 @@ class InferenceServer:
         return g
 
     def close(self) -> None:
-        """Write the queued decisions, close the decision log, stop the decode threads."""
+        """Write the queued decisions and close the decision log (later decisions are counted
+        as dropped); the decode threads are renewed."""
         if self.log is not None:
             self.log.close()
         self._decoder.shutdown(wait=False)
+        self._decoder = ThreadPoolExecutor(self.cfg.max_decodes, thread_name_prefix="modi-decode")
 
 
 # ---------------------------------------------------------------- helpers
