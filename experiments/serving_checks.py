@@ -96,22 +96,27 @@ async def _reload(url: str, sel_dir: Path, a: argparse.Namespace) -> dict[str, A
 
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
-    p = argparse.ArgumentParser(prog="python -m modi.experiments.serving_checks")
-    p.add_argument("check", choices=("load", "soak", "reload"))
-    p.add_argument("--pool-dir", type=Path, required=True)
-    p.add_argument("--pool", type=Path, required=True)
-    p.add_argument("--selector", type=Path, required=True)
-    p.add_argument("--selector-b", type=Path, default=None, help="second good selector (reload)")
-    p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--requests", type=int, default=400)
-    p.add_argument("--duration-s", type=float, default=120.0)
-    p.add_argument("--sla-ms", type=float, default=300.0)
-    p.add_argument("--network", default="campus")
-    p.add_argument("--images", default="photos")
-    p.add_argument("--preprocess", default="mix")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", type=Path, default=None)
+    p = argparse.ArgumentParser(
+        prog="python -m modi.experiments.serving_checks",
+        description="Load, soak and reload-under-load checks of modi-serve in a subprocess, "
+        "driven by modi-client's emulated phones.",
+    )
+    p.add_argument("check", choices=("load", "soak", "reload"), help="which check to run")
+    p.add_argument("--pool-dir", type=Path, required=True, help="the pool's model folder")
+    p.add_argument("--pool", type=Path, required=True, help="pool YAML from modi-profile")
+    p.add_argument("--selector", type=Path, required=True, help="the served selector .onnx")
+    p.add_argument("--selector-b", type=Path, default=None,
+                   help="second good selector the reload check alternates with")  # fmt: skip
+    p.add_argument("--concurrency", type=int, default=8, help="emulated phones at once")
+    p.add_argument("--requests", type=int, default=400, help="requests of load and reload")
+    p.add_argument("--duration-s", type=float, default=120.0, help="length of the soak (s)")
+    p.add_argument("--sla-ms", type=float, default=300.0, help="every request's SLA (ms)")
+    p.add_argument("--network", default="campus", help="network preset of the phones")
+    p.add_argument("--images", default="photos", help="photos or digits")
+    p.add_argument("--preprocess", default="mix", help="server, device or mix")
+    p.add_argument("--seed", type=int, default=0, help="seed of images and network times")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads per execution")
+    p.add_argument("--json", type=Path, default=None, help="also write the result here")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

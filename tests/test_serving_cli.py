@@ -68,3 +68,17 @@ def test_modi_client_shows_a_progress_bar(
     assert "requests:" in err and "/6 [" in err, err
     asyncio.run(run_clients("http://modi.test", 400.0, 2, 1, progress=False, **kw))
     assert "requests" not in capsys.readouterr().err
+
+
+def test_the_serving_module_imports_no_training_stack() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, modi.serving, modi.serving.promote, modi.experiments.serve\n"
+        "heavy = [m for m in ('torch', 'gymnasium', 'stable_baselines3', 'mlflow', 'hydra')"
+        " if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"modi.serving imported {out.stdout.strip()}"
