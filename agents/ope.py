@@ -200,12 +200,14 @@ def switch_dr(
 ) -> tuple[Estimate, float]:
     """Switch-DR and its threshold ``τ``: DR where ``ρ ≤ τ``, the model alone elsewhere.
 
-    ``τ`` minimises ``Var/n + B(τ)²`` with ``B(τ) = mean Σ_a π(a|x) 1[ρ(x, a) > τ]`` (rewards
-    in [0, 1]) over the observed weights (and ∞).
+    ``τ`` minimises ``Var/n + B(τ)²`` with ``B(τ) = mean Σ_a π(a|x) 1[ρ(x, a) > τ or
+    μ(a|x) < floor]`` (rewards in [0, 1]) over the observed weights (and ∞); the estimate's note
+    gives ``B(τ)``, the share of the candidate's choices left to the model.
     """
     with np.errstate(divide="ignore", invalid="ignore"):
         rho_all = np.where(logged >= floor, target / np.where(logged > 0, logged, 1.0), np.inf)
     rho_all = np.where(target > 0, rho_all, 0.0)
+    unsup = logged < floor  # the model alone there, whatever τ
     cand = sorted({math.inf, *(float(t) for t in (taus if taus is not None else _tau_grid(w)))})
     base = (target * q).sum(axis=1)
     rows = np.arange(actions.size)
@@ -213,7 +215,7 @@ def switch_dr(
     best: tuple[float, float, F64, float] | None = None
     for tau in cand:
         terms = base + np.where(w <= tau, resid, 0.0)
-        bias = float((target * (rho_all > tau)).sum(axis=1).mean())
+        bias = float((target * ((rho_all > tau) | unsup)).sum(axis=1).mean())
         mse = float(terms.var(ddof=1)) / max(terms.size, 1) + bias**2
         if best is None or mse < best[0] - 1e-15:
             best = (mse, tau, terms, bias)
@@ -235,7 +237,7 @@ def _model_note(share: float, switch: bool = False) -> str:
         return ""
     what = "weights above the switch threshold or actions" if switch else "actions"
     return (
-        f"rests on the reward model alone for {100 * share:.1f} % of the candidate's choices "
+        f"rests on the reward model alone for {100 * share:.2f} % of the candidate's choices "
         f"({what} the logger never takes)"
     )
 

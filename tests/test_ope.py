@@ -116,8 +116,9 @@ def test_support_refusal_names_the_share() -> None:
         assert isinstance(r, CannotEstimate)
         assert "never takes" in r.error and "10.0 % of requests" in r.error
     dm = res["dm"]
-    assert isinstance(dm, Estimate) and "10.0 %" in dm.note
-    assert isinstance(res["switch_dr"], Estimate)
+    assert isinstance(dm, Estimate) and "10.00 %" in dm.note
+    sw = res["switch_dr"]
+    assert isinstance(sw, Estimate) and "10.00 %" in sw.note
     # Below the threshold the interval is widened by the unsupported share instead.
     res = estimate_all(target, logged, a, d["r"], d["true"], d["true"], max_unsupported=0.2)
     ips, dr_ = res["ips"], res["dr"]
