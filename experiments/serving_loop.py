@@ -124,8 +124,6 @@ def _clients(reps: list[RunReport]) -> dict[str, float]:
 def run(out: Path, slas: list[float], requests: int, concurrency: int, network: str,
         train_requests: int, seed: int) -> dict[str, Any]:  # fmt: skip
     """The whole loop; returns (and writes) the summary."""
-    from modi.serving.promote import main as promote_main
-
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     paths = prepare(out, train_requests, network, seed)
@@ -133,19 +131,20 @@ def run(out: Path, slas: list[float], requests: int, concurrency: int, network: 
     version = register(paths["learned"], uri, out / "mlartifacts")
     token = "loop-token"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, TOKEN_ENV: token}
-    base = ["--pool-dir", str(paths["pool_dir"]), "--pool", str(paths["pool_yaml"]),
-            "--selector", f"models:/{MODEL}@champion", "--allow-fallback"]  # fmt: skip
+    base = ["--pool-dir", str(paths["pool_dir"]), "--pool", str(paths["pool_yaml"])]
+    champion = ["--selector", f"models:/{MODEL}@champion", "--allow-fallback"]
     learned = str(paths["learned"])
     summary: dict[str, Any] = {"slas": slas, "requests_per_sla": requests, "network": network,
                                "registered_version": version}  # fmt: skip
 
     def serve(phase: str, extra: list[str]) -> ServerProcess:
-        srv = ServerProcess(base + extra, out / f"server_{phase}.log", env=env)
+        sel = [] if "--selector" in extra else champion
+        srv = ServerProcess(base + sel + extra, out / f"server_{phase}.log", env=env)
         srv.wait_ready(180.0)
         return srv
 
     # 2. log: ModiPick serves (no champion yet)
-    logs = {p: out / f"decisions_{p}.jsonl" for p in ("modipick", "shadow", "served")}
+    logs = {p: out / f"decisions_{p}.jsonl" for p in ("modipick", "shadow", "served", "audit")}
     for f in logs.values():
         f.unlink(missing_ok=True)
     srv = serve("modipick", ["--decision-log", str(logs["modipick"])])
@@ -183,14 +182,7 @@ def run(out: Path, slas: list[float], requests: int, concurrency: int, network: 
         argv = [str(ope_dir / "ope.json"), "--challenger", str(cand.get("name") or learned),
                 "--model", MODEL, "--tracking-uri", uri, "--server", srv.url]  # fmt: skip
         os.environ[TOKEN_ENV] = token
-        import contextlib
-        import io
-
-        buf = io.StringIO()
-        with contextlib.redirect_stdout(buf):
-            promote_main(argv)
-        verdict = json.loads(buf.getvalue())
-        summary["promotion"] = verdict
+        summary["promotion"] = _promote(argv)
         summary["selector_before"] = before
         summary["selector_after"] = srv_health(srv.url)
         # 6. served
@@ -198,10 +190,42 @@ def run(out: Path, slas: list[float], requests: int, concurrency: int, network: 
             drive(srv.url, slas, requests, concurrency, network, seed + 200))  # fmt: skip
     finally:
         srv.stop()
+    if not summary["promotion"].get("promote"):
+        # 7. audit: the learned selector served anyway, to measure what OPE estimated
+        srv = serve("audit", ["--decision-log", str(logs["audit"]), "--selector", learned])
+        try:
+            summary["audit_clients"] = _clients(
+                drive(srv.url, slas, requests, concurrency, network, seed + 200))  # fmt: skip
+        finally:
+            srv.stop()
+        summary["audit_logged"] = log_value(logs["audit"])
     summary["served_logged"] = log_value(logs["served"])
     summary["wall_s"] = round(time.perf_counter() - t0, 1)
     (out / "loop.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _promote(argv: list[str]) -> dict[str, Any]:
+    """``modi-promote`` with DR, then Switch-DR where modi-ope refused DR (support); the verdict
+    (or why no estimate allowed one)."""
+    import contextlib
+    import io
+
+    from modi.serving.promote import main as promote_main
+
+    refusals = []
+    for est in ("dr", "switch_dr"):
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                promote_main([*argv, "--estimator", est])
+        except SystemExit:
+            refusals.append(err.getvalue().strip())
+            continue
+        verdict: dict[str, Any] = json.loads(out.getvalue())
+        verdict["refused_estimators"] = refusals
+        return verdict
+    return {"promote": False, "reason": "no estimate: " + " | ".join(refusals)}
 
 
 def srv_health(url: str) -> str:
@@ -231,26 +255,38 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     s = run(a.out, [float(x) for x in a.sla_ms.split(",")], a.requests, a.concurrency,
             a.network, a.train_requests, a.seed)  # fmt: skip
-    dr = (s["ope"]["estimates"] or {}).get("dr", {})
-    print(
-        f"ModiPick   logged eff. acc. {s['modipick_logged']['effective_accuracy']:.3f}  "
-        f"clients {s['modipick_clients']['effective_accuracy']:.3f}"
-    )
-    print(
-        f"OPE (DR)   learned {dr.get('value', float('nan')):.3f} "
-        f"[{dr.get('lo', float('nan')):.3f}, {dr.get('hi', float('nan')):.3f}]"
-    )
-    print(f"shadow     agreement {s['shadow']['agreement']}")
-    print(
-        f"promotion  {s['promotion']['promote']} ({s['promotion']['reason']}); now "
-        f"{s['selector_after']}"
-    )
-    print(
-        f"served     logged eff. acc. {s['served_logged']['effective_accuracy']:.3f} "
-        f"[{s['served_logged']['lo']:.3f}, {s['served_logged']['hi']:.3f}]  clients "
-        f"{s['served_clients']['effective_accuracy']:.3f}"
-    )
+    for line in summary_lines(s):
+        print(line)  # the CLI's output
     print(f"written {a.out / 'loop.json'} in {s['wall_s']} s")
+
+
+def summary_lines(s: dict[str, Any]) -> list[str]:
+    """The loop's summary as a few lines of text."""
+    nan = float("nan")
+    ests = s["ope"]["estimates"] or {}
+    name, est = "none", {"value": nan, "lo": nan, "hi": nan}
+    for e in ("dr", "switch_dr", "dm"):
+        if "value" in ests.get(e, {}):
+            name, est = e, ests[e]
+            break
+    mp = s["modipick_logged"]
+    lines = [
+        f"ModiPick   logged eff. acc. {mp['effective_accuracy']:.3f} [{mp['lo']:.3f}, "
+        f"{mp['hi']:.3f}]  clients {s['modipick_clients']['effective_accuracy']:.3f}",
+        f"OPE        learned ({name}) {est['value']:.3f} [{est['lo']:.3f}, "
+        f"{est['hi']:.3f}]",
+        f"shadow     agreement with ModiPick {s['shadow']['agreement']}",
+        f"promotion  {s['promotion'].get('promote')} ({s['promotion'].get('reason')}); now "
+        f"{s.get('selector_after')}",
+    ]  # fmt: skip
+    for phase in ("served", "audit"):
+        if f"{phase}_logged" in s:
+            lg = s[f"{phase}_logged"]
+            lines.append(
+                f"{phase:10s} logged eff. acc. {lg['effective_accuracy']:.3f} [{lg['lo']:.3f}, "
+                f"{lg['hi']:.3f}]  clients {s[f'{phase}_clients']['effective_accuracy']:.3f}"
+            )
+    return lines
 
 
 if __name__ == "__main__":

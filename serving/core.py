@@ -97,7 +97,8 @@ class ServeConfig:
         decode_limits: pixel bounds of decoded images.
         threads: onnxruntime intra-op threads per model execution.
         exec_slots: model executions at once (more wait in the queue the selector sees).
-        threshold_ms / shield / profile_alpha / seed: the selector's settings.
+        threshold_ms / shield / profile_alpha / seed: the selector's settings (``shield``:
+            whatever :class:`~modi.runtime.Selector` accepts).
     """
 
     pool_dir: Path
@@ -116,7 +117,7 @@ class ServeConfig:
     threads: int = 1
     exec_slots: int = 1
     threshold_ms: float = 10.0
-    shield: bool = True
+    shield: bool | str = True
     profile_alpha: float = 0.1
     seed: int | None = 0
 
@@ -502,6 +503,10 @@ class InferenceServer:
                 probs = one_hot(self.k, d.index)
             else:
                 probs = modipick_probabilities(feats, self.k, self.cfg.threshold_ms)
+                if not probs[d.index] > 0:  # the rule's choice outside its own support
+                    log.warning("ModiPick chose %s outside its probabilities; logged one-hot",
+                                d.model_id)  # fmt: skip
+                    probs = one_hot(self.k, d.index)
         sel_ms = (time.perf_counter() - t0) * 1e3
         m = self.metrics
         assert m is not None
