@@ -15,7 +15,7 @@ export, ``save``/``load``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -32,6 +32,7 @@ from modi.agents.scorers import (
     split_obs,
 )
 from modi.runtime import features as F
+from modi.runtime.metadata import FeatureRanges, RangeRecorder
 
 if TYPE_CHECKING:
     from modi.agents.training import TrainingHistory
@@ -54,6 +55,19 @@ class LearnedPolicy:
         self.miss_penalty = float(miss_penalty)
         self._rng = np.random.default_rng(seed)
         torch.manual_seed(0 if seed is None else seed)
+        #: Range of every monitored feature over the observations seen in training (the
+        #: runtime shield's reference; :func:`modi.agents.export.export_onnx` writes it).
+        self.ranges = RangeRecorder()
+
+    @property
+    def feature_ranges(self) -> FeatureRanges | None:
+        """What :attr:`ranges` recorded (``None``: not trained here, e.g. an older file)."""
+        return self.ranges.ranges()
+
+    def record_observations(self, obs: Obs) -> None:
+        """Fold training observations ``(N, R + P*K)`` into :attr:`ranges` (training loops
+        call it for every batch the policy sees)."""
+        self.ranges.update(obs)
 
     # -- protocol -----------------------------------------------------------------------------
     def reset(self, num_envs: int, seed: int | None = None) -> None:
@@ -123,8 +137,18 @@ class LearnedPolicy:
         """Write the policy to ``path`` (a torch file)."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"kind": self.kind, "name": self.name, **self.state()}, p)
+        st = {"kind": self.kind, "name": self.name, **self.state()}
+        st["training_ranges"] = self.ranges.state()
+        torch.save(st, p)
         return p
+
+    def _restore_ranges(self, st: dict[str, Any]) -> None:
+        """Ranges of a saved state (absent in files saved before they were recorded)."""
+        doc = st.get("training_ranges")
+        if doc is not None:
+            import json
+
+            self.ranges = RangeRecorder.from_ranges(FeatureRanges.from_json(json.dumps(doc)))
 
 
 class _LinearBandit(LearnedPolicy):
@@ -137,15 +161,27 @@ class _LinearBandit(LearnedPolicy):
         width_ms: float = 8.0,
         miss_penalty: float = 0.0,
         seed: int | None = None,
+        centres_ms: Sequence[float] | None = None,
     ) -> None:
         super().__init__(miss_penalty, seed)
+        if centres_ms is not None:
+            c = [float(x) for x in centres_ms]
+            if not c or any(not np.isfinite(x) for x in c) or len(set(c)) != len(c):
+                raise ValueError(
+                    f"{self.kind}.centres_ms must be distinct finite numbers (ms), got {centres_ms}"
+                )
+        if width_ms <= 0:
+            raise ValueError(f"{self.kind}.width_ms must be > 0, got {width_ms}")
         if alpha < 0:
             raise ValueError(f"{self.kind}.alpha must be >= 0, got {alpha}")
         if ridge <= 0:
             raise ValueError(f"{self.kind}.ridge must be > 0, got {ridge}")
         self.alpha = float(alpha)
         self.ridge = float(ridge)
-        self.basis = StepBasis(width_ms=width_ms)
+        self.centres_ms = (
+            None if centres_ms is None else tuple(sorted(float(x) for x in centres_ms))
+        )
+        self.basis = StepBasis(centres_ms=self.centres_ms, width_ms=width_ms)
         d = self.basis.dim
         self.A = np.eye(d) * self.ridge
         self.b = np.zeros(d)
@@ -181,6 +217,7 @@ class _LinearBandit(LearnedPolicy):
             "alpha": self.alpha,
             "ridge": self.ridge,
             "width_ms": self.basis.width * 100.0,
+            "centres_ms": None if self.centres_ms is None else list(self.centres_ms),
             "miss_penalty": self.miss_penalty,
             "A": self.A,
             "b": self.b,
@@ -369,14 +406,17 @@ def load_learned(path: str | Path) -> LearnedPolicy:
             ridge=st["ridge"],
             width_ms=st["width_ms"],
             miss_penalty=st["miss_penalty"],
+            centres_ms=st.get("centres_ms"),
         )
         pol._load_state(st)  # type: ignore[attr-defined]
+        pol._restore_ranges(st)
         return pol
     if kind == "neural":
         nb = NeuralBandit(**st["hparams"], miss_penalty=st["miss_penalty"])
         nb.net.load_state_dict(st["state_dict"])
         nb._normed = True
         nb.seen = int(st["seen"])
+        nb._restore_ranges(st)
         return nb
     if kind in ("ppo", "dqn", "a2c"):
         from modi.agents.sb3_agents import load_sb3

@@ -9,7 +9,9 @@ with ``pool_agnostic = False``, or any policy exported with ``pool_ids``) a fixe
 pool's ordered ids and fingerprint in the metadata, so the runtime refuses any other pool.
 
 The metadata contract is :class:`modi.runtime.metadata.SelectorMetadata`; the runtime that
-reads it is :class:`modi.runtime.Selector`.
+reads it is :class:`modi.runtime.Selector`. The policy's training ranges (what it saw while
+training, :attr:`~modi.agents.bandits.LearnedPolicy.feature_ranges`) go into the metadata too,
+for the selector's calibrated shield; a policy without them exports without them.
 
 Console script ``modi-export``: ``modi-export POLICY.pt OUT.onnx [--pool NAME]
 [--mlflow-register NAME]``.
@@ -377,6 +379,7 @@ def export_onnx(
         modi_version=modi.__version__,
         graph="fused" if fused else "plain",
         extra={"fused": ",".join(fused)} if fused else {},
+        training_ranges=getattr(policy, "feature_ranges", None),
     )
     props = {p.key: p.value for p in model.metadata_props if not p.key.startswith(PREFIX)}
     helper.set_metadata_props(model, {**props, **meta.to_props()})

@@ -59,6 +59,7 @@ from modi.agents.bandits import LearnedPolicy
 from modi.agents.scorers import NUM_PAIR_FEATURES, PairFeatures, split_obs
 from modi.agents.training import TrainingHistory
 from modi.runtime import features as F
+from modi.runtime.metadata import RangeRecorder
 
 if TYPE_CHECKING:
     from modi.envs.simulator import ModelSelectionSim
@@ -79,16 +80,23 @@ class SimVecEnv(VecEnv):
         episode_requests: report a truncation every this many requests (SB3 bookkeeping only:
             the stream and the server state go on, the ``terminal_observation`` is the next
             request, which is also the observation returned).
+        recorder: folds every observation handed to SB3 into these training ranges.
 
     Observations are ``float32`` ``(num_envs, R + P*K)``, rewards ``float32``, actions model
     indices. The adapter also sums reward, SLA attainment and effective accuracy of the
     requests it served (:meth:`pop_stats`), which is what the training curve reports.
     """
 
-    def __init__(self, sim: ModelSelectionSim, episode_requests: int = 1000) -> None:
+    def __init__(
+        self,
+        sim: ModelSelectionSim,
+        episode_requests: int = 1000,
+        recorder: RangeRecorder | None = None,
+    ) -> None:
         if episode_requests < 1:
             raise ValueError(f"episode_requests must be >= 1, got {episode_requests}")
         self.sim = sim
+        self.recorder = recorder
         self.episode_requests = int(episode_requests)
         obs_space = spaces.Box(-np.inf, np.inf, shape=(sim.obs_dim,), dtype=np.float32)
         super().__init__(sim.num_envs, obs_space, spaces.Discrete(sim.num_models))
@@ -110,6 +118,8 @@ class SimVecEnv(VecEnv):
         self._reset_options()
         self._elapsed = 0
         self._ep_return[:] = 0.0
+        if self.recorder is not None:
+            self.recorder.update(obs)
         return obs.copy()
 
     def step_async(self, actions: NDArray[Any]) -> None:
@@ -123,6 +133,8 @@ class SimVecEnv(VecEnv):
         o = self.sim.step(self._actions)
         self._actions = None
         obs = self.sim.obs.copy()
+        if self.recorder is not None:
+            self.recorder.update(obs)
         reward = o.reward.astype(np.float32)
         self._ep_return += o.reward
         self._sums += (
@@ -591,7 +603,9 @@ class _SB3Agent(LearnedPolicy):
         for _ in range(steps - 1):
             sim.step(rng.integers(0, sim.num_models, size=n))
             obs.append(sim.obs.copy())
-        req, models = split_obs(torch.from_numpy(np.concatenate(obs)))
+        batch = np.concatenate(obs)
+        self.record_observations(batch)
+        req, models = split_obs(torch.from_numpy(batch))
         for e in encoders:
             e.fit(req, models)
 
@@ -610,7 +624,7 @@ class _SB3Agent(LearnedPolicy):
         """
         if total_requests < 1:
             raise ValueError(f"total_requests must be >= 1, got {total_requests}")
-        venv = SimVecEnv(sim, int(self.hparams["episode_requests"]))
+        venv = SimVecEnv(sim, int(self.hparams["episode_requests"]), self.ranges)
         fresh = self._ensure_model(venv, seed)
         self._fit_normalisation(sim, seed + 1)
         if isinstance(self.model, DQN):  # the target network starts from the fitted buffers
@@ -990,4 +1004,5 @@ def load_sb3(path_or_state: str | Path | dict[str, Any]) -> _SB3Agent:
     if st.get("sb3_zip") is not None:
         agent.model = cls.algo.load(io.BytesIO(st["sb3_zip"]), device="cpu")
         agent._policy().set_training_mode(False)
+    agent._restore_ranges(st)
     return agent

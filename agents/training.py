@@ -57,7 +57,8 @@ def train_online(
     callback: Callable[[int, dict[str, float]], None] | None = None,
 ) -> TrainingHistory:
     """Let ``policy`` serve ``total_requests`` requests of ``sim`` (all streams together),
-    exploring and learning from every outcome."""
+    exploring and learning from every outcome; every observation it sees widens its recorded
+    training ranges (:meth:`LearnedPolicy.record_observations`)."""
     if total_requests < 1:
         raise ValueError(f"total_requests must be >= 1, got {total_requests}")
     n = sim.num_envs
@@ -71,6 +72,7 @@ def train_online(
         total=steps * n, desc=f"train {policy.name}", disable=not progress, unit="req"
     ) as bar:
         for t in range(steps):
+            policy.record_observations(obs)
             actions = policy.explore(obs)
             prev = obs.copy()
             o = sim.step(actions)

@@ -4,20 +4,41 @@
 file's ``metadata_props`` (string key/value pairs, every key prefixed ``modi.``);
 :class:`modi.runtime.Selector` reads them back with :meth:`SelectorMetadata.from_props` and
 refuses a file whose feature schema or pool does not match what it serves. Both sides use this
-module, so the keys cannot drift. Part of the runtime: standard library and features only.
+module, so the keys cannot drift. Part of the runtime: numpy, the standard library and features
+only.
+
+Since metadata version 2 a file may carry the *training ranges* of its policy
+(:class:`FeatureRanges`, key ``modi.training_ranges``): the smallest and largest value of each
+request feature and of the model block's ``mu_ms`` and ``sigma_ms`` over every observation the
+policy saw while training (recorded by :class:`RangeRecorder`). The selector's shield checks
+requests against them. Older files (version 1) have none and still load.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from modi.runtime.features import MODEL_FEATURES, REQUEST_FEATURES, SCHEMA_NAME, SCHEMA_VERSION
+import numpy as np
+from numpy.typing import NDArray
 
-#: Version of this metadata layout (bump when a key changes meaning).
-METADATA_VERSION = 1
+from modi.runtime.features import (
+    MODEL_FEATURES,
+    MU,
+    REQUEST_FEATURES,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    SIGMA,
+    P,
+    R,
+)
+
+#: Version of this metadata layout (bump when a key changes meaning). 2: ``training_ranges``.
+METADATA_VERSION = 2
 PREFIX = "modi."
 
 #: Names of the graph's inputs and outputs (fixed by the contract).
@@ -51,6 +72,141 @@ def _names(rows: tuple[tuple[str, str, str], ...]) -> tuple[str, ...]:
     return tuple(r[0] for r in rows)
 
 
+#: Features whose training range is recorded: every request column, then the model block's
+#: ``mu_ms`` and ``sigma_ms`` (over all models of all observations).
+RANGE_FEATURES: tuple[str, ...] = (*_names(REQUEST_FEATURES), "mu_ms", "sigma_ms")
+
+
+@dataclass(frozen=True)
+class FeatureRanges:
+    """Smallest and largest value of each feature of :data:`RANGE_FEATURES` seen in training
+    (``names[i]`` spans ``[lo[i], hi[i]]``), over ``observations`` observations."""
+
+    names: tuple[str, ...]
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    observations: int
+
+    def __post_init__(self) -> None:
+        n = len(self.names)
+        if len(self.lo) != n or len(self.hi) != n or len(set(self.names)) != n:
+            raise MetadataError(
+                f"training ranges need one unique name, lo and hi per feature, got "
+                f"{n} names, {len(self.lo)} lo, {len(self.hi)} hi"
+            )
+        for name, a, b in zip(self.names, self.lo, self.hi, strict=True):
+            if not (math.isfinite(a) and math.isfinite(b) and a <= b):
+                raise MetadataError(
+                    f"training range of {name!r} must be finite with lo <= hi, got [{a}, {b}]"
+                )
+        if self.observations < 1:
+            raise MetadataError(f"training ranges need >= 1 observation, got {self.observations}")
+
+    def get(self, name: str) -> tuple[float, float] | None:
+        """``(lo, hi)`` of ``name``, or ``None`` when it was not recorded."""
+        try:
+            i = self.names.index(name)
+        except ValueError:
+            return None
+        return self.lo[i], self.hi[i]
+
+    def to_json(self) -> str:
+        """The ranges as one JSON object (``repr`` precision: float64 round-trips exactly)."""
+        return json.dumps(
+            {
+                "features": list(self.names),
+                "lo": list(self.lo),
+                "hi": list(self.hi),
+                "observations": self.observations,
+            },
+            separators=(",", ":"),
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureRanges:
+        """Parse :meth:`to_json`'s output; :class:`MetadataError` says what is wrong."""
+        try:
+            doc = json.loads(text)
+            return cls(
+                tuple(str(x) for x in doc["features"]),
+                tuple(float(x) for x in doc["lo"]),
+                tuple(float(x) for x in doc["hi"]),
+                int(doc["observations"]),
+            )
+        except MetadataError:
+            raise
+        except (ValueError, TypeError, KeyError) as e:
+            raise MetadataError(f"malformed modi.training_ranges: {e!r}") from None
+
+
+class RangeRecorder:
+    """Running float64 min/max of :data:`RANGE_FEATURES` over batches of observations
+    ``(N, R + P*K)`` (what a learned policy sees while training): a few vectorised reductions
+    per batch. Non-finite values are ignored."""
+
+    def __init__(self) -> None:
+        self.lo = np.full(len(RANGE_FEATURES), np.inf)
+        self.hi = np.full(len(RANGE_FEATURES), -np.inf)
+        self.observations = 0
+
+    def update(self, obs: NDArray[np.floating]) -> None:
+        """Fold a batch of observations (or one, ``(D,)``) into the ranges."""
+        x = np.asarray(obs)
+        if x.ndim == 1:
+            x = x[None, :]
+        if x.shape[0] == 0:
+            return
+        if x.ndim != 2 or x.shape[1] <= R or (x.shape[1] - R) % P:
+            raise ValueError(f"observations of shape {x.shape} do not fit the feature schema")
+        cols = [x[:, :R], x[:, R + MU :: P], x[:, R + SIGMA :: P]]
+        with np.errstate(invalid="ignore"):
+            lo = [np.fmin.reduce(np.where(np.isfinite(c), c, np.nan), axis=0) for c in cols]
+            hi = [np.fmax.reduce(np.where(np.isfinite(c), c, np.nan), axis=0) for c in cols]
+        lo_all = np.concatenate([lo[0], [np.nanmin(lo[1]), np.nanmin(lo[2])]]).astype(np.float64)
+        hi_all = np.concatenate([hi[0], [np.nanmax(hi[1]), np.nanmax(hi[2])]]).astype(np.float64)
+        np.fmin(self.lo, lo_all, out=self.lo)
+        np.fmax(self.hi, hi_all, out=self.hi)
+        self.observations += int(x.shape[0])
+
+    def merge(self, other: RangeRecorder | FeatureRanges | None) -> None:
+        """Widen these ranges by another recorder's (or saved ranges of the same features)."""
+        if other is None:
+            return
+        if isinstance(other, FeatureRanges):
+            if other.names != RANGE_FEATURES:
+                raise ValueError(f"cannot merge ranges of {other.names} into {RANGE_FEATURES}")
+            lo, hi, n = np.asarray(other.lo), np.asarray(other.hi), other.observations
+        else:
+            lo, hi, n = other.lo, other.hi, other.observations
+        np.fmin(self.lo, lo, out=self.lo)
+        np.fmax(self.hi, hi, out=self.hi)
+        self.observations += n
+
+    def ranges(self) -> FeatureRanges | None:
+        """The ranges so far (``None`` before any observation with finite values)."""
+        finite = np.isfinite(self.lo).all() and np.isfinite(self.hi).all()
+        if self.observations == 0 or not finite:
+            return None
+        return FeatureRanges(
+            RANGE_FEATURES,
+            tuple(float(v) for v in self.lo),
+            tuple(float(v) for v in self.hi),
+            self.observations,
+        )
+
+    @classmethod
+    def from_ranges(cls, ranges: FeatureRanges | None) -> RangeRecorder:
+        """A recorder that continues from saved ranges (or starts empty)."""
+        rec = cls()
+        rec.merge(ranges)
+        return rec
+
+    def state(self) -> dict[str, Any] | None:
+        """Plain data for a saved policy (``None`` when nothing was recorded)."""
+        r = self.ranges()
+        return None if r is None else json.loads(r.to_json())
+
+
 @dataclass(frozen=True)
 class SelectorMetadata:
     """What an exported selector says about itself.
@@ -76,6 +232,8 @@ class SelectorMetadata:
     action_meaning: str = ACTION_MEANING
     metadata_version: int = METADATA_VERSION
     extra: Mapping[str, str] = field(default_factory=dict)
+    #: What the policy saw in training (``None``: not recorded, e.g. a version-1 file).
+    training_ranges: FeatureRanges | None = None
 
     def to_props(self) -> dict[str, str]:
         """String key/value pairs for ``ModelProto.metadata_props``."""
@@ -103,6 +261,8 @@ class SelectorMetadata:
             ),
             "outputs": f"{OUTPUT_ACTION}: int64 (N,); {OUTPUT_SCORES}: float32 (N, K)",
         }
+        if self.training_ranges is not None:
+            props["training_ranges"] = self.training_ranges.to_json()
         props.update({f"extra.{k}": str(v) for k, v in self.extra.items()})
         return {PREFIX + k: v for k, v in props.items()}
 
@@ -127,6 +287,7 @@ class SelectorMetadata:
             ids = tuple(json.loads(p.get("pool_model_ids", "[]")))
         except (ValueError, TypeError) as e:
             raise MetadataError(f"malformed modi metadata: {e}") from None
+        ranges = FeatureRanges.from_json(p["training_ranges"]) if "training_ranges" in p else None
         agnostic = p["pool_agnostic"].strip().lower()
         if agnostic not in ("true", "false"):
             raise MetadataError(f"modi.pool_agnostic must be 'true' or 'false', got {agnostic!r}")
@@ -147,6 +308,7 @@ class SelectorMetadata:
             action_meaning=p.get("action_meaning", ""),
             metadata_version=meta_version,
             extra={k[len("extra.") :]: v for k, v in p.items() if k.startswith("extra.")},
+            training_ranges=ranges,
         )
 
     def check_schema(self) -> None:

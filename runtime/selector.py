@@ -11,9 +11,18 @@ ModiPick rule (:mod:`modi.runtime.modipick`) instead and says why:
 * an invalid request: a missing field, NaN, inf, negative or absurd value
   (``"invalid request: ..."``);
 * onnxruntime failed or returned something out of range (``"inference failed: ..."``);
-* the *shield* (on by default): the learned model violates ModiPick's hard limit
-  ``μ + σ < T_U`` (``T_U`` = the ``budget_ms`` feature) while ModiPick's own choice respects it
-  (``"shield: ..."``).
+* the *shield* (on by default, ``"shield: ..."``): the request lies outside what the policy
+  was trained for. Training records the range of every request feature and of the profiled
+  ``mu_ms``/``sigma_ms`` it saw (:class:`~modi.runtime.metadata.FeatureRanges`, written into the
+  file's metadata by ``export_onnx``); the shield fires when a feature a scorer reads
+  (:data:`SHIELD_REQUEST_FEATURES`, :data:`SHIELD_MODEL_FEATURES`) lies outside its training
+  range widened by ``shield_tolerance`` of the range's width (default
+  :data:`SHIELD_TOLERANCE`), and the reason names the feature, its value and the range, e.g.
+  ``"shield: t_input_ms = 812.3 outside training range [20.1, 540.2] (+25%)"``. A file written
+  before ranges were recorded has nothing to check (``status`` says so). ``shield="budget"``
+  keeps the earlier shield (a learned choice with ``μ + σ >= T_U``, ModiPick's budget, replaced
+  by ModiPick's), which assumed the download takes as long as the upload and overrode a large
+  share of good choices on fast links.
 
 Nothing raises into the serving path: only ``Selector.load(..., strict=True)`` and
 ``reload(..., strict=True)`` raise :class:`SelectorLoadError`.
@@ -57,6 +66,7 @@ from modi.runtime.metadata import (
     INPUT_REQUEST,
     OUTPUT_ACTION,
     OUTPUT_SCORES,
+    FeatureRanges,
     MetadataError,
     SelectorMetadata,
 )
@@ -83,6 +93,32 @@ _F32_MAX = float(np.finfo(np.float32).max)
 _SCALAR_SLACK_MODELS = 32
 #: Up to this many rows, a batch's fallback and shield rows use the scalar ModiPick rule.
 _SCALAR_RULE_ROWS = 32
+
+ShieldMode = Literal["range", "budget", "off"]
+SHIELD_MODES: tuple[str, ...] = ("range", "budget", "off")
+#: Request features the calibrated shield checks: every request column a scorer reads
+#: (:class:`modi.agents.scorers.PairFeatures`; ``elapsed_ms`` enters through ``remaining_ms``,
+#: ``payload_kb`` through none), in this order.
+SHIELD_REQUEST_FEATURES: tuple[str, ...] = (
+    "sla_ms",
+    "t_input_ms",
+    "remaining_ms",
+    "budget_ms",
+    "client_net_mean_ms",
+    "client_net_std_ms",
+    "queue_len",
+    "slowdown",
+)
+#: Model-block features the calibrated shield checks (every model of the served pool).
+SHIELD_MODEL_FEATURES: tuple[str, ...] = ("mu_ms", "sigma_ms")
+#: Default widening of the training ranges (a fraction of each range's width; of
+#: ``max(|value|, 1)`` for a range of one value). Measured: a LinUCB trained on 100,000
+#: requests of realistic_wifi, lte_trace, 5g_walking, hsdpa_trace, paper_campus or
+#: loaded_server, served on 12,800 requests of an evaluation seed at SLAs 115/150/200 ms, saw
+#: no firing at 0.1, 0.25 or 0.5 (so no cost); a campus-trained one on the WiFi link (another
+#: network) 1.0 / 0.6 / 0.3 % firings. ``tests/test_served.py`` checks <= 0.5 % and <= 0.2
+#: points in distribution.
+SHIELD_TOLERANCE = 0.25
 
 
 class SelectorLoadError(ValueError):
@@ -175,6 +211,148 @@ class _Profiles(NamedTuple):
         return np.full(rows.size, int(np.argmin(self.mu)), dtype=np.intp)
 
 
+def _f32_down(x: float) -> float:
+    """The largest float32 value <= ``x`` (as a float)."""
+    y = np.float32(x)
+    return float(y if float(y) <= x else np.nextafter(y, np.float32(-np.inf)))
+
+
+def _f32_up(x: float) -> float:
+    """The smallest float32 value >= ``x`` (as a float)."""
+    y = np.float32(x)
+    return float(y if float(y) >= x else np.nextafter(y, np.float32(np.inf)))
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.6g}"
+
+
+@dataclass(frozen=True)
+class _Bounds:
+    """The calibrated shield's limits for one loaded file: each checked feature's training
+    range widened by the tolerance, rounded outwards to float32 (the features are float32, so
+    a comparison on Python floats and one on a float32 array agree exactly)."""
+
+    names: tuple[str, ...]  # checked request features, in SHIELD_REQUEST_FEATURES order
+    cols: NDArray[np.intp]  # their request-block columns
+    lo: NDArray[np.float32]  # widened lower limits
+    hi: NDArray[np.float32]  # widened upper limits
+    fast: tuple[tuple[int, float, float], ...]  # (column, lo, hi) for the batch-1 loop
+    ranges: tuple[tuple[float, float], ...]  # the training ranges themselves (for reasons)
+    model: tuple[tuple[str, int, float, float, float, float], ...]  # (name, col, lo, hi, rlo, rhi)
+    tolerance: float
+
+    @classmethod
+    def build(cls, ranges: FeatureRanges | None, tolerance: float) -> _Bounds:
+        """Limits for the features ``ranges`` recorded (none when ``ranges`` is ``None``)."""
+
+        def widen(lo: float, hi: float) -> tuple[float, float]:
+            w = hi - lo if hi > lo else max(abs(hi), 1.0)
+            return _f32_down(lo - tolerance * w), _f32_up(hi + tolerance * w)
+
+        names: list[str] = []
+        cols: list[int] = []
+        lims: list[tuple[float, float]] = []
+        rr: list[tuple[float, float]] = []
+        model: list[tuple[str, int, float, float, float, float]] = []
+        if ranges is not None:
+            req_cols = {f[0]: i for i, f in enumerate(F.REQUEST_FEATURES)}
+            for name in SHIELD_REQUEST_FEATURES:
+                r = ranges.get(name)
+                if r is not None:
+                    names.append(name)
+                    cols.append(req_cols[name])
+                    lims.append(widen(*r))
+                    rr.append(r)
+            mod_cols = {f[0]: i for i, f in enumerate(F.MODEL_FEATURES)}
+            for name in SHIELD_MODEL_FEATURES:
+                r = ranges.get(name)
+                if r is not None:
+                    model.append((name, mod_cols[name], *widen(*r), *r))
+        return cls(
+            tuple(names),
+            np.array(cols, dtype=np.intp),
+            np.array([a for a, _ in lims], dtype=np.float32),
+            np.array([b for _, b in lims], dtype=np.float32),
+            tuple((c, a, b) for c, (a, b) in zip(cols, lims, strict=True)),
+            tuple(rr),
+            tuple(model),
+            tolerance,
+        )
+
+    @property
+    def empty(self) -> bool:
+        """Whether there is nothing to check (no training ranges in the file)."""
+        return not self.names and not self.model
+
+    def _why(self, name: str, value: float, lo: float, hi: float) -> str:
+        return (
+            f"shield: {name} = {_fmt(value)} outside training range [{_fmt(lo)}, {_fmt(hi)}] "
+            f"(+{self.tolerance * 100:g}%)"
+        )
+
+    def request_reason(self, col: int, value: float) -> str:
+        """Why the shield fired for request column ``col`` at ``value``."""
+        j = int(np.flatnonzero(self.cols == col)[0])
+        lo, hi = self.ranges[j]
+        return self._why(self.names[j], value, lo, hi)
+
+    def model_reason(self, ids: Sequence[str], rows: NDArray[np.float32]) -> str:
+        """Why the shield fires for a model block ``(K, P)`` (``""`` when it is in range)."""
+        for name, col, lo, hi, rlo, rhi in self.model:
+            v = rows[:, col]
+            bad = np.flatnonzero((v < lo) | (v > hi))
+            if bad.size:
+                k = int(bad[0])
+                return self._why(f"{name} of model {ids[k]!r}", float(v[k]), rlo, rhi)
+        return ""
+
+    def out_of_range(
+        self,
+        req: NDArray[np.float32],
+        mod: NDArray[np.float32],
+        rows: NDArray[np.bool_],
+        ids: Sequence[str],
+        shared_reason: str | None,
+    ) -> tuple[NDArray[np.bool_], dict[int, str]]:
+        """Which of ``rows`` fire, and why: request features first (in order), then the model
+        block (``shared_reason``: the verdict on a model block all rows share, ``None``: check
+        each row's)."""  # fmt: skip
+        n = req.shape[0]
+        fire = np.zeros(n, dtype=np.bool_)
+        why: dict[int, str] = {}
+        if self.names:
+            v = req[:, self.cols]
+            bad = (v < self.lo) | (v > self.hi)
+            hit = rows & bad.any(axis=1)
+            if hit.any():
+                for i in np.flatnonzero(hit).tolist():
+                    j = int(np.argmax(bad[i]))
+                    why[i] = self._why(
+                        self.names[j], float(v[i, j]), *self.ranges[j]
+                    )  # fmt: skip
+                fire |= hit
+        if self.model:
+            if shared_reason is not None:
+                if shared_reason:
+                    for i in np.flatnonzero(rows & ~fire).tolist():
+                        why[i] = shared_reason
+                    fire |= rows
+            else:
+                bad_m = np.zeros(n, dtype=np.bool_)
+                for _, col, lo, hi, _, _ in self.model:
+                    v = mod[:, :, col]
+                    bad_m |= (v.min(axis=1) < lo) | (v.max(axis=1) > hi)
+                hit = rows & bad_m & ~fire
+                for i in np.flatnonzero(hit).tolist():
+                    why[i] = self.model_reason(ids, mod[i])
+                fire |= hit
+        return fire, why
+
+
+_NO_BOUNDS = _Bounds.build(None, SHIELD_TOLERANCE)
+
+
 @dataclass(frozen=True)
 class _Loaded:
     """A checked, ready-to-run selector file."""
@@ -184,6 +362,7 @@ class _Loaded:
     metadata: SelectorMetadata
     source: str
     path: Path
+    bounds: _Bounds = _NO_BOUNDS  # the calibrated shield's limits (range mode)
 
 
 def _resolve(source: str | os.PathLike[str]) -> Path:
@@ -219,8 +398,15 @@ class Selector:
     Args:
         pool: the served pool (:class:`PoolProfile`, or anything
             :meth:`PoolProfile.from_pool` accepts, e.g. a ``ModelPool``).
-        shield: replace a learned choice that violates ``μ + σ < T_U`` by ModiPick's when
-            ModiPick's respects it.
+        shield: ``True`` or ``"range"`` (the default): the calibrated shield, which answers
+            with the fallback rule a request whose features lie outside the ranges the policy
+            saw in training, widened by ``shield_tolerance`` (nothing to check for a file
+            without recorded ranges: see :attr:`status`); ``"budget"``: the earlier shield,
+            which replaces a learned choice with ``μ + σ >= T_U`` (``T_U`` = ``budget_ms``,
+            ModiPick's budget) by ModiPick's when that respects the limit; ``False`` or
+            ``"off"``: no shield.
+        shield_tolerance: how far, as a fraction in (0, 1) of each training range's width, a
+            feature may lie outside it before the calibrated shield fires.
         threshold_ms: ModiPick's ``T_threshold`` (soft limit ``T_L = T_U - threshold``).
         profile_alpha: EWMA weight of the execution-time profiles (:meth:`observe`).
         client_alpha: EWMA weight of each client's upload-time history.
@@ -236,7 +422,8 @@ class Selector:
         self,
         pool: PoolProfile | Any,
         *,
-        shield: bool = True,
+        shield: bool | ShieldMode = True,
+        shield_tolerance: float = SHIELD_TOLERANCE,
         threshold_ms: float = 10.0,
         profile_alpha: float = 0.1,
         client_alpha: float = CLIENT_NET_ALPHA,
@@ -254,7 +441,11 @@ class Selector:
                 f"intra_op_threads and batch_threads must be >= 0, got {intra_op_threads} and "
                 f"{batch_threads}"
             )
-        self.shield = bool(shield)
+        self.shield_mode: ShieldMode = _shield_mode(shield)
+        self.shield_tolerance = _tolerance(shield_tolerance)
+        #: Whether a shield is on (either mode).
+        self.shield = self.shield_mode != "off"
+        self._budget_shield = self.shield_mode == "budget"
         self.threshold_ms = float(threshold_ms)
         self.limits = limits or RequestLimits()
         self.intra_op_threads = int(intra_op_threads)
@@ -290,8 +481,9 @@ class Selector:
         self._sigma_list: list[float] = []
         self._mu_minus_sigma_list: list[float] = []
         self._fastest = 0
-        self._refresh_profiles()
         self._model: _Loaded | None = None
+        self._prof_reason = ""  # why the current profiles fire the calibrated shield ("" : not)
+        self._refresh_profiles()
         self._no_model_reason = "no selector file given"
         self.last_error = ""
         self._counts = dict.fromkeys(
@@ -333,6 +525,7 @@ class Selector:
             with self._lock:
                 self._model = loaded
                 self.last_error = ""
+                self._prof_reason = self._profile_verdict()
             log.info(
                 "selector %s (%s, %s) loaded from %s",
                 loaded.metadata.policy_name,
@@ -381,7 +574,9 @@ class Selector:
             except Exception as e:
                 raise SelectorLoadError(f"{path}: cannot open the batch session: {e}") from None
             self._smoke_test(run_batch, path)
-        return _Loaded(run_one, run_batch, meta, os.fspath(source), path)
+        ranges = meta.training_ranges if self.shield_mode == "range" else None
+        bounds = _Bounds.build(ranges, self.shield_tolerance)
+        return _Loaded(run_one, run_batch, meta, os.fspath(source), path, bounds)
 
     def _check_signature(self, sess: Any, meta: SelectorMetadata, path: Path) -> None:
         ins = {i.name: i for i in sess.get_inputs()}
@@ -495,9 +690,17 @@ class Selector:
 
     @property
     def status(self) -> str:
-        """``"learned: <source>"`` or ``"fallback: <why>"``."""
+        """``"learned: <source>"`` or ``"fallback: <why>"``; a learned selector whose file
+        records no training ranges adds that the calibrated shield has nothing to check."""
         m = self._model
-        return f"learned: {m.source}" if m is not None else f"fallback: {self._no_model_reason}"
+        if m is None:
+            return f"fallback: {self._no_model_reason}"
+        if self.shield_mode == "range" and m.bounds.empty:
+            return (
+                f"learned: {m.source} (shield: nothing to check: the file records no training "
+                "ranges)"
+            )
+        return f"learned: {m.source}"
 
     @property
     def counts(self) -> dict[str, int]:
@@ -523,6 +726,15 @@ class Selector:
         self._sigma_list = sigma.tolist()
         self._mu_minus_sigma_list = (mu - sigma).tolist()
         self._fastest = int(np.argmin(mu))
+        self._prof_reason = self._profile_verdict()
+
+    def _profile_verdict(self) -> str:
+        """Why the current profiles fire the calibrated shield of the loaded file (``""``: they
+        do not); the caller holds the lock or owns the selector."""
+        m = self._model
+        if m is None or not m.bounds.model:
+            return ""
+        return m.bounds.model_reason(self._ids, self._mod[0])
 
     def observe(self, model_id: str, exec_ms: float) -> bool:
         """Fold a measured execution time of ``model_id`` into its profile (EWMA). Returns
@@ -624,6 +836,15 @@ class Selector:
                 if model is None:
                     self._counts["no_model"] += 1
                     return self._rule(budget, "no learned model: " + self._no_model_reason)
+                rf = self._req_f
+                for pos, lo, hi in model.bounds.fast:  # the calibrated shield (none: empty)
+                    v = rf[pos]
+                    if v < lo or v > hi:
+                        self._counts["shield"] += 1
+                        return self._rule(budget, model.bounds.request_reason(pos, v))
+                if self._prof_reason:
+                    self._counts["shield"] += 1
+                    return self._rule(budget, self._prof_reason)
                 try:
                     k = model.run_one()
                 except Exception as e:
@@ -633,7 +854,7 @@ class Selector:
                     self._counts["inference_error"] += 1
                     return self._rule(budget, f"inference failed: action {k} is out of range")
                 if (
-                    self.shield
+                    self._budget_shield
                     and not self._musig_list[k] < budget
                     and self._modipick_respects(budget)
                 ):
@@ -748,12 +969,13 @@ class Selector:
             u = self._rng.random(n)
             model = self._model
             no_model_reason = self._no_model_reason
+            prof_reason = self._prof_reason
         with np.errstate(invalid="ignore", over="ignore"):
             req, mod = F.encode_blocks(
                 batch.sla_ms, el, up, pay / BYTES_PER_KB, net_mean, net_std, queue, slow,
                 prof.mu, prof.sigma, self._acc,
             )  # fmt: skip
-        return self._decide(req, mod, valid, reasons, prof, u, model, no_model_reason)
+        return self._decide(req, mod, valid, reasons, prof, u, model, no_model_reason, prof_reason)
 
     def select_features(self, obs: NDArray[np.floating]) -> Decisions:
         """Decide for prebuilt observations ``(N, R + P*K)`` (float32, as
@@ -807,7 +1029,7 @@ class Selector:
             u = self._rng.random(n)
             model = self._model
             no_model_reason = self._no_model_reason
-        return self._decide(req, mod, valid, reasons, prof, u, model, no_model_reason)
+        return self._decide(req, mod, valid, reasons, prof, u, model, no_model_reason, None)
 
     def _decide(
         self,
@@ -819,10 +1041,13 @@ class Selector:
         u: NDArray[np.float64],
         model: _Loaded | None,
         no_model_reason: str,
+        prof_reason: str | None,
     ) -> Decisions:
         """The decision core of a batch once its features are built (``req`` ``(N, R)`` and
         ``mod`` ``(N, K, P)``, C-contiguous float32; ``valid`` rows only are given to the
-        graph; ``reasons`` holds the invalid rows' reasons and receives the others')."""
+        graph; ``reasons`` holds the invalid rows' reasons and receives the others').
+        ``prof_reason`` is the calibrated shield's verdict on the selector's own profiles,
+        which every row shares (``None``: the rows carry their own, check each)."""
         n = req.shape[0]
         all_valid = bool(valid.all())
         budget = req[:, F.BUDGET].astype(np.float64)
@@ -851,15 +1076,26 @@ class Selector:
                 action = np.zeros(n, dtype=np.int64)
                 err = f"inference failed: {type(e).__name__}: {e}"
             ok = valid & (action >= 0) & (action < self._k) if not err else np.zeros(n, np.bool_)
+            bounds = model.bounds
+            if not bounds.empty:  # the calibrated shield: before anything else, as select()
+                fire, why = bounds.out_of_range(req, mod, valid, self._ids, prof_reason)
+                if fire.any():
+                    for i, r in why.items():
+                        reasons[i] = r
+                    ok &= ~fire
+                    counts["shield"] = int(fire.sum())
+            else:
+                fire = np.zeros(n, dtype=np.bool_)
             index = np.where(ok, action, 0).astype(np.intp)
             learned = ok.copy()
             fallback = valid & ~ok
-            if fallback.any():
+            failed = fallback & ~fire
+            if failed.any():
                 msg = err or "inference failed: action out of range"
-                for i in np.flatnonzero(fallback).tolist():
+                for i in np.flatnonzero(failed).tolist():
                     reasons[i] = msg
-                counts["inference_error"] = int(fallback.sum())
-            if self.shield:
+                counts["inference_error"] = int(failed.sum())
+            if self._budget_shield:
                 # Learned choice breaks mu + sigma < T_U while some model would respect it.
                 musig = prof.musig
                 rows = np.arange(n)
@@ -1034,6 +1270,28 @@ def _budget_of(request: Any) -> float:
         return float(np.float32(b))
     except Exception:  # anything unreadable: no budget
         return math.nan
+
+
+def _shield_mode(shield: Any) -> ShieldMode:
+    """``Selector``'s ``shield`` argument as a mode; a clear error for anything else."""
+    if shield is True:
+        return "range"
+    if shield is False or shield is None:
+        return "off"
+    if isinstance(shield, str) and shield in SHIELD_MODES:
+        return shield  # type: ignore[return-value]
+    raise ValueError(f"shield must be True, False or one of {list(SHIELD_MODES)}, got {shield!r}")
+
+
+def _tolerance(x: Any) -> float:
+    """``shield_tolerance`` checked: a real number strictly between 0 and 1."""
+    ok = isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool)
+    if not ok or not 0.0 < float(x) < 1.0:
+        raise ValueError(
+            f"shield_tolerance must be a number in (0, 1) (a fraction of each training range's "
+            f"width), got {x!r}"
+        )
+    return float(x)
 
 
 def _fill(col: NDArray[np.float64] | None, default: float, n: int) -> NDArray[np.float64]:

@@ -16,7 +16,13 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from modi.agents.bandits import LearnedPolicy, LinearThompson, LinUCB, NeuralBandit
+from modi.agents.bandits import (
+    LearnedPolicy,
+    LinearThompson,
+    LinUCB,
+    NeuralBandit,
+    load_learned,
+)
 from modi.agents.export import (
     ExportError,
     check_parity,
@@ -31,7 +37,7 @@ from modi.envs.catalog import load_preset
 from modi.envs.model_selection import build_sim
 from modi.runtime import PoolProfile, Request, Selector
 from modi.runtime import features as F
-from modi.runtime.metadata import ACTION_MEANING, pool_hash
+from modi.runtime.metadata import ACTION_MEANING, METADATA_VERSION, RANGE_FEATURES, pool_hash
 
 PARITY_REQUESTS = 10_000
 #: Small training budgets: enough for non-trivial decisions, a few seconds each.
@@ -167,6 +173,59 @@ def test_metadata_travels_inside_the_file(exported: dict[str, Path]) -> None:
     meta = read_metadata(exported["linucb"])
     assert meta.pool_agnostic and meta.pool_model_ids == () and meta.graph == "fused"
     assert model.producer_name == "modi"
+
+
+@pytest.mark.parametrize("kind", list(POLICIES))
+def test_training_ranges_are_recorded_saved_and_exported(
+    kind: str, trained: dict[str, LearnedPolicy], exported: dict[str, Path], tmp_path: Path
+) -> None:
+    """Training records the range of every request feature and of mu/sigma over what the policy
+    saw; save/load keeps it, export writes it into the metadata (version 2)."""
+    pol = trained[kind]
+    r = pol.feature_ranges
+    assert r is not None and r.names == RANGE_FEATURES
+    assert r.observations == BUDGETS[kind] // 64 * 64
+    assert r.get("sla_ms")[0] >= 50.0 and r.get("sla_ms")[1] <= 400.0  # type: ignore[index]
+    assert r.get("queue_len") == (0.0, 0.0) and r.get("slowdown") == (1.0, 1.0)
+    mu = load_preset("pool", "modipick_table2").mean_ms
+    lo, hi = r.get("mu_ms")  # type: ignore[misc]
+    assert lo <= mu.min() * 1.1 and hi >= mu.max() * 0.9
+    meta = read_metadata(exported[kind])
+    assert meta.metadata_version == METADATA_VERSION == 2 and meta.training_ranges == r
+    back = load_learned(pol.save(tmp_path / f"{kind}.pt"))
+    assert back.feature_ranges == r
+
+
+def test_a_policy_saved_without_ranges_loads_and_exports(
+    trained: dict[str, LearnedPolicy], tmp_path: Path
+) -> None:
+    """Files saved before ranges were recorded: no ``training_ranges`` key."""
+    path = trained["linucb"].save(tmp_path / "old.pt")
+    st = torch.load(path, weights_only=False)
+    del st["training_ranges"]
+    torch.save(st, path)
+    old = load_learned(path)
+    assert old.feature_ranges is None
+    out = export_onnx(old, tmp_path / "old.onnx")
+    assert read_metadata(out).training_ranges is None
+    props = {p.key for p in onnx.load(str(out)).metadata_props}
+    assert "modi.training_ranges" not in props
+    sel = Selector.load(out, PoolProfile.from_pool(load_preset("pool", "modipick_table2")))
+    assert sel.learned and "nothing to check" in sel.status
+
+
+def test_malformed_training_ranges_are_refused(exported: dict[str, Path], tmp_path: Path) -> None:
+    model = onnx.load(str(exported["linucb"]))
+    for p in model.metadata_props:
+        if p.key == "modi.training_ranges":
+            doc = json.loads(p.value)
+            doc["lo"][0], doc["hi"][0] = 5.0, 1.0
+            p.value = json.dumps(doc)
+    bad = tmp_path / "bad.onnx"
+    onnx.save(model, str(bad))
+    pool = PoolProfile.from_pool(load_preset("pool", "modipick_table2"))
+    sel = Selector.load(bad, pool)
+    assert not sel.learned and "training range of 'sla_ms'" in sel.status
 
 
 def test_pool_specific_export_fixes_the_model_dimension_and_records_the_pool(

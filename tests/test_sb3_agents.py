@@ -201,8 +201,25 @@ def test_save_and_load_give_identical_decisions(
         assert back.hparams == agent.hparams
         np.testing.assert_array_equal(back.select(obs11), agent.select(obs11))
         np.testing.assert_array_equal(back.scores(obs11), agent.scores(obs11))
-    # a loaded agent trains on
+        assert back.feature_ranges == agent.feature_ranges
+    # a loaded agent trains on, widening its recorded ranges
+    before = back.feature_ranges
     back.fit(build_sim("modipick_table2", num_envs=16), 256, seed=5, progress=False)
+    after = back.feature_ranges
+    assert before is not None and after is not None
+    assert after.observations > before.observations
+    assert all(a <= b for a, b in zip(after.lo, before.lo, strict=True))
+
+
+@pytest.mark.parametrize("kind", sorted(SB3_AGENTS))
+def test_training_records_the_feature_ranges_it_saw(trained: dict[str, Any], kind: str) -> None:
+    """Every observation handed to SB3 (and the warm-up batch) widens the agent's ranges, which
+    export writes for the runtime shield."""
+    r = trained[kind].feature_ranges
+    assert r is not None and r.observations >= TINY_REQUESTS
+    sla_lo, sla_hi = r.get("sla_ms")
+    assert 50.0 <= sla_lo < 100.0 and 350.0 < sla_hi <= 400.0
+    assert r.get("queue_len") == (0.0, 0.0)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")

@@ -232,13 +232,16 @@ def test_inference_failure_falls_back_with_the_reason(files: dict[str, Path]) ->
 
 
 # --------------------------------------------------------------------------- shield
-def test_shield_replaces_a_choice_that_breaks_the_hard_limit(files: dict[str, Path]) -> None:
+def test_budget_shield_replaces_a_choice_that_breaks_the_hard_limit(
+    files: dict[str, Path],
+) -> None:
+    """The earlier shield, kept as ``shield="budget"``."""
     # The 'greedy' selector always picks the most accurate model (NasNet Large, mu ~ 113 ms).
     req = _request(sla=160.0, upload=40.0)  # T_U = 160 - 40 - 40 = 80 ms
     off = Selector.load(files["greedy"], TABLE2, shield=False, strict=True)
     d_off = off.select(req)
     assert d_off.source == "learned" and d_off.model_id == "nasnet_large"
-    on = Selector.load(files["greedy"], TABLE2, seed=0, strict=True)
+    on = Selector.load(files["greedy"], TABLE2, seed=0, strict=True, shield="budget")
     d = on.select(req)
     assert d.source == "fallback" and d.reason.startswith("shield")
     assert "nasnet_large" in d.reason
@@ -246,13 +249,90 @@ def test_shield_replaces_a_choice_that_breaks_the_hard_limit(files: dict[str, Pa
     assert on.counts["shield"] == 1
 
 
-def test_shield_keeps_the_learned_choice_when_modipick_cannot_do_better(
+def test_budget_shield_keeps_the_learned_choice_when_modipick_cannot_do_better(
     files: dict[str, Path],
 ) -> None:
-    sel = Selector.load(files["greedy"], TABLE2, strict=True)
+    sel = Selector.load(files["greedy"], TABLE2, strict=True, shield="budget")
     d = sel.select(_request(sla=60.0, upload=40.0))  # T_U = -20 ms: nothing fits
     assert d.source == "learned" and d.model_id == "nasnet_large"
     assert sel.select(_request(sla=400.0, upload=40.0)).source == "learned"  # it fits
+
+
+def test_calibrated_shield_fires_far_outside_the_training_range(files: dict[str, Path]) -> None:
+    sel = Selector.load(files["linucb"], TABLE2, seed=0, strict=True)
+    assert sel.shield_mode == "range" and "nothing to check" not in sel.status
+    ranges = sel.metadata.training_ranges if sel.metadata else None
+    assert ranges is not None and ranges.observations >= 9_000
+    lo, hi = ranges.get("t_input_ms")  # type: ignore[misc]
+    up = 10.0 * hi
+    far = Request(400.0, up, up, 330_000.0, "far")
+    d = sel.select(far)
+    assert d.source == "fallback" and d.reason.startswith("shield: t_input_ms = "), d.reason
+    assert f"outside training range [{lo:.6g}, {hi:.6g}] (+25%)" in d.reason, d.reason
+    assert sel.counts["shield"] == 1 and sel.counts["learned"] == 0
+    ds = Selector.load(files["linucb"], TABLE2, seed=0, strict=True).select_batch(
+        [_request(), Request(400.0, up, up, 330_000.0, "far")]
+    )
+    assert ds.learned.tolist() == [True, False] and ds.reasons[1] == d.reason
+    # In range again: the learned model answers; a queue the policy never saw fires it.
+    assert sel.select(_request(sla=200.0, upload=40.0)).source == "learned"
+    q = sel.select(Request(200.0, 40.0, 40.0, 330_000.0, "q", queue_len=3.0))
+    assert q.reason.startswith("shield: queue_len = 3 outside training range [0, 0]"), q.reason
+    # Off, or the earlier budget shield: no range check.
+    assert Selector.load(files["linucb"], TABLE2, shield=False).select(far).source == "learned"
+    assert Selector.load(files["linucb"], TABLE2, shield="budget").select(far).reason[:7] != (
+        "shield: t_input"
+    )
+
+
+def test_calibrated_shield_checks_the_profiles_too(files: dict[str, Path]) -> None:
+    """Profiles that drift past the training range of mu fire the shield for every request, in
+    select, select_batch and select_features alike."""
+    sel = Selector.load(files["linucb"], TABLE2, seed=0, strict=True, profile_alpha=1.0)
+    assert sel.select(_request()).source == "learned"
+    assert sel.observe("nasnet_large", 900.0)
+    d = sel.select(_request())
+    assert d.reason.startswith("shield: mu_ms of model 'nasnet_large' = 900 outside"), d.reason
+    assert sel.select_batch([_request(client="b")]).reasons == [d.reason]
+    obs = sel.features(_request(client="c"))
+    assert sel.select_features(obs).reasons == [d.reason]
+    assert sel.observe("nasnet_large", float(TABLE2.mean_ms[-1]))
+    assert sel.select(_request()).source == "learned"
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 1.5, math.nan, math.inf, True, "0.1", None])
+def test_shield_tolerance_outside_0_1_is_refused(bad: Any, files: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match=r"shield_tolerance must be a number in \(0, 1\)"):
+        Selector(TABLE2, shield_tolerance=bad)
+    with pytest.raises(ValueError, match="shield_tolerance"):
+        Selector.load(files["linucb"], TABLE2, shield_tolerance=bad)
+
+
+def test_unknown_shield_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="shield must be"):
+        Selector(TABLE2, shield="modipick")  # type: ignore[arg-type]
+
+
+def test_a_file_without_training_ranges_loads_and_the_shield_has_nothing_to_check(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    model = onnx.load(str(files["linucb"]))
+    keep = [p for p in model.metadata_props if p.key != "modi.training_ranges"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(keep)
+    for p in model.metadata_props:
+        if p.key == "modi.metadata_version":
+            p.value = "1"
+    old = tmp_path / "v1.onnx"
+    onnx.save(model, str(old))
+    sel = Selector.load(old, TABLE2, strict=True)
+    assert sel.learned and sel.metadata is not None and sel.metadata.training_ranges is None
+    assert sel.status.startswith("learned") and "nothing to check" in sel.status
+    assert "no training ranges" in sel.status
+    up = 5000.0
+    assert sel.select(Request(400.0, up, up, 330_000.0)).source == "learned"
+    assert sel.counts["shield"] == 0
+    assert "nothing to check" not in Selector.load(old, TABLE2, shield=False).status
 
 
 def test_shield_precheck_agrees_with_the_modipick_rule() -> None:

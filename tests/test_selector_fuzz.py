@@ -6,8 +6,9 @@ requests: no exception, every answer a valid model id of the pool". The requests
 :class:`~modi.runtime.Request` objects whose fields are missing, ``None``, NaN, +-inf, negative,
 zero, huge, integers beyond the float range, bools, strings, bytes, containers or arbitrary
 objects (with unknown extra keys and unhashable or very long client ids), and non-mapping garbage.
-Each is fed to selectors with a learned model (LinUCB on two pools, and an always-most-accurate
-one that the shield has to correct) and to one without a model (ModiPick only). The expected
+Each is fed to selectors with a learned model (LinUCB on two pools, under the calibrated shield,
+and an always-most-accurate one that the earlier budget shield has to correct) and to one
+without a model (ModiPick only). The expected
 reason of each answer is derived from :func:`~modi.runtime.requests.parse_request`, called here.
 
 Field values come from pools of interesting values (one ``sampled_from`` draw per field, so ten
@@ -77,8 +78,8 @@ SETTINGS: dict[str, Any] = {
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def files(bandit_selector_files: dict[str, Path]) -> dict[str, Path]:
-    """A trained LinUCB and an 'always the most accurate model' selector (which the shield has
-    to correct for tight budgets), both pool-agnostic."""
+    """A trained LinUCB and an 'always the most accurate model' selector (which the budget
+    shield has to correct for tight budgets), both pool-agnostic."""
     return bandit_selector_files
 
 
@@ -86,7 +87,7 @@ def _selectors(files: dict[str, Path]) -> dict[str, Selector]:
     """Fresh selectors (their counts start at zero): three learned, one ModiPick-only."""
     sels = {
         "linucb": Selector.load(files["linucb"], TABLE2, strict=True, seed=0),
-        "greedy": Selector.load(files["greedy"], TABLE2, strict=True, seed=1),
+        "greedy": Selector.load(files["greedy"], TABLE2, strict=True, seed=1, shield="budget"),
         "linucb_p2": Selector.load(files["linucb"], P2, strict=True, seed=2),
         "no_model": Selector(TABLE2, seed=3),
     }
@@ -562,7 +563,8 @@ def test_select_on_a_mix_of_valid_and_malformed_requests(files: dict[str, Path])
             assert c["learned"] + c["shield"] == seen["valid"] and c["learned"] > 0, (name, c)
         else:
             assert c["no_model"] == seen["valid"] and c["learned"] == 0, (name, c)
-    assert sels["greedy"].counts["shield"] > 0, "the shield corrected some learned choices"
+    assert sels["greedy"].counts["shield"] > 0, "the budget shield corrected some choices"
+    assert sels["linucb"].counts["shield"] > 0, "requests past the training ranges were shielded"
 
 
 # --------------------------------------------------------------------------- select_batch

@@ -28,10 +28,21 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(n)
 
 
+#: Selectors compared: the trained LinUCB with the shipped defaults; the same with a tight
+#: calibrated shield (it fires for SLAs past 400 ms: the policy was trained on 50-400 ms);
+#: the 'most accurate model' selector under the earlier budget shield; no model (ModiPick).
+SELECTORS = ["linucb", "linucb_tight", "greedy_budget", "no_model"]
+
+
 def _selectors(files: dict[str, Path], pool: PoolProfile, **kw: Any) -> dict[str, Selector]:
     return {
         "linucb": Selector.load(files["linucb"], pool, strict=True, seed=3, **kw),
-        "greedy": Selector.load(files["greedy"], pool, strict=True, seed=3, **kw),
+        "linucb_tight": Selector.load(
+            files["linucb"], pool, strict=True, seed=3, shield_tolerance=0.01, **kw
+        ),
+        "greedy_budget": Selector.load(
+            files["greedy"], pool, strict=True, seed=3, shield="budget", **kw
+        ),
         "no_model": Selector(pool, seed=3, **kw),
     }
 
@@ -42,7 +53,7 @@ def _same(a: Any, b: Any, where: str) -> None:
     assert a.reasons == b.reasons, where
 
 
-@pytest.mark.parametrize("which", ["linucb", "greedy", "no_model"])
+@pytest.mark.parametrize("which", SELECTORS)
 def test_select_features_on_env_observations_equals_select_batch_on_the_requests(
     which: str, bandit_selector_files: dict[str, Path]
 ) -> None:
@@ -50,14 +61,14 @@ def test_select_features_on_env_observations_equals_select_batch_on_the_requests
     builds its own features (``select_batch``, profiles kept current with ``observe``) and the
     one fed the simulator's observations make the same decisions, reasons included."""
     sim = build_sim(
-        "modipick_table2", "link_wifi", num_envs=1, num_clients=1, sla_range_ms=(50.0, 400.0),
+        "modipick_table2", "link_wifi", num_envs=1, num_clients=1, sla_range_ms=(50.0, 450.0),
         reprofile_every=0,
     )  # fmt: skip
     pool = PoolProfile.from_pool(sim.pool)
     own = _selectors(bandit_selector_files, pool, profile_alpha=sim.tracker.alpha)[which]
     fed = _selectors(bandit_selector_files, pool)[which]
     obs = sim.reset(seed=21).copy()
-    fallbacks = 0
+    fallbacks = shielded = 0
     for step in range(500):
         d_fed = fed.select_features(obs)
         o = sim.step(d_fed.index)
@@ -67,19 +78,22 @@ def test_select_features_on_env_observations_equals_select_batch_on_the_requests
         d_own = own.select_batch([req])
         _same(d_own, d_fed, f"step {step}")
         fallbacks += int(not d_fed.learned[0])
+        shielded += int(d_fed.reasons[0].startswith("shield: "))
         own.observe(pool.ids[int(o.model[0])], float(o.exec_ms[0]))
         obs = sim.obs.copy()
     if which != "linucb":
         assert fallbacks > 0, "the comparison covered fallback decisions"
+    if which in ("linucb_tight", "greedy_budget"):
+        assert shielded > 0, "the comparison covered shield firings"
     assert own.counts == fed.counts
 
 
-@pytest.mark.parametrize("which", ["linucb", "greedy", "no_model"])
+@pytest.mark.parametrize("which", SELECTORS)
 def test_batches_of_many_streams_decide_alike(
     which: str, bandit_selector_files: dict[str, Path]
 ) -> None:
     """64 streams (past the scalar rule's row limit) right after reset, over a few seeds."""
-    sim = build_sim("modipick_table2", "link_wifi", num_envs=64, sla_range_ms=(50.0, 400.0))
+    sim = build_sim("modipick_table2", "link_wifi", num_envs=64, sla_range_ms=(50.0, 450.0))
     pool = PoolProfile.from_pool(sim.pool)
     own = _selectors(bandit_selector_files, pool)[which]
     fed = _selectors(bandit_selector_files, pool)[which]
@@ -160,3 +174,21 @@ def test_served_policy_from_a_pool_specific_file(trained_linucb: Any, tmp_path: 
     assert wrapped.name == "mine" and wrapped.select(obs).shape == (8,)
     with pytest.raises(FileNotFoundError):
         ServedPolicy(tmp_path / "missing.onnx")
+
+
+def test_calibrated_shield_almost_never_fires_in_distribution(
+    trained_linucb: Any, tmp_path: Path
+) -> None:
+    """The training scenario (campus network, SLAs 50-400 ms) on an evaluation seed: the shield
+    with its shipped tolerance fires on at most 0.5 % of the requests, and costs at most 0.2
+    points of effective accuracy against the unshielded selector."""
+    served = served_from_policy(trained_linucb, tmp_path / "p.onnx")
+    assert served.selector is None or served.selector.shield_mode == "range"
+    sim = build_sim(num_envs=64, sla_range_ms=(50.0, 400.0))
+    shielded = rollout(served, sim, 150, seed=1000)
+    assert served.selector is not None and served.selector.shield_mode == "range"
+    assert served.decisions == 64 * 150 and served.shield_rate <= 0.005, served.stats()
+    bare = ServedPolicy(tmp_path / "p.onnx", shield=False)
+    unshielded = rollout(bare, sim, 150, seed=1000)
+    cost = unshielded.summary()["effective_accuracy"] - shielded.summary()["effective_accuracy"]
+    assert cost <= 0.002, cost
