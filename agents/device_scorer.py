@@ -219,7 +219,8 @@ def option_action_index(num_local: int) -> NDArray[np.intp]:
     return np.asarray((acts[:, 0] * (num_local + 1) + acts[:, 1]) * 2 + acts[:, 2], dtype=np.intp)
 
 
-Behaviour = Callable[[NDArray[np.float32]], NDArray[np.int64]] | None
+#: Per-state training data: option vectors ``(S, K, F)`` and their targets ``(S, K, 3)``.
+Batch = tuple[NDArray[np.float32], NDArray[np.float32]]
 
 
 def collect(
@@ -228,23 +229,23 @@ def collect(
     seed: int,
     behaviour: DeviceScorerPolicy | None = None,
     epsilon: float = 1.0,
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Visit ``steps`` captures per stream of every sim (reset with ``seed + i``) and return
-    option vectors ``(M, F)`` and their counterfactual targets ``(M, 3)``. The option taken is
-    uniformly random with probability ``epsilon``, else ``behaviour``'s."""
-    xs: list[NDArray[np.float32]] = []
-    ys: list[NDArray[np.float32]] = []
+) -> list[Batch]:
+    """Visit ``steps`` captures per stream of every sim (reset with ``seed + i``) and return,
+    per sim, the option vectors ``(S, K, F)`` of every visited capture and their
+    counterfactual targets ``(S, K, 3)``. The option taken is uniformly random with probability
+    ``epsilon``, else ``behaviour``'s."""
+    out: list[Batch] = []
     rng = np.random.default_rng(seed)
     for i, sim in enumerate(sims):
+        xs: list[NDArray[np.float32]] = []
+        ys: list[NDArray[np.float32]] = []
         obs = sim.reset(seed + i)
         opt_idx = option_action_index(sim.num_local)
         acts = dfeat.option_actions(sim.num_local)
         k = len(acts)
         for _ in range(steps):
-            x = dfeat.option_features(obs)
-            y = _targets(sim, opt_idx)
-            xs.append(x.reshape(-1, dfeat.F))
-            ys.append(y.reshape(-1, 3))
+            xs.append(dfeat.option_features(obs))
+            ys.append(_targets(sim, opt_idx))
             pick = rng.integers(0, k, size=sim.num_envs)
             if behaviour is not None and epsilon < 1.0:
                 greedy = rng.random(sim.num_envs) >= epsilon
@@ -253,70 +254,99 @@ def collect(
                     pick = np.where(greedy, s.argmax(axis=1), pick)
             sim.step(acts[pick])
             obs = sim.obs
-    return np.concatenate(xs), np.concatenate(ys)
+        out.append((np.concatenate(xs), np.concatenate(ys)))
+    return out
+
+
+def _by_options(data: Sequence[Batch]) -> list[Batch]:
+    """Concatenate batches with the same number of options."""
+    groups: dict[int, list[Batch]] = {}
+    for x, y in data:
+        if x.ndim != 3 or x.shape[2] != dfeat.F or y.shape != (*x.shape[:2], 3):
+            raise DeviceScorerError(
+                f"training data must be (S, K, {dfeat.F}) options and (S, K, 3) targets, got "
+                f"{x.shape} and {y.shape}"
+            )
+        groups.setdefault(x.shape[1], []).append((x, y))
+    return [
+        (np.concatenate([g[0] for g in gs]), np.concatenate([g[1] for g in gs]))
+        for gs in groups.values()
+    ]
 
 
 def fit_scorer(
-    x: NDArray[np.float32],
-    y: NDArray[np.float32],
+    data: Sequence[Batch],
     hidden: Sequence[int] = (64, 64),
     epochs: int = 6,
-    batch_size: int = 4096,
+    batch_size: int = 512,
     lr: float = 3e-3,
     seed: int = 0,
-    net: ScorerNet | None = None,
-    x_val: NDArray[np.float32] | None = None,
-    y_val: NDArray[np.float32] | None = None,
+    level_weight: float = 0.1,
 ) -> tuple[ScorerNet, list[dict[str, float]]]:
-    """Least-squares fit of the scorer (Adam, standardised targets); returns the net and one
-    row of losses per epoch (train, and validation when given)."""
-    if len(x) == 0 or x.shape[1] != dfeat.F or y.shape != (len(x), 3):
+    """Fit the scorer on per-capture option sets (Adam, standardised targets).
+
+    The loss per capture splits the squared error into the error of the options' differences
+    (each option's prediction minus the capture's mean prediction, against the same for the
+    targets) and ``level_weight`` × the error of the capture's mean level. The options'
+    outcomes are counterfactuals of the *same* request (common random numbers), so their
+    differences carry far less noise than their levels (a slow upload lowers every offload
+    option alike), and only differences change the argmax. ``level_weight = 1`` is plain MSE.
+    Returns the net and one row of losses per epoch."""
+    groups = _by_options(data)
+    if not groups or any(len(x) == 0 for x, _ in groups):
+        raise DeviceScorerError("no training data")
+    if epochs < 1 or batch_size < 1 or not lr > 0 or level_weight < 0:
         raise DeviceScorerError(
-            f"training data must be (M, {dfeat.F}) options and (M, 3) targets, got {x.shape} "
-            f"and {y.shape}"
-        )
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise DeviceScorerError(
-            f"epochs, batch_size must be >= 1 and lr > 0, got {epochs}, {batch_size}, {lr}"
+            f"epochs, batch_size must be >= 1, lr > 0 and level_weight >= 0, got {epochs}, "
+            f"{batch_size}, {lr}, {level_weight}"
         )
     torch.manual_seed(seed)
-    if net is None:
-        x_mean, x_std = x.mean(axis=0), x.std(axis=0)
-        x_std = np.where(x_std > 1e-6, x_std, 1.0).astype(np.float32)
-        y_mean, y_std = y.mean(axis=0), y.std(axis=0)
-        y_std = np.where(y_std > 1e-9, y_std, 1.0).astype(np.float32)
-        net = ScorerNet(hidden, x_mean.astype(np.float32), x_std, y_mean.astype(np.float32), y_std)
+    flat_x = np.concatenate([x.reshape(-1, dfeat.F) for x, _ in groups])
+    flat_y = np.concatenate([y.reshape(-1, 3) for _, y in groups])
+    x_mean, x_std = flat_x.mean(axis=0), flat_x.std(axis=0)
+    x_std = np.where(x_std > 1e-6, x_std, 1.0).astype(np.float32)
+    y_mean, y_std = flat_y.mean(axis=0), flat_y.std(axis=0)
+    y_std = np.where(y_std > 1e-9, y_std, 1.0).astype(np.float32)
+    net = ScorerNet(hidden, x_mean.astype(np.float32), x_std, y_mean.astype(np.float32), y_std)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    y_std_t = net.y_std
-    y_mean_t = net.y_mean
+    tensors = [
+        (torch.from_numpy(x), (torch.from_numpy(y) - net.y_mean) / net.y_std) for x, y in groups
+    ]
     gen = torch.Generator().manual_seed(seed)
     history: list[dict[str, float]] = []
+    total_states = sum(len(x) for x, _ in groups)
     for epoch in range(epochs):
         t0 = time.perf_counter()
-        perm = torch.randperm(len(xt), generator=gen)
-        total = 0.0
-        for b in range(0, len(xt), batch_size):
-            idx = perm[b : b + batch_size]
-            pred = net.forward_normalised(xt[idx])
-            loss = torch.mean((pred - (yt[idx] - y_mean_t) / y_std_t) ** 2)
+        batches = [
+            (g, perm[b : b + batch_size])
+            for g, (xt, _) in enumerate(tensors)
+            for perm in [torch.randperm(len(xt), generator=gen)]
+            for b in range(0, len(xt), batch_size)
+        ]
+        order = torch.randperm(len(batches), generator=gen).tolist()
+        diff_sum = level_sum = 0.0
+        for j in order:
+            g, idx = batches[j]
+            xt, yt = tensors[g]
+            pred = net.forward_normalised(xt[idx])  # (B, K, 3)
+            tgt = yt[idx]
+            pm, tm = pred.mean(dim=1, keepdim=True), tgt.mean(dim=1, keepdim=True)
+            diff = torch.mean(((pred - pm) - (tgt - tm)) ** 2)
+            level = torch.mean((pm - tm) ** 2)
+            loss = diff + level_weight * level
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss.detach()) * len(idx)
+            diff_sum += float(diff.detach()) * len(idx)
+            level_sum += float(level.detach()) * len(idx)
         sched.step()
         row = {
             "epoch": float(epoch),
-            "train_mse": total / len(xt),
+            "train_diff_mse": diff_sum / total_states,
+            "train_level_mse": level_sum / total_states,
             "seconds": time.perf_counter() - t0,
         }
-        if x_val is not None and y_val is not None:
-            with torch.no_grad():
-                pv = net.forward_normalised(torch.from_numpy(x_val))
-                row["val_mse"] = float(
-                    torch.mean((pv - (torch.from_numpy(y_val) - y_mean_t) / y_std_t) ** 2)
-                )
         history.append(row)
         log.info("scorer epoch %d: %s", epoch, {k: round(v, 4) for k, v in row.items()})
     net.eval()
@@ -331,35 +361,33 @@ def train_device_scorer(
     epsilon: float = 0.2,
     hidden: Sequence[int] = (64, 64),
     epochs: int = 6,
-    batch_size: int = 4096,
+    batch_size: int = 512,
     lr: float = 3e-3,
     w_energy_per_j: float = 0.0,
     w_bytes_per_mb: float = 0.0,
     trained_on: dict[str, Any] | None = None,
     on_round: Callable[[int, list[dict[str, float]]], None] | None = None,
+    level_weight: float = 0.1,
 ) -> DeviceScorerPolicy:
     """Collect and fit for ``rounds`` rounds (the first with random options, then ε-greedy with
     the current scorer; data of all rounds kept), return the policy."""
     if rounds < 1 or steps < 1 or not sims:
         raise DeviceScorerError(f"need rounds >= 1, steps >= 1 and sims, got {rounds}, {steps}")
-    xs: list[NDArray[np.float32]] = []
-    ys: list[NDArray[np.float32]] = []
+    data: list[Batch] = []
     policy: DeviceScorerPolicy | None = None
     for r in range(rounds):
-        x, y = collect(sims, steps, seed + 7919 * r, policy, 1.0 if policy is None else epsilon)
-        xs.append(x)
-        ys.append(y)
-        xa, ya = np.concatenate(xs), np.concatenate(ys)
-        net, hist = fit_scorer(xa, ya, hidden, epochs, batch_size, lr, seed + r)
+        data += collect(sims, steps, seed + 7919 * r, policy, 1.0 if policy is None else epsilon)
+        net, hist = fit_scorer(data, hidden, epochs, batch_size, lr, seed + r, level_weight)
+        flat = np.concatenate([x.reshape(-1, dfeat.F) for x, _ in data])
         policy = DeviceScorerPolicy(
             net,
             w_energy_per_j,
             w_bytes_per_mb,
-            xa.min(axis=0),
-            xa.max(axis=0),
+            flat.min(axis=0),
+            flat.max(axis=0),
             dict(trained_on or {}),
         )
-        log.info("device scorer round %d: %d option rows", r, len(xa))
+        log.info("device scorer round %d: %d option rows", r, len(flat))
         if on_round is not None:
             on_round(r, hist)
     assert policy is not None

@@ -36,8 +36,9 @@ def _policy_file(out: Path, seed: int = 0) -> Path:
     """A device policy of the default architecture, fitted on a small collection (its
     latency does not depend on how well it is trained)."""
     sim = build_offload_sim("mid", "link_wifi", num_envs=8, sla_range_ms=(150.0, 2500.0))
-    x, y = collect([sim], 40, seed)
-    net, _ = fit_scorer(x, y, hidden=(64, 64), epochs=1, seed=seed)
+    data = collect([sim], 40, seed)
+    net, _ = fit_scorer(data, hidden=(64, 64), epochs=1, seed=seed)
+    x = data[0][0].reshape(-1, data[0][0].shape[-1])
     lo, hi = x.min(axis=0), x.max(axis=0)
     return export_device_onnx(DeviceScorerPolicy(net, 0.0, 0.0, lo, hi), out / "device.onnx")
 

@@ -237,6 +237,29 @@ def paired_table(per_seed: pd.DataFrame, rules: list[str]) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def dominated_by(frontier: pd.DataFrame) -> list[str]:
+    """For each learned frontier point, the rules (same scenario and SLA) that strictly dominate
+    it: at least its effective accuracy at no more energy, better in one of the two ("" if
+    none); empty for the rules' own rows."""
+    out = []
+    for _, r in frontier.iterrows():
+        if r.kind != "learned":
+            out.append("")
+            continue
+        rules = frontier[
+            (frontier.kind == "rule")
+            & (frontier.scenario == r.scenario)
+            & (frontier.sla_ms == r.sla_ms)
+        ]
+        dom = rules[
+            (rules.effective_accuracy >= r.effective_accuracy)
+            & (rules.energy_mj <= r.energy_mj)
+            & ((rules.effective_accuracy > r.effective_accuracy) | (rules.energy_mj < r.energy_mj))
+        ]
+        out.append(";".join(dom.policy))
+    return out
+
+
 def _plot_frontier(df: pd.DataFrame, out_dir: Path) -> list[Path]:
     import matplotlib
 
@@ -354,7 +377,8 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 hist_rows.append({"round": float(r)} | h)
                 if mlflow is not None:
                     step = int(r * 1000 + h["epoch"])
-                    mlflow.log_metric("train_mse", h["train_mse"], step=step)
+                    mlflow.log_metric("train_diff_mse", h["train_diff_mse"], step=step)
+                    mlflow.log_metric("train_level_mse", h["train_level_mse"], step=step)
 
         try:
             policy = train_device_scorer(
@@ -366,6 +390,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 hidden=[int(h) for h in tr.hidden],
                 epochs=as_int(tr.epochs, "env.train.epochs"),
                 batch_size=as_int(tr.batch_size, "env.train.batch_size"),
+                level_weight=float(tr.get("level_weight", 0.1)),
                 lr=float(tr.lr),
                 w_energy_per_j=objective[0],
                 w_bytes_per_mb=objective[1],
@@ -469,6 +494,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             ],
             ignore_index=True,
         )
+        frontier["dominated_by"] = dominated_by(frontier)
         frontier.to_csv(out_dir / "frontier.csv", index=False)
         figures = _plot_frontier(frontier, out_dir) if cfg.get("figures", True) else []
         learned = results[results.policy == LEARNED]
@@ -481,6 +507,9 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             "points_learned_ge_best_rule": float((paired["diff_lo"] >= -0.002).mean())
             if len(paired)
             else float("nan"),
+            "frontier_points_dominated": float(
+                (frontier[frontier.kind == "learned"].dominated_by != "").mean()
+            ),
             "mean_diff_vs_best_rule": float(paired["diff"].mean()) if len(paired) else float("nan"),
         }
         if mlflow is not None:

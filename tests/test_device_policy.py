@@ -61,8 +61,9 @@ def _sim(num_envs: int = 8, models: int = 3, **kw: Any) -> OffloadSim:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[DeviceScorerPolicy, Path]:
     sim = _sim(16)
-    x, y = collect([sim], 60, seed=0)
-    net, _ = fit_scorer(x, y, hidden=(32, 32), epochs=3, seed=0)
+    data = collect([sim], 60, seed=0)
+    net, _ = fit_scorer(data, hidden=(32, 32), epochs=3, seed=0)
+    x = data[0][0].reshape(-1, dfeat.F)
     pol = DeviceScorerPolicy(net, 0.0, 0.0, x.min(axis=0), x.max(axis=0), {"test": True})
     path = export_device_onnx(pol, tmp_path_factory.mktemp("dev") / "device_policy.onnx")
     return pol, path
