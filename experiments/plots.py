@@ -399,11 +399,11 @@ def training_curve(
                 req, 100 * curve.reward, color=_COLORS[2], linestyle="-.", marker="^",
                 markersize=4, markerfacecolor="none", label="reward (× 100)",
             )  # fmt: skip
-        ref_styles = ((0, (4, 2)), (0, (1, 1)), "-.", ":")
+        ref_styles = ((0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (8, 2, 1, 2, 1, 2)))
         for j, (name, value) in enumerate((references or {}).items()):
             ax.axhline(
                 100 * float(value),
-                color=("0.15", "0.45", "0.3", "0.6")[j % 4],
+                color=("#222222", "#8C564B", "#555555", "#7B3294")[j % 4],
                 linestyle=ref_styles[j % len(ref_styles)],
                 linewidth=1.2,
                 label=f"{name}: {100 * float(value):.1f} %",
