@@ -37,6 +37,7 @@ from modi.runtime.features import (
     SIGMA,
     SLA,
     SLOWDOWN,
+    T_INPUT,
     ObsLayout,
 )
 from modi.runtime.modipick import modipick_select
@@ -160,8 +161,10 @@ def _checked(value: float, field: str, minimum: float = 0.0) -> float:
 class CalibratedGreedy(_Base):
     """The most accurate model with ``(μ + z·σ)·slowdown + d̂ + wait ≤ SLA − elapsed``.
 
-    ``download_ms`` (``d̂``) is a download estimate the server can hold (a quantile of the
-    download fitted on validation); ``wait`` is the expected queue wait,
+    ``d̂ = download_ms + download_per_upload · T_input`` is a download estimate from what the
+    server observes (fitted on validation: the slope of the download on the measured upload,
+    and a quantile of the rest; on the papers' network, where the response takes as long as
+    the upload, the slope is 1); ``wait`` is the expected queue wait,
     ``queue_len · wait_ms_per_request`` (by default the pool's mean profiled μ per queued
     request, divided by ``workers``). The fastest model when none fits.
     """
@@ -174,10 +177,16 @@ class CalibratedGreedy(_Base):
         download_ms: float = 0.0,
         wait_ms_per_request: float | None = None,
         workers: int = 1,
+        download_per_upload: float = 0.0,
     ) -> None:
         super().__init__()
         self.z = _checked(z, "calibrated_greedy.z")
-        self.download_ms = _checked(download_ms, "calibrated_greedy.download_ms")
+        self.download_ms = float(download_ms)
+        if not np.isfinite(self.download_ms):
+            raise ValueError(f"calibrated_greedy.download_ms must be finite, got {download_ms!r}")
+        self.download_per_upload = _checked(
+            download_per_upload, "calibrated_greedy.download_per_upload"
+        )
         self.wait_ms_per_request = (
             None
             if wait_ms_per_request is None
@@ -193,17 +202,25 @@ class CalibratedGreedy(_Base):
         )
         return req[:, QUEUE : QUEUE + 1] * per
 
+    def _download(self, req: NDArray[Any]) -> NDArray[Any]:
+        d = self.download_ms + self.download_per_upload * req[:, T_INPUT : T_INPUT + 1]
+        return np.maximum(d.astype(np.float64), 0.0)
+
     def select(self, obs: Obs) -> Actions:
         """Choose per row within what is left of the SLA."""
         req, models = self._split(obs)
         mu = models[:, :, MU].astype(np.float64)
         slow = req[:, SLOWDOWN : SLOWDOWN + 1].astype(np.float64)
-        need = (mu + self.z * models[:, :, SIGMA]) * slow + self.download_ms + self._wait(req, mu)
+        need = (mu + self.z * models[:, :, SIGMA]) * slow
+        need += self._download(req) + self._wait(req, mu)
         ok = need <= req[:, REMAINING : REMAINING + 1]
         return _most_accurate(ok, models[:, :, ACC], mu)
 
     def __repr__(self) -> str:
-        return f"CalibratedGreedy(z={self.z}, download_ms={self.download_ms:.3g})"
+        return (
+            f"{type(self).__name__}(z={self.z}, download_ms={self.download_ms:.3g}, "
+            f"download_per_upload={self.download_per_upload:.3g})"
+        )
 
 
 class ModelSwitching(CalibratedGreedy):
@@ -222,7 +239,7 @@ class ModelSwitching(CalibratedGreedy):
         mu = models[:, :, MU].astype(np.float64)
         slow = req[:, SLOWDOWN : SLOWDOWN + 1].astype(np.float64)
         ahead = req[:, QUEUE : QUEUE + 1] / self.workers
-        need = ((ahead + 1.0) * mu + self.z * models[:, :, SIGMA]) * slow + self.download_ms
+        need = ((ahead + 1.0) * mu + self.z * models[:, :, SIGMA]) * slow + self._download(req)
         ok = need <= req[:, REMAINING : REMAINING + 1]
         return _most_accurate(ok, models[:, :, ACC], mu)
 

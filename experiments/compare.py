@@ -289,10 +289,10 @@ def build_policies(
             and "quantile" in args
             and ("download_ms" not in args)
         ):
-            from modi.experiments.tuning import download_quantiles
+            from modi.experiments.tuning import download_args
 
             q = float(args.pop("quantile"))
-            args["download_ms"] = download_quantiles(cfg, pool, setup, [q])[q]
+            args.update(download_args(cfg, pool, setup, q))
         base = TUNED_RULES.get(n, n)
         try:
             pol = make_policy(base, profile_mu_ms=pool.mean_ms, **_strip(args))
@@ -323,7 +323,7 @@ def run_compare(
     """
     names = _policies(cfg)
     extra = dict(learned or {})
-    extra.update(load_learned_policies(cfg.get("learned")))
+    extra.update(load_learned_policies(cfg.get("learned"), out_dir))
     clash = sorted(set(extra) & set(names))
     if clash:
         raise ConfigError(f"learned: policy names {clash} clash with baselines in 'policies'")
@@ -339,30 +339,42 @@ def run_compare(
     ev.units.to_csv(out_dir / "units.csv", index=False)
     ev.usage.to_csv(out_dir / "usage.csv", index=False)
     (out_dir / "tuned.json").write_text(json.dumps(chosen, indent=2, sort_keys=True))
-    _figures(cfg, ev.results, ev.usage, out_dir, setup.scenario)
+    _figures(cfg, ev.results, ev.usage, out_dir, setup.scenario, getattr(pool, "name", ""))
     log.info("wrote %s and %s", out_dir / "results.csv", out_dir / "usage.csv")
     return ev.results, ev.usage
 
 
-def load_learned_policies(spec: Any) -> dict[str, Policy]:
-    """Trained policies named in the config key ``learned``: a list of saved-policy paths or
-    MLflow run ids (``runs:/<id>`` or a bare 32-hex id; the run's ``policy/policy.pt``)."""
+def load_learned_policies(spec: Any, out_dir: Path | None = None) -> dict[str, Policy]:
+    """Trained selectors named in the config key ``learned``, *as served*: exported ``.onnx``
+    files, saved-policy paths (``policy.pt``: exported to ``out_dir/learned/`` first) or MLflow
+    run ids (``runs:/<id>`` or a bare 32-hex id; the run's ``policy/policy.pt``). Each runs
+    through :class:`modi.runtime.Selector` with its shipped defaults
+    (:class:`~modi.agents.served.ServedPolicy`): what a server would run is what is compared."""
     if not spec:
         return {}
     items = [spec] if isinstance(spec, str) else list(spec)
     from modi.agents.bandits import load_learned
+    from modi.agents.served import ServedPolicy, served_from_policy
+    from modi.runtime import SelectorLoadError
 
     out: dict[str, Policy] = {}
     for item in items:
         path = resolve_policy_path(str(item))
         try:
-            pol = load_learned(path)
-        except (OSError, ValueError) as e:
+            if path.suffix == ".onnx":
+                pol: Any = ServedPolicy(path)
+            else:
+                learned = load_learned(path)
+                folder = (out_dir or Path(".")) / "learned"
+                onnx_path = folder / f"{learned.name}_{len(out)}.onnx"
+                pol = served_from_policy(learned, onnx_path)
+        except (OSError, ValueError, SelectorLoadError) as e:
             raise ConfigError(f"learned: cannot load {item!r}: {e}") from None
-        name = pol.name
+        name = base = pol.name
         i = 2
         while name in out:
-            name, i = f"{pol.name}_{i}", i + 1
+            name, i = f"{base}_{i}", i + 1
+        pol.name = name
         out[name] = pol
     return out
 
@@ -394,12 +406,17 @@ def resolve_policy_path(item: str) -> Path:
 
 
 def _figures(
-    cfg: DictConfig, results: pd.DataFrame, usage: pd.DataFrame, out: Path, scenario: str
+    cfg: DictConfig,
+    results: pd.DataFrame,
+    usage: pd.DataFrame,
+    out: Path,
+    scenario: str,
+    pool_name: str = "",
 ) -> None:
     figures = list(cfg.get("figures") or [])
     focus = str(cfg.get("usage_policy", "modipick"))
     focus_usage = usage[usage.policy == focus] if focus in set(usage.policy) else usage
-    pool_name = cfg.pool.get("name", "")
+    pool_name = pool_name or str(cfg.pool.get("name", ""))
     for fig in figures:
         if fig == "latency_accuracy":
             plots.latency_accuracy(

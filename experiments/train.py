@@ -10,6 +10,7 @@ and, with ``export=true``, ``selector.onnx``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -23,12 +24,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from modi.agents.bandits import LearnedPolicy, load_learned
-from modi.agents.export import export_onnx, log_to_mlflow
+from modi.agents.export import log_to_mlflow
+from modi.agents.served import served_from_policy
 from modi.envs.pools import ModelPool
 from modi.envs.simulator import ModelSelectionSim, SimulationError
 from modi.experiments import plots
 from modi.experiments.common import ConfigError, as_float_list, as_int, instantiate_node
 from modi.experiments.compare import format_table, run_compare
+from modi.experiments.splits import Splits, network_for_split
+from modi.experiments.summary import best_rule, format_summary, summarize
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,8 @@ def learned_vs_modipick(results: pd.DataFrame, learned: str) -> pd.DataFrame:
 
 
 def _validate(cfg: DictConfig) -> tuple[int, int, tuple[float, float], int, int]:
+    """Check every setting that can be checked before training (nothing trains on a config
+    that would fail at evaluation)."""
     seed = as_int(cfg.seed, "seed", minimum=0)
     requests = as_int(cfg.train.requests, "train.requests")
     num_envs = as_int(cfg.train.num_envs, "train.num_envs")
@@ -88,14 +94,37 @@ def _validate(cfg: DictConfig) -> tuple[int, int, tuple[float, float], int, int]
     if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
         raise ConfigError(f"train.sla_range_ms must be [low, high] with low <= high, got {lo_hi}")
     log_every = as_int(cfg.train.log_every, "train.log_every")
-    as_int(cfg.eval.seed, "eval.seed", minimum=0)
-    if int(cfg.eval.seed) == seed:
-        raise ConfigError("eval.seed must differ from seed: evaluate on a stream not trained on")
+    ev = cfg.eval
+    if ev.get("seed") is not None:
+        raise ConfigError(
+            "eval.seed is gone: evaluation uses the test split's seeds (splits.test.seeds); "
+            "set eval.seeds=[...] to override them"
+        )
+    as_float_list(cfg.sla_ms, "sla_ms")
+    as_float_list(ev.sla_ms, "eval.sla_ms")
+    as_int(ev.n_requests, "eval.n_requests")
+    as_int(ev.val_n_requests, "eval.val_n_requests")
+    as_int(ev.streams_per_point, "eval.streams_per_point")
+    splits = Splits.from_cfg(cfg, train_seeds=[seed])
+    if ev.get("seeds") is not None:
+        bad = set(int(s) for s in ev.seeds) & (set(splits.train) | set(splits.val))
+        if bad:
+            raise ConfigError(
+                f"eval.seeds {sorted(bad)} are training or validation seeds; the reported "
+                "evaluation must use seeds nobody trained or tuned on"
+            )
+    probe = _eval_cfg(cfg, "test")
+    from modi.experiments.compare import TUNED_RULES, _policies
+    from modi.experiments.tuning import grid
+
+    for name in _policies(probe):
+        if name in TUNED_RULES:
+            grid(probe, name)
     return seed, requests, (lo_hi[0], lo_hi[1]), num_envs, log_every
 
 
-def _eval_cfg(cfg: DictConfig) -> DictConfig:
-    """The ``modi-compare`` config of the evaluation."""
+def _eval_cfg(cfg: DictConfig, split: str) -> DictConfig:
+    """The ``modi-compare`` config of the evaluation on ``split`` (val or test)."""
     ev = cfg.eval
     c = OmegaConf.create(
         {
@@ -105,25 +134,52 @@ def _eval_cfg(cfg: DictConfig) -> DictConfig:
             "policy_args": OmegaConf.to_container(cfg.get("policy_args") or {}),
             "sla_ms": list(ev.sla_ms),
             "cv": None,
-            "n_requests": ev.n_requests,
+            "split": split,
+            "seeds": None if split != "test" or ev.get("seeds") is None else list(ev.seeds),
+            "seed": None,
+            "n_requests": ev.n_requests if split == "test" else ev.val_n_requests,
             "streams_per_point": ev.streams_per_point,
-            "seed": ev.seed,
-            "figures": list(cfg.get("figures") or []),
+            "figures": list(cfg.get("figures") or []) if split == "test" else [],
             "usage_policy": cfg.get("usage_policy", "modipick"),
         }
     )
-    for key in ("pool", "network", "sim"):
+    for key in ("pool", "network", "sim", "splits", "tuning"):
         c[key] = OmegaConf.to_container(cfg[key], resolve=True)
     return c
+
+
+def evaluate_learned(
+    cfg: DictConfig,
+    learned: Any,
+    out_dir: Path,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Evaluate ``learned`` (the served selector) beside the rules on the validation split
+    (``out_dir/val``) and the test split (``out_dir``); returns the validation results, the
+    test results and the learned-vs-best-rule summary (best rule chosen on validation)."""
+    name = learned.name
+    val_res, _ = run_compare(
+        _eval_cfg(cfg, "val"), out_dir / "val", progress=progress, learned={name: learned}
+    )
+    results, _ = run_compare(
+        _eval_cfg(cfg, "test"), out_dir, progress=progress, learned={name: learned}
+    )
+    units = pd.read_csv(out_dir / "units.csv")
+    tuned = json.loads((out_dir / "tuned.json").read_text())
+    rule = best_rule(val_res, exclude=[name])
+    summary = summarize(results, units, name, rule, tuned.get(rule))
+    summary.to_csv(out_dir / "summary.csv", index=False)
+    return val_res, results, summary
 
 
 def train(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict[str, float]:
     """Train, evaluate, track and export as ``cfg`` says; returns summary metrics."""
     seed, requests, sla_range, num_envs, log_every = _validate(cfg)
+    splits = Splits.from_cfg(cfg, train_seeds=[seed])
     pool = instantiate_node(cfg, "pool")
     if not isinstance(pool, ModelPool):
         raise ConfigError(f"pool must build a ModelPool, got {type(pool).__name__}")
-    network = instantiate_node(cfg, "network")
+    network = network_for_split(cfg, "train", splits)
     sim_args: dict[str, Any] = OmegaConf.to_container(cfg.sim, resolve=True)  # type: ignore[assignment]
     miss_penalty = float(sim_args.get("miss_penalty", 0.0))
     agent = build_agent(cfg, miss_penalty, seed)
@@ -135,7 +191,6 @@ def train(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict[str, fl
     except (TypeError, SimulationError) as e:
         raise ConfigError(f"sim: {e}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
-
     tr = cfg.tracking
     tracking = str(tr.get("uri")) != "disabled"
     tags = {"agent": agent.name, "scenario": str(cfg.get("scenario", "")), "seed": str(seed)}
@@ -172,48 +227,137 @@ def train(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict[str, fl
                 mlflow.log_artifact(str(out_dir / "checkpoint.json"), "checkpoint")
 
         remaining = max(0, requests - done)
+        curve = None
         if remaining:
             hist = agent.fit(sim, remaining, seed + done, progress=progress, callback=on_chunk)
             curve = pd.DataFrame(hist.rows())
             curve["requests"] += done
             curve.to_csv(out_dir / "training_curve.csv", index=False)
-            plots.training_curve(curve, out_dir / "training_curve.png", agent.name)
         policy_path = agent.save(out_dir / "policy.pt")
-
-        results, _ = run_compare(
-            _eval_cfg(cfg), out_dir, progress=progress, learned={agent.name: agent}
-        )
-        summary = learned_vs_modipick(results, agent.name)
-        summary.to_csv(out_dir / "learned_vs_modipick.csv", index=False)
-        onnx_path = (
-            export_onnx(agent, out_dir / "selector.onnx", run_id=run_id or None)
-            if cfg.get("export")
-            else None
-        )
-
+        # The learned row is the exported selector as a server runs it (shipped defaults).
+        onnx_path = out_dir / "selector.onnx"
+        served = served_from_policy(agent, onnx_path, run_id=run_id or None)
+        val_res, results, summary = evaluate_learned(cfg, served, out_dir, progress)
+        compat = learned_vs_modipick(results, agent.name)
+        compat.to_csv(out_dir / "learned_vs_modipick.csv", index=False)
+        if curve is not None:
+            plots.training_curve(
+                curve,
+                out_dir / "training_curve.png",
+                agent.name,
+                references=_references(results, summary),
+            )
         metrics: dict[str, float] = {}
         mine = results[results.policy == agent.name]
         metrics["eval_effective_accuracy"] = float(mine.effective_accuracy.mean())
         metrics["eval_attainment"] = float(mine.attainment.mean())
+        metrics["val_effective_accuracy"] = float(
+            val_res[val_res.policy == agent.name].effective_accuracy.mean()
+        )
+        rule = str(summary.best_rule.iloc[0])
+        metrics["eval_best_rule_effective_accuracy"] = float(summary.best_rule_eff_acc.mean())
+        metrics["eval_diff_points_mean"] = float(100 * summary["diff"].mean())
+        metrics["eval_diff_lo_points_min"] = float(100 * summary.diff_lo.min())
+        metrics["eval_shield_rate"] = float(summary.shield_rate.mean())
         mp = results[results.policy == "modipick"]
-        metrics["eval_modipick_effective_accuracy"] = float(mp.effective_accuracy.mean())
-        metrics["eval_gap_closed_mean"] = float(summary.gap_closed.mean())
+        if not mp.empty:
+            metrics["eval_modipick_effective_accuracy"] = float(mp.effective_accuracy.mean())
+        gc = summary.gap_closed.dropna()
+        if not gc.empty:
+            metrics["eval_gap_closed_mean"] = float(gc.mean())
         if mlflow is not None:
             mlflow.log_metrics(metrics)
+            mlflow.set_tags({"best_rule": rule})
             for _, r in summary.iterrows():
                 s = int(r.sla_ms)
-                mlflow.log_metric(f"eval_gap_closed_sla{s}", float(r.gap_closed))
-                mlflow.log_metric(f"eval_eff_acc_sla{s}", float(r[f"{agent.name}_eff_acc"]))
+                mlflow.log_metric(f"eval_diff_points_sla{s}", float(100 * r["diff"]))
+                mlflow.log_metric(f"eval_eff_acc_sla{s}", float(r.learned_eff_acc))
             mlflow.log_artifact(str(policy_path), "policy")
             for f in sorted(out_dir.glob("*.csv")) + sorted(out_dir.glob("*.png")):
                 mlflow.log_artifact(str(f), "results")
-            if onnx_path is not None:
-                log_to_mlflow(onnx_path, tr.get("registered_model"), alias=tr.get("alias"))
+            if cfg.get("export"):
+                _register(
+                    onnx_path,
+                    tr,
+                    metrics["val_effective_accuracy"],
+                    _val_key(cfg),
+                )
     log.info("run folder %s", out_dir)
     sys.stdout.write(
-        format_table(results) + "\n\n" + summary.round(3).to_string(index=False) + "\n"
+        format_table(results)
+        + f"\n\n{agent.name} (as served) vs the best rule on validation ({rule}), test split:\n"
+        + format_summary(summary)
+        + "\n"
     )
     return metrics
+
+
+def _references(results: pd.DataFrame, summary: pd.DataFrame) -> dict[str, float]:
+    """Reference lines of the training curve: test means over the sweep."""
+    refs = {f"best rule ({summary.best_rule.iloc[0]})": float(summary.best_rule_eff_acc.mean())}
+    for name in ("modipick", "informed_ceiling", "oracle"):
+        r = results[results.policy == name]
+        if not r.empty:
+            refs[name.replace("_", " ")] = float(r.effective_accuracy.mean())
+    return refs
+
+
+def _val_key(cfg: DictConfig) -> str:
+    """What makes two runs' validation scores comparable (scenario and validation streams)."""
+    doc = {
+        "scenario": str(cfg.get("scenario", "")),
+        "val": OmegaConf.to_container(cfg.splits, resolve=True),
+        "sla_ms": list(cfg.eval.sla_ms),
+        "n": int(cfg.eval.val_n_requests),
+        "pool": OmegaConf.to_container(cfg.pool, resolve=True),
+        "network": OmegaConf.to_container(cfg.network, resolve=True),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _register(onnx_path: Path, tr: DictConfig, val_score: float, val_key: str) -> None:
+    """Register the selector as the ``challenger``; move ``@champion`` to it only when it beats
+    the current champion on the same validation streams (or there is none)."""
+    name = tr.get("registered_model")
+    if not name:
+        log_to_mlflow(onnx_path, None, alias=None)
+        return
+    challenger = str(tr.get("challenger_alias") or "challenger")
+    reg = log_to_mlflow(onnx_path, name, alias=challenger)
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    client.set_model_version_tag(name, reg.version, "val_effective_accuracy", f"{val_score:.6f}")
+    client.set_model_version_tag(name, reg.version, "val_key", val_key)
+    champion = str(tr.get("alias") or "champion")
+    try:
+        current = client.get_model_version_by_alias(name, champion)
+    except Exception:  # MlflowException: no such alias yet
+        current = None
+    if current is None:
+        client.set_registered_model_alias(name, champion, reg.version)
+        log.info("%s version %s is the first %s", name, reg.version, champion)
+        return
+    tags = current.tags or {}
+    if tags.get("val_key") != val_key:
+        log.info(
+            "%s@%s (version %s) was validated on other streams: it stays %s; this run is "
+            "@%s (version %s)",
+            name, champion, current.version, champion, challenger, reg.version,
+        )  # fmt: skip
+        return
+    old = float(tags.get("val_effective_accuracy", "nan"))
+    if val_score > old:
+        client.set_registered_model_alias(name, champion, reg.version)
+        log.info(
+            "%s version %s beats @%s on validation (%.4f > %.4f): now @%s",
+            name, reg.version, champion, val_score, old, champion,
+        )  # fmt: skip
+    else:
+        log.info(
+            "%s version %s does not beat @%s on validation (%.4f <= %.4f): stays @%s",
+            name, reg.version, champion, val_score, old, challenger,
+        )  # fmt: skip
 
 
 def _mlflow() -> Any:

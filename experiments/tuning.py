@@ -9,8 +9,8 @@ split, which no tuning saw.
 
 * ``modipick_tuned``: ModiPick's ``T_threshold`` (``threshold_ms``).
 * ``mdinference_tuned``: MDInference's ``γ`` (``gamma``).
-* ``calibrated_greedy`` / ``model_switching``: ``z`` and the download estimate ``d̂``, a
-  ``quantile`` of the download measured on validation streams.
+* ``calibrated_greedy`` / ``model_switching``: ``z`` and the download estimate
+  ``d̂ = a_q + b · T_input`` fitted on validation streams (:func:`download_model`), ``q`` tuned.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ GRID_KEYS: dict[str, dict[str, tuple[float, float, bool]]] = {
 }
 
 _CACHE: dict[str, tuple[dict[str, Any], pd.DataFrame]] = {}
-_DL_CACHE: dict[str, dict[float, float]] = {}
+_DL_CACHE: dict[str, dict[float, tuple[float, float]]] = {}
 
 
 def explicit_args(name: str, args: dict[str, Any]) -> bool:
@@ -92,11 +92,14 @@ def _key(cfg: DictConfig, *parts: Any) -> str:
     return json.dumps(doc, sort_keys=True, default=str)
 
 
-def download_quantiles(
+def download_model(
     cfg: DictConfig, pool: ModelPool, setup: Any, qs: list[float]
-) -> dict[float, float]:
-    """Quantiles of the download time measured on the validation streams (what the server
-    learns from its own traffic before going live)."""
+) -> dict[float, tuple[float, float]]:
+    """The download estimate ``d̂ = a_q + b · T_input`` per quantile ``q``, fitted on the
+    validation streams (what the server learns from its own traffic before going live):
+    ``b`` is the least-squares slope of the download on the measured upload (clipped to
+    ``[0, 1]``; 0 where they are unrelated, 1 on the papers' network where the response takes
+    as long as the upload), ``a_q`` the ``q``-quantile of ``download − b · T_input``."""
     from modi.envs.simulator import ModelSelectionSim
     from modi.experiments.splits import network_for_split, stream_key
 
@@ -109,22 +112,35 @@ def download_quantiles(
             pool, net, num_envs=setup.streams, sla_ms=setup.slas[0], **setup.sim_args
         )
         steps = max(1, _tuning_requests(cfg) // setup.streams)
-        outs = []
+        outs, ins = [], []
         for seed in setup.splits.val:
             sim.reset(stream_key(setup.scenario, "val", seed, setup.slas[0]))
             fastest = np.full(sim.num_envs, int(np.argmin(pool.mean_ms)))
             for _ in range(steps):
-                outs.append(sim.current_state()["t_output_ms"].copy())
+                st = sim.current_state()
+                outs.append(st["t_output_ms"].copy())
+                ins.append(st["t_input_ms"].copy())
                 sim.step(fastest)
         d = np.concatenate(outs)
+        x = np.concatenate(ins)
+        var = float(np.var(x))
+        slope = float(np.clip(np.cov(x, d, bias=True)[0, 1] / var, 0.0, 1.0)) if var > 0 else 0.0
+        rest = d - slope * x
         for q in missing:
-            have[q] = float(np.quantile(d, q))
+            have[q] = (float(np.quantile(rest, q)), slope)
         log.info(
-            "%s: validation download quantiles %s",
+            "%s: validation download model d = a_q + %.3f * t_input, a_q %s",
             setup.scenario,
-            {q: round(have[q], 2) for q in sorted(have)},
+            slope,
+            {q: round(have[q][0], 2) for q in sorted(have)},
         )
     return {q: have[q] for q in qs}
+
+
+def download_args(cfg: DictConfig, pool: ModelPool, setup: Any, q: float) -> dict[str, float]:
+    """``CalibratedGreedy`` arguments of the download estimate at quantile ``q``."""
+    a, b = download_model(cfg, pool, setup, [q])[q]
+    return {"download_ms": a, "download_per_upload": b}
 
 
 def tune_rule(
@@ -143,13 +159,15 @@ def tune_rule(
     if key in _CACHE:
         return _CACHE[key]
     qs = sorted({p["quantile"] for p in points if "quantile" in p})
-    dl = download_quantiles(cfg, pool, val, qs) if qs else {}
+    dl = download_model(cfg, pool, val, qs) if qs else {}
     pols = []
     settings = []
     for i, p in enumerate(points):
         args: dict[str, Any] = {k: v for k, v in p.items() if k != "quantile"}
         if "quantile" in p:
-            args["download_ms"] = dl[p["quantile"]]
+            a, b = dl[p["quantile"]]
+            args["download_ms"] = a
+            args["download_per_upload"] = b
         pol = make_policy(TUNED_RULES[name], profile_mu_ms=pool.mean_ms, **args)
         pol.name = f"{name}#{i}"
         pols.append((pol.name, pol))

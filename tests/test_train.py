@@ -26,6 +26,8 @@ TINY = [
     "eval.n_requests=400",
     "eval.streams_per_point=4",
     "eval.sla_ms=[115,200]",
+    "eval.val_n_requests=400",
+    "tuning.n_requests=400",
     "export=false",
 ]
 
@@ -62,10 +64,24 @@ def test_train_writes_results_policy_and_tracks_run(tmp_path: Path) -> None:
         "dynamic_greedy",
         "modipick",
         "mdinference",
+        "modipick_tuned",
+        "mdinference_tuned",
+        "calibrated_greedy",
+        "informed_ceiling",
         "oracle",
         "linucb",
     }
-    assert (results.seed == 1000).all(), "evaluation must use eval.seed, not the training seed"
+    assert (results.seed == 1000).all(), "evaluation must use the test split, not training's"
+    assert (results.split == "test").all()
+    val = pd.read_csv(out / "val" / "results.csv")
+    assert (val.split == "val").all() and (val.seed == 100).all()
+    # The learned row is the exported selector as served, and the summary compares it with
+    # the rule chosen on validation, with paired intervals.
+    assert (out / "selector.onnx").is_file()
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.sla_ms) == [115.0, 200.0]
+    assert (summary.diff_lo <= summary["diff"]).all() and (summary["diff"] <= summary.diff_hi).all()
+    assert summary.best_rule.iloc[0] in set(results.policy) - {"linucb", "oracle"}
     # The saved policy decides exactly as the trained one.
     pol = load_learned(out / "policy.pt")
     assert pol.kind == "linucb"
@@ -134,7 +150,10 @@ def test_interrupted_run_ends_killed_and_resumes(
     [
         ("train.requests=0", "train.requests"),
         ("train.sla_range_ms=[300,100]", "train.sla_range_ms"),
-        ("eval.seed=0", "eval.seed"),
+        ("seed=1000", "in both train and test"),
+        ("sla_ms=[-50]", "sla_ms must be > 0"),
+        ("eval.sla_ms=[-50]", "eval.sla_ms must be > 0"),
+        ("tuning.calibrated_greedy.z=[]", "tuning.calibrated_greedy.z"),
         ("agent.alpha=-1", "alpha"),
         ("tracking.uri=http://127.0.0.1:9", "tracking.uri"),
         ("tracking.uri=file:///tmp/x", "tracking.uri"),
@@ -144,6 +163,21 @@ def test_bad_config_fails_before_training(tmp_path: Path, override: str, fragmen
     with pytest.raises(ConfigError, match=fragment):
         train(_cfg(tmp_path, override), tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "policy.pt").exists()
+
+
+def test_champion_moves_only_to_a_run_that_beats_it_on_validation(tmp_path: Path) -> None:
+    from mlflow import MlflowClient
+
+    train(_cfg(tmp_path, "agent=linucb", "export=true"), tmp_path / "a", progress=False)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    first = client.get_model_version_by_alias("modi-selector", "champion")
+    assert first.tags["val_key"] and float(first.tags["val_effective_accuracy"]) > 0
+    # The same run again ties on validation: it becomes the challenger, the champion stays.
+    train(_cfg(tmp_path, "agent=linucb", "export=true"), tmp_path / "b", progress=False)
+    assert client.get_model_version_by_alias("modi-selector", "champion").version == first.version
+    second = client.get_model_version_by_alias("modi-selector", "challenger")
+    assert second.version != first.version
+    assert second.tags["val_effective_accuracy"] == first.tags["val_effective_accuracy"]
 
 
 def test_unknown_agent_is_a_clear_hydra_error(tmp_path: Path) -> None:
