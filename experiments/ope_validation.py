@@ -19,7 +19,8 @@ a deterministic policy inside ModiPick's support).
 
 Run ``python -m modi.experiments.ope_validation [--reps 20] [--out DIR]``: prints the table of
 coverage and mean absolute error per scenario × logger × candidate × estimator and writes
-``ope_validation.csv`` (the table) and ``ope_validation_runs.csv`` (every repetition).
+``ope_validation.csv`` (the table), ``ope_validation_pooled.csv`` (pooled over candidates) and
+``ope_validation_runs.csv`` (every repetition; ``--from-runs`` re-summarises one).
 """
 
 from __future__ import annotations
@@ -253,6 +254,26 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def pooled(runs: pd.DataFrame) -> pd.DataFrame:
+    """Coverage (percent) and mean absolute error (points) per scenario × logger × metric ×
+    estimator, pooled over the candidates each estimator answered for."""
+    r = runs.copy()
+    r["cover"] = (r.lo <= r.true_onpolicy) & (r.true_onpolicy <= r.hi)
+    r["cover_logged"] = (r.lo <= r.true_logged) & (r.true_logged <= r.hi)
+    r["abs_err"] = (r.value - r.true_onpolicy).abs()
+    keys = ["scenario", "logger", "metric", "estimator"]
+    ok = r[~r.refused].groupby(keys, sort=False).agg(
+        estimates=("rep", "size"),
+        coverage=("cover", "mean"),
+        coverage_logged=("cover_logged", "mean"),
+        mae=("abs_err", "mean"),
+    )
+    out = r.groupby(keys, sort=False).agg(refused=("refused", "sum")).join(ok).reset_index()
+    for c in ("coverage", "coverage_logged", "mae"):
+        out[c] = (100 * out[c]).round(2 if c == "mae" else 0)
+    return out
+
+
 def format_table(summary: pd.DataFrame, metric: str = "effective_accuracy") -> str:
     """The summary of one metric as text (percentages)."""
     t = summary[summary.metric == metric].copy()
@@ -331,6 +352,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--learning", action="store_true",
                    help="instead: selectors learned from logs vs online (offline_learning.csv)")
     p.add_argument("--learning-requests", type=int, default=20_000)
+    p.add_argument("--from-runs", type=Path, default=None,
+                   help="re-summarise an ope_validation_runs.csv instead of running")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name, v in (("reps", a.reps), ("requests", a.requests), ("streams", a.streams),
@@ -365,17 +388,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(table.to_string())
         print(f"\nwrote {a.out / 'offline_learning.csv'} ({time.perf_counter() - t0:.0f} s)")
         return 0
-    runs = run_validation(cfg)
+    if a.from_runs is not None:
+        runs = pd.read_csv(a.from_runs)
+        reps = int(runs.rep.max()) + 1
+        n = int(runs.n.max())
+    else:
+        runs = run_validation(cfg)
+        reps, n = cfg.reps, cfg.requests
     summary = summarise(runs)
+    pool = pooled(runs)
     a.out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(a.out / "ope_validation_runs.csv", index=False)
     summary.to_csv(a.out / "ope_validation.csv", index=False)
+    pool.to_csv(a.out / "ope_validation_pooled.csv", index=False)
     for metric in METRICS:
         print(f"\n{metric} (percent; coverage of the on-policy truth and of the logged-requests "
-              f"truth over {cfg.reps} repetitions of {cfg.requests} logged requests)")  # fmt: skip
+              f"truth over {reps} repetitions of {n} logged requests)")  # fmt: skip
         print(format_table(summary, metric))
-    print(f"\nwrote {a.out / 'ope_validation.csv'} and {a.out / 'ope_validation_runs.csv'} "
-          f"({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+    for col in ("coverage", "mae"):
+        print(f"\n{col} pooled over the candidates estimated (percent / points)")
+        for metric in METRICS:
+            t = pool[pool.metric == metric].pivot_table(
+                index=["scenario", "logger"], columns="estimator", values=col, sort=False
+            )
+            print(f"{metric}:\n{t.to_string()}")
+    print(f"\nwrote {a.out / 'ope_validation.csv'}, {a.out / 'ope_validation_pooled.csv'} and "
+          f"{a.out / 'ope_validation_runs.csv'} ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
     return 0
 
 
