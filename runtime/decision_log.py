@@ -21,6 +21,7 @@ attainment is ``met``. Part of the light runtime: standard library and numpy onl
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -51,6 +52,14 @@ LAYOUTS: dict[str, type[ObsLayout]] = {
     ObsLayout.schema: ObsLayout,
     DeviceObsLayout.schema: DeviceObsLayout,
 }
+
+_NUMBER_TYPES = frozenset({int, float})
+
+
+@functools.lru_cache(maxsize=64)
+def _pool_hash(pool: tuple[str, ...]) -> str:
+    return pool_hash(pool)
+
 
 _RECORD_FIELDS = (
     "v", "ts", "request_id", "schema", "pool", "pool_hash", "selector", "features", "action",
@@ -244,6 +253,10 @@ class _Parser:
     def floats(self, x: Any, fld: str) -> tuple[float, ...]:
         if not isinstance(x, list):
             raise self.err(fld, f"expected a list of numbers, got {_kind(x)}")
+        if {type(v) for v in x} <= _NUMBER_TYPES:  # fast path: only the finiteness to check
+            vals = tuple(float(v) for v in x)
+            if all(map(math.isfinite, vals)):
+                return vals
         for i, v in enumerate(x):
             if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
                 raise self.err(f"{fld}[{i}]", f"expected a finite number, got {v!r}")
@@ -337,9 +350,9 @@ class _Parser:
         if len(set(pool)) != len(pool):
             raise self.err("pool", "model ids repeat")
         ph = self.string(self.get(x, "pool_hash"), "pool_hash")
-        if ph != pool_hash(pool):
+        if ph != _pool_hash(pool):
             raise self.err("pool_hash", f"{ph!r} is not the hash of the logged pool "
-                           f"({pool_hash(pool)!r})")  # fmt: skip
+                           f"({_pool_hash(pool)!r})")  # fmt: skip
         selector = self.selector(self.get(x, "selector"), "selector")
         features = self.floats(self.get(x, "features"), "features")
         dim = layout(len(pool)).dim
