@@ -93,6 +93,9 @@ _F32_MAX = float(np.finfo(np.float32).max)
 _SCALAR_SLACK_MODELS = 32
 #: Up to this many rows, a batch's fallback and shield rows use the scalar ModiPick rule.
 _SCALAR_RULE_ROWS = 32
+#: Up to this many rows, the calibrated shield compares a batch's request block with
+#: precomputed bounds of the same flat shape (no broadcasting: several times faster).
+_TILE_ROWS = 4096
 
 ShieldMode = Literal["range", "budget", "off"]
 SHIELD_MODES: tuple[str, ...] = ("range", "budget", "off")
@@ -235,12 +238,14 @@ class _Bounds:
 
     names: tuple[str, ...]  # checked request features, in SHIELD_REQUEST_FEATURES order
     cols: NDArray[np.intp]  # their request-block columns
-    lo: NDArray[np.float32]  # widened lower limits
-    hi: NDArray[np.float32]  # widened upper limits
     fast: tuple[tuple[int, float, float], ...]  # (column, lo, hi) for the batch-1 loop
     ranges: tuple[tuple[float, float], ...]  # the training ranges themselves (for reasons)
     model: tuple[tuple[str, int, float, float, float, float], ...]  # (name, col, lo, hi, rlo, rhi)
     tolerance: float
+    lo_row: NDArray[np.float32]  # (R,) limits of a whole request block (-inf: not checked)
+    hi_row: NDArray[np.float32]  # (R,) (+inf: not checked)
+    lo_tile: NDArray[np.float32]  # lo_row repeated for _TILE_ROWS rows, flat
+    hi_tile: NDArray[np.float32]
 
     @classmethod
     def build(cls, ranges: FeatureRanges | None, tolerance: float) -> _Bounds:
@@ -269,15 +274,21 @@ class _Bounds:
                 r = ranges.get(name)
                 if r is not None:
                     model.append((name, mod_cols[name], *widen(*r), *r))
+        lo_row = np.full(F.R, -np.inf, dtype=np.float32)
+        hi_row = np.full(F.R, np.inf, dtype=np.float32)
+        for c, (a, b) in zip(cols, lims, strict=True):
+            lo_row[c], hi_row[c] = a, b
         return cls(
             tuple(names),
             np.array(cols, dtype=np.intp),
-            np.array([a for a, _ in lims], dtype=np.float32),
-            np.array([b for _, b in lims], dtype=np.float32),
             tuple((c, a, b) for c, (a, b) in zip(cols, lims, strict=True)),
             tuple(rr),
             tuple(model),
             tolerance,
+            lo_row,
+            hi_row,
+            np.tile(lo_row, _TILE_ROWS) if names else lo_row,
+            np.tile(hi_row, _TILE_ROWS) if names else hi_row,
         )
 
     @property
@@ -322,15 +333,19 @@ class _Bounds:
         fire = np.zeros(n, dtype=np.bool_)
         why: dict[int, str] = {}
         if self.names:
-            v = req[:, self.cols]
-            bad = (v < self.lo) | (v > self.hi)
-            hit = rows & bad.any(axis=1)
-            if hit.any():
+            if n <= _TILE_ROWS:  # one flat, unbroadcast comparison each way: SIMD-fast
+                flat = req.reshape(-1)
+                m = flat.size
+                out = bool((flat < self.lo_tile[:m]).any() or (flat > self.hi_tile[:m]).any())
+            else:
+                out = bool((req < self.lo_row).any() or (req > self.hi_row).any())
+            if out:  # rare in distribution: find the rows and their first feature out of range
+                bad = ((req < self.lo_row) | (req > self.hi_row))[:, self.cols]
+                hit = rows & bad.any(axis=1)
                 for i in np.flatnonzero(hit).tolist():
                     j = int(np.argmax(bad[i]))
-                    why[i] = self._why(
-                        self.names[j], float(v[i, j]), *self.ranges[j]
-                    )  # fmt: skip
+                    val = float(req[i, self.cols[j]])
+                    why[i] = self._why(self.names[j], val, *self.ranges[j])
                 fire |= hit
         if self.model:
             if shared_reason is not None:

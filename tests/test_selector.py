@@ -285,6 +285,25 @@ def test_calibrated_shield_fires_far_outside_the_training_range(files: dict[str,
     )
 
 
+@pytest.mark.parametrize("n", [3, 4097], ids=["small", "past-the-flat-bounds"])
+def test_calibrated_shield_flags_the_same_rows_in_a_batch(n: int, files: dict[str, Path]) -> None:
+    rng = np.random.default_rng(n)
+    up = rng.uniform(5.0, 120.0, n)
+    sla = rng.uniform(60.0, 390.0, n)
+    far = [0, n // 2, n - 1]
+    up[far[0]] = 5000.0
+    sla[far[1]] = 5000.0
+    cols = RequestBatch(sla, up, up, np.full(n, 330e3), queue_len=np.where(up > 110, 2.0, 0.0))
+    ds = Selector.load(files["linucb"], TABLE2, strict=True).select_batch(cols)
+    one = Selector.load(files["linucb"], TABLE2, strict=True)
+    fired = [i for i, r in enumerate(ds.reasons) if r.startswith("shield: ")]
+    assert set(far[:2]) <= set(fired) and len(fired) < n
+    for i in {*fired[:20], *far, 1}:
+        d = one.select(cols.row(i))
+        assert d.reason == ds.reasons[i] and d.learned == ds.learned[i], (i, d, ds.reasons[i])
+    assert "sla_ms = 5000" in ds.reasons[far[1]] and "t_input_ms = 5000" in ds.reasons[far[0]]
+
+
 def test_calibrated_shield_checks_the_profiles_too(files: dict[str, Path]) -> None:
     """Profiles that drift past the training range of mu fire the shield for every request, in
     select, select_batch and select_features alike."""
