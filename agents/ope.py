@@ -530,13 +530,57 @@ class SelectorCandidate:
         return np.asarray(out)
 
 
+@dataclass
+class ShadowCandidate:
+    """The challenger a server ran in shadow mode, from the probabilities it logged next to
+    the champion's (``shadow.probabilities``): no model file needed, exactly what it would
+    have served."""
+
+    name: str
+    logged: F64  # (N, K), one row per record of the log
+    path: str = "shadow"
+
+    def logged_probabilities(self, keep: NDArray[np.bool_]) -> F64:
+        """``π(a|x)`` of the kept records."""
+        return np.asarray(self.logged[keep])
+
+    def probabilities(self, obs: NDArray[np.float32]) -> F64:
+        """Only the logged rows are known: ``obs`` must be the whole log's."""
+        if obs.shape[0] != self.logged.shape[0]:
+            raise OPEError("a shadow candidate is known on its log's records only")
+        return np.asarray(self.logged)
+
+
+def _shadow_candidate(lg: DecisionLog) -> ShadowCandidate:
+    has = lg.has_shadow
+    if not has.any():
+        raise OPEError(f"{lg.path}: candidate 'shadow': the log carries no shadow decisions "
+                       "(field 'shadow' is null on every record)")  # fmt: skip
+    if not has.all():
+        line = int(lg.line_numbers[np.flatnonzero(~has)[0]])
+        raise OPEError(
+            f"{lg.path}: line {line}: field 'shadow' is null: candidate 'shadow' needs the "
+            f"challenger's probabilities on every record ({int((~has).sum())} of {lg.n} lack them)"
+        )
+    idx = set(lg.shadow_selector_index.tolist())
+    if len(idx) > 1:
+        names = ", ".join(f"{s.name} {s.version}" for s in lg.shadow_selectors)
+        raise OPEError(f"{lg.path}: field 'shadow.selector': the shadow changes mid-log "
+                       f"({names}); evaluate each part separately")  # fmt: skip
+    sel = lg.shadow_selectors[0]
+    return ShadowCandidate(f"shadow:{sel.name}", lg.shadow_probabilities.copy())
+
+
 def load_candidate(spec: str, lg: DecisionLog, *, shield: bool | str = True) -> Candidate:
     """A candidate from the command line: an ``.onnx`` file or ``models:/`` URI (served through
     :class:`~modi.runtime.Selector` with ``shield`` as a server passes it, checked against the
-    log's schema and pool), a saved learned policy (``.pt``), or a baseline name
-    (``dynamic_greedy``, ``modipick``, ...)."""
+    log's schema and pool), a saved learned policy (``.pt``), a baseline name
+    (``dynamic_greedy``, ``modipick``, ...), or ``shadow``: the challenger the log's server ran
+    in shadow mode (its logged probabilities)."""
     from modi.agents.baselines import POLICY_NAMES, make_policy
 
+    if spec == "shadow":
+        return _shadow_candidate(lg)
     if spec.endswith(".onnx") or spec.startswith("models:/"):
         return _selector_candidate(spec, lg, shield)
     if spec.endswith(".pt"):
@@ -561,8 +605,8 @@ def load_candidate(spec: str, lg: DecisionLog, *, shield: bool | str = True) -> 
         mu0 = np.asarray(lg.layout.models(lg.features[:1])[0, :, F.MU], dtype=np.float64)
         return PolicyCandidate(spec, make_policy(spec, profile_mu_ms=mu0), "")
     raise OPEError(
-        f"candidate {spec!r}: expected an .onnx file, a models:/ URI, a saved policy (.pt) or "
-        f"a baseline name ({', '.join(n for n in POLICY_NAMES if n != 'oracle')})"
+        f"candidate {spec!r}: expected an .onnx file, a models:/ URI, a saved policy (.pt), "
+        f"a baseline name ({', '.join(n for n in POLICY_NAMES if n != 'oracle')}) or 'shadow'"
     )
 
 
@@ -680,7 +724,10 @@ def evaluate(
     obs = feats.astype(np.float32)
     reports = []
     for cand in candidates:
-        target = np.asarray(cand.probabilities(obs), dtype=np.float64)
+        known = getattr(cand, "logged_probabilities", None)
+        target = np.asarray(
+            known(keep) if callable(known) else cand.probabilities(obs), dtype=np.float64
+        )
         if target.shape != logged.shape:
             raise OPEError(f"candidate {cand.name!r} gave probabilities of shape {target.shape}, "
                            f"expected {logged.shape}")  # fmt: skip

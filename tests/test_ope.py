@@ -379,3 +379,33 @@ def test_met_model_is_calibrated_on_a_near_separable_log() -> None:
         if sel.sum() >= 30:
             assert abs(taken[sel].mean() - run.met[sel].mean()) < 0.05, k
     assert 0.0 < run.met.mean() < 1.0 and p.std() > 0.1  # informative, not constant
+
+
+def test_modi_ope_shadow_candidate(tmp_path: Path, sim_log: Any, capsys: Any) -> None:
+    """``shadow`` evaluates the challenger from the probabilities the server logged for it:
+    the same numbers as evaluating that policy itself."""
+    sim, run = sim_log
+    path = write_log(tmp_path / "d.jsonl", sim, run)
+    choice = DynamicGreedy().select(run.obs)
+    ids = [str(i) for i in sim.pool.ids]
+    sel = {"name": "dg", "version": "sha256:00", "exploration": {"kind": "none"}}
+    lines = []
+    for i, line in enumerate(path.read_text().splitlines()):
+        rec = json.loads(line)
+        k = int(choice[i])
+        rec["shadow"] = {"selector": sel, "action": k, "model_id": ids[k],
+                         "probabilities": [float(j == k) for j in range(len(ids))]}  # fmt: skip
+        lines.append(json.dumps(rec) + "\n")
+    path.write_text("".join(lines))
+    out = tmp_path / "o"
+    assert ope_cli.main([str(path), "shadow", "dynamic_greedy", "--out", str(out)]) == 0
+    doc = json.loads((out / "ope.json").read_text())
+    sh, dg = doc["candidates"]
+    assert sh["name"] == "shadow:dg" and sh["estimates"] == dg["estimates"]
+    # A record without the shadow: refused, naming the line.
+    rec = json.loads(lines[9])
+    rec["shadow"] = None
+    lines[9] = json.dumps(rec) + "\n"
+    path.write_text("".join(lines))
+    assert ope_cli.main([str(path), "shadow", "--out", str(tmp_path / "o2")]) == 2
+    assert "line 10: field 'shadow' is null" in capsys.readouterr().err
