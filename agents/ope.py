@@ -31,6 +31,12 @@ than ``max_unsupported`` (default 1 %) of its choices there, ``ips``, ``snips`` 
 answer *cannot estimate* instead of a number; below it, their intervals are widened by the
 unsupported share (the most the missing rewards, in [0, 1], can move the value). ``dm`` and
 ``switch_dr`` still answer, with a note saying how much of the estimate rests on the model.
+
+**What is estimated.** The candidate's mean reward *on the logged requests*: their features
+(queue length, profiles) are those the logging policy's own choices produced. Where the
+server's state depends on earlier choices (a queue: the ``loaded_server`` scenario) a candidate
+that picks slower models meets longer queues than the log shows, and its real value differs
+(:mod:`modi.experiments.ope_validation` measures both: without a queue the two agree).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ self-normalised IPS, the direct method, doubly robust and Switch-DR
 (:mod:`modi.agents.ope`), each with a 95 % confidence interval, next to the logging policy's
 own (on-policy) value. A candidate is an exported ``.onnx`` selector (served as the runtime
 serves it, shield included unless ``--no-shield``), a ``models:/name@alias`` URI, a saved
-learned policy (``.pt``) or a baseline name (``dynamic_greedy``, ``modipick``, ...).
+learned policy (``.pt``), a baseline name (``dynamic_greedy``, ``modipick``, ...) or
+``shadow`` (the challenger the server ran in shadow mode, from the probabilities it logged).
 
 Writes ``DIR/ope.json``::
 
