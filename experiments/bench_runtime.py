@@ -4,7 +4,10 @@
 with :func:`modi.agents.export.export_onnx` and measures, in one run:
 
 * ``selector_p50_us`` / ``selector_p99_us``: one full :meth:`~modi.runtime.Selector.select` at
-  batch size 1 (validation, client history, features, onnxruntime, shield, decision);
+  batch size 1 (validation, client history, features, the calibrated shield's range check,
+  onnxruntime, decision), with the selector's defaults;
+* ``selector_budget_shield_p50_us`` / ``_p99_us``: the same with the earlier ModiPick-budget
+  shield (``shield="budget"``), in the same rotation;
 * ``modipick_rule_p50_us`` / ``modipick_rule_p99_us``: the same call on a selector without a
   model, i.e. the numpy ModiPick fallback, *interleaved* with the learned one in blocks of
   ``block`` requests so both see the same machine state (``modipick_select_p50_us``: the bare
@@ -120,10 +123,12 @@ def run_runtime_bench(
     threads_batch = batch_threads or os.cpu_count() or 1
     learned = Selector.load(path, pool, strict=True, seed=seed, batch_threads=threads_batch)
     single = Selector.load(path, pool, strict=True, seed=seed)
+    old_shield = Selector.load(path, pool, strict=True, seed=seed, shield="budget")
     rule = Selector(pool, seed=seed)
     reqs = _requests(requests, seed)
     for r in reqs[:2000]:  # warm-up (allocator, caches, onnxruntime's first runs)
         learned.select(r)
+        old_shield.select(r)
         rule.select(r)
 
     mu = np.asarray(pool.mean_ms)
@@ -137,6 +142,7 @@ def run_runtime_bench(
     # first calls after a switch run on cold caches (with blocks of 500 that alone was ~1 % of
     # the calls, i.e. the p99: 64 vs 41 µs in one run).
     t_sel = np.empty(rounds * requests, dtype=np.int64)
+    t_old = np.empty_like(t_sel)
     t_rule = np.empty_like(t_sel)
     t_raw = np.empty_like(t_sel)
     t_ort = np.empty_like(t_sel)
@@ -153,6 +159,7 @@ def run_runtime_bench(
     t_bound = np.empty_like(t_sel)
     bound = bound_inference(onnxruntime, bare, feeds["request"], feeds["models"])
     sel_fn, rule_fn, clock = learned.select, rule.select, time.perf_counter_ns
+    old_fn = old_shield.select
     gc.collect()
     probes = [_hiccups(0.25)]
     j = 0
@@ -163,6 +170,10 @@ def run_runtime_bench(
                 t0 = clock()
                 sel_fn(reqs[i])
                 t_sel[j + i - lo] = clock() - t0
+            for i in range(lo, hi):
+                t0 = clock()
+                old_fn(reqs[i])
+                t_old[j + i - lo] = clock() - t0
             for i in range(lo, hi):
                 t0 = clock()
                 rule_fn(reqs[i])
@@ -208,9 +219,11 @@ def run_runtime_bench(
                 sel.select_batch(cols)
                 out.append(batch / (time.perf_counter() - start))
     counts = learned.counts
+    old_counts = old_shield.counts
     tmp.cleanup()
 
     p50, p99 = _percentiles(t_sel)
+    old50, old99 = _percentiles(t_old)
     r50, r99 = _percentiles(t_rule)
     raw50, _ = _percentiles(t_raw)
     o50, o99 = _percentiles(t_ort)
@@ -219,6 +232,8 @@ def run_runtime_bench(
     return {
         "selector_p50_us": round(p50, 1),
         "selector_p99_us": round(p99, 1),
+        "selector_budget_shield_p50_us": round(old50, 1),
+        "selector_budget_shield_p99_us": round(old99, 1),
         "modipick_rule_p50_us": round(r50, 1),
         "modipick_rule_p99_us": round(r99, 1),
         "modipick_select_p50_us": round(raw50, 1),
@@ -236,6 +251,9 @@ def run_runtime_bench(
         "policy": meta.policy_kind,
         "graph": meta.graph,
         "shielded_fraction": round(counts["shield"] / max(1, sum(counts.values())), 4),
+        "budget_shielded_fraction": round(
+            old_counts["shield"] / max(1, sum(old_counts.values())), 4
+        ),
         "onnxruntime": onnxruntime.__version__,
         "cpu_count": os.cpu_count(),
         "load_average": round(load, 2),

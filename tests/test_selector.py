@@ -735,10 +735,12 @@ def test_runtime_benchmark_reports_every_figure_and_the_machine() -> None:
         block=250, batch_threads=1,
     )  # fmt: skip
     for key in ("selector_p50_us", "selector_p99_us", "modipick_rule_p50_us",
+                "selector_budget_shield_p50_us", "selector_budget_shield_p99_us",
                 "onnxruntime_bound_run_p50_us", "selector_batch_decisions_per_s"):  # fmt: skip
         assert out[key] > 0, key
     assert out["selector_p50_us"] <= out["selector_p99_us"]
     assert out["requests_timed"] == 1000 and out["policy"] == "linucb"
+    assert 0.0 <= out["shielded_fraction"] <= 1.0 and 0.0 <= out["budget_shielded_fraction"] <= 1.0
     assert out["machine_hiccups_per_s"] >= 0 and 0.0 <= out["machine_stolen_fraction"] < 1.0
     gaps, spanned = _hiccups(0.01)
     assert gaps.dtype == np.int64 and np.all(gaps > 20_000)
