@@ -391,6 +391,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 epochs=as_int(tr.epochs, "env.train.epochs"),
                 batch_size=as_int(tr.batch_size, "env.train.batch_size"),
                 level_weight=float(tr.get("level_weight", 0.1)),
+                twin_weight=float(tr.get("twin_weight", 10.0)),
                 lr=float(tr.lr),
                 w_energy_per_j=objective[0],
                 w_bytes_per_mb=objective[1],
