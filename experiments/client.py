@@ -191,6 +191,7 @@ async def _one(
     d = r.json()
     row.update(
         ok=True, model_id=d["model_id"], source=d["source"], accuracy=d["accuracy"],
+        request_id=d.get("request_id"),
         correct=d["correct"], **{f"{k}_ms": v for k, v in d["timings_ms"].items()},
     )  # fmt: skip
     return row
@@ -208,11 +209,14 @@ async def run_clients(
     duration_s: float | None = None,
     transport: Any = None,
     progress: bool = False,
+    report_outcomes: bool = False,
 ) -> tuple[RunReport, list[dict[str, Any]]]:
     """Drive the server with ``concurrency`` closed-loop clients until ``requests`` are done (or
     ``duration_s`` passed); return the report and one row per request. ``transport``: an httpx
     transport (e.g. ``httpx.ASGITransport(app)`` to drive an app in-process); ``progress``: a
-    tqdm progress bar on stderr (requests done, or seconds for ``duration_s``)."""
+    tqdm progress bar on stderr (requests done, or seconds for ``duration_s``);
+    ``report_outcomes``: after each answer, send its end-to-end latency to ``POST
+    /v1/outcome`` (a server run with ``--outcome-hold-s`` logs it as the decision's outcome)."""
     import httpx
 
     shots = photos(seed) if images == "photos" else digits(seed=seed)
@@ -237,6 +241,13 @@ async def run_clients(
                 shot = shots[int(rng.integers(len(shots)))]
                 dev = preprocess == "device" or (preprocess == "mix" and rng.random() < 0.5)
                 rows.append(await _one(http, url, shot, dev, (h, w), sla_ms, c, net))
+                if report_outcomes and rows[-1].get("request_id") and "e2e_ms" in rows[-1]:
+                    q = {"request_id": rows[-1]["request_id"],
+                         "e2e_ms": round(rows[-1]["e2e_ms"], 3)}  # fmt: skip
+                    try:
+                        await http.post(f"{url}/v1/outcome", params=q)
+                    except httpx.HTTPError as e:  # the report is best effort
+                        log.debug("outcome report failed: %s", e)
                 if bar is not None:
                     bar.update(1)
                     if rows[-1].get("error"):
@@ -343,6 +354,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--rows", type=Path, default=None,
                    help="write one JSON line per request to this file")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    p.add_argument(
+        "--report-outcomes",
+        action="store_true",
+        help="send each answer's end-to-end latency to the server's /v1/outcome",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -350,6 +366,7 @@ def main(argv: list[str] | None = None) -> None:
         run_clients(
             a.url, a.sla_ms, a.requests, a.concurrency, a.network, a.images, a.preprocess,
             a.seed, a.duration_s, progress=not a.no_progress,
+            report_outcomes=a.report_outcomes,
         )
     )  # fmt: skip
     text = json.dumps(asdict(rep), indent=2)

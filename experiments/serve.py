@@ -8,6 +8,10 @@ Endpoints (the OpenAPI schema at ``/openapi.json`` documents each completely):
   ``image/webp``, ``image/bmp``; decoded as the declared format only) or device-preprocessed
   pixels (``application/x-modi-pixels``: raw ``uint8`` RGB, ``shape`` given). The selector
   picks the model; the answer names it, the class and the server's timings.
+* ``POST /v1/outcome?request_id=..&e2e_ms=..``: the client's measured end-to-end latency of
+  a served request; with ``--outcome-hold-s`` its decision-log record (held that long) takes
+  it as ``latency_ms`` (and ``met``) instead of the server's own view, which cannot include the
+  answer's download.
 * ``GET /v1/models``: the pool (ids, inputs, accuracy and its source, current μ/σ profiles).
 * ``GET /healthz``: ``status`` ``ok`` or ``degraded`` (the decision log failing), the selector
   by name and version.
@@ -110,6 +114,15 @@ class InferAnswer(BaseModel):
     timings_ms: Timings
 
 
+class OutcomeAnswer(BaseModel):
+    """The answer to ``POST /v1/outcome``."""
+
+    recorded: bool = Field(
+        description="a held decision-log record took the latency (false: "
+        "no record held for this request: not logging, or written already)"
+    )
+
+
 class ReloadBody(BaseModel):
     """Body of ``POST /v1/admin/reload`` (empty: reload the configured source)."""
 
@@ -151,6 +164,14 @@ INFER_PARAMETERS: list[dict[str, Any]] = [
     {"name": "shape", "in": "query", "required": False,
      "description": "HxWx3 of an application/x-modi-pixels body",
      "schema": {"type": "string", "pattern": "^[0-9]{1,6}x[0-9]{1,6}x3$"}},
+]  # fmt: skip
+OUTCOME_PARAMETERS: list[dict[str, Any]] = [
+    {"name": "request_id", "in": "query", "required": True,
+     "description": "the request_id of the /v1/infer answer",
+     "schema": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.\\-]{0,127}$"}},
+    {"name": "e2e_ms", "in": "query", "required": True,
+     "description": "capture to the answer's arrival on the client (ms)",
+     "schema": {"type": "number", "minimum": 0, "maximum": 600000}},
 ]  # fmt: skip
 INFER_BODY: dict[str, Any] = {
     "required": True,
@@ -250,6 +271,21 @@ def create_app(cfg: ServeConfig | InferenceServer) -> FastAPI:
             now_ms=now_ms, request_id=request.headers.get("x-request-id"),
         )  # fmt: skip
         return JSONResponse(out)
+
+    @app.post(
+        "/v1/outcome",
+        response_model=OutcomeAnswer,
+        responses={400: _err("bad field")},
+        openapi_extra={"parameters": OUTCOME_PARAMETERS},
+        summary="The client's measured end-to-end latency of a served request",
+    )
+    async def outcome(request: HTTPRequest) -> JSONResponse:
+        params: dict[str, str] = {}
+        for k, v in request.query_params.multi_items():
+            if k in params:
+                raise HTTPProblem(400, f"field {k[:40]!r} is given twice")
+            params[k] = v
+        return JSONResponse({"recorded": server.report_outcome(params)})
 
     @app.get("/v1/models", summary="The pool and its current profiles")
     async def models() -> dict[str, Any]:
@@ -395,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="JSON-lines decision log for off-policy evaluation (modi-ope)",
     )
+    p.add_argument(
+        "--outcome-hold-s",
+        type=float,
+        default=0.0,
+        help="hold each decision-log record this long for the client's measured "
+        "end-to-end latency (POST /v1/outcome; modi-client --report-outcomes)",
+    )
     p.add_argument("--explore", default="none",
                    help="exploration of the learned selector, logged as probabilities: none, "
                    "epsilon:E (E in [0, 1]) or softmax:T (T > 0)")  # fmt: skip
@@ -439,7 +482,8 @@ def main(argv: list[str] | None = None) -> None:
         pool_dir=a.pool_dir, pool_yaml=a.pool, selector=a.selector,
         allow_fallback=a.allow_fallback, selector_dir=a.selector_dir,
         admin_token=os.environ.get(a.admin_token_env) or None, decision_log=a.decision_log,
-        explore=a.explore, shadow=a.shadow, max_body_bytes=int(a.max_body_mb * 1024 * 1024),
+        explore=a.explore, outcome_hold_s=a.outcome_hold_s, shadow=a.shadow,
+        max_body_bytes=int(a.max_body_mb * 1024 * 1024),
         body_timeout_s=a.body_timeout_s, max_decodes=a.max_decodes,
         decode_limits=DecodeLimits(), threads=a.threads, exec_slots=a.exec_slots,
         threshold_ms=a.threshold_ms, shield=not a.no_shield,

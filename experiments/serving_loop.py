@@ -14,9 +14,9 @@
 6. **served**: the same traffic again: the effective accuracy the server measures (its decision
    log) and the clients measure, against the OPE estimate.
 
-Writes ``OUT/loop.json`` and prints a short table. The decision log's ``met`` is judged on the
-server-side latency (capture to the answer leaving the server): the download of the answer is
-not observed by the server; the clients' end-to-end figures include it.
+Writes ``OUT/loop.json`` and prints a short table. The phones report each answer's end-to-end
+latency (``POST /v1/outcome``) and the server (``--outcome-hold-s``) logs it as the decision's
+outcome, so the logged ``met`` includes the answer's download, as the clients measure it.
 
 Usage::
 
@@ -92,7 +92,8 @@ def drive(url: str, slas: list[float], requests: int, concurrency: int, network:
     reps = []
     for i, sla in enumerate(slas):
         rep, _ = asyncio.run(run_clients(url, sla, requests, concurrency, network=network,
-                                         images="photos", seed=seed + i))  # fmt: skip
+                                         images="photos", seed=seed + i,
+                                         report_outcomes=True))  # fmt: skip
         reps.append(rep)
     return reps
 
@@ -131,7 +132,8 @@ def run(out: Path, slas: list[float], requests: int, concurrency: int, network: 
     version = register(paths["learned"], uri, out / "mlartifacts")
     token = "loop-token"
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, TOKEN_ENV: token}
-    base = ["--pool-dir", str(paths["pool_dir"]), "--pool", str(paths["pool_yaml"])]
+    base = ["--pool-dir", str(paths["pool_dir"]), "--pool", str(paths["pool_yaml"]),
+            "--outcome-hold-s", "10"]  # fmt: skip
     champion = ["--selector", f"models:/{MODEL}@champion", "--allow-fallback"]
     learned = str(paths["learned"])
     summary: dict[str, Any] = {"slas": slas, "requests_per_sla": requests, "network": network,

@@ -89,6 +89,9 @@ class ServeConfig:
         admin_token: token of the admin endpoint (``None``: the endpoint is disabled).
         decision_log: JSON-lines decision log (``None``: none).
         explore: exploration of the learned selector: ``none``, ``epsilon:E``, ``softmax:T``.
+        outcome_hold_s: keep each decision-log record up to this long for the client's
+            measured end-to-end latency (``POST /v1/outcome``); 0: the record's latency is the
+            server's (capture to the answer leaving the server, no download).
         shadow: challenger selector asked on every request and logged, never served (needs
             ``decision_log``).
         max_body_bytes: largest request body.
@@ -109,6 +112,7 @@ class ServeConfig:
     admin_token: str | None = None
     decision_log: Path | None = None
     explore: str = "none"
+    outcome_hold_s: float = 0.0
     shadow: str | os.PathLike[str] | None = None
     max_body_bytes: int = 8 * 1024 * 1024
     body_timeout_s: float = 10.0
@@ -242,6 +246,10 @@ class InferenceServer:
                                     "only logged)")  # fmt: skip
         if cfg.max_decodes < 1 or cfg.exec_slots < 1:
             raise ServerConfigError("max_decodes and exec_slots must be >= 1")
+        if not (math.isfinite(cfg.outcome_hold_s) and 0 <= cfg.outcome_hold_s <= 600):
+            raise ServerConfigError(
+                f"outcome_hold_s must be in [0, 600] s, got {cfg.outcome_hold_s}"
+            )
         if not (math.isfinite(cfg.body_timeout_s) and cfg.body_timeout_s > 0):
             raise ServerConfigError(f"body_timeout_s must be > 0, got {cfg.body_timeout_s}")
         try:
@@ -297,7 +305,8 @@ class InferenceServer:
         self.log: DecisionLogWriter | None = None
         if cfg.decision_log is not None:
             hook = self.shadow.fill if self.shadow is not None else None
-            self.log = DecisionLogWriter(cfg.decision_log, on_batch=hook)
+            self.log = DecisionLogWriter(cfg.decision_log, on_batch=hook,
+                                         hold_s=cfg.outcome_hold_s)  # fmt: skip
         log.info("serving %d models from %s; selector %s; exploration %s%s", self.k,
                  self.pool_dir.name, self.selector_label, self.exploration.kind,
                  f"; shadow {self.shadow.info['name']}" if self.shadow else "")  # fmt: skip
@@ -659,7 +668,8 @@ class InferenceServer:
         if self.log is not None:
             latency = extras["elapsed_ms"] + server_ms
             self.log.submit(
-                self.decision_record(choice, req.sla_ms, rid, now_ms / 1e3, latency, correct)
+                self.decision_record(choice, req.sla_ms, rid, now_ms / 1e3, latency, correct),
+                meta=req.sla_ms,
             )
         return out
 
@@ -690,6 +700,30 @@ class InferenceServer:
             },
             "shadow": None,
         }  # fmt: skip
+
+    def report_outcome(self, params: Mapping[str, str]) -> bool:
+        """``POST /v1/outcome?request_id=..&e2e_ms=..``: the client's measured end-to-end
+        latency of a served request (capture to the answer's arrival, download included)
+        replaces the server's in its held decision-log record. Returns whether a held record
+        was updated; :class:`HTTPProblem` 400 for bad fields."""
+        unknown = sorted(set(params) - {"request_id", "e2e_ms"})
+        if unknown:
+            raise HTTPProblem(400, f"unknown fields {[show(u, 30) for u in unknown[:5]]}; "
+                              "allowed: ['e2e_ms', 'request_id']")  # fmt: skip
+        rid = params.get("request_id")
+        if rid is None or not SAFE_NAME.match(rid):
+            raise HTTPProblem(400, "request_id must be 1-128 characters of [A-Za-z0-9_.-]")
+        e2e = _required(params, "e2e_ms")
+        if e2e > self.limits.max_sla_ms:
+            raise HTTPProblem(400, f"e2e_ms must be <= {self.limits.max_sla_ms:g}, got {e2e:g}")
+        if self.log is None:
+            return False
+
+        def change(rec: dict[str, Any], sla_ms: Any) -> None:
+            rec["outcome"]["latency_ms"] = e2e
+            rec["outcome"]["met"] = bool(e2e <= float(sla_ms))
+
+        return self.log.update(rid, change)
 
     # -------------------------------------------------------------- admin and status
     def reload(self, name: str | None) -> tuple[bool, str]:

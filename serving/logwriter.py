@@ -65,6 +65,8 @@ class DecisionLogWriter:
         max_pending: queue bound.
         interval_s: the writer wakes this often (records are handed over without waking it:
             no lock or thread switch per request).
+        hold_s: keep each record up to this long for :meth:`update` (e.g. the client's
+            measured end-to-end latency) before writing it; 0 writes at once.
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class DecisionLogWriter:
         on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
         max_pending: int = MAX_PENDING,
         interval_s: float = 0.05,
+        hold_s: float = 0.0,
     ) -> None:
         self.path = Path(path)
         self.on_batch = on_batch
@@ -92,13 +95,25 @@ class DecisionLogWriter:
         self._inflight = 0
         self._closed = False
         self._wake = threading.Event()
+        self.hold_s = float(hold_s)
+        # request_id -> (due, record, meta)
+        self._held: dict[str, tuple[float, dict[str, Any], Any]] = {}
+        self._held_lock = threading.Lock()
+        self._release_all = False
         self._thread = threading.Thread(target=self._run, name="modi-decision-log", daemon=True)
         self._thread.start()
 
     # ------------------------------------------------------------------ the request side
-    def submit(self, record: dict[str, Any]) -> bool:
-        """Queue ``record`` for writing (never blocks, never raises); ``False`` if dropped."""
-        if len(self._buf) < self.max_pending and not self._closed:
+    def submit(self, record: dict[str, Any], meta: Any = None) -> bool:
+        """Queue ``record`` for writing (never blocks, never raises); ``False`` if dropped.
+        ``meta`` is handed to an :meth:`update` of a held record."""
+        if self.hold_s > 0 and not self._closed:
+            with self._held_lock:
+                if len(self._held) < self.max_pending:
+                    rid = str(record.get("request_id", id(record)))
+                    self._held[rid] = (time.monotonic() + self.hold_s, record, meta)
+                    return True
+        elif len(self._buf) < self.max_pending and not self._closed:
             self._buf.append(record)  # atomic; the writer wakes on its own clock
             return True
         with self._lock:
@@ -106,10 +121,24 @@ class DecisionLogWriter:
             self.stats.last_drop_ts = time.time()
         return False
 
+    def update(self, request_id: str, change: Callable[[dict[str, Any], Any], None]) -> bool:
+        """Apply ``change(record, meta)`` to the held record of ``request_id`` and release it
+        for writing; ``False`` if no such record is held (never held, already written, or
+        unknown)."""
+        with self._held_lock:
+            item = self._held.pop(request_id, None)
+        if item is None:
+            return False
+        try:
+            change(item[1], item[2])
+        finally:
+            self._buf.append(item[1])
+        return True
+
     @property
     def pending(self) -> int:
-        """Records queued and not yet written."""
-        return len(self._buf) + self._inflight
+        """Records queued (or held) and not yet written."""
+        return len(self._buf) + self._inflight + len(self._held)
 
     def healthy(self, window_s: float = 300.0) -> bool:
         """``False`` while writes fail (the last attempt failed) and for ``window_s`` seconds
@@ -126,11 +155,12 @@ class DecisionLogWriter:
         """Wait until every queued record is written (or ``timeout_s``); whether it drained."""
         end = time.monotonic() + timeout_s
         while time.monotonic() < end:
-            if not self._buf and not self._inflight:
+            if not self._buf and not self._inflight and not self._held:
                 return True
+            self._release_all = True
             self._wake.set()
             time.sleep(0.002)
-        return not self._buf and not self._inflight
+        return not self._buf and not self._inflight and not self._held
 
     def close(self, timeout_s: float = 10.0) -> None:
         """Write what is queued, stop the thread and close the file."""
@@ -156,7 +186,20 @@ class DecisionLogWriter:
                 self._drain()
                 return
 
+    def _release_held(self) -> None:
+        """Move held records whose time is up (all of them on flush/close) to the queue."""
+        if not self._held:
+            return
+        now = time.monotonic()
+        release_all = self._release_all or self._closed
+        with self._held_lock:
+            due = [k for k, (t, _, _) in self._held.items() if release_all or t <= now]
+            for k in due:
+                self._buf.append(self._held.pop(k)[1])
+        self._release_all = False
+
     def _drain(self) -> None:
+        self._release_held()
         buf = self._buf
         while buf:
             self._inflight = 1

@@ -486,3 +486,64 @@ def test_a_bad_shadow_or_exploration_refuses_to_start(tiny: Any, tmp_path: Path)
         InferenceServer(_cfg(tiny, shadow=tiny["sel"] / "bad.onnx", decision_log=tmp_path / "d"))
     with pytest.raises(ServerConfigError, match="temperature"):
         InferenceServer(_cfg(tiny, explore="softmax:0"))
+
+
+# ---------------------------------------------------------------- client-measured outcomes
+def test_a_reported_end_to_end_latency_becomes_the_records_outcome(
+    tiny: Any, tmp_path: Path
+) -> None:
+    logf = tmp_path / "d.jsonl"
+    server = InferenceServer(_cfg(tiny, decision_log=logf, outcome_hold_s=30.0))
+    with TestClient(create_app(server)) as c:
+        a = _infer(c, sla_ms=100).json()
+        b = _infer(c, sla_ms=100).json()
+        r = c.post("/v1/outcome", params={"request_id": a["request_id"], "e2e_ms": 130.5})
+        assert r.status_code == 200 and r.json() == {"recorded": True}
+        again = c.post("/v1/outcome", params={"request_id": a["request_id"], "e2e_ms": 1})
+        assert again.json() == {"recorded": False}  # released: written once
+        assert c.post("/v1/outcome", params={"request_id": "nope", "e2e_ms": 1}).json() == {
+            "recorded": False
+        }
+        for bad in ({"request_id": a["request_id"], "e2e_ms": "-1"},
+                    {"request_id": "../x", "e2e_ms": "1"}, {"request_id": "x"},
+                    {"request_id": "x", "e2e_ms": "1e308"}):  # fmt: skip
+            assert c.post("/v1/outcome", params=bad).status_code == 400, bad
+    recs = {r["request_id"]: r for r in _log_records(server, logf)}
+    assert recs[a["request_id"]]["outcome"]["latency_ms"] == 130.5
+    assert recs[a["request_id"]]["outcome"]["met"] is False
+    # not reported: written at close with the server's own latency (arrival + server time)
+    lat = recs[b["request_id"]]["outcome"]["latency_ms"]
+    assert 10.0 <= lat < 100.0 and recs[b["request_id"]]["outcome"]["met"] is True
+
+
+def test_held_records_are_written_when_their_time_is_up(tmp_path: Path) -> None:
+    path = tmp_path / "log.jsonl"
+    w = DecisionLogWriter(path, hold_s=0.2, interval_s=0.01)
+    w.submit({"request_id": "a", "outcome": {}}, meta=100.0)
+    time.sleep(0.05)
+    assert path.read_text() == "" and w.pending == 1
+    time.sleep(0.4)
+    assert [r["request_id"] for r in _records(path)] == ["a"] and w.pending == 0
+    w.close()
+
+
+def test_modi_client_reports_outcomes_the_log_records(tiny: Any, tmp_path: Path) -> None:
+    import asyncio
+
+    import httpx
+
+    from modi.experiments.client import run_clients
+
+    logf = tmp_path / "d.jsonl"
+    server = InferenceServer(_cfg(tiny, decision_log=logf, outcome_hold_s=30.0))
+    app = create_app(server)
+    _, rows = asyncio.run(run_clients(
+        "http://modi.test", 400.0, 6, 2, network="campus", images="digits",
+        transport=httpx.ASGITransport(app=app), report_outcomes=True,
+    ))  # fmt: skip
+    recs = {r["request_id"]: r for r in _log_records(server, logf)}
+    assert len(recs) == 6
+    for row in rows:
+        out = recs[row["request_id"]]["outcome"]
+        assert out["latency_ms"] == round(row["e2e_ms"], 3)
+        assert out["met"] == (row["e2e_ms"] <= 400.0)
