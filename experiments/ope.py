@@ -124,8 +124,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``modi-ope``; returns the exit code."""
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("log", type=Path, help="decision log (JSON lines)")
-    p.add_argument("candidates", nargs="+",
-                   help=".onnx file, models:/ URI, .pt, baseline name or 'shadow'")
+    p.add_argument(
+        "candidates", nargs="+", help=".onnx file, models:/ URI, .pt, baseline name or 'shadow'"
+    )
     p.add_argument("--out", type=Path, default=Path("ope"), help="output folder (default ./ope)")
     p.add_argument("--floor", type=float, default=DEFAULT_FLOOR,
                    help="a logged probability below this counts as never taken")  # fmt: skip

@@ -262,11 +262,15 @@ def pooled(runs: pd.DataFrame) -> pd.DataFrame:
     r["cover_logged"] = (r.lo <= r.true_logged) & (r.true_logged <= r.hi)
     r["abs_err"] = (r.value - r.true_onpolicy).abs()
     keys = ["scenario", "logger", "metric", "estimator"]
-    ok = r[~r.refused].groupby(keys, sort=False).agg(
-        estimates=("rep", "size"),
-        coverage=("cover", "mean"),
-        coverage_logged=("cover_logged", "mean"),
-        mae=("abs_err", "mean"),
+    ok = (
+        r[~r.refused]
+        .groupby(keys, sort=False)
+        .agg(
+            estimates=("rep", "size"),
+            coverage=("cover", "mean"),
+            coverage_logged=("cover_logged", "mean"),
+            mae=("abs_err", "mean"),
+        )
     )
     out = r.groupby(keys, sort=False).agg(refused=("refused", "sum")).join(ok).reset_index()
     for c in ("coverage", "coverage_logged", "mae"):
@@ -349,11 +353,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epsilon", type=float, default=d.epsilon)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", type=Path, default=Path("ope_validation"))
-    p.add_argument("--learning", action="store_true",
-                   help="instead: selectors learned from logs vs online (offline_learning.csv)")
+    p.add_argument(
+        "--learning",
+        action="store_true",
+        help="instead: selectors learned from logs vs online (offline_learning.csv)",
+    )
     p.add_argument("--learning-requests", type=int, default=20_000)
-    p.add_argument("--from-runs", type=Path, default=None,
-                   help="re-summarise an ope_validation_runs.csv instead of running")
+    p.add_argument(
+        "--from-runs",
+        type=Path,
+        default=None,
+        help="re-summarise an ope_validation_runs.csv instead of running",
+    )
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for name, v in (("reps", a.reps), ("requests", a.requests), ("streams", a.streams),

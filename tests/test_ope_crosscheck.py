@@ -81,9 +81,7 @@ def test_ips_snips_dr_equal_vw_estimators(logged: dict[str, Any], candidate: str
     assert ips.lo == pytest.approx(lo, abs=1e-12)
     assert ips.hi == pytest.approx(hi + unsup, abs=1e-12)
 
-    assert snips.value == pytest.approx(
-        vw_point(vw_snips.Estimator(), p_log, r, p_pred), abs=1e-12
-    )
+    assert snips.value == pytest.approx(vw_point(vw_snips.Estimator(), p_log, r, p_pred), abs=1e-12)
 
     # DR = DM + IPS of the residuals; its interval = the Gaussian interval of its terms.
     q = logged["q_dr"]
