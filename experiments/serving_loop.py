@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -71,7 +72,8 @@ def prepare(out: Path, train_requests: int, network: str, seed: int) -> dict[str
 
 
 def register(learned: Path, uri: str, artifacts: Path) -> str:
-    """Register ``learned`` as a new version of :data:`MODEL` with the alias ``challenger``."""
+    """Register ``learned`` as a new version of :data:`MODEL` with the alias ``challenger``
+    (and drop an earlier ``champion`` alias: the loop starts from ModiPick)."""
     import mlflow
 
     from modi.agents.export import log_to_mlflow
@@ -83,6 +85,9 @@ def register(learned: Path, uri: str, artifacts: Path) -> str:
         name, artifact_location=artifacts.resolve().as_uri())  # fmt: skip
     with mlflow.start_run(experiment_id=exp_id, run_name="learned"):
         reg = log_to_mlflow(learned, MODEL, alias="challenger", tracking_uri=uri)
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    with contextlib.suppress(Exception):  # a champion of an earlier loop: ModiPick serves first
+        client.delete_registered_model_alias(MODEL, "champion")
     return reg.version
 
 
