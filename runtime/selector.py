@@ -25,7 +25,14 @@ ModiPick rule (:mod:`modi.runtime.modipick`) instead and says why:
   share of good choices on fast links.
 
 Nothing raises into the serving path: only ``Selector.load(..., strict=True)`` and
-``reload(..., strict=True)`` raise :class:`SelectorLoadError`.
+``reload(..., strict=True)`` raise :class:`SelectorLoadError`; arguments out of range (a
+``shield_tolerance`` outside (0, 1), an unknown ``shield`` mode) raise :class:`ValueError` when
+the selector is built, before anything runs.
+
+:meth:`Selector.select_batch` (requests) and :meth:`Selector.select_features` (prebuilt
+observations, as the simulators build them) share one decision core after the features are
+built, so an evaluation that runs the exported file through ``select_features``
+(:class:`modi.agents.served.ServedPolicy`) measures exactly what a server decides.
 
 Usage in a server::
 

@@ -167,7 +167,7 @@ def test_served_policy_from_a_pool_specific_file(trained_linucb: Any, tmp_path: 
         trained_linucb, tmp_path / "s.onnx", pool_ids=ids, pool_accuracy=sim.pool.accuracy.tolist()
     )
     obs = sim.reset(seed=1)
-    served.reset(8, 1)
+    served.reset(8, [7, 0, 1, 150_000])  # a stream key, as modi-compare passes
     assert served.select(obs).shape == (8,)
     assert served.selector is not None and served.selector.pool.ids == tuple(ids)
     wrapped = ServedPolicy(served.selector, name="mine")
