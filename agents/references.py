@@ -89,11 +89,23 @@ class _TraceDownloadLaw:
             [np.quantile(t, np.linspace(0, 1, width)) if t.size != width else t for t in table]
         )
 
-    def samples(self, network: Any, state: dict[str, NDArray[Any]]) -> F64:
-        n = state["client"].size
-        lat = network.latent_state(np.arange(n), state["client"], state["decision_ms"])
-        idx = np.searchsorted(self.edges, np.asarray(lat["downlink_mbps"]), side="right")
-        return np.asarray(lat["rtt_ms"], dtype=np.float64)[:, None] * 0.5 + self.table[idx]
+    def samples(self, rtt_ms: F64, downlink_mbps: F64) -> F64:
+        """Download samples ``(N, S)`` for requests with this present link state."""
+        idx = np.searchsorted(self.edges, downlink_mbps, side="right")
+        return rtt_ms[:, None] * 0.5 + self.table[idx]
+
+
+def _block_latent(sim: Any) -> dict[str, F64]:
+    """The latent link state at decision time of every request of the simulator's current
+    block ``(B, N)`` in one call (the network does not depend on the policy, so the states of
+    the block's requests are fixed when the block is drawn; each is of its own request's
+    past)."""
+    client = np.asarray(sim._blk_client)
+    b, n = client.shape
+    env = np.broadcast_to(np.arange(n), (b, n))
+    when = np.asarray(sim._blk_time, dtype=np.float64) + np.asarray(sim._blk_tin)
+    lat = sim.network.latent_state(env.ravel(), client.ravel(), when.ravel())
+    return {k: np.asarray(v, dtype=np.float64).reshape(b, n) for k, v in lat.items()}
 
 
 class InformedCeiling:
@@ -107,7 +119,7 @@ class InformedCeiling:
 
     name = "informed_ceiling"
 
-    def __init__(self, bins: int = 12, samples: int = 128, fit_seed: int = 987_654) -> None:
+    def __init__(self, bins: int = 10, samples: int = 64, fit_seed: int = 987_654) -> None:
         if bins < 1 or samples < 1:
             raise ValueError(
                 f"informed_ceiling: bins and samples must be >= 1, got {bins}, {samples}"
@@ -118,6 +130,8 @@ class InformedCeiling:
         self._law: _TraceDownloadLaw | None = None
         self._law_for: int | None = None
         self._warned = False
+        self._block: dict[str, F64] = {}
+        self._block_of: Any = None
         #: How the download was known on the last call ("exact", "trace_law", "realised").
         self.download_knowledge = ""
 
@@ -143,7 +157,13 @@ class InformedCeiling:
                 self._law = _TraceDownloadLaw(net, sim, self.bins, self.samples, self.fit_seed)
                 self._law_for = id(net)
             self.download_knowledge = "trace_law"
-            return self._law.samples(net, state)
+            if self._block_of is not sim._blk_client:  # a new block: its states in one call
+                self._block = _block_latent(sim)
+                self._block_of = sim._blk_client
+            row = sim._cursor
+            return self._law.samples(
+                self._block["rtt_ms"][row], self._block["downlink_mbps"][row]
+            )
         if not self._warned:
             log.warning(
                 "informed_ceiling: network %r has no law of its download given its present "

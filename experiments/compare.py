@@ -70,14 +70,25 @@ TUNED_RULES: dict[str, str] = {
 KNOWN_POLICIES: tuple[str, ...] = (*POLICY_NAMES, "modipick_tuned", "mdinference_tuned")
 
 
+def _ev(cfg: DictConfig, key: str, default: Any = None) -> tuple[Any, str]:
+    """An evaluation setting and its name: ``eval.<key>`` when the config has an ``eval``
+    node holding it (``modi-compare eval.n_requests=...``, the keys of ``modi-train``), else the
+    top-level ``<key>`` (the older spelling, kept: the ``eval`` node interpolates it)."""
+    node = cfg.get("eval")
+    if isinstance(node, DictConfig) and key in node:
+        return node.get(key), f"eval.{key}"
+    return cfg.get(key, default), key
+
+
 def _policies(cfg: DictConfig) -> list[str]:
-    names = list(cfg.get("policies") or [])
+    value, key = _ev(cfg, "policies")
+    names = list(value or [])
     if not names:
-        raise ConfigError("policies must list at least one policy")
+        raise ConfigError(f"{key} must list at least one policy")
     unknown = [n for n in names if n not in KNOWN_POLICIES]
     if unknown:
         raise ConfigError(
-            f"policies: unknown policy {unknown}; expected names from {list(KNOWN_POLICIES)}"
+            f"{key}: unknown policy {unknown}; expected names from {list(KNOWN_POLICIES)}"
         )
     return names
 
@@ -114,35 +125,48 @@ class EvalSetup:
 def eval_setup(
     cfg: DictConfig, split: str | None = None, n_requests: int | None = None
 ) -> EvalSetup:
-    """Read and check the evaluation settings of a ``modi-compare``-style config."""
+    """Read and check the evaluation settings of a ``modi-compare``-style config.
+
+    ``split`` given here (e.g. ``"val"`` for tuning) takes that split's own seeds, whatever
+    the config's ``seeds`` say (those are the reported evaluation's)."""
     # the training seeds of a comparison are unknown (a trained selector brings its own)
     splits = Splits.from_cfg(cfg, train_seeds=())
-    split = str(split or cfg.get("split") or "test")
+    explicit = split is not None
+    split_cfg, split_key = _ev(cfg, "split")
+    split = str(split or split_cfg or "test")
     if split not in SPLITS:
-        raise ConfigError(f"split must be one of {list(SPLITS)}, got {split!r}")
-    if cfg.get("seeds") is not None:
-        seeds = tuple(as_int(s, "seeds", minimum=0) for s in cfg.seeds)
-    elif cfg.get("seed") is not None:
-        seeds = (as_int(cfg.seed, "seed", minimum=0),)
+        raise ConfigError(f"{split_key} must be one of {list(SPLITS)}, got {split!r}")
+    seeds_cfg, seeds_key = _ev(cfg, "seeds")
+    seed_cfg, seed_key = _ev(cfg, "seed")
+    if explicit:
+        seeds = splits.seeds(split)
+    elif seeds_cfg is not None:
+        seeds = tuple(as_int(s, seeds_key, minimum=0) for s in seeds_cfg)
+    elif seed_cfg is not None:
+        seeds = (as_int(seed_cfg, seed_key, minimum=0),)
     else:
         seeds = splits.seeds(split)
     if not seeds:
-        raise ConfigError("seeds must list at least one seed")
+        raise ConfigError(f"{seeds_key} must list at least one seed")
     other = {s for name in SPLITS if name != split for s in splits.seeds(name)}
     if split != "train" and set(seeds) & other:
         raise ConfigError(
-            f"seeds {sorted(set(seeds) & other)} of the {split} evaluation belong to another "
-            "split (splits.*.seeds); evaluate on seeds nobody trained or tuned on"
+            f"{seeds_key}: seeds {sorted(set(seeds) & other)} of the {split} evaluation belong "
+            "to another split (splits.*.seeds); evaluate on seeds nobody trained or tuned on"
         )
     sim_args: dict[str, Any] = OmegaConf.to_container(cfg.get("sim", {}), resolve=True)  # type: ignore[assignment]
+    slas, sla_key = _ev(cfg, "sla_ms")
+    cvs, cv_key = _ev(cfg, "cv")
+    n_cfg, n_key = _ev(cfg, "n_requests")
+    streams, streams_key = _ev(cfg, "streams_per_point", 10)
     return EvalSetup(
         scenario=str(cfg.get("scenario", "")),
         split=split,
         seeds=seeds,
-        slas=as_float_list(cfg.sla_ms, "sla_ms"),
-        cvs=None if cfg.get("cv") is None else as_float_list(cfg.cv, "cv", positive=False),
-        n_requests=as_int(n_requests if n_requests is not None else cfg.n_requests, "n_requests"),
-        streams=as_int(cfg.get("streams_per_point", 10), "streams_per_point"),
+        slas=as_float_list(slas, sla_key),
+        cvs=None if cvs is None else as_float_list(cvs, cv_key, positive=False),
+        n_requests=as_int(n_requests if n_requests is not None else n_cfg, n_key),
+        streams=as_int(streams, streams_key),
         splits=splits,
         sim_args=sim_args,
     )

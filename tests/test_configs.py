@@ -230,6 +230,17 @@ def test_results_carry_intervals_and_the_test_split(tmp_path: Path) -> None:
     assert (units.groupby("policy").size() == n_units).all()
 
 
+def test_compare_takes_train_style_eval_keys(tmp_path: Path) -> None:
+    """``modi-compare`` reads ``eval.*`` like ``modi-train`` (the top-level keys still work)."""
+    from modi.experiments.common import ConfigError
+
+    cfg = _compose(*TINY, "eval.sla_ms=[150]", "eval.policies=[modipick]", "figures=[]")
+    res, _ = run_compare(cfg, tmp_path, progress=False)
+    assert list(res.sla_ms) == [150.0] and list(res.policy) == ["modipick"]
+    with pytest.raises(ConfigError, match=r"eval\.n_requests must be an integer >= 1"):
+        run_compare(_compose(*TINY, "eval.n_requests=0"), tmp_path, progress=False)
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
