@@ -59,10 +59,17 @@ class LearnedPolicy:
         #: runtime shield's reference; :func:`modi.agents.export.export_onnx` writes it).
         self.ranges = RangeRecorder()
 
+    #: The features the policy's scorer reads (``None``: all of them). Only these are written
+    #: into an export's training ranges, so the runtime's shield checks what the policy would
+    #: misjudge, not a column it ignores (the queue, for a policy that does not look at it).
+    reads: ClassVar[tuple[str, ...] | None] = None
+
     @property
     def feature_ranges(self) -> FeatureRanges | None:
-        """What :attr:`ranges` recorded (``None``: not trained here, e.g. an older file)."""
-        return self.ranges.ranges()
+        """What :attr:`ranges` recorded (``None``: not trained here, e.g. an older file), for
+        the features the policy reads (:attr:`reads`)."""
+        r = self.ranges.ranges()
+        return r if r is None or self.reads is None else r.subset(self.reads)
 
     def record_observations(self, obs: Obs) -> None:
         """Fold training observations ``(N, R + P*K)`` into :attr:`ranges` (training loops
@@ -153,6 +160,9 @@ class LearnedPolicy:
 
 class _LinearBandit(LearnedPolicy):
     """Ridge regression of ``met`` on the step basis, shared by all models."""
+
+    # the step basis reads the two headrooms: remaining/budget, mu, sigma, and the slowdown
+    reads = ("remaining_ms", "budget_ms", "slowdown", "mu_ms", "sigma_ms")
 
     def __init__(
         self,

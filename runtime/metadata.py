@@ -110,6 +110,16 @@ class FeatureRanges:
             return None
         return self.lo[i], self.hi[i]
 
+    def subset(self, names: tuple[str, ...] | list[str]) -> FeatureRanges:
+        """Only the features of ``names`` (the ones a policy reads), in this object's order."""
+        keep = [i for i, n in enumerate(self.names) if n in set(names)]
+        return FeatureRanges(
+            tuple(self.names[i] for i in keep),
+            tuple(self.lo[i] for i in keep),
+            tuple(self.hi[i] for i in keep),
+            self.observations,
+        )
+
     def to_json(self) -> str:
         """The ranges as one JSON object (``repr`` precision: float64 round-trips exactly)."""
         return json.dumps(
