@@ -338,15 +338,27 @@ class OptionBuilder:
         static[:, 17] = np.where(involved, rows[:, ACC], 0.0)
         static[:, 18] = np.where(involved, self._load / 1e3, 0.0)
         self._static = static
-        self._raw_opt = np.array([p for p, _ in OFFLOAD_OPTIONS]) == 1
+        self._ready: NDArray[np.float32] | None = None
+        keep = np.flatnonzero(involved)
+        self._mu_inv = self._mu[keep]
+        self._load_inv = self._load[keep]
+        self._sigma1_inv = self._sigma1[keep]
+        self._cols_slack = np.zeros((keep.size, 2))
 
     def build(
         self, request: ArrayLike, out: NDArray[np.float32] | None = None
     ) -> NDArray[np.float32]:
         """Option vectors ``(1, K, F)`` of one request block ``(R,)`` (float32 values), written
-        into ``out`` when given (a preallocated ``(1, K, F)`` float32 buffer)."""
+        into ``out`` when given (a preallocated ``(1, K, F)`` float32 buffer: the columns that
+        depend only on the models are written once, the rest at every call)."""
+        if out is None:
+            out = np.empty((1, *self._static.shape), dtype=np.float32)
+            self._ready = None
+        if out is not self._ready:
+            out[0] = self._static
+            self._ready = out
         r = np.asarray(request, dtype=np.float32).tolist()
-        x = self._static.copy()
+        x = out[0]
         sla, prep, lat, raw_kb = r[SLA], r[PREP_EST], r[NET_LATENCY], r[RAW_KB]
         bw = max(r[NET_UPLINK], 1e-3)
         bw_last = max(r[NET_UPLINK_LAST], 1e-3)
@@ -364,22 +376,23 @@ class OptionBuilder:
             math.log1p(max(r[NET_AGE], 0.0) / 1e3),
             math.log(bw_last),
         )
-        slack = sla - prep - self._load - self._mu
-        z = slack / self._sigma1
+        # the involved rows: the local models (0..L-1) and the backup of L+2, L+3
+        slack = sla - prep - self._load_inv - self._mu_inv
+        z = slack / self._sigma1_inv
         np.minimum(z, _MAX_Z, out=z)
         np.maximum(z, -_MAX_Z, out=z)
-        inv = self._involved
-        x[:, 19] = slack / 1e3
-        x[:, 20] = z
-        x[~inv, 19:21] = 0.0
         big_l = self.num_models
+        col = self._cols_slack
+        col[:, 0] = slack / 1e3
+        col[:, 1] = z
+        x[:big_l, 19:21] = col[:big_l]
+        x[big_l + 2 :, 19:21] = col[big_l:]
         up_pre = 8.0 * PRE_PAYLOAD_KB / bw_last
         up_raw = 8.0 * raw_kb / bw_last
-        for j, raw in enumerate(self._raw_opt.tolist()):
-            up = up_raw if raw else up_pre
-            x[big_l + j, 21] = up / 1e3
-            x[big_l + j, 22] = (sla - (0.0 if raw else prep) - up - 2.0 * lat) / 1e3
-        if out is not None:
-            out[0] = x
-            return out
-        return x.astype(np.float32)[None]
+        x[big_l:, 21:23] = (
+            (up_pre / 1e3, (sla - prep - up_pre - 2.0 * lat) / 1e3),
+            (up_raw / 1e3, (sla - 0.0 - up_raw - 2.0 * lat) / 1e3),
+            (up_pre / 1e3, (sla - prep - up_pre - 2.0 * lat) / 1e3),
+            (up_raw / 1e3, (sla - 0.0 - up_raw - 2.0 * lat) / 1e3),
+        )
+        return out

@@ -39,9 +39,9 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -91,8 +91,7 @@ class DeviceSpec:
     prep_ms_per_mp: float
 
 
-@dataclass(frozen=True)
-class DeviceDecision:
+class DeviceDecision(NamedTuple):
     """One capture's decision. ``placement`` is an on-device model id or ``"offload"``."""
 
     prep: str
@@ -101,7 +100,7 @@ class DeviceDecision:
     action: tuple[int, int, int]
     source: str  # "learned" or "fallback"
     reason: str
-    scores: tuple[float, ...] = field(default=(), repr=False)
+    scores: tuple[float, ...] = ()
 
 
 class DeviceSelector:
@@ -134,6 +133,7 @@ class DeviceSelector:
         self._bw_var = 0.0
         self._bw_last = math.nan
         self._last_ms = math.nan
+        self._history_ok = False
         self._req = np.zeros(dfeat.R, dtype=np.float32)
         self._ids = [m.model_id for m in spec.models]
         self._actions = [
@@ -255,8 +255,26 @@ class DeviceSelector:
     # ------------------------------------------------------------------ network history
     def start(self, latency_ms: float, uplink_mbps: float, time_ms: float) -> None:
         """The start-up probe: the history starts from this measurement."""
-        self._lat, self._bw, self._bw_var = float(latency_ms), float(uplink_mbps), 0.0
-        self._bw_last, self._last_ms = float(uplink_mbps), float(time_ms)
+        self.set_history(latency_ms, uplink_mbps, 0.0, uplink_mbps, time_ms)
+
+    def set_history(
+        self,
+        latency_ms: float,
+        uplink_mbps: float,
+        uplink_var: float,
+        uplink_last_mbps: float,
+        last_ms: float,
+    ) -> None:
+        """Restore a network history (EWMAs, EW variance, newest bandwidth measurement and the
+        capture time of the request that made it), e.g. saved across app restarts. Invalid
+        values make every decision fall back until a valid measurement arrives."""
+        self._lat, self._bw, self._bw_var = float(latency_ms), float(uplink_mbps), float(uplink_var)
+        self._bw_last, self._last_ms = float(uplink_last_mbps), float(last_ms)
+        self._check_history()
+
+    def _check_history(self) -> None:
+        vals = (self._lat, self._bw, self._bw_var, self._bw_last, self._last_ms)
+        self._history_ok = all(math.isfinite(v) for v in vals) and min(vals[:4]) >= 0
 
     def record(self, latency_ms: float, uplink_mbps: float, time_ms: float) -> None:
         """A completed measurement (call when the response has arrived): the response's one-way
@@ -269,7 +287,7 @@ class DeviceSelector:
         ):
             log.warning("ignoring an invalid network measurement %s", vals)
             return
-        if math.isnan(self._bw):
+        if not self._history_ok:
             self.start(latency_ms, uplink_mbps, time_ms)
             return
         lat, bw, var = dfeat.fold_measurement(
@@ -277,6 +295,7 @@ class DeviceSelector:
         )
         self._lat, self._bw, self._bw_var = float(lat), float(bw), float(var)
         self._bw_last, self._last_ms = float(uplink_mbps), float(time_ms)
+        self._check_history()
 
     def set_loaded(self, model_id: str, loaded: bool = True) -> None:
         """Mark an on-device model as in memory (or not)."""
@@ -344,13 +363,23 @@ class DeviceSelector:
             )
         try:
             try:
-                vals = (float(time_ms), float(sla_ms), float(megapixels), float(raw_bytes))
+                time_ms, sla_ms = float(time_ms), float(sla_ms)
+                megapixels, raw_bytes = float(megapixels), float(raw_bytes)
             except (TypeError, ValueError):
-                vals = (math.nan,) * 4
-            time_ms, sla_ms, megapixels, raw_bytes = vals
-            if not all(math.isfinite(v) for v in vals):
+                time_ms = sla_ms = megapixels = raw_bytes = math.nan
+            isfinite = math.isfinite
+            if not (
+                isfinite(time_ms)
+                and isfinite(sla_ms)
+                and isfinite(megapixels)
+                and isfinite(raw_bytes)
+            ):
                 return self._fallback(
-                    f"invalid input: non-finite request field {vals}", sla_ms, megapixels, raw_bytes
+                    "invalid input: non-finite request field "
+                    f"{(time_ms, sla_ms, megapixels, raw_bytes)}",
+                    sla_ms,
+                    megapixels,
+                    raw_bytes,
                 )
             if sla_ms <= 0 or megapixels <= 0 or raw_bytes <= 0:
                 return self._fallback(
@@ -359,8 +388,8 @@ class DeviceSelector:
                     megapixels,
                     raw_bytes,
                 )
-            hist = (self._lat, self._bw, self._bw_last, self._last_ms)
-            if not all(math.isfinite(v) for v in hist) or min(hist[:3]) < 0:
+            if not self._history_ok:
+                hist = (self._lat, self._bw, self._bw_last, self._last_ms)
                 return self._fallback(
                     f"invalid input: network history {hist} (no measurement yet?)",
                     sla_ms,
@@ -390,11 +419,12 @@ class DeviceSelector:
             else:
                 x = self._builder.build(req)
                 scores = self._run(self._outputs, {INPUT_OPTIONS: x})[0][0]
-            if scores.shape != (x.shape[1],) or not np.isfinite(scores).all():
+            values = scores.tolist()
+            if len(values) != x.shape[1] or not isfinite(sum(values)):
                 return self._fallback("inference failed: bad scores", sla_ms, megapixels, raw_bytes)
         except Exception as e:  # the decision path never raises
             return self._fallback(f"inference failed: {e}", sla_ms, megapixels, raw_bytes)
-        prep, place, backup = self._actions[int(scores.argmax())]
+        prep, place, backup = self._actions[values.index(max(values))]
         where = self._ids[place] if place < len(self._ids) else "offload"
         return DeviceDecision(
             PREP_NAMES[prep],
@@ -403,5 +433,5 @@ class DeviceSelector:
             (prep, place, backup),
             "learned",
             self._reason,
-            tuple(scores.tolist()),
+            tuple(values),
         )

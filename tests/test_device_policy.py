@@ -166,13 +166,15 @@ def test_export_metadata_names_the_schemas(trained: tuple[DeviceScorerPolicy, Pa
 # --------------------------------------------------------------------------- DeviceSelector
 def _selector_like_env(sim: OffloadSim, path: Path | None) -> DeviceSelector:
     sel = DeviceSelector(device_spec(sim.device), path)
-    sel._lat, sel._bw, sel._bw_var = (
+    sel.set_history(
         float(sim._dev_lat[0]),
         float(sim._dev_bw[0]),
         float(sim._dev_bw_var[0]),
+        float(sim._dev_bw_last[0]),
+        float(sim._dev_last_ms[0]),
     )
-    sel._bw_last, sel._last_ms = float(sim._dev_bw_last[0]), float(sim._dev_last_ms[0])
-    sel.loaded[:] = sim.loaded[0]
+    for j, mid in enumerate(sim.device.ids):
+        sel.set_loaded(mid, bool(sim.loaded[0, j]))
     return sel
 
 
@@ -226,8 +228,10 @@ def test_selector_falls_back_to_pieslicer_and_never_raises(
     check(ok, "invalid input", 1000.0, float("nan"), 4.0, 1.5e6)
     ok.record(float("nan"), 5.0, 900.0)  # ignored, not folded in
     assert ok.decide(*args).source == "learned"
-    ok._bw_last = float("nan")
+    ok.set_history(20.0, 10.0, 0.0, float("nan"), 0.0)
     check(ok, "invalid input")
+    ok.record(25.0, 12.0, 950.0)  # a valid measurement starts the history afresh
+    assert ok.decide(*args).source == "learned"
     spec = device_spec(sim.device)
     unknown = DeviceSpec("flagship", spec.models, spec.backup, 10.0, 30.0)
     check(DeviceSelector(unknown, path), "unknown device tier")
