@@ -407,7 +407,10 @@ def load_learned(path: str | Path) -> LearnedPolicy:
     try:
         st = torch.load(p, weights_only=False)
     except Exception as e:  # any unpickling failure means a bad file
-        raise ValueError(f"{p} is not a saved modi policy: {e}") from None
+        raise ValueError(
+            f"{p} is not a saved modi policy (expected the policy.pt a training run writes, "
+            f"not an exported .onnx): {e}"
+        ) from None
     kind = st.get("kind") if isinstance(st, dict) else None
     if kind in ("linucb", "lints"):
         cls = LinUCB if kind == "linucb" else LinearThompson

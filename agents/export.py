@@ -607,6 +607,11 @@ def main(argv: list[str] | None = None) -> None:
 
     from modi.agents.bandits import load_learned
 
+    if args.policy.suffix == ".onnx":
+        p.error(
+            f"{args.policy} is already an exported selector; modi-export takes the saved "
+            "policy a training run writes (policy.pt in the run folder, or LearnedPolicy.save)"
+        )
     try:
         policy = load_learned(args.policy)
     except (FileNotFoundError, ValueError) as e:

@@ -228,6 +228,10 @@ def train(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict[str, fl
 
         remaining = max(0, requests - done)
         curve = None
+        logs = cfg.train.get("from_logs")
+        if logs:
+            agent = _from_logs(cfg, logs, miss_penalty, seed)
+            remaining = 0
         if remaining:
             hist = agent.fit(sim, remaining, seed + done, progress=progress, callback=on_chunk)
             curve = pd.DataFrame(hist.rows())
@@ -290,6 +294,40 @@ def train(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict[str, fl
         + "\n"
     )
     return metrics
+
+
+def _from_logs(cfg: DictConfig, logs: Any, miss_penalty: float, seed: int) -> LearnedPolicy:
+    """A linear bandit trained offline from decision logs (``train.from_logs``: paths of
+    ``modi-serve --decision-log`` files), IPS-weighted (:func:`modi.agents.offline.train_from_log`),
+    with the agent config's settings; it is then exported and evaluated like an online one."""
+    from modi.agents.offline import OfflineTrainingError, train_from_log
+    from modi.runtime.decision_log import DecisionLogError
+
+    paths = [str(logs)] if isinstance(logs, str) else [str(x) for x in logs]
+    node = cfg.agent
+    kind = {"LinUCB": "linucb", "LinearThompson": "lints"}.get(
+        str(node.get("_target_", "")).rsplit(".", 1)[-1]
+    )
+    if kind is None:
+        raise ConfigError(
+            f"train.from_logs trains linear bandits only (agent=linucb or agent=lints), "
+            f"got agent {node.get('name')!r}"
+        )
+    try:
+        agent = train_from_log(
+            paths,
+            kind=kind,
+            alpha=float(node.get("alpha", 0.5)),
+            ridge=float(node.get("ridge", 1.0)),
+            width_ms=float(node.get("width_ms", 8.0)),
+            miss_penalty=miss_penalty,
+            seed=seed,
+        )
+    except (OfflineTrainingError, DecisionLogError, OSError) as e:
+        raise ConfigError(f"train.from_logs: {e}") from None
+    agent.name = str(node.get("name", kind))
+    log.info("trained %s offline from %d decision log(s)", agent.name, len(paths))
+    return agent
 
 
 def _references(results: pd.DataFrame, summary: pd.DataFrame) -> dict[str, float]:

@@ -296,3 +296,45 @@ def test_compare_takes_trained_policies_by_path_and_run_id(
         with initialize_config_module(config_module="modi.conf", version_base="1.3"):
             bad = compose(config_name="compare", overrides=["learned=[/nope/policy.pt]"])
         run_compare(bad, tmp_path / "bad", progress=False)
+
+
+def test_train_from_decision_logs(tmp_path: Path) -> None:
+    """``train.from_logs``: a linear bandit learned offline from a server's decision log is
+    exported and evaluated like an online one; a missing log is a clear error before work."""
+    from modi.agents.ope import modipick_probabilities
+    from modi.envs.model_selection import build_sim
+    from modi.experiments.ope_validation import log_stream
+    from modi.runtime.decision_log import (
+        DecisionRecord,
+        Outcome,
+        SelectorInfo,
+        _pool_hash,
+        schema_string,
+    )
+    from modi.runtime.features import SCHEMA_NAME, SCHEMA_VERSION
+
+    sim = build_sim(num_envs=4, sla_range_ms=(50.0, 400.0))
+    run = log_stream(sim, modipick_probabilities, 300, seed=5)
+    pool = tuple(str(i) for i in sim.pool.ids)
+    schema = schema_string(SCHEMA_NAME, SCHEMA_VERSION)
+    rule = SelectorInfo("modipick", "modipick")
+    path = tmp_path / "decisions.jsonl"
+    with path.open("w") as f:
+        for i in range(run.actions.size):
+            a = int(run.actions[i])
+            f.write(
+                DecisionRecord(
+                    ts=float(i), request_id=str(i), schema=schema,
+                    pool=pool, pool_hash=_pool_hash(pool), selector=rule,
+                    features=tuple(float(x) for x in run.obs[i]), action=a, model_id=pool[a],
+                    probabilities=tuple(float(p) for p in run.probs[i]), source="fallback",
+                    reason="rule", outcome=Outcome(None, bool(run.met[i]), float(run.accuracy[i])),
+                ).to_json_line()
+            )  # fmt: skip
+    out = tmp_path / "run"
+    metrics = train(_cfg(tmp_path, "agent=linucb", f"train.from_logs={path}"), out, progress=False)
+    assert (out / "selector.onnx").is_file() and (out / "summary.csv").is_file()
+    assert not (out / "training_curve.csv").exists(), "no online training happened"
+    assert 0.0 < metrics["eval_effective_accuracy"] <= 1.0
+    with pytest.raises(ConfigError, match=r"train\.from_logs"):
+        train(_cfg(tmp_path, "agent=linucb", "train.from_logs=/nope.jsonl"), tmp_path / "x")
