@@ -1120,6 +1120,10 @@ class OffloadEnv(gym.Env[NDArray[np.float32], NDArray[np.int64]]):
         * v0: initial version (device schema ``modi.device_decision`` v1; server schema
           ``modi.model_selection`` v1; no server queue). Device schema v2 appended
           ``net_uplink_last_mbps`` to the request block (observations one column longer).
+          Issue 14: the network columns hold only measurements completed by the capture
+          (before, the previous request's download and probe entered at the next capture
+          whether or not it had completed, and after local requests too); ``probe_every_ms``
+          and ``info["probe"]`` added.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012 - gymnasium API
