@@ -28,6 +28,7 @@ feature in its metadata (:mod:`modi.agents.device_onnx_meta` keys).
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import time
@@ -98,11 +99,11 @@ class ScorerNet(torch.nn.Module):
         return self.forward_normalised(x) * self.y_std + self.y_mean
 
 
-def _weights_vector(w_energy_per_j: float, w_bytes_per_mb: float) -> NDArray[np.float32]:
+def _weights_vector(w_energy_per_j: float, w_bytes_per_mb: float) -> NDArray[np.float64]:
     for name, w in (("w_energy_per_j", w_energy_per_j), ("w_bytes_per_mb", w_bytes_per_mb)):
         if not np.isfinite(w) or w < 0:
             raise DeviceScorerError(f"{name} must be a finite number >= 0, got {w!r}")
-    return np.array([1.0, -w_energy_per_j, -w_bytes_per_mb], dtype=np.float32)
+    return np.array([1.0, -w_energy_per_j, -w_bytes_per_mb], dtype=np.float64)
 
 
 @dataclass
@@ -117,6 +118,7 @@ class DeviceScorerPolicy:
     trained_on: dict[str, Any] = field(default_factory=dict)
     name: str = "learned"
     server_policy: str | None = None
+    _net64: Any = field(default=None, repr=False, compare=False)
 
     def reset(self, num_envs: int, seed: int | None = None) -> None:
         """Deterministic: nothing to reset."""
@@ -138,16 +140,22 @@ class DeviceScorerPolicy:
             self.name,
         )
 
-    def predict(self, options: NDArray[np.float32]) -> NDArray[np.float32]:
-        """Predicted (accuracy, energy J, MB sent) of option vectors ``(..., F)``."""
+    def predict(self, options: NDArray[np.float32]) -> NDArray[np.float64]:
+        """Predicted (accuracy, energy J, MB sent) of option vectors ``(..., F)`` (float32
+        inputs, computed in float64 like the exported graph)."""
+        net64 = self._net64
+        if net64 is None:
+            net64 = copy.deepcopy(self.net).double().eval()
+            self._net64 = net64
+        x = torch.from_numpy(np.ascontiguousarray(options, np.float32)).double()
         with torch.no_grad():
-            return self.net(torch.from_numpy(np.ascontiguousarray(options, np.float32))).numpy()
+            return np.asarray(net64(x).numpy(), dtype=np.float64)
 
-    def scores(self, obs: NDArray[np.float32]) -> NDArray[np.float32]:
+    def scores(self, obs: NDArray[np.float32]) -> NDArray[np.float64]:
         """Score of every option ``(N, K)`` for device observations ``(N, D)``."""
         pred = self.predict(dfeat.option_features(obs))
         w = _weights_vector(self.w_energy_per_j, self.w_bytes_per_mb)
-        return np.asarray(pred @ w, dtype=np.float32)
+        return np.asarray(pred @ w, dtype=np.float64)
 
     def select(self, obs: NDArray[np.float32]) -> NDArray[np.int64]:
         """One action ``(preprocessing, placement, backup)`` per observation row."""
@@ -423,13 +431,16 @@ def export_device_onnx(policy: DeviceScorerPolicy, path: str | Path) -> Path:
     nodes: list[onnx.NodeProto] = []
 
     def const(name: str, arr: NDArray[Any]) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(arr, dtype=np.float32), name))
+        inits.append(numpy_helper.from_array(np.asarray(arr, dtype=np.float64), name))
         return name
 
+    # float64 inside (the trained policy scores in float64 too): the two agree on the argmax
+    # except at ties far below any meaningful difference
+    nodes.append(helper.make_node("Cast", ["options"], ["xd"], to=TensorProto.DOUBLE))
     const("x_mean", net.x_mean.numpy())
-    const("x_inv_std", 1.0 / net.x_std.numpy())
-    nodes.append(helper.make_node("Sub", ["options", "x_mean"], ["xc"]))
-    nodes.append(helper.make_node("Mul", ["xc", "x_inv_std"], ["h0"]))
+    const("x_std", net.x_std.numpy())
+    nodes.append(helper.make_node("Sub", ["xd", "x_mean"], ["xc"]))
+    nodes.append(helper.make_node("Div", ["xc", "x_std"], ["h0"]))
     cur = "h0"
     for i, lin in enumerate(linears):
         w = const(f"w{i}", lin.weight.detach().numpy().T)
@@ -453,8 +464,8 @@ def export_device_onnx(policy: DeviceScorerPolicy, path: str | Path) -> Path:
         "modi_device_scorer",
         [helper.make_tensor_value_info("options", TensorProto.FLOAT, ["N", "K", dfeat.F])],
         [
-            helper.make_tensor_value_info("predictions", TensorProto.FLOAT, ["N", "K", 3]),
-            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", "K"]),
+            helper.make_tensor_value_info("predictions", TensorProto.DOUBLE, ["N", "K", 3]),
+            helper.make_tensor_value_info("scores", TensorProto.DOUBLE, ["N", "K"]),
         ],
         inits,
     )

@@ -203,7 +203,9 @@ class DeviceSelector:
         # in place and the scores read in place; plain run() where that is not available
         k = len(self.spec.models) + len(dfeat.OFFLOAD_OPTIONS)
         self._x = np.zeros((1, k, dfeat.F), dtype=np.float32)
-        self._scores = np.zeros((1, k), dtype=np.float32)
+        out_type = {o.name: o.type for o in sess.get_outputs()}.get(OUTPUT_SCORES, "")
+        dtype = np.float32 if out_type == "tensor(float)" else np.float64
+        self._scores = np.zeros((1, k), dtype=dtype)
         self._run_bound: Any = None
         try:
             io = sess.io_binding()
