@@ -22,10 +22,11 @@ Endpoints (the OpenAPI schema at ``/openapi.json`` documents each completely):
   selector refuses leaves the old one serving (HTTP 409).
 
 Timeouts: a request body must arrive within ``--body-timeout-s`` (default 10 s) or the answer is
-408 and the connection is closed; idle keep-alive connections close after 5 s; at most
-``--limit-concurrency`` connections are served at once (more get 503). uvicorn has no deadline
-for slow request *headers*: put a proxy with one (e.g. nginx ``client_header_timeout``) in
-front of a server reachable from untrusted networks.
+408 and the connection is closed; a request's headers must arrive within
+``--header-timeout-s`` (default 10 s) of the connection opening or of the previous answer, or the
+connection is closed (:func:`header_deadline_protocol`: uvicorn itself has no such deadline);
+idle keep-alive connections close after 5 s; at most ``--limit-concurrency`` connections are
+served at once (more get 503).
 
 Usage::
 
@@ -461,6 +462,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="deadline for receiving a request body (slower uploads get 408)",
     )
+    p.add_argument(
+        "--header-timeout-s",
+        type=float,
+        default=10.0,
+        help="deadline for a request's headers (slower clients are disconnected)",
+    )
     p.add_argument("--limit-concurrency", type=int, default=256,
                    help="connections served at once (more get 503)")  # fmt: skip
     p.add_argument("--threshold-ms", type=float, default=10.0,
@@ -473,10 +480,60 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def header_deadline_protocol(timeout_s: float) -> type:
+    """uvicorn's h11 protocol with a deadline for request *headers* (slowloris): a connection
+    whose next request's headers have not all arrived ``timeout_s`` seconds after it opened
+    (or after the previous answer) is closed. The body deadline is the app's
+    (``--body-timeout-s``)."""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadlineH11Protocol(H11Protocol):
+        header_timeout_s = float(timeout_s)
+        _header_timer: Any = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._expired)
+
+        def _disarm(self) -> None:
+            timer = getattr(self, "_header_timer", None)
+            if timer is not None:
+                timer.cancel()
+            self._header_timer = None
+
+        def _expired(self) -> None:
+            self._header_timer = None
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            before = self.cycle
+            super().handle_events()
+            if self.cycle is not before:  # a request's headers are complete
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+    return HeaderDeadlineH11Protocol
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point; a configuration error is one line on stderr (exit 2)."""
     p = build_parser()
     a = p.parse_args(argv)
+    if not a.header_timeout_s > 0:
+        p.error(f"--header-timeout-s must be > 0, got {a.header_timeout_s}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     cfg = ServeConfig(
         pool_dir=a.pool_dir, pool_yaml=a.pool, selector=a.selector,
@@ -498,6 +555,7 @@ def main(argv: list[str] | None = None) -> None:
     uvicorn.run(
         app, host=a.host, port=a.port, log_level="warning", access_log=False,
         timeout_keep_alive=5, limit_concurrency=a.limit_concurrency,
+        http=header_deadline_protocol(a.header_timeout_s),
     )  # fmt: skip
 
 

@@ -221,6 +221,42 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def test_slow_headers_are_cut_off_by_the_header_deadline(tiny: Any) -> None:
+    """Slowloris: a client that never finishes its headers is disconnected after the header
+    deadline (uvicorn has none of its own); a normal request on the same server still works."""
+    import uvicorn
+
+    from modi.experiments.serve import header_deadline_protocol
+
+    server = InferenceServer(_cfg(tiny))
+    port = _free_port()
+    uv = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port,
+                                       log_level="warning",
+                                       http=header_deadline_protocol(0.5)))  # fmt: skip
+    t = threading.Thread(target=uv.run, daemon=True)
+    t.start()
+    try:
+        for _ in range(100):
+            if uv.started:
+                break
+            time.sleep(0.05)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")  # headers never end
+            t0 = time.monotonic()
+            assert s.recv(65536) == b"", "the server must close the connection"
+            waited = time.monotonic() - t0
+        assert 0.3 < waited < 5.0, waited
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200"), data[:80]
+    finally:
+        uv.should_exit = True
+        t.join(timeout=10)
+
+
 def test_a_slow_upload_gets_408_and_its_connection_is_closed(tiny: Any) -> None:
     import uvicorn
 
