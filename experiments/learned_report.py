@@ -41,7 +41,7 @@ from modi.envs.simulator import ModelSelectionSim, SimulationError
 from modi.experiments.common import ConfigError, instantiate_node
 from modi.experiments.compare import run_compare
 from modi.experiments.splits import Splits, network_for_split
-from modi.experiments.summary import best_rule, format_summary, summarize
+from modi.experiments.summary import SUMMARY_COLUMNS, best_rule, format_summary, summarize
 
 log = logging.getLogger(__name__)
 
@@ -54,32 +54,9 @@ DEFAULT_SCENARIOS = ["realistic_wifi", "lte_trace", "5g_walking", "hsdpa_trace",
 #: The report's columns other tools read (fractions; diff_lo/diff_hi: paired 95 % interval of
 #: learned − best rule; gap_closed: from the best rule to the informed ceiling).
 REPORT_COLUMNS = [
-    "scenario",
-    "sla_ms",
-    "best_rule",
-    "best_rule_params",
-    "best_rule_eff_acc",
-    "best_rule_eff_acc_lo",
-    "best_rule_eff_acc_hi",
-    "learned",
+    *SUMMARY_COLUMNS[: SUMMARY_COLUMNS.index("learned") + 1],
     "learned_params",
-    "learned_eff_acc",
-    "learned_eff_acc_lo",
-    "learned_eff_acc_hi",
-    "diff",
-    "diff_lo",
-    "diff_hi",
-    "informed_ceiling_eff_acc",
-    "oracle_eff_acc",
-    "gap_closed",
-    "ceiling_gap",
-    "best_rule_attainment",
-    "learned_attainment",
-    "attainment_diff",
-    "attainment_diff_lo",
-    "attainment_diff_hi",
-    "shield_rate",
-    "n_units",
+    *SUMMARY_COLUMNS[SUMMARY_COLUMNS.index("learned") + 1 :],
     "download_sd_ms",
     "download_r2_observed",
     "download_r2_latent",
