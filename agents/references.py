@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from typing import Any
 
 import numpy as np
@@ -42,8 +41,6 @@ from modi.runtime.features import ACC, ObsLayout
 log = logging.getLogger(__name__)
 
 F64 = NDArray[np.float64]
-
-_SQRT2 = math.sqrt(2.0)
 
 
 def _norm_cdf(x: F64) -> F64:

@@ -245,7 +245,7 @@ def evaluate_points(
                     )
                 bar.update(1)
             whole = Rollout.concat(parts)
-            mine = [u for u in units[-len(parts) * sim.num_envs :]]
+            mine = units[-len(parts) * sim.num_envs :]
             _e_m, e_lo, e_hi = mean_ci([u["effective_accuracy"] for u in mine])
             _a_m, a_lo, a_hi = mean_ci([u["attainment"] for u in mine])
             row = {

@@ -5,11 +5,13 @@ bounded error messages, no paths in health, start-up refusals, absurd SLAs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -221,18 +223,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_slow_headers_are_cut_off_by_the_header_deadline(tiny: Any) -> None:
-    """Slowloris: a client that never finishes its headers is disconnected after the header
-    deadline (uvicorn has none of its own); a normal request on the same server still works."""
+@contextlib.contextmanager
+def _uvicorn(server: Any, **config: Any) -> Iterator[int]:
+    """Serve ``server`` with uvicorn on a free loopback port in a thread; yields the port."""
     import uvicorn
 
-    from modi.experiments.serve import header_deadline_protocol
-
-    server = InferenceServer(_cfg(tiny))
     port = _free_port()
     uv = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port,
-                                       log_level="warning",
-                                       http=header_deadline_protocol(0.5)))  # fmt: skip
+                                       log_level="warning", **config))  # fmt: skip
     t = threading.Thread(target=uv.run, daemon=True)
     t.start()
     try:
@@ -240,6 +238,19 @@ def test_slow_headers_are_cut_off_by_the_header_deadline(tiny: Any) -> None:
             if uv.started:
                 break
             time.sleep(0.05)
+        yield port
+    finally:
+        uv.should_exit = True
+        t.join(timeout=10)
+
+
+def test_slow_headers_are_cut_off_by_the_header_deadline(tiny: Any) -> None:
+    """Slowloris: a client that never finishes its headers is disconnected after the header
+    deadline (uvicorn has none of its own); a normal request on the same server still works."""
+    from modi.experiments.serve import header_deadline_protocol
+
+    server = InferenceServer(_cfg(tiny))
+    with _uvicorn(server, http=header_deadline_protocol(0.5)) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")  # headers never end
             t0 = time.monotonic()
@@ -252,25 +263,13 @@ def test_slow_headers_are_cut_off_by_the_header_deadline(tiny: Any) -> None:
             while chunk := s.recv(65536):
                 data += chunk
         assert data.startswith(b"HTTP/1.1 200"), data[:80]
-    finally:
-        uv.should_exit = True
-        t.join(timeout=10)
 
 
 def test_a_slow_upload_gets_408_and_its_connection_is_closed(tiny: Any) -> None:
-    import uvicorn
+    import httpx
 
     server = InferenceServer(_cfg(tiny, body_timeout_s=0.5))
-    port = _free_port()
-    uv = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=port,
-                                       log_level="warning"))  # fmt: skip
-    t = threading.Thread(target=uv.run, daemon=True)
-    t.start()
-    try:
-        for _ in range(100):
-            if uv.started:
-                break
-            time.sleep(0.05)
+    with _uvicorn(server) as port:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(
                 b"POST /v1/infer?sla_ms=200 HTTP/1.1\r\nhost: x\r\ncontent-type: image/png\r\n"
@@ -278,23 +277,15 @@ def test_a_slow_upload_gets_408_and_its_connection_is_closed(tiny: Any) -> None:
             )
             t0 = time.monotonic()
             data = b""
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break  # the server closed the connection
+            while chunk := s.recv(65536):  # until the server closes the connection
                 data += chunk
             waited = time.monotonic() - t0
         assert data.startswith(b"HTTP/1.1 408"), data[:200]
         assert b"not received within 0.5 s" in data
         assert waited < 9.0  # closed by the deadline, not by the socket's own timeout
-        import httpx
-
         ok = httpx.post(f"http://127.0.0.1:{port}/v1/infer", params={"sla_ms": 200},
                         content=png(), headers={"content-type": "image/png"})  # fmt: skip
         assert ok.status_code == 200, ok.text
-    finally:
-        uv.should_exit = True
-        t.join(10)
 
 
 # ---------------------------------------------------------------- 7. the smaller ones
