@@ -33,14 +33,13 @@ from typing import Any
 
 import pandas as pd
 from hydra import compose, initialize_config_module
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from modi.envs.catalog import available
-from modi.envs.pools import ModelPool
-from modi.envs.simulator import ModelSelectionSim, SimulationError
+from modi.envs.simulator import ModelSelectionSim
 from modi.experiments.common import ConfigError, instantiate_node
 from modi.experiments.compare import run_compare
-from modi.experiments.splits import Splits, network_for_split
+from modi.experiments.splits import network_for_split
 from modi.experiments.summary import SUMMARY_COLUMNS, best_rule, format_summary, summarize
 
 log = logging.getLogger(__name__)
@@ -82,28 +81,11 @@ def parse_grid(items: Sequence[str]) -> list[list[str]]:
 
 def fit_selector(cfg: DictConfig, progress: bool) -> Any:
     """Train ``cfg.agent`` on the training split of ``cfg``'s scenario (no tracking)."""
-    from modi.experiments.train import _validate, build_agent
+    from modi.experiments.train import prepare_training
 
-    seed, requests, sla_range, num_envs, log_every = _validate(cfg)
-    splits = Splits.from_cfg(cfg, train_seeds=[seed])
-    pool = instantiate_node(cfg, "pool")
-    if not isinstance(pool, ModelPool):
-        raise ConfigError(f"pool must build a ModelPool, got {type(pool).__name__}")
-    sim_args: dict[str, Any] = OmegaConf.to_container(cfg.sim, resolve=True)  # type: ignore[assignment]
-    agent = build_agent(cfg, float(sim_args.get("miss_penalty", 0.0)), seed)
-    agent.log_every = log_every
-    try:
-        sim = ModelSelectionSim(
-            pool,
-            network_for_split(cfg, "train", splits),
-            num_envs=num_envs,
-            sla_range_ms=sla_range,
-            **sim_args,
-        )
-    except (TypeError, SimulationError) as e:
-        raise ConfigError(f"sim: {e}") from None
-    agent.fit(sim, requests, seed, progress=progress)
-    return agent
+    ts = prepare_training(cfg)
+    ts.agent.fit(ts.sim, ts.requests, ts.seed, progress=progress)
+    return ts.agent
 
 
 def report_scenario(

@@ -15,6 +15,7 @@ import json
 import logging
 import sys
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -172,8 +173,22 @@ def evaluate_learned(
     return val_res, results, summary
 
 
-def train(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict[str, float]:
-    """Train, evaluate, track and export as ``cfg`` says; returns summary metrics."""
+@dataclass
+class TrainingSetup:
+    """What a training run needs, checked: the agent, the simulator of the training split and
+    the run's settings (:func:`prepare_training`)."""
+
+    agent: LearnedPolicy
+    sim: ModelSelectionSim
+    seed: int
+    requests: int
+    log_every: int
+    miss_penalty: float
+
+
+def prepare_training(cfg: DictConfig) -> TrainingSetup:
+    """Validate ``cfg`` (before any work) and build the agent and the training split's
+    simulator (its seeds and, for trace networks, its segment of every trace)."""
     seed, requests, sla_range, num_envs, log_every = _validate(cfg)
     splits = Splits.from_cfg(cfg, train_seeds=[seed])
     pool = instantiate_node(cfg, "pool")
@@ -190,6 +205,14 @@ def train(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict[str, fl
         )
     except (TypeError, SimulationError) as e:
         raise ConfigError(f"sim: {e}") from None
+    return TrainingSetup(agent, sim, seed, requests, log_every, miss_penalty)
+
+
+def train(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict[str, float]:
+    """Train, evaluate, track and export as ``cfg`` says; returns summary metrics."""
+    ts = prepare_training(cfg)
+    agent, sim, seed, requests = ts.agent, ts.sim, ts.seed, ts.requests
+    log_every, miss_penalty = ts.log_every, ts.miss_penalty
     out_dir.mkdir(parents=True, exist_ok=True)
     tr = cfg.tracking
     tracking = str(tr.get("uri")) != "disabled"
