@@ -47,7 +47,7 @@ from modi.envs.devices import DeviceProfile
 from modi.envs.offload import OffloadSim
 from modi.runtime import device_features as dfeat
 from modi.runtime.device_meta import DeviceModelMeta
-from modi.runtime.device_selector import DeviceModel, DeviceSpec
+from modi.runtime.device_selector import DeviceModel, DeviceSelector, DeviceSpec
 
 log = logging.getLogger(__name__)
 
@@ -237,17 +237,22 @@ def collect(
     seed: int,
     behaviour: DeviceScorerPolicy | None = None,
     epsilon: float = 1.0,
+    reset_seeds: Sequence[Any] | None = None,
 ) -> list[Batch]:
-    """Visit ``steps`` captures per stream of every sim (reset with ``seed + i``) and return,
-    per sim, the option vectors ``(S, K, F)`` of every visited capture and their
-    counterfactual targets ``(S, K, 3)``. The option taken is uniformly random with probability
-    ``epsilon``, else ``behaviour``'s."""
+    """Visit ``steps`` captures per stream of every sim (reset with ``reset_seeds[i]``, default
+    ``seed + i``) and return, per sim, the option vectors ``(S, K, F)`` of every visited
+    capture and their counterfactual targets ``(S, K, 3)``. The option taken is uniformly
+    random with probability ``epsilon``, else ``behaviour``'s."""
+    if reset_seeds is not None and len(reset_seeds) != len(sims):
+        raise DeviceScorerError(
+            f"reset_seeds must give one seed per sim ({len(sims)}), got {len(reset_seeds)}"
+        )
     out: list[Batch] = []
     rng = np.random.default_rng(seed)
     for i, sim in enumerate(sims):
         xs: list[NDArray[np.float32]] = []
         ys: list[NDArray[np.float32]] = []
-        obs = sim.reset(seed + i)
+        obs = sim.reset(seed + i if reset_seeds is None else reset_seeds[i])
         opt_idx = option_action_index(sim.num_local)
         acts = dfeat.option_actions(sim.num_local)
         k = len(acts)
@@ -393,15 +398,25 @@ def train_device_scorer(
     on_round: Callable[[int, list[dict[str, float]]], None] | None = None,
     level_weight: float = 0.1,
     twin_weight: float = 10.0,
+    reset_seeds: Callable[[int], Sequence[Any]] | None = None,
 ) -> DeviceScorerPolicy:
     """Collect and fit for ``rounds`` rounds (the first with random options, then ε-greedy with
-    the current scorer; data of all rounds kept), return the policy."""
+    the current scorer; data of all rounds kept), return the policy. ``reset_seeds(r)``: the
+    reset seed of every sim in round ``r`` (default ``seed + 7919 r + i``; the training split's
+    stream keys in ``modi-train env=offload``)."""
     if rounds < 1 or steps < 1 or not sims:
         raise DeviceScorerError(f"need rounds >= 1, steps >= 1 and sims, got {rounds}, {steps}")
     data: list[Batch] = []
     policy: DeviceScorerPolicy | None = None
     for r in range(rounds):
-        data += collect(sims, steps, seed + 7919 * r, policy, 1.0 if policy is None else epsilon)
+        data += collect(
+            sims,
+            steps,
+            seed + 7919 * r,
+            policy,
+            1.0 if policy is None else epsilon,
+            None if reset_seeds is None else reset_seeds(r),
+        )
         net, hist = fit_scorer(
             data, hidden, epochs, batch_size, lr, seed + r, level_weight, twin_weight
         )
@@ -501,3 +516,63 @@ def device_spec(profile: DeviceProfile) -> DeviceSpec:
         prep_intercept_ms=float(profile.preprocessing.intercept_ms),
         prep_ms_per_mp=float(profile.preprocessing.ms_per_mp),
     )
+
+
+class ServedDevicePolicy:
+    """The exported file *as the phone runs it*: every decision is
+    :meth:`modi.runtime.DeviceSelector.decide` (its option builder, its ONNX session, its
+    range checks and PieSlicer fallback), a :class:`~modi.agents.offload_policies.DevicePolicy`
+    for the batched env. Before each decision the selector's state (network history, models
+    in memory) is set to the device's state in the observation row, so the selector decides
+    from exactly what the env's device knows. ``fallbacks`` counts the decisions that were not
+    the learned model's (with ``reasons``)."""
+
+    server_policy: str | None = None
+
+    def __init__(self, path: str | Path, spec: DeviceSpec, name: str = "learned") -> None:
+        self.name = name
+        self.selector = DeviceSelector.load(path, spec)
+        if self.selector.load_error is not None:
+            raise DeviceScorerError(f"device policy {path}: {self.selector.load_error}")
+        self._ids = [m.model_id for m in spec.models]
+        self.decisions = 0
+        self.fallbacks = 0
+        self.reasons: dict[str, int] = {}
+
+    def reset(self, num_envs: int, seed: int | None = None) -> None:
+        """Deterministic: nothing to reset (the state comes with each observation)."""
+
+    def select(self, obs: NDArray[np.float32]) -> NDArray[np.int64]:
+        """One :meth:`DeviceSelector.decide` per observation row."""
+        obs = np.atleast_2d(obs)
+        layout = dfeat.DeviceObsLayout.from_obs_dim(obs.shape[1])
+        if layout.num_models != len(self._ids):
+            raise DeviceScorerError(
+                f"observations of {layout.num_models} on-device models, the device spec has "
+                f"{len(self._ids)}"
+            )
+        req = layout.request(obs).astype(np.float64)
+        loaded = layout.models(obs)[:, :, dfeat.LOADED] > 0
+        sel = self.selector
+        out = np.empty((obs.shape[0], 3), dtype=np.int64)
+        for i in range(obs.shape[0]):
+            r = req[i]
+            sel.set_history(
+                r[dfeat.NET_LATENCY],
+                r[dfeat.NET_UPLINK],
+                r[dfeat.NET_UPLINK_STD] ** 2,
+                r[dfeat.NET_UPLINK_LAST],
+                0.0,
+            )
+            for j in np.flatnonzero(sel.loaded != loaded[i]):
+                sel.set_loaded(self._ids[j], bool(loaded[i, j]))
+            d = sel.decide(
+                r[dfeat.NET_AGE], r[dfeat.SLA], r[dfeat.MEGAPIXELS], r[dfeat.RAW_KB] * 1e3
+            )
+            out[i] = d.action
+            if d.source != "learned":
+                self.fallbacks += 1
+                key = d.reason.split(":")[0]
+                self.reasons[key] = self.reasons.get(key, 0) + 1
+        self.decisions += obs.shape[0]
+        return out

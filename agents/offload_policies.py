@@ -34,6 +34,7 @@ server side from it (default ModiPick).
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -246,7 +247,7 @@ class RandomPrep(_Base):
         super().__init__()
         self._rng = np.random.default_rng()
 
-    def reset(self, num_envs: int, seed: int | None = None) -> None:
+    def reset(self, num_envs: int, seed: int | Sequence[int] | None = None) -> None:
         """Reseed."""
         self._rng = np.random.default_rng(seed)
 
@@ -257,7 +258,9 @@ class RandomPrep(_Base):
         return self._actions(n, self._rng.integers(0, 2, size=n), models.shape[1], 0)
 
 
-def collect_measurements(sim: OffloadSim, requests: int, seed: int) -> PreexecMeasurements:
+def collect_measurements(
+    sim: OffloadSim, requests: int, seed: int | Sequence[int]
+) -> PreexecMeasurements:
     """Run a measurement campaign of at least ``requests`` offloaded requests with random
     preprocessing locations on ``sim`` (reset with ``seed``) and log what the device measures."""
     policy = RandomPrep()
@@ -329,7 +332,9 @@ class PieSlicer(_Base):
     * the preprocessed payload's size: its mean.
 
     Predicted pre-execution: device ``= prep(MP) + upload(pre MB) + in-cloud(pre)``, server
-    ``= upload(raw MB) + in-cloud(MP)``.
+    ``= upload(raw MB) + in-cloud(MP)``. ``margin_ms`` (tuned on validation; default 0, the
+    paper's rule): preprocess on the device while its prediction is at most the server's +
+    ``margin_ms`` (a positive margin favours the small upload, a negative one the raw image).
     """
 
     name = "pieslicer"
@@ -339,8 +344,12 @@ class PieSlicer(_Base):
         use_network_features: bool = True,
         fit_requests: int = 2000,
         bandwidth: str = "last",
+        margin_ms: float = 0.0,
     ) -> None:
         super().__init__()
+        if not np.isfinite(margin_ms):
+            raise ValueError(f"pieslicer.margin_ms must be a finite number, got {margin_ms!r}")
+        self.margin_ms = float(margin_ms)
         if fit_requests < 10:
             raise ValueError(f"pieslicer.fit_requests must be >= 10, got {fit_requests}")
         if bandwidth not in PIESLICER_BANDWIDTH:
@@ -416,7 +425,9 @@ class PieSlicer(_Base):
         )
         return fit
 
-    def fit(self, sim: OffloadSim, seed: int, requests: int | None = None) -> PieSlicerFit:
+    def fit(
+        self, sim: OffloadSim, seed: int | Sequence[int], requests: int | None = None
+    ) -> PieSlicerFit:
         """Collect ``requests`` (default ``fit_requests``) measurements on ``sim`` with random
         preprocessing locations (seed ``seed``; use a seed other than the evaluation's) and fit."""
         return self.fit_measurements(collect_measurements(sim, requests or self.fit_requests, seed))
@@ -444,7 +455,7 @@ class PieSlicer(_Base):
         """The location with the lower predicted pre-execution time; offload; no backup."""
         pred = self.predict_preexec_ms(obs)
         req, models = self._split(obs)
-        prep = np.where(pred[:, 0] <= pred[:, 1], PREP_DEVICE, PREP_SERVER)
+        prep = np.where(pred[:, 0] <= pred[:, 1] + self.margin_ms, PREP_DEVICE, PREP_SERVER)
         return self._actions(req.shape[0], prep, models.shape[1], 0)
 
 
@@ -641,12 +652,21 @@ def rollout_offload(
     policy: DevicePolicy | ClairvoyantDevicePolicy,
     sim: OffloadSim,
     steps: int,
-    seed: int,
+    seed: int | Sequence[int],
     policy_seed: int | None = None,
 ) -> OffloadRollout:
-    """Reset ``sim`` with ``seed`` and let ``policy`` handle ``steps`` captures per device."""
+    """Reset ``sim`` with ``seed`` (an integer or a stream key, see
+    :func:`modi.experiments.splits.stream_key`) and let ``policy`` handle ``steps`` captures
+    per device. The policy's own randomness is seeded with ``policy_seed`` (default: derived
+    from ``seed``)."""
     obs = sim.reset(seed)
-    policy.reset(sim.num_envs, seed if policy_seed is None else policy_seed)
+    if policy_seed is None:
+        policy_seed = (
+            int(seed)
+            if isinstance(seed, (int, np.integer))
+            else int(np.random.SeedSequence(list(seed)).generate_state(1)[0])
+        )
+    policy.reset(sim.num_envs, policy_seed)
     clairvoyant = isinstance(policy, ClairvoyantDevicePolicy)
     acts = sim.all_actions()
     cols: dict[str, list[NDArray[Any]]] = {k: [] for k in INFO_KEYS}

@@ -466,8 +466,9 @@ class OffloadSim:
         self._pend_time = np.zeros((n, k))
         self._probing = np.zeros(n, dtype=np.bool_)
 
-    def reset(self, seed: int | None = None) -> NDArray[np.float32]:
-        """Start every device afresh from ``seed``; return the first observations ``(N, D)``."""
+    def reset(self, seed: int | Sequence[int] | None = None) -> NDArray[np.float32]:
+        """Start every device afresh from ``seed`` (an integer or a sequence of them, e.g. a
+        stream key); return the first observations ``(N, D)``."""
         ss = np.random.SeedSequence(seed)
         req_ss, net_ss, prof_ss, pol_ss = ss.spawn(4)
         self._rng = np.random.default_rng(req_ss)

@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 __all__ = [
     "STYLE",
     "cv_sweep",
+    "device_frontier",
     "effective_accuracy",
     "latency_accuracy",
     "offload_preexec",
@@ -500,3 +501,57 @@ def offload_preexec(
             ax.set(ylabel=f"{what} pre-execution time (ms)", yscale="log")
             ax.set_title(f"{what} pre-execution time")
         return _save(fig, out, "", list(axes[:1]), "policy")
+
+
+def device_frontier(frontier: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """The accuracy-energy frontier of a learned device policy, one figure per scenario
+    (``frontier_<scenario>.png``) and one panel per SLA (``modi-train env=offload``).
+
+    ``frontier`` has columns ``scenario, policy, kind, sla_ms, effective_accuracy, energy_mj``
+    and optionally ``w_energy_per_j`` and ``dominated_by``: the learned points (``kind ==
+    "learned"``, one per energy weight) are joined in energy order; every rule (``kind ==
+    "rule"``) is one point in its fixed style; learned points a rule strictly dominates are
+    ringed in red."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for scen, g in frontier.groupby("scenario", sort=False):
+        slas = sorted(g.sla_ms.unique())
+        with _styled():
+            fig, axes = plt.subplots(1, len(slas), figsize=(3.6 * len(slas), 3.4), squeeze=False)
+            for ax, sla in zip(axes[0], slas, strict=True):
+                part = g[g.sla_ms == sla]
+                lr = part[part.kind == "learned"].sort_values("energy_mj")
+                ax.plot(
+                    lr.energy_mj,
+                    100 * lr.effective_accuracy,
+                    color=_LEARNED_COLORS[0],
+                    marker="o",
+                    ms=4.0,
+                    label="learned (energy weight sweep)",
+                    zorder=4,
+                )
+                if "dominated_by" in lr.columns:
+                    dom = lr[lr.dominated_by.fillna("").astype(str) != ""]
+                    ax.plot(
+                        dom.energy_mj,
+                        100 * dom.effective_accuracy,
+                        "o",
+                        ms=9.0,
+                        mfc="none",
+                        mec="red",
+                        label="learned point dominated by a rule",
+                        zorder=5,
+                    )
+                rules = part[part.kind == "rule"]
+                for i, (_, r) in enumerate(rules.iterrows()):
+                    style = policy_style(str(r.policy), i) | {"linestyle": "none"}
+                    ax.plot(r.energy_mj, 100 * r.effective_accuracy, label=str(r.policy), **style)
+                ax.set(
+                    xscale="log",
+                    xlabel="device energy per request (mJ)",
+                    ylabel="effective accuracy (%)",
+                    title=f"SLA {sla:g} ms",
+                )
+            path = out_dir / f"frontier_{scen}.png"
+            paths.append(_save(fig, path, str(scen), list(axes[0]), "policy"))
+    return paths

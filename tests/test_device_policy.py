@@ -1,6 +1,6 @@
 """The learned device policy (issue 14): option features, the shared scorer, its ONNX export
-(parity on 10,000 env observations), :class:`modi.runtime.DeviceSelector` and its fallbacks,
-and ``modi-train env=offload``'s split checks."""
+(parity on 10,000 env observations), :class:`modi.runtime.DeviceSelector` and its fallbacks
+(``modi-train env=offload``: tests/test_offload_training.py)."""
 
 from __future__ import annotations
 
@@ -260,27 +260,6 @@ def test_selector_folds_measurements_like_the_env() -> None:
     assert obs[dfeat.NET_UPLINK_LAST] == 20.0 and obs[dfeat.NET_AGE] == 700.0
 
 
-# --------------------------------------------------------------------------- training config
-def test_train_offload_refuses_overlapping_splits(tmp_path: Path) -> None:
-    from hydra import compose, initialize_config_module
-
-    from modi.experiments.common import ConfigError
-    from modi.experiments.train_offload import run_offload_training
-
-    with initialize_config_module("modi.conf", version_base="1.3"):
-        cfg = compose(
-            "train", overrides=["env=offload", "tracking=none", "env.eval.test_seeds=[0,2000]"]
-        )
-    with pytest.raises(ConfigError, match="test_seeds"):
-        run_offload_training(cfg, tmp_path)
-    with initialize_config_module("modi.conf", version_base="1.3"):
-        cfg = compose(
-            "train", overrides=["env=offload", "tracking=none", "env.eval.validation_seed=1"]
-        )
-    with pytest.raises(ConfigError, match="validation seeds overlap"):
-        run_offload_training(cfg, tmp_path)
-
-
 def test_device_selector_imports_no_training_stack(
     trained: tuple[DeviceScorerPolicy, Path],
 ) -> None:
@@ -328,47 +307,3 @@ def test_device_bench_measures_a_learned_decision() -> None:
     }
     assert all(v > 0 for v in res.values())
     assert res["device_selector_p50_us"] <= res["device_selector_p99_us"]
-
-
-def test_train_offload_tiny_run_writes_the_learned_row_beside_every_rule(tmp_path: Path) -> None:
-    import pandas as pd
-    from hydra import compose, initialize_config_module
-
-    from modi.experiments.compare_offload import RESULT_COLUMNS
-    from modi.experiments.train_offload import LEARNED, run_offload_training
-
-    overrides = [
-        "env=offload",
-        "tracking=none",
-        "env.devices=[mid]",
-        "env.networks=[link_wifi]",
-        "env.train.streams=4",
-        "env.train.steps=15",
-        "env.train.epochs=1",
-        "env.train.hidden=[16]",
-        "env.eval.sla_ms=[400,1000]",
-        "env.eval.test_seeds=[2000,2001]",
-        "env.eval.requests_per_point=40",
-        "env.eval.streams_per_point=4",
-        "env.eval.parity_observations=200",
-        "env.eval.rules=[static_local,pieslicer,mdinference]",
-        "env.eval.ceilings=[oracle]",
-        "env.policy_args.pieslicer.fit_requests=100",
-        "env.frontier.w_energy_per_j=[0.0,1.0]",
-        "figures=false",
-    ]
-    with initialize_config_module("modi.conf", version_base="1.3"):
-        cfg = compose("train", overrides=overrides)
-    metrics = run_offload_training(cfg, tmp_path)
-    assert metrics["onnx_parity"] == 1.0
-    res = pd.read_csv(tmp_path / "results.csv")
-    assert set(RESULT_COLUMNS) <= set(res.columns)
-    assert {"effective_accuracy_lo", "effective_accuracy_hi", "n_seeds"} <= set(res.columns)
-    assert (res.n_seeds == 2).all()
-    for sla in (400.0, 1000.0):
-        pols = set(res[res.sla_ms == sla].policy)
-        assert pols == {LEARNED, "static_local", "pieslicer", "mdinference", "oracle"}
-    paired = pd.read_csv(tmp_path / "paired.csv")
-    assert len(paired) == 2 and (paired.diff_lo <= paired["diff"]).all()
-    assert set(pd.read_csv(tmp_path / "frontier.csv").kind) == {"learned", "rule"}
-    assert (tmp_path / "device_policy.onnx").stat().st_size > 0

@@ -1,0 +1,178 @@
+"""``modi-train env=offload`` (issue 14): the device policy's splits, rules tuned on
+validation, the learned row served through ``DeviceSelector`` beside every rule and ceiling,
+the accuracy-energy frontier, and bad input named before training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+
+from modi.experiments.common import ConfigError
+from modi.experiments.train_offload import (
+    LEARNED,
+    choose_best_rule,
+    choose_weight,
+    mixture_weights,
+    run_offload_training,
+    tuning_grid,
+)
+
+TINY = [
+    "env=offload",
+    "tracking=none",
+    "env.devices=[mid]",
+    "env.networks=[link_wifi,lte_tmobile]",
+    "env.train.streams=4",
+    "env.train.steps=15",
+    "env.train.epochs=1",
+    "env.train.hidden=[16]",
+    "env.eval.sla_ms=[400,1000]",
+    "splits.val.seeds=[100]",
+    "splits.test.seeds=[1000,1001]",
+    "env.eval.requests_per_point=40",
+    "env.eval.val_requests_per_point=40",
+    "env.eval.streams_per_point=4",
+    "env.eval.parity_observations=200",
+    "env.eval.rules=[static_local,pieslicer,mdinference]",
+    "env.eval.ceilings=[oracle]",
+    "~env.tuning.deepdecision",
+    "~env.tuning.on_device",
+    "~env.tuning.modipick_backup",
+    "env.tuning.pieslicer.margin_ms=[0.0,50.0]",
+    "env.tuning.mdinference.server_gamma=[0.0,1.0]",
+    "env.policy_args.pieslicer.fit_requests=100",
+    "env.frontier.w_energy_per_j=[0.0,1.0]",
+    "env.frontier.test_seeds=1",
+    "figures=false",
+]
+
+
+def _cfg(*extra: str) -> DictConfig:
+    with initialize_config_module("modi.conf", version_base="1.3"):
+        return compose("train", overrides=[*TINY, *extra])
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, float], Path]:
+    out = tmp_path_factory.mktemp("offload_train")
+    return run_offload_training(_cfg(), out), out
+
+
+def test_tiny_run_writes_the_served_learned_row_beside_every_tuned_rule(
+    tiny_run: tuple[dict[str, float], Path],
+) -> None:
+    from modi.experiments.compare_offload import RESULT_COLUMNS
+
+    metrics, out = tiny_run
+    assert metrics["onnx_parity"] == 1.0
+    # the learned row is DeviceSelector's decisions; they equal the trained scorer's
+    assert metrics["served_fallback_rate"] == 0.0
+    assert metrics["served_agreement"] == 1.0
+    res = pd.read_csv(out / "results.csv")
+    assert set(RESULT_COLUMNS) <= set(res.columns)
+    assert {"effective_accuracy_lo", "energy_mj_hi", "n_units", "params"} <= set(res.columns)
+    assert (res.n_seeds == 2).all() and (res.n_units == 8).all()
+    assert (res.effective_accuracy_lo <= res.effective_accuracy + 1e-12).all()
+    for scen in ("mid_link_wifi", "mid_lte_tmobile"):
+        for sla in (400.0, 1000.0):
+            pols = set(res[(res.scenario == scen) & (res.sla_ms == sla)].policy)
+            assert pols == {LEARNED, "static_local", "pieslicer", "mdinference", "oracle"}
+    # the tuned setting is one of the grid's, chosen on validation, and reported
+    tuned = pd.read_csv(out / "tuned.csv")
+    assert set(tuned.policy) == {"static_local", "pieslicer", "mdinference"}
+    assert (tuned[tuned.policy == "pieslicer"].grid_points == 2).all()
+    val = pd.read_csv(out / "validation.csv")
+    for _, t in tuned.iterrows():
+        v = val[(val.scenario == t.scenario) & (val.policy == t.policy)]
+        by = v.groupby("params").effective_accuracy.mean()
+        assert by[t.params] >= by.max() - 0.0005
+    paired = pd.read_csv(out / "paired.csv")
+    assert len(paired) == 4 and (paired.diff_lo <= paired["diff"]).all()
+    assert set(paired.best_rule) <= {"static_local", "pieslicer", "mdinference"}
+    front = pd.read_csv(out / "frontier.csv")
+    assert set(front.kind) == {"learned", "rule"}
+    assert metrics["w_energy_per_j"] in (0.0, 1.0)
+    assert (out / "device_policy.onnx").stat().st_size > 0
+
+
+def test_every_policy_meets_the_same_test_streams(
+    tiny_run: tuple[dict[str, float], Path],
+) -> None:
+    """Common random numbers: the requests of a point do not depend on the policy (static
+    rules with the same preprocessing upload the same raw sizes), and the test streams are
+    not the validation streams."""
+    _, out = tiny_run
+    per_seed = pd.read_csv(out / "results_per_seed.csv")
+    val = pd.read_csv(out / "validation.csv")
+    test_sl = per_seed[per_seed.policy == "static_local"].set_index(["scenario", "sla_ms", "seed"])
+    assert set(test_sl.index.get_level_values("seed")) == {1000, 1001}
+    assert set(val.seed) == {100}
+    # the oracle bounds every policy point by point (same requests)
+    for (scen, sla, seed), g in per_seed.groupby(["scenario", "sla_ms", "seed"]):
+        o = float(g[g.policy == "oracle"].mean_reward.iloc[0])
+        assert (g.mean_reward <= o + 1e-9).all(), (scen, sla, seed)
+
+
+def test_trace_networks_read_only_their_split_segment() -> None:
+    from modi.experiments.splits import Splits
+    from modi.experiments.train_offload import build_scenarios
+
+    cfg = _cfg()
+    splits = Splits.from_cfg(cfg, train_seeds=[0])
+    (sc_link, sc_lte) = build_scenarios(cfg.env, ["mid"], ["link_wifi", "lte_tmobile"], splits)
+    segs = {s: getattr(sc_lte.networks[s], "segment", None) for s in ("train", "val", "test")}
+    for s in ("train", "val", "test"):
+        assert segs[s] is not None and tuple(segs[s]) == tuple(splits.segments[s])
+    assert not hasattr(sc_link.networks["test"], "segment")
+
+
+@pytest.mark.parametrize(
+    ("override", "match"),
+    [
+        ("env.devices=[mid,ultra]", "env.devices.*ultra"),
+        ("env.networks=[link_wifi,moon_link]", "env.networks.*moon_link"),
+        ("+env.mixture.devices.mid=0", "env.mixture.devices.mid must be a number > 0"),
+        ("+env.mixture.networks.link_5g=1", "not in env.networks"),
+        ("+env.tuning.oracle.x=[1]", "env.tuning"),
+        ("splits.test.seeds=[100,1000]", "val and test"),
+        ("splits.val.seeds=[0]", "train and val"),
+        ("env.eval.rules=[static_local,magic]", "unknown policies"),
+    ],
+)
+def test_bad_input_is_named_before_training(tmp_path: Path, override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        run_offload_training(_cfg(override), tmp_path)
+    assert not (tmp_path / "training.csv").exists()
+
+
+def test_mixture_weights_and_grids() -> None:
+    cfg = _cfg("+env.mixture.networks.lte_tmobile=3")
+    w = mixture_weights(cfg.env, "networks", ["link_wifi", "lte_tmobile"])
+    assert w == {"link_wifi": 1.0, "lte_tmobile": 3.0}
+    grid = tuning_grid(cfg.env, "pieslicer")
+    assert grid == [{"margin_ms": 0.0}, {"margin_ms": 50.0}]
+    assert tuning_grid(cfg.env, "static_local") == [{}]
+
+
+def test_best_rule_ties_go_to_less_energy_and_the_weight_to_most_wins() -> None:
+    val = pd.DataFrame(
+        [
+            ("s", 500.0, "a", 0.800, 900.0),
+            ("s", 500.0, "b", 0.8003, 400.0),  # tied with a within 0.0005, cheaper
+            ("s", 500.0, "c", 0.700, 100.0),
+            ("s", 500.0, "learned_w0", 0.801, 950.0),  # more accurate, more energy
+            ("s", 500.0, "learned_w0.1", 0.8002, 380.0),  # tied, less energy
+        ],
+        columns=["scenario", "sla_ms", "policy", "effective_accuracy", "energy_mj"],
+    )
+    best = choose_best_rule(val, ["a", "b", "c"], 0.0005)
+    assert best == {("s", 500.0): "b"}
+    w, table = choose_weight(val, best, [0.0, 0.1], 0.0005)
+    assert w == 0.1
+    assert list(table.points_ge_at_le_energy) == [0.0, 1.0]
+    assert np.isclose(table.mean_eff_acc.iloc[0], 0.801)
