@@ -52,6 +52,8 @@ class AffinePairs(nn.Module):
     b: torch.Tensor
     origin: torch.Tensor
     b_cross: torch.Tensor
+    a_used: torch.Tensor
+    origin_used: torch.Tensor
 
     def __init__(
         self,
@@ -84,6 +86,17 @@ class AffinePairs(nn.Module):
         # Centring only matters where the origin meets a non-zero row of ``A``; elsewhere
         # ``(r - o) A`` and ``r A`` are the same float32 sums, and the graph skips the ``Sub``.
         self.centred = bool(((origin != 0) & (a != 0).any(dim=1)).any())
+        # Only the request columns the features read enter the MatMul: an unread column may be
+        # NaN (an optional feature the request did not carry, e.g. ``srtt_ms``), and
+        # ``NaN * 0`` would poison every score. ``None``: all columns are read.
+        used = torch.nonzero((a != 0).any(dim=1)).flatten()
+        self.used: torch.Tensor | None
+        if used.numel() < a.shape[0]:
+            self.register_buffer("used", used.to(torch.int64))
+            self.register_buffer("a_used", a[used].to(torch.float32))
+            self.register_buffer("origin_used", origin[used].to(torch.float32))
+        else:
+            self.used = None
 
     @property
     def out_dim(self) -> int:
@@ -92,8 +105,13 @@ class AffinePairs(nn.Module):
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """The pair features (or their affine image)."""
-        centred = request - self.origin if self.centred else request
-        base = (centred @ self.a + self.c).unsqueeze(1)
+        if self.used is not None:
+            r_used = request.index_select(1, self.used)
+            centred = r_used - self.origin_used if self.centred else r_used
+            base = (centred @ self.a_used + self.c).unsqueeze(1)
+        else:
+            centred = request - self.origin if self.centred else request
+            base = (centred @ self.a + self.c).unsqueeze(1)
         if self.cross_col is None:
             return base + models @ self.b
         # One MatMul over [m, r_s * m] instead of two plus a product on the (N, K, H) result.
@@ -326,6 +344,7 @@ def plausible_inputs(
     sla = rng.uniform(20, 500, n)
     t_in = rng.uniform(1, 300, n)
     mu = rng.uniform(1, 150, (n, k))
+    srtt = rng.uniform(2, 400, n)
     obs = F.encode(
         sla,
         t_in,
@@ -338,6 +357,8 @@ def plausible_inputs(
         mu,
         rng.uniform(0, 5, (n, k)),
         rng.uniform(0.4, 0.85, (n, k)),
+        srtt,
+        srtt * rng.uniform(0.0, 0.6, n),
     )
     layout = F.ObsLayout(k)
     req = torch.as_tensor(np.ascontiguousarray(layout.request(obs)), dtype=dtype)

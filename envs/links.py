@@ -415,4 +415,6 @@ class LinkModel:
         response = np.asarray(ctx.response_bytes, dtype=np.float64) / BYTES_PER_MS_PER_MBPS
         t_in = half_rtt + payload * vals[..., 1]
         t_out = half_rtt + response * vals[..., 2]
+        #: The round trip of each request's upload (one RTT per request, both directions).
+        self.upload_rtt_ms = vals[..., 0].copy()
         return t_in, t_out

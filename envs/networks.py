@@ -42,7 +42,12 @@ class NetworkModel(Protocol):
         """Start new streams (per-client state, trace offsets)."""
 
     def sample(self, rng: np.random.Generator, ctx: BlockContext) -> tuple[F64, F64]:
-        """Return ``(t_input_ms, t_output_ms)``, each shaped like ``ctx.client``."""
+        """Return ``(t_input_ms, t_output_ms)``, each shaped like ``ctx.client``.
+
+        A model should also set ``upload_rtt_ms`` (same shape): the round-trip time the
+        connection measured *during* each request's upload (what feeds the server's smoothed
+        RTT, :mod:`modi.envs.rtt`). Without it the simulator reports the RTT as unknown (NaN).
+        """
         ...
 
 
@@ -115,6 +120,8 @@ class GaussianOneWay:
     def sample(self, rng: np.random.Generator, ctx: BlockContext) -> tuple[F64, F64]:
         """One truncated Gaussian draw per request, used for both directions."""
         d = truncated_normal(rng, self.mean_ms, self.std_ms, ctx.client.shape)
+        #: The round trip of each request's upload: one way is ``d``, so the RTT is ``2d``.
+        self.upload_rtt_ms = 2.0 * d
         return d, d
 
 

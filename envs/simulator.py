@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from modi.envs.arrivals import ArrivalError, ArrivalProcess, make_arrivals
 from modi.envs.networks import BlockContext, NetworkModel
 from modi.envs.pools import ModelPool
+from modi.envs.rtt import SmoothedRtt
 from modi.envs.servers import (
     ScalarServer,
     ServerBank,
@@ -149,8 +150,9 @@ class ModelSelectionSim:
     ignores the queue, which is exactly what the queue-aware features are for.
 
     Randomness: requests (arrivals, SLAs, clients, networks, execution noise) come from one
-    generator, re-profiling from a second and the spike timeline from a third, all spawned
-    from the ``reset`` seed; so the same seed gives every policy the same requests *and* the
+    generator, re-profiling from a second, the spike timeline from a third and the RTT
+    measurement noise of ``srtt_ms``/``rttvar_ms`` (:mod:`modi.envs.rtt`) from a fourth, all
+    spawned from the ``reset`` seed; so the same seed gives every policy the same requests *and* the
     same spikes, and switching spikes or the queue on keeps the requests (in arrival order).
     """
 
@@ -277,6 +279,9 @@ class ModelSelectionSim:
         self._clock_ms = np.zeros(num_envs)
         self._net_mean = np.full((num_envs, num_clients), np.nan)
         self._net_var = np.zeros((num_envs, num_clients))
+        #: The server's TCP view of each (stream, client) connection's RTT.
+        self._srtt = SmoothedRtt(num_envs, num_clients)
+        self._rtt_rng = np.random.default_rng()
 
     # ------------------------------------------------------------------ stream generation
     def _new_block(self) -> None:
@@ -305,6 +310,12 @@ class ModelSelectionSim:
         t_in, t_out = self.network.sample(rng, ctx)
         t_in = np.asarray(t_in, dtype=np.float64)
         t_out = np.asarray(t_out, dtype=np.float64)
+        up_rtt = getattr(self.network, "upload_rtt_ms", None)
+        up_rtt = (
+            np.full(t_in.shape, np.nan)
+            if up_rtt is None or np.shape(up_rtt) != t_in.shape
+            else np.asarray(up_rtt, dtype=np.float64)
+        )
         if self.server is not None:
             # The server meets requests in the order their uploads finish: step in that order.
             order = np.argsort(time_ms + t_in, axis=0, kind="stable")
@@ -313,9 +324,13 @@ class ModelSelectionSim:
             sla = np.take_along_axis(np.asarray(sla), order, axis=0)
             t_in = np.take_along_axis(t_in, order, axis=0)
             t_out = np.take_along_axis(t_out, order, axis=0)
+            up_rtt = np.take_along_axis(up_rtt, order, axis=0)
         self._blk_z = rng.standard_normal((b, n))
         self._blk_u = rng.random((b, n)) if self._empirical else None
         net_mean, net_std = self._client_history(client, t_in)
+        # the connection's smoothed RTT as TCP reports it on arrival (its own generator, so
+        # the requests are those drawn before the feature existed)
+        srtt, rttvar = self._srtt.update(self._rtt_rng, client, up_rtt, t_in)
         self._blk_sla = np.ascontiguousarray(sla)
         self._blk_client = client
         self._blk_time = time_ms
@@ -323,7 +338,7 @@ class ModelSelectionSim:
         self._blk_tout = t_out
         # Request features; queue length and slowdown are filled per step by the server.
         self._blk_req = encode_requests(
-            sla, t_in, t_in, self.payload_kb, net_mean, net_std, 0.0, 1.0
+            sla, t_in, t_in, self.payload_kb, net_mean, net_std, 0.0, 1.0, srtt, rttvar
         )
         self._blk_budget = self._blk_req[..., BUDGET].astype(np.float64)
         self._cursor = 0
@@ -408,10 +423,12 @@ class ModelSelectionSim:
         :func:`modi.experiments.splits.stream_key` builds: the stream is then a function of
         what the key names, whatever else is simulated)."""
         ss = np.random.SeedSequence(seed if seed is None or isinstance(seed, int) else list(seed))
-        stream_ss, profile_ss, server_ss = ss.spawn(3)
+        stream_ss, profile_ss, server_ss, rtt_ss = ss.spawn(4)
         self._rng = np.random.default_rng(stream_ss)
         self._profile_rng = np.random.default_rng(profile_ss)
         self._server_rng = np.random.default_rng(server_ss)
+        self._rtt_rng = np.random.default_rng(rtt_ss)
+        self._srtt.reset()
         self.network.reset(self._rng, self.num_envs, self.num_clients)
         self.arrivals.reset(self._rng, self.num_envs)
         if self.server is not None:

@@ -430,8 +430,10 @@ class _TraceNetwork:
         if self.rtt_process is None:
             half = 0.5 * self.rtt_ms
             t_in = half + up_time
+            up_rtt = np.full(t.shape, self.rtt_ms)
         else:  # the upload sees the RTT at its start, the download at its own
-            t_in = 0.5 * self.rtt_process.rtt_ms(key, t) + up_time
+            up_rtt = self.rtt_process.rtt_ms(key, t)
+            t_in = 0.5 * up_rtt + up_time
         t_out = _group_transfer(
             self.downlink_traces,
             down_ids,
@@ -442,6 +444,8 @@ class _TraceNetwork:
             t_out = half + t_out
         else:
             t_out += 0.5 * self.rtt_process.rtt_ms(key, t + t_in + self.download_delay_ms)
+        #: The round trip each request's upload saw (at its start), ``(B, N)``.
+        self.upload_rtt_ms = np.ascontiguousarray(up_rtt.reshape(n, b).T)
         return (
             np.ascontiguousarray(t_in.reshape(n, b).T),
             np.ascontiguousarray(t_out.reshape(n, b).T),

@@ -17,6 +17,7 @@ execution times. The download time and the realised execution time are never fea
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
@@ -25,7 +26,9 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 SCHEMA_NAME = "modi.model_selection"
-SCHEMA_VERSION = 1
+#: Version 2 (issue 13) appended ``srtt_ms`` and ``rttvar_ms`` to the request block: selectors
+#: exported for version 1 are refused with the reason (:mod:`modi.runtime.metadata`).
+SCHEMA_VERSION = 2
 
 #: Request block columns: (name, unit, description).
 REQUEST_FEATURES: tuple[tuple[str, str, str], ...] = (
@@ -39,6 +42,13 @@ REQUEST_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("client_net_std_ms", "ms", "EW standard deviation of this client's previous upload times"),
     ("queue_len", "requests", "requests at the server (waiting or executing) on arrival"),
     ("slowdown", "ratio", "EWMA of completed requests' realised / profiled execution time"),
+    (
+        "srtt_ms",
+        "ms",
+        "the connection's smoothed RTT when the request arrived, as the server's TCP stack "
+        "reports it (Linux TCP_INFO tcpi_rtt; RFC 6298 EWMA); NaN: unavailable",
+    ),
+    ("rttvar_ms", "ms", "the connection's RTT variation (TCP_INFO tcpi_rttvar); NaN: unavailable"),
 )
 #: Model block columns, one row per model: (name, unit, description).
 MODEL_FEATURES: tuple[tuple[str, str, str], ...] = (
@@ -47,6 +57,10 @@ MODEL_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("accuracy", "fraction", "top-1 accuracy of the model"),
     ("slack_ms", "ms", "budget_ms - (mu_ms + sigma_ms): headroom under the hard limit"),
 )
+
+#: Request columns a request may leave unknown (NaN): the connection's RTT estimates, which a
+#: server reads from its TCP stack where the platform exposes them (Linux ``TCP_INFO``).
+OPTIONAL_COLUMNS: tuple[int, ...] = (10, 11)
 
 #: EWMA weight of a client's upload-time history (``client_net_mean_ms``/``client_net_std_ms``).
 CLIENT_NET_ALPHA = 0.2
@@ -57,7 +71,8 @@ R = len(REQUEST_FEATURES)
 P = len(MODEL_FEATURES)
 
 # Column indices (request block).
-SLA, ELAPSED, T_INPUT, REMAINING, BUDGET, PAYLOAD, NET_MEAN, NET_STD, QUEUE, SLOWDOWN = range(R)
+(SLA, ELAPSED, T_INPUT, REMAINING, BUDGET, PAYLOAD, NET_MEAN, NET_STD, QUEUE, SLOWDOWN, SRTT,
+ RTTVAR) = range(R)  # fmt: skip
 # Column indices (model block).
 MU, SIGMA, ACC, SLACK = range(P)
 
@@ -120,8 +135,13 @@ def encode_requests(
     net_std_ms: ArrayLike,
     queue_len: ArrayLike,
     slowdown: ArrayLike,
+    srtt_ms: ArrayLike = np.nan,
+    rttvar_ms: ArrayLike = np.nan,
 ) -> NDArray[np.float32]:
-    """Request blocks for arrays of requests of any shape ``S``: returns ``S + (R,)`` float32."""
+    """Request blocks for arrays of requests of any shape ``S``: returns ``S + (R,)`` float32.
+
+    ``srtt_ms``/``rttvar_ms`` default to NaN (unknown): a selector that reads them then falls
+    back to its rule with the reason (its calibrated shield refuses a NaN)."""
     sla = np.asarray(sla_ms, dtype=np.float64)
     elapsed = np.asarray(elapsed_ms, dtype=np.float64)
     t_in = np.asarray(t_input_ms, dtype=np.float64)
@@ -138,6 +158,8 @@ def encode_requests(
     out[..., NET_STD] = net_std_ms
     out[..., QUEUE] = queue_len
     out[..., SLOWDOWN] = slowdown
+    out[..., SRTT] = srtt_ms
+    out[..., RTTVAR] = rttvar_ms
     return out
 
 
@@ -145,7 +167,8 @@ def encode_requests(
 #: :data:`REQUEST_FEATURES`).
 _PACK_REQUEST = struct.Struct(f"={R}f").pack_into
 assert (SLA, ELAPSED, T_INPUT, REMAINING, BUDGET) == (0, 1, 2, 3, 4)
-assert (PAYLOAD, NET_MEAN, NET_STD, QUEUE, SLOWDOWN) == (5, 6, 7, 8, 9)
+assert (PAYLOAD, NET_MEAN, NET_STD, QUEUE, SLOWDOWN, SRTT, RTTVAR) == (5, 6, 7, 8, 9, 10, 11)
+assert OPTIONAL_COLUMNS == (SRTT, RTTVAR)
 
 
 def pack_request(
@@ -158,6 +181,8 @@ def pack_request(
     net_std_ms: float,
     queue_len: float,
     slowdown: float,
+    srtt_ms: float = math.nan,
+    rttvar_ms: float = math.nan,
 ) -> None:
     """Scalar fast path of :func:`encode_requests` for one request: its block written into a
     writable buffer of at least ``R`` native float32 (e.g. ``row.data`` of a C-contiguous
@@ -167,10 +192,10 @@ def pack_request(
     budget = remaining - t_input_ms
     try:
         _PACK_REQUEST(buffer, 0, sla_ms, elapsed_ms, t_input_ms, remaining, budget, payload_kb,
-                      net_mean_ms, net_std_ms, queue_len, slowdown)  # fmt: skip
+                      net_mean_ms, net_std_ms, queue_len, slowdown, srtt_ms, rttvar_ms)  # fmt: skip
     except (OverflowError, struct.error):  # beyond float32: numpy's cast stores inf
         values = [sla_ms, elapsed_ms, t_input_ms, remaining, budget, payload_kb, net_mean_ms,
-                  net_std_ms, queue_len, slowdown]  # fmt: skip
+                  net_std_ms, queue_len, slowdown, srtt_ms, rttvar_ms]  # fmt: skip
         with np.errstate(over="ignore", invalid="ignore"):
             np.frombuffer(buffer, dtype=np.float32, count=R)[:] = np.array(values, np.float64)
 
@@ -203,6 +228,8 @@ def encode(
     mu_ms: ArrayLike,
     sigma_ms: ArrayLike,
     accuracy: ArrayLike,
+    srtt_ms: ArrayLike = np.nan,
+    rttvar_ms: ArrayLike = np.nan,
 ) -> NDArray[np.float32]:
     """Build a batch of observations.
 
@@ -211,7 +238,7 @@ def encode(
     """
     req, models = encode_blocks(
         sla_ms, elapsed_ms, t_input_ms, payload_kb, net_mean_ms, net_std_ms, queue_len, slowdown,
-        mu_ms, sigma_ms, accuracy,
+        mu_ms, sigma_ms, accuracy, srtt_ms, rttvar_ms,
     )  # fmt: skip
     return np.concatenate([req, models.reshape(req.shape[0], -1)], axis=1)
 
@@ -228,12 +255,15 @@ def encode_blocks(
     mu_ms: ArrayLike,
     sigma_ms: ArrayLike,
     accuracy: ArrayLike,
+    srtt_ms: ArrayLike = np.nan,
+    rttvar_ms: ArrayLike = np.nan,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """:func:`encode`'s two blocks as separate C-contiguous arrays, request ``(N, R)`` and
     models ``(N, K, P)`` (the inputs of an exported selector); the same values bit for bit."""
     req = np.atleast_2d(
         encode_requests(
-            sla_ms, elapsed_ms, t_input_ms, payload_kb, net_mean_ms, net_std_ms, queue_len, slowdown
+            sla_ms, elapsed_ms, t_input_ms, payload_kb, net_mean_ms, net_std_ms, queue_len,
+            slowdown, srtt_ms, rttvar_ms,
         )
     )
     n = req.shape[0]

@@ -118,6 +118,8 @@ SHIELD_REQUEST_FEATURES: tuple[str, ...] = (
     "client_net_std_ms",
     "queue_len",
     "slowdown",
+    "srtt_ms",
+    "rttvar_ms",
 )
 #: Model-block features the calibrated shield checks (every model of the served pool).
 SHIELD_MODEL_FEATURES: tuple[str, ...] = ("mu_ms", "sigma_ms")
@@ -245,6 +247,7 @@ class _Bounds:
 
     names: tuple[str, ...]  # checked request features, in SHIELD_REQUEST_FEATURES order
     cols: NDArray[np.intp]  # their request-block columns
+    optional: NDArray[np.intp]  # checked columns a request may leave unknown (NaN)
     fast: tuple[tuple[int, float, float], ...]  # (column, lo, hi) for the batch-1 loop
     ranges: tuple[tuple[float, float], ...]  # the training ranges themselves (for reasons)
     model: tuple[tuple[str, int, float, float, float, float], ...]  # (name, col, lo, hi, rlo, rhi)
@@ -288,6 +291,7 @@ class _Bounds:
         return cls(
             tuple(names),
             np.array(cols, dtype=np.intp),
+            np.array([c for c in cols if c in F.OPTIONAL_COLUMNS], dtype=np.intp),
             tuple((c, a, b) for c, (a, b) in zip(cols, lims, strict=True)),
             tuple(rr),
             tuple(model),
@@ -304,6 +308,8 @@ class _Bounds:
         return not self.names and not self.model
 
     def _why(self, name: str, value: float, lo: float, hi: float) -> str:
+        if math.isnan(value):  # an optional feature the request did not carry
+            return f"shield: {name} is unknown (NaN) and the policy reads it"
         return (
             f"shield: {name} = {_fmt(value)} outside training range [{_fmt(lo)}, {_fmt(hi)}] "
             f"(+{self.tolerance * 100:g}%)"
@@ -346,8 +352,12 @@ class _Bounds:
                 out = bool((flat < self.lo_tile[:m]).any() or (flat > self.hi_tile[:m]).any())
             else:
                 out = bool((req < self.lo_row).any() or (req > self.hi_row).any())
+            # an optional feature the request did not carry (NaN) fires where it is checked
+            unknown = np.isnan(req[:, self.optional]) if self.optional.size else None
+            if unknown is not None and bool(unknown.any()):
+                out = True
             if out:  # rare in distribution: find the rows and their first feature out of range
-                bad = ((req < self.lo_row) | (req > self.hi_row))[:, self.cols]
+                bad = ~((req >= self.lo_row) & (req <= self.hi_row))[:, self.cols]
                 hit = rows & bad.any(axis=1)
                 for i in np.flatnonzero(hit).tolist():
                     j = int(np.argmax(bad[i]))
@@ -816,13 +826,17 @@ class Selector:
         net_std: float,
         queue: float | None,
         slowdown: float | None,
+        srtt: float = math.nan,
+        rttvar: float = math.nan,
     ) -> float:
         """Write one request's features into the batch-1 buffers (exactly what
         :func:`modi.runtime.features.encode` computes); return the float32-rounded budget as a
         float (what ModiPick and the shield compare against)."""
         q = self._queue_len if queue is None else queue
         s = self._slowdown if slowdown is None else slowdown
-        F.pack_request(self._req_buf, sla, elapsed, upload, payload_kb, net_mean, net_std, q, s)
+        F.pack_request(
+            self._req_buf, sla, elapsed, upload, payload_kb, net_mean, net_std, q, s, srtt, rttvar
+        )
         budget = self._req_f[F.BUDGET]
         if self._k <= _SCALAR_SLACK_MODELS:
             mod = self._mod_f  # features.model_slack's formula: float64, then float32
@@ -836,11 +850,11 @@ class Selector:
         """The observation vector ``(R + P*K,)`` the selector builds for ``request`` (what the
         envs would observe). ``record=True`` also folds the upload time into the client's
         history, as :meth:`select` does. Raises :class:`InvalidRequest` for a bad request."""
-        sla, el, up, pkb, client, q, s = parse_request(request, self.limits)
+        sla, el, up, pkb, client, q, s, rtt, var = parse_request(request, self.limits)
         with self._lock:
             c = self._clients
             mean, std = c.update_one(client, up) if record else c.peek(client, up)
-            self._write_features(sla, el, up, pkb, mean, std, q, s)
+            self._write_features(sla, el, up, pkb, mean, std, q, s, rtt, var)
             return np.concatenate([self._req[0], self._mod[0].reshape(-1)])
 
     # ------------------------------------------------------------------ decisions
@@ -848,12 +862,12 @@ class Selector:
         """Choose the model for one request. Never raises."""
         try:
             try:
-                sla, el, up, pkb, client, q, s = parse_request(request, self.limits)
+                sla, el, up, pkb, client, q, s, rtt, var = parse_request(request, self.limits)
             except InvalidRequest as e:
                 return self._invalid(request, e)
             with self._lock:
                 mean, std = self._clients.update_one(client, up)
-                budget = self._write_features(sla, el, up, pkb, mean, std, q, s)
+                budget = self._write_features(sla, el, up, pkb, mean, std, q, s, rtt, var)
                 model = self._model
                 if model is None:
                     self._counts["no_model"] += 1
@@ -861,7 +875,7 @@ class Selector:
                 rf = self._req_f
                 for pos, lo, hi in model.bounds.fast:  # the calibrated shield (none: empty)
                     v = rf[pos]
-                    if v < lo or v > hi:
+                    if not lo <= v <= hi:  # NaN (an unknown optional feature) fires too
                         self._counts["shield"] += 1
                         return self._rule(budget, model.bounds.request_reason(pos, v))
                 if self._prof_reason:
@@ -996,6 +1010,8 @@ class Selector:
             req, mod = F.encode_blocks(
                 batch.sla_ms, el, up, pay / BYTES_PER_KB, net_mean, net_std, queue, slow,
                 prof.mu, prof.sigma, self._acc,
+                np.nan if batch.srtt_ms is None else batch.srtt_ms,
+                np.nan if batch.rttvar_ms is None else batch.rttvar_ms,
             )  # fmt: skip
         return self._decide(req, mod, valid, reasons, prof, u, model, no_model_reason, prof_reason)
 
@@ -1033,14 +1049,16 @@ class Selector:
             return Decisions(np.zeros(0, np.intp), np.zeros(0, np.bool_), [], self._ids)
         req = np.ascontiguousarray(x[:, : F.R])
         mod = np.ascontiguousarray(x[:, F.R :]).reshape(n, self._k, F.P)
-        valid = np.asarray(np.isfinite(x).all(axis=1))
+        fin = np.isfinite(x)
+        fin[:, F.OPTIONAL_COLUMNS] |= np.isnan(x[:, F.OPTIONAL_COLUMNS])  # NaN: unknown
+        valid = np.asarray(fin.all(axis=1))
         reasons = [""] * n
         if not bool(valid.all()):
             names = [f[0] for f in F.REQUEST_FEATURES] + [
                 f"model {k} {f[0]}" for k in range(self._k) for f in F.MODEL_FEATURES
             ]
             for i in np.flatnonzero(~valid).tolist():
-                col = int(np.flatnonzero(~np.isfinite(x[i]))[0])
+                col = int(np.flatnonzero(~fin[i])[0])
                 reasons[i] = f"invalid observation: {names[col]} is {float(x[i, col])}"
         mu = mod[:, :, F.MU].astype(np.float64)
         sigma = mod[:, :, F.SIGMA].astype(np.float64)
@@ -1329,22 +1347,24 @@ def _as_batch(
     if isinstance(requests, RequestBatch):
         return requests, None
     reasons: list[str] = []
-    cols: list[list[Any]] = [[] for _ in range(7)]
+    cols: list[list[Any]] = [[] for _ in range(9)]
     nan = float("nan")
     for r in requests:
         try:
-            sla, el, up, pkb, client, q_r, s_r = parse_request(r, limits)
+            sla, el, up, pkb, client, q_r, s_r, rtt, var = parse_request(r, limits)
             reasons.append("")
-            row: tuple[Any, ...] = (sla, el, up, pkb * BYTES_PER_KB, client, q_r, s_r)
+            row: tuple[Any, ...] = (sla, el, up, pkb * BYTES_PER_KB, client, q_r, s_r, rtt, var)
         except InvalidRequest as e:
             reasons.append(f"invalid request: {e}")
             b = _budget_of(r)
             # Keep the budget for ModiPick's fallback: sla = budget, elapsed = upload = 0.
-            row = (b, 0.0, 0.0, nan, None, None, None)
+            row = (b, 0.0, 0.0, nan, None, None, None, nan, nan)
         for c, v in zip(cols, row, strict=True):
             c.append(v)
     queue = None if all(v is None for v in cols[5]) else [nan if v is None else v for v in cols[5]]
     slow = None if all(v is None for v in cols[6]) else [nan if v is None else v for v in cols[6]]
     clients = None if all(v is None for v in cols[4]) else cols[4]
-    batch = RequestBatch(cols[0], cols[1], cols[2], cols[3], clients, queue, slow)
+    rtts = None if all(math.isnan(v) for v in cols[7]) else cols[7]
+    rttvars = None if all(math.isnan(v) for v in cols[8]) else cols[8]
+    batch = RequestBatch(cols[0], cols[1], cols[2], cols[3], clients, queue, slow, rtts, rttvars)
     return batch, reasons

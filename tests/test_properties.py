@@ -20,7 +20,7 @@ from modi.agents.evaluation import rollout
 from modi.envs.networks import BlockContext, GaussianOneWay, truncated_normal
 from modi.envs.pools import ModelPool, ModelSpec
 from modi.envs.simulator import CLIENT_NET_ALPHA, ModelSelectionSim, StepOutcome
-from modi.runtime.features import QUEUE, SLOWDOWN, encode
+from modi.runtime.features import QUEUE, RTTVAR, SLOWDOWN, SRTT, encode
 from modi.runtime.profiles import ProfileTracker
 
 PROPERTY_SETTINGS = settings(deadline=None, max_examples=50)
@@ -251,6 +251,8 @@ def test_observation_is_encode_of_what_the_server_knows(spec: SimSpec, fast_path
             mu,
             sigma,
             sim.pool.accuracy,
+            obs[:, SRTT],  # the connection's RTT estimate: tests/test_rtt.py checks its timing
+            obs[:, RTTVAR],
         )
         np.testing.assert_array_equal(obs, expected, err_msg=f"step {t}")
 
