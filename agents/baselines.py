@@ -13,6 +13,8 @@
 * ``model_switching`` — Model-Switching (Zhang et al., HotCloud'20): smaller models as the queue
   grows: the most accurate model whose run, behind the queued requests run by the same model,
   fits what is left of the SLA.
+* ``calibrated_greedy_queue`` — calibrated greedy whose expected wait (queued requests ×
+  wait per request / workers) is scaled by the observed slowdown, like the execution.
 * ``oracle`` — clairvoyant: the most accurate model whose *realised* latency meets the SLA.
 * ``informed_ceiling`` — knows the latent link/server state, not the noise still to come
   (:mod:`modi.agents.references`).
@@ -244,6 +246,25 @@ class ModelSwitching(CalibratedGreedy):
         return _most_accurate(ok, models[:, :, ACC], mu)
 
 
+class QueueAwareGreedy(CalibratedGreedy):
+    """Calibrated greedy with the expected wait scaled by the load: the most accurate model with
+    ``(μ + z·σ)·slowdown + d̂ + (queue_len / workers)·wait_ms_per_request·slowdown ≤ SLA −
+    elapsed``: every queued request ahead runs under the same observed slowdown. With
+    ``wait_ms_per_request=None``, the pool's mean profiled μ per queued request. Tuned on
+    validation like :class:`CalibratedGreedy` (``tuning.calibrated_greedy_queue``)."""
+
+    name = "calibrated_greedy_queue"
+
+    def _wait(self, req: NDArray[Any], mu: NDArray[Any]) -> NDArray[Any]:
+        per = (
+            mu.mean(axis=1, keepdims=True)
+            if self.wait_ms_per_request is None
+            else self.wait_ms_per_request
+        )
+        slow = req[:, SLOWDOWN : SLOWDOWN + 1].astype(np.float64)
+        return req[:, QUEUE : QUEUE + 1] / self.workers * per * slow
+
+
 class PureRandom(_Base):
     """Uniform over the whole pool (ModiPick §4.4)."""
 
@@ -290,6 +311,7 @@ POLICY_NAMES: tuple[str, ...] = (
     "related_accurate",
     "calibrated_greedy",
     "model_switching",
+    "calibrated_greedy_queue",
     "oracle",
     "informed_ceiling",
 )
@@ -313,6 +335,8 @@ def make_policy(
         return CalibratedGreedy(**kwargs)
     if name == "model_switching":
         return ModelSwitching(**kwargs)
+    if name == "calibrated_greedy_queue":
+        return QueueAwareGreedy(**kwargs)
     if name == "oracle":
         return Oracle(**kwargs)
     if name == "informed_ceiling":

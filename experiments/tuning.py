@@ -35,6 +35,12 @@ GRID_KEYS: dict[str, dict[str, tuple[float, float, bool]]] = {
     "mdinference_tuned": {"gamma": (0.0, 100.0, True)},
     "calibrated_greedy": {"z": (0.0, 100.0, True), "quantile": (0.0, 1.0, False)},
     "model_switching": {"z": (0.0, 100.0, True), "quantile": (0.0, 1.0, False)},
+    # queue-aware calibrated greedy (modi-load-report): also the wait per queued request
+    "calibrated_greedy_queue": {
+        "z": (0.0, 100.0, True),
+        "quantile": (0.0, 1.0, False),
+        "wait_ms_per_request": (0.0, 100_000.0, True),
+    },
 }
 
 _CACHE: dict[str, tuple[dict[str, Any], pd.DataFrame]] = {}
