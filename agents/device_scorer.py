@@ -41,8 +41,9 @@ import numpy as np
 import onnx
 import torch
 from numpy.typing import NDArray
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper
 
+from modi.agents.device_graph import scorer_graph
 from modi.envs.devices import DeviceProfile
 from modi.envs.offload import OffloadSim
 from modi.runtime import device_features as dfeat
@@ -442,47 +443,14 @@ def export_device_onnx(policy: DeviceScorerPolicy, path: str | Path) -> Path:
     (N, K, 3), scores (N, K)`` with the metadata of :class:`DeviceModelMeta`."""
     net = policy.net
     linears = [m for m in net.mlp if isinstance(m, torch.nn.Linear)]
-    inits: list[onnx.TensorProto] = []
-    nodes: list[onnx.NodeProto] = []
-
-    def const(name: str, arr: NDArray[Any]) -> str:
-        inits.append(numpy_helper.from_array(np.asarray(arr, dtype=np.float64), name))
-        return name
-
-    # float64 inside (the trained policy scores in float64 too): the two agree on the argmax
-    # except at ties far below any meaningful difference
-    nodes.append(helper.make_node("Cast", ["options"], ["xd"], to=TensorProto.DOUBLE))
-    const("x_mean", net.x_mean.numpy())
-    const("x_std", net.x_std.numpy())
-    nodes.append(helper.make_node("Sub", ["xd", "x_mean"], ["xc"]))
-    nodes.append(helper.make_node("Div", ["xc", "x_std"], ["h0"]))
-    cur = "h0"
-    for i, lin in enumerate(linears):
-        w = const(f"w{i}", lin.weight.detach().numpy().T)
-        b = const(f"b{i}", lin.bias.detach().numpy())
-        nodes.append(helper.make_node("MatMul", [cur, w], [f"m{i}"]))
-        out = f"a{i}" if i < len(linears) - 1 else "yn"
-        nodes.append(helper.make_node("Add", [f"m{i}", b], [out]))
-        if i < len(linears) - 1:
-            nodes.append(helper.make_node("Relu", [out], [f"h{i + 1}"]))
-            cur = f"h{i + 1}"
-    const("y_std", net.y_std.numpy())
-    const("y_mean", net.y_mean.numpy())
-    nodes.append(helper.make_node("Mul", ["yn", "y_std"], ["ys"]))
-    nodes.append(helper.make_node("Add", ["ys", "y_mean"], ["predictions"]))
-    const("objective", _weights_vector(policy.w_energy_per_j, policy.w_bytes_per_mb)[:, None])
-    nodes.append(helper.make_node("MatMul", ["predictions", "objective"], ["score_col"]))
-    inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "last_axis"))
-    nodes.append(helper.make_node("Squeeze", ["score_col", "last_axis"], ["scores"]))
-    graph = helper.make_graph(
-        nodes,
-        "modi_device_scorer",
-        [helper.make_tensor_value_info("options", TensorProto.FLOAT, ["N", "K", dfeat.F])],
-        [
-            helper.make_tensor_value_info("predictions", TensorProto.DOUBLE, ["N", "K", 3]),
-            helper.make_tensor_value_info("scores", TensorProto.DOUBLE, ["N", "K"]),
-        ],
-        inits,
+    graph = scorer_graph(  # float64 inside, normalisations folded, one Gemm per layer
+        [lin.weight.detach().numpy().T for lin in linears],
+        [lin.bias.detach().numpy() for lin in linears],
+        net.x_mean.numpy(),
+        net.x_std.numpy(),
+        net.y_mean.numpy(),
+        net.y_std.numpy(),
+        _weights_vector(policy.w_energy_per_j, policy.w_bytes_per_mb),
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8

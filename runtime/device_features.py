@@ -16,6 +16,8 @@ past says about this request's bandwidth, while the EWMA mixes in older ones.
 from __future__ import annotations
 
 import math
+import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -213,6 +215,8 @@ OPTION_FEATURES: tuple[tuple[str, str, str], ...] = (
 F = len(OPTION_FEATURES)
 _MAX_CV = 10.0
 _MAX_Z = 10.0
+_PACK_SHARED = struct.Struct("=12f").pack
+_ZERO2 = bytes(8)
 
 
 def num_options(num_models: int) -> int:
@@ -344,6 +348,69 @@ class OptionBuilder:
         self._load_inv = self._load[keep]
         self._sigma1_inv = self._sigma1[keep]
         self._cols_slack = np.zeros((keep.size, 2))
+        # the scalar path (:meth:`pack`): every option's model-only columns 12..18 as float32
+        # bytes, and the (load, mu, max(sigma, 1)) of the models involved as Python floats
+        row_bytes = [struct.pack("=7f", *row[12:19].tolist()) for row in static]
+        self._local = list(zip(row_bytes[:big_l], self._load[:big_l].tolist(),
+                               self._mu[:big_l].tolist(), self._sigma1[:big_l].tolist(),
+                               strict=True))  # fmt: skip
+        self._offload_bytes = row_bytes[big_l:]
+        self._backup_model = (self._load[big_l + 2], self._mu[big_l + 2], self._sigma1[big_l + 2])
+        self._pack_dyn = struct.Struct(f"={2 * big_l + 6}f").pack
+
+    def pack(self, buffer: NDArray[np.float32], request: Sequence[float]) -> None:
+        """Scalar fast path of :meth:`build`: the option vectors of one capture written into
+        ``buffer`` (a C-contiguous float32 array of ``K·F`` values, e.g. ``(1, K, F)``) in one
+        copy. ``request`` is the request block as Python floats already rounded to float32
+        (what :func:`option_features` reads from a float32 observation); the values are the
+        same bit for bit (a test checks). Raises ``OverflowError`` where a value is beyond
+        float32's range (:meth:`build` stores inf there, as numpy does)."""
+        r = request
+        sla, prep, lat, raw_kb = r[SLA], r[PREP_EST], r[NET_LATENCY], r[RAW_KB]
+        bw = max(r[NET_UPLINK], 1e-3)
+        bw_last = max(r[NET_UPLINK_LAST], 1e-3)
+        shared = (
+            sla / 1e3,
+            r[MEGAPIXELS] / 10.0,
+            raw_kb / 1e3,
+            prep / 1e3,
+            r[TIER_LOW],
+            r[TIER_MID],
+            r[TIER_HIGH],
+            lat / 1e3,
+            math.log(bw),
+            min(r[NET_UPLINK_STD] / bw, _MAX_CV),
+            math.log1p(max(r[NET_AGE], 0.0) / 1e3),
+            math.log(bw_last),
+        )
+        base = sla - prep
+        dyn: list[float] = []
+        for _, load, mu, sigma1 in self._local:
+            slack = base - load - mu
+            dyn += (slack / 1e3, min(max(slack / sigma1, -_MAX_Z), _MAX_Z))
+        load, mu, sigma1 = self._backup_model
+        slack = base - load - mu
+        up_pre = 8.0 * PRE_PAYLOAD_KB / bw_last
+        up_raw = 8.0 * raw_kb / bw_last
+        d = self._pack_dyn(
+            *dyn,
+            slack / 1e3,
+            min(max(slack / sigma1, -_MAX_Z), _MAX_Z),
+            up_pre / 1e3,
+            (sla - prep - up_pre - 2.0 * lat) / 1e3,
+            up_raw / 1e3,
+            (sla - 0.0 - up_raw - 2.0 * lat) / 1e3,
+        )
+        sh = _PACK_SHARED(*shared)
+        parts: list[bytes] = []
+        j = 0
+        for stat, _, _, _ in self._local:
+            parts += (sh, stat, d[j : j + 8], _ZERO2)
+            j += 8
+        bk, pre, raw = d[j : j + 8], d[j + 8 : j + 16], d[j + 16 : j + 24]
+        s0, s1, s2, s3 = self._offload_bytes
+        parts += (sh, s0, _ZERO2, pre, sh, s1, _ZERO2, raw, sh, s2, bk, pre, sh, s3, bk, raw)
+        buffer.data.cast("B")[:] = b"".join(parts)
 
     def build(
         self, request: ArrayLike, out: NDArray[np.float32] | None = None

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,15 @@ PREP_NAMES = ("device", "server")
 #: Server preprocessing estimate of the fallback rule (ms = intercept + per-MP x MP): the env's
 #: default server (``modi.envs.offload.DEFAULT_SERVER_PREP``).
 FALLBACK_SERVER_PREP = (2.0, 8.0)
+#: The request block rounded to float32 in one C call (the fast path packs it in column order).
+_REQUEST32 = struct.Struct(f"={dfeat.R}f")
+_ORDER = (dfeat.SLA, dfeat.MEGAPIXELS, dfeat.RAW_KB, dfeat.PREP_EST, dfeat.TIER_LOW,
+          dfeat.TIER_MID, dfeat.TIER_HIGH, dfeat.NET_LATENCY, dfeat.NET_UPLINK,
+          dfeat.NET_UPLINK_STD, dfeat.NET_AGE, dfeat.NET_UPLINK_LAST)  # fmt: skip
+if tuple(range(dfeat.R)) != _ORDER:  # pragma: no cover - a schema change must update decide()
+    raise ImportError("the device request block's column order changed: update DeviceSelector")
+_INF = math.inf
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -134,7 +144,10 @@ class DeviceSelector:
         self._bw_last = math.nan
         self._last_ms = math.nan
         self._history_ok = False
+        self._hist32 = (math.nan, math.nan, math.nan, math.nan)
+        self._fast = False  # every check but the request's passed: decide() takes the fast path
         self._req = np.zeros(dfeat.R, dtype=np.float32)
+        self._tier_flags = tuple(float(i == self._tier) for i in range(len(TIERS)))
         self._ids = [m.model_id for m in spec.models]
         self._actions = [
             (int(a), int(b), int(c)) for a, b, c in dfeat.option_actions(max(1, len(self._ids)))
@@ -145,6 +158,7 @@ class DeviceSelector:
         if model_path is not None:
             self._load(Path(model_path))
         self._models_changed()
+        self._check_history()
 
     @classmethod
     def load(cls, path: str | Path, spec: DeviceSpec, **kwargs: Any) -> DeviceSelector:
@@ -213,8 +227,19 @@ class DeviceSelector:
             io.bind_ortvalue_output(OUTPUT_SCORES, ort.OrtValue.ortvalue_from_numpy(self._scores))
             inner, run_io, run_opts = io._iobinding, sess._sess.run_with_iobinding, ort.RunOptions()
             self._run_bound = lambda: run_io(inner, run_opts)
+            # the bound call must write the scores run() returns, in place
+            self._x[:] = np.linspace(-1.0, 1.0, self._x.size, dtype=np.float32).reshape(
+                self._x.shape
+            )
+            self._scores.fill(np.nan)
+            self._run_bound()
+            ref = sess.run(self._outputs, {INPUT_OPTIONS: self._x})[0]
+            if not np.array_equal(np.asarray(ref, dtype=self._scores.dtype), self._scores):
+                raise RuntimeError("the bound call wrote other scores than run()")
         except Exception:  # an onnxruntime without these handles: run() instead
             self._run_bound = None
+        self._x.fill(0.0)
+        self._score_row = self._scores[0]
 
     def _model_rows(self) -> NDArray[np.float32]:
         s = self.spec
@@ -230,6 +255,20 @@ class DeviceSelector:
     def _models_changed(self) -> None:
         """Recompute the option columns that depend on the on-device models and check them
         against the training range (once per model state, not per decision)."""
+        self._set_models()
+        self._update_fast()
+
+    def _update_fast(self) -> None:
+        self._fast = (
+            self._spec_error is None
+            and self._run is not None
+            and getattr(self, "_run_bound", None) is not None
+            and self._pool_error is None
+            and self._builder is not None
+            and self._history_ok
+        )
+
+    def _set_models(self) -> None:
         self._builder = None
         self._pool_error = None
         if self._spec_error is not None:
@@ -277,6 +316,15 @@ class DeviceSelector:
     def _check_history(self) -> None:
         vals = (self._lat, self._bw, self._bw_var, self._bw_last, self._last_ms)
         self._history_ok = all(math.isfinite(v) for v in vals) and min(vals[:4]) >= 0
+        if self._history_ok:
+            try:  # the history's columns as the float32 observation holds them
+                self._hist32 = struct.unpack(
+                    "=4f",
+                    struct.pack("=4f", self._lat, self._bw, math.sqrt(self._bw_var), self._bw_last),
+                )
+            except (OverflowError, struct.error):  # beyond float32: not a usable history
+                self._history_ok = False
+        self._update_fast()
 
     def record(self, latency_ms: float, uplink_mbps: float, time_ms: float) -> None:
         """A completed measurement (call when the response has arrived): the response's one-way
@@ -355,6 +403,59 @@ class DeviceSelector:
         self, time_ms: float, sla_ms: float, megapixels: float, raw_bytes: float
     ) -> DeviceDecision:
         """The decision for a capture at ``time_ms`` (never raises)."""
+        if self._fast:
+            # the batch-1 path: the request block rounded to float32 in one C call, the option
+            # vectors packed into the bound input in one (dfeat.OptionBuilder.pack, the same
+            # values as option_features), onnxruntime writes the scores in place
+            try:
+                if (
+                    0.0 < sla_ms < _INF
+                    and 0.0 < megapixels < _INF
+                    and 0.0 < raw_bytes < _INF
+                    and -_INF < time_ms < _INF
+                ):
+                    lat, bw, std, bw_last = self._hist32
+                    tl, tm, th = self._tier_flags
+                    s = self.spec
+                    req = _REQUEST32.unpack(
+                        _REQUEST32.pack(
+                            sla_ms,
+                            megapixels,
+                            raw_bytes / 1e3,
+                            s.prep_intercept_ms + s.prep_ms_per_mp * megapixels,
+                            tl,
+                            tm,
+                            th,
+                            lat,
+                            bw,
+                            std,
+                            time_ms - self._last_ms,
+                            bw_last,
+                        )
+                    )
+                    self._builder.pack(self._x, req)  # type: ignore[union-attr]
+                    self._run_bound()
+                    values = self._score_row.tolist()
+                    if math.isfinite(sum(values)):
+                        action = self._actions[values.index(max(values))]
+                        place = action[1]
+                        return DeviceDecision(
+                            PREP_NAMES[action[0]],
+                            self._ids[place] if place < len(self._ids) else "offload",
+                            action[2] == 1,
+                            action,
+                            "learned",
+                            self._reason,
+                            tuple(values),
+                        )
+            except Exception:  # any doubt: the checked path below says why (never raises)
+                pass
+        return self._decide_checked(time_ms, sla_ms, megapixels, raw_bytes)
+
+    def _decide_checked(
+        self, time_ms: float, sla_ms: float, megapixels: float, raw_bytes: float
+    ) -> DeviceDecision:
+        """:meth:`decide` with every check spelled out (and its reason on a fallback)."""
         if self._spec_error is not None:
             return self._fallback(
                 f"invalid device: {self._spec_error}", sla_ms, megapixels, raw_bytes
@@ -386,6 +487,14 @@ class DeviceSelector:
             if sla_ms <= 0 or megapixels <= 0 or raw_bytes <= 0:
                 return self._fallback(
                     "invalid input: sla_ms, megapixels, raw_bytes must be > 0",
+                    sla_ms,
+                    megapixels,
+                    raw_bytes,
+                )
+            if max(abs(time_ms), sla_ms, megapixels, raw_bytes / 1e3) > _F32_MAX:
+                return self._fallback(
+                    "invalid input: a request field beyond float32's range "
+                    f"{(time_ms, sla_ms, megapixels, raw_bytes)}",
                     sla_ms,
                     megapixels,
                     raw_bytes,

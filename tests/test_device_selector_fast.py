@@ -1,0 +1,169 @@
+"""The device runtime's batch-1 path (issue 14): :meth:`OptionBuilder.pack` gives the
+:func:`option_features` vectors bit for bit, :meth:`DeviceSelector.decide`'s fast path answers
+like its checked path, and the folded export graph (:mod:`modi.agents.device_graph`) computes
+the trained scorer's predictions."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import helper
+from test_device_policy import _device, _sim
+
+from modi.agents.device_graph import fold_layers, scorer_graph
+from modi.agents.device_scorer import (
+    DeviceScorerPolicy,
+    collect,
+    device_spec,
+    export_device_onnx,
+    fit_scorer,
+)
+from modi.runtime import DeviceSelector
+from modi.runtime import device_features as dfeat
+
+
+@pytest.fixture(scope="module")
+def policy_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[DeviceScorerPolicy, Path]:
+    sim = _sim(8)
+    data = collect([sim], 30, seed=1)
+    net, _ = fit_scorer(data, hidden=(16, 16), epochs=1, seed=1)
+    x = data[0][0].reshape(-1, dfeat.F)
+    pol = DeviceScorerPolicy(net, 0.2, 0.1, x.min(axis=0), x.max(axis=0))
+    return pol, export_device_onnx(pol, tmp_path_factory.mktemp("fast") / "device.onnx")
+
+
+def test_pack_writes_the_option_features_bit_for_bit() -> None:
+    """On env observations (1 and 4 on-device models, models loaded and unloaded, every action
+    kind): the scalar path writes exactly :func:`option_features`' float32 vectors."""
+    for models in (1, 4):
+        sim = _sim(4, models)
+        obs = sim.reset(21)
+        rng = np.random.default_rng(3)
+        for _ in range(120):
+            x = dfeat.option_features(obs)
+            for i in range(4):
+                builder = dfeat.OptionBuilder(obs[i, dfeat.R :].reshape(models, dfeat.P))
+                out = np.full((1, *x.shape[1:]), np.nan, dtype=np.float32)
+                builder.pack(out, obs[i, : dfeat.R].tolist())
+                np.testing.assert_array_equal(out[0], x[i])
+            sim.step(rng.integers(0, sim.action_nvec, size=(4, 3)))
+            obs = sim.obs
+
+
+def test_pack_refuses_values_beyond_float32() -> None:
+    sim = _sim(1, 3)
+    obs = sim.reset(0)
+    builder = dfeat.OptionBuilder(obs[0, dfeat.R :].reshape(3, dfeat.P))
+    out = np.zeros((1, 7, dfeat.F), dtype=np.float32)
+    req = obs[0, : dfeat.R].tolist()
+    req[dfeat.RAW_KB] = 3e38  # its upload time at 1 kbit/s is beyond float32
+    req[dfeat.NET_UPLINK_LAST] = 1e-3
+    with pytest.raises(OverflowError):
+        builder.pack(out, req)
+
+
+def test_fast_decisions_equal_the_checked_path(
+    policy_file: tuple[DeviceScorerPolicy, Path],
+) -> None:
+    """The fast path and the fully checked path (numpy option builder, run()) agree on the
+    action and the scores, across captures, network measurements and model loads."""
+    _, path = policy_file
+    spec = device_spec(_device(3))
+    sel = DeviceSelector.load(path, spec)
+    sel.start(20.0, 10.0, 0.0)
+    rng = np.random.default_rng(5)
+    t = 0.0
+    for i in range(400):
+        t += float(rng.uniform(100.0, 2000.0))
+        if i % 3 == 0:
+            sel.record(float(rng.uniform(2, 80)), float(rng.uniform(0.5, 200)), t - 50.0)
+        if i % 50 == 0:
+            sel.set_loaded(spec.models[i % 3].model_id, bool(i % 100))
+        args = (t, float(rng.uniform(80, 3000)), float(rng.uniform(0.1, 16)), 0.0)
+        args = (*args[:3], args[2] * float(rng.uniform(1e5, 5e5)))
+        fast = sel.decide(*args)
+        checked = sel._decide_checked(*args)
+        assert fast.source == "learned" and checked.source == "learned"
+        assert fast.action == checked.action and fast.scores == checked.scores
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        ((1000.0, math.nan, 4.0, 1.5e6), "non-finite"),
+        ((1000.0, 500.0, math.inf, 1.5e6), "non-finite"),
+        ((1000.0, 500.0, 4.0, -1.0), "must be > 0"),
+        ((1000.0, 500.0, 4.0, 1e45), "float32"),
+        ((1000.0, None, 4.0, 1.5e6), "non-finite"),
+    ],
+)
+def test_fast_path_leaves_bad_requests_to_the_checked_path(
+    policy_file: tuple[DeviceScorerPolicy, Path], args: tuple[float, ...], fragment: str
+) -> None:
+    _, path = policy_file
+    sel = DeviceSelector.load(path, device_spec(_device(3)))
+    sel.start(20.0, 10.0, 0.0)
+    d = sel.decide(*args)
+    assert d.source == "fallback" and fragment in d.reason, d
+    assert d.placement == "offload" and not d.backup
+
+
+def test_folded_graph_computes_the_scorer(policy_file: tuple[DeviceScorerPolicy, Path]) -> None:
+    """The exported graph's predictions and scores are the trained scorer's (float64), and
+    the folding itself is exact algebra (checked against the unfolded formula)."""
+    pol, path = policy_file
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sim = _sim(16)
+    obs = sim.reset(2)
+    x = dfeat.option_features(obs)
+    pred, scores = sess.run(["predictions", "scores"], {"options": x})
+    np.testing.assert_allclose(pred, pol.predict(x), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(scores, pol.scores(obs), rtol=1e-9, atol=1e-9)
+    assert scores.dtype == np.float64 and scores.shape == x.shape[:2]
+    net = pol.net
+    lin = [m for m in net.mlp if isinstance(m, torch.nn.Linear)]
+    w = [m.weight.detach().numpy().T for m in lin]
+    b = [m.bias.detach().numpy() for m in lin]
+    wf, bf = fold_layers(w, b, net.x_mean.numpy(), net.x_std.numpy(),
+                         net.y_mean.numpy(), net.y_std.numpy())  # fmt: skip
+    h = x.reshape(-1, dfeat.F).astype(np.float64)
+    for i, (wi, bi) in enumerate(zip(wf, bf, strict=True)):
+        h = h @ wi + bi
+        if i < len(wf) - 1:
+            h = np.maximum(h, 0.0)
+    np.testing.assert_allclose(h.reshape(pred.shape), pred, rtol=1e-12, atol=1e-12)
+    nodes = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert nodes.count("Gemm") == len(lin) and "Sub" not in nodes and "Div" not in nodes
+
+
+def test_scorer_graph_checks_its_shapes() -> None:
+    w = [np.zeros((dfeat.F + 1, 4)), np.zeros((4, 3))]
+    b = [np.zeros(4), np.zeros(3)]
+    z = np.zeros(dfeat.F + 1)
+    with pytest.raises(ValueError, match="features"):
+        scorer_graph(w, b, z, z + 1, np.zeros(3), np.ones(3), np.ones(3))
+    with pytest.raises(ValueError, match="as many weights"):
+        scorer_graph(w, b[:1], z, z + 1, np.zeros(3), np.ones(3), np.ones(3))
+    g = scorer_graph(
+        [np.ones((dfeat.F, 2)), np.ones((2, 3))],
+        [np.zeros(2), np.zeros(3)],
+        np.zeros(dfeat.F),
+        np.ones(dfeat.F),
+        np.zeros(3),
+        np.ones(3),
+        np.array([1.0, -0.5, 0.0]),
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = np.ones((2, 5, dfeat.F), dtype=np.float32)
+    pred, scores = sess.run(None, {"options": x})
+    assert pred.shape == (2, 5, 3) and scores.shape == (2, 5)
+    np.testing.assert_allclose(scores, dfeat.F)  # each prediction 2F; score 2F - 0.5 x 2F
