@@ -9,7 +9,8 @@ Record fields (format version :data:`FORMAT_VERSION`)::
 
     v, ts, request_id, schema, pool, pool_hash,
     selector: {name, version, exploration: {kind, epsilon, temperature}},
-    features: [R + P*K floats], action, model_id, probabilities: [K floats],
+    features: [R + P*K floats; null: an optional request column unknown], action, model_id,
+    probabilities: [K floats],
     source: "learned"|"fallback", reason,
     outcome: {latency_ms, met, accuracy, correct},
     shadow: null | {selector, action, model_id, probabilities}
@@ -17,6 +18,12 @@ Record fields (format version :data:`FORMAT_VERSION`)::
 The reward of off-policy evaluation is the *effective accuracy*: ``float(correct and met)``
 when the request carried a label (``correct`` not null), else ``accuracy if met else 0``; the
 attainment is ``met``. Part of the light runtime: standard library and numpy only.
+
+Feature schema versions: a ``modi.model_selection v2`` record writes its optional request columns
+(``srtt_ms``, ``rttvar_ms``: :data:`modi.runtime.features.OPTIONAL_COLUMNS`) as ``null`` when the
+server did not know them (read back as NaN). Records of ``modi.model_selection v1`` (before those
+two columns existed) are read as v2 records whose RTT columns are unknown (NaN), which is what
+they are, so old logs stay readable beside new ones.
 """
 
 from __future__ import annotations
@@ -34,7 +41,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from modi.runtime.device_features import DeviceObsLayout
-from modi.runtime.features import ObsLayout
+from modi.runtime.features import (
+    OPTIONAL_COLUMNS,
+    REQUEST_FEATURES,
+    SCHEMA_NAME,
+    SCHEMA_VERSION,
+    ObsLayout,
+)
 from modi.runtime.metadata import pool_hash
 
 log = logging.getLogger(__name__)
@@ -54,6 +67,13 @@ LAYOUTS: dict[str, type[ObsLayout]] = {
 }
 
 _NUMBER_TYPES = frozenset({int, float})
+
+#: The model-selection schema before issue 13 and its request-block length: the same columns
+#: without the trailing ``srtt_ms``/``rttvar_ms`` (read as v2 with those unknown).
+SCHEMA_V1 = f"{SCHEMA_NAME} v1"
+V1_REQUEST_DIM = 10
+_UPGRADES_V1 = SCHEMA_VERSION == 2 and OPTIONAL_COLUMNS == (V1_REQUEST_DIM, V1_REQUEST_DIM + 1)
+assert len(REQUEST_FEATURES) >= V1_REQUEST_DIM
 
 
 @functools.lru_cache(maxsize=64)
@@ -179,7 +199,8 @@ class DecisionRecord:
         return {
             "v": self.v, "ts": self.ts, "request_id": self.request_id, "schema": self.schema,
             "pool": list(self.pool), "pool_hash": self.pool_hash,
-            "selector": self.selector.to_dict(), "features": list(self.features),
+            "selector": self.selector.to_dict(),
+            "features": [None if math.isnan(v) else v for v in self.features],
             "action": self.action, "model_id": self.model_id,
             "probabilities": list(self.probabilities), "source": self.source,
             "reason": self.reason, "outcome": self.outcome.to_dict(),
@@ -249,6 +270,27 @@ class _Parser:
         if not isinstance(x, dict):
             raise self.err(fld, f"expected an object, got {_kind(x)}")
         return x
+
+    def features(self, x: Any, fld: str, optional: tuple[int, ...]) -> tuple[float, ...]:
+        """A feature vector: finite numbers, except ``null`` (or NaN) at the ``optional``
+        columns (read as NaN: unknown)."""
+        if not isinstance(x, list):
+            raise self.err(fld, f"expected a list of numbers, got {_kind(x)}")
+        n = len(x)
+        unknown = [
+            i
+            for i in optional
+            if i < n and (x[i] is None or (type(x[i]) is float and x[i] != x[i]))
+        ]
+        if not unknown:
+            return self.floats(x, fld)
+        vals = list(x)
+        for i in unknown:
+            vals[i] = 0.0
+        out = list(self.floats(vals, fld))
+        for i in unknown:
+            out[i] = math.nan
+        return tuple(out)
 
     def floats(self, x: Any, fld: str) -> tuple[float, ...]:
         if not isinstance(x, list):
@@ -339,6 +381,9 @@ class _Parser:
         ts = self.number(self.get(x, "ts"), "ts")
         request_id = self.string(self.get(x, "request_id"), "request_id")
         schema = self.string(self.get(x, "schema"), "schema")
+        upgrade = schema == SCHEMA_V1 and _UPGRADES_V1
+        if upgrade:
+            schema = ObsLayout.schema
         layout = LAYOUTS.get(schema)
         if layout is None:
             raise self.err("schema", f"unknown feature schema {schema!r}; expected one of "
@@ -354,8 +399,19 @@ class _Parser:
             raise self.err("pool_hash", f"{ph!r} is not the hash of the logged pool "
                            f"({_pool_hash(pool)!r})")  # fmt: skip
         selector = self.selector(self.get(x, "selector"), "selector")
-        features = self.floats(self.get(x, "features"), "features")
+        optional = OPTIONAL_COLUMNS if layout is ObsLayout and not upgrade else ()
+        features = self.features(self.get(x, "features"), "features", optional)
         dim = layout(len(pool)).dim
+        if upgrade:  # v1: the RTT columns did not exist (unknown)
+            if len(features) != dim - len(OPTIONAL_COLUMNS):
+                raise self.err(
+                    "features",
+                    f"expected {dim - len(OPTIONAL_COLUMNS)} values (schema {SCHEMA_V1} with "
+                    f"{len(pool)} models: {V1_REQUEST_DIM} + {layout.row_dim} * {len(pool)}), "
+                    f"got {len(features)}",
+                )
+            r = V1_REQUEST_DIM
+            features = (*features[:r], *([math.nan] * len(OPTIONAL_COLUMNS)), *features[r:])
         if len(features) != dim:
             raise self.err(
                 "features",

@@ -2,11 +2,13 @@
 
 A :class:`Request` carries what the server knows when a request arrives (DESIGN.md §1): the SLA,
 the time elapsed since capture, the measured upload time, the payload size, and optionally the
-client's id (for its network history) and the server's queue length / slowdown (otherwise the
-selector uses what the server last set). :class:`RequestBatch` is the columnar form for
-:meth:`modi.runtime.Selector.select_batch`. Values outside :class:`RequestLimits` (NaN, inf,
-negative, absurd) make the request invalid; the selector then answers with the ModiPick rule and
-says which field was wrong.
+client's id (for its network history), the server's queue length / slowdown (otherwise the
+selector uses what the server last set) and the connection's smoothed RTT / RTT variation as the
+server's TCP stack reports them (``srtt_ms``/``rttvar_ms``; absent: unknown, NaN in the
+features, which a policy that reads them answers with its fallback and the reason).
+:class:`RequestBatch` is the columnar form for :meth:`modi.runtime.Selector.select_batch`.
+Values outside :class:`RequestLimits` (NaN, inf, negative, absurd) make the request invalid; the
+selector then answers with the ModiPick rule and says which field was wrong.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ BYTES_PER_KB = 1000.0
 #: Fields every request must carry.
 REQUIRED_FIELDS = ("sla_ms", "elapsed_ms", "upload_ms", "payload_bytes")
 #: Fields a request may carry.
-OPTIONAL_FIELDS = ("client_id", "queue_len", "slowdown")
+OPTIONAL_FIELDS = ("client_id", "queue_len", "slowdown", "srtt_ms", "rttvar_ms")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +43,9 @@ class Request:
         client_id: the device/client, for its upload-time history; ``None``: no history.
         queue_len: requests ahead in the server queue; ``None``: the selector's current value.
         slowdown: observed / profiled execution time; ``None``: the selector's current value.
+        srtt_ms: the connection's smoothed RTT when the request arrived (ms; e.g. Linux
+            ``TCP_INFO`` ``tcpi_rtt``); ``None``: unknown (NaN in the features).
+        rttvar_ms: the connection's RTT variation (ms; ``tcpi_rttvar``); ``None``: unknown.
     """
 
     sla_ms: float
@@ -50,6 +55,8 @@ class Request:
     client_id: Hashable | None = None
     queue_len: float | None = None
     slowdown: float | None = None
+    srtt_ms: float | None = None
+    rttvar_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class RequestLimits:
     max_payload_bytes: float = 1e9
     max_queue_len: float = 1e6
     max_slowdown: float = 1e3
+    max_rtt_ms: float = 60_000.0
 
 
 class InvalidRequest(ValueError):
@@ -120,13 +128,16 @@ def _get(request: Any, name: str) -> Any:
     return getattr(request, name, None)
 
 
-ParsedRequest = tuple[float, float, float, float, Hashable | None, float | None, float | None]
+ParsedRequest = tuple[
+    float, float, float, float, Hashable | None, float | None, float | None, float, float
+]
 
 
 def parse_request(request: Request | Mapping[str, Any], limits: RequestLimits) -> ParsedRequest:
     """Validate one request; return ``(sla, elapsed, upload, payload_kb, client, queue,
-    slowdown)`` with optional fields ``None`` when absent. Raises :class:`InvalidRequest`, also
-    for a hostile object that breaks reading it (a mapping whose ``get`` raises, ...)."""
+    slowdown, srtt, rttvar)`` with ``client``/``queue``/``slowdown`` ``None`` when absent and
+    ``srtt``/``rttvar`` NaN when absent (unknown). Raises :class:`InvalidRequest`, also for a
+    hostile object that breaks reading it (a mapping whose ``get`` raises, ...)."""
     try:
         return _parse_request(request, limits)
     except InvalidRequest:
@@ -143,6 +154,8 @@ def _parse_request(request: Any, limits: RequestLimits) -> ParsedRequest:
     client: Any
     q_v: Any
     s_v: Any
+    rtt_v: Any
+    var_v: Any
     if isinstance(request, Request):
         sla_v, el_v, up_v, pay_v = (
             request.sla_ms,
@@ -151,9 +164,10 @@ def _parse_request(request: Any, limits: RequestLimits) -> ParsedRequest:
             request.payload_bytes,
         )
         client, q_v, s_v = request.client_id, request.queue_len, request.slowdown
+        rtt_v, var_v = request.srtt_ms, request.rttvar_ms
     elif isinstance(request, Mapping):
         sla_v, el_v, up_v, pay_v = (request.get(f) for f in REQUIRED_FIELDS)
-        client, q_v, s_v = (request.get(f) for f in OPTIONAL_FIELDS)
+        client, q_v, s_v, rtt_v, var_v = (request.get(f) for f in OPTIONAL_FIELDS)
     else:
         raise InvalidRequest(
             f"a request must be a modi.runtime.Request or a mapping with fields "
@@ -188,6 +202,15 @@ def _parse_request(request: Any, limits: RequestLimits) -> ParsedRequest:
         slowdown = _as_float(s_v, "slowdown")
         if not 0.0 < slowdown <= lim.max_slowdown:
             _check(slowdown, "slowdown", lim.max_slowdown, "max_slowdown", True)
+    srtt = rttvar = math.nan
+    if rtt_v is not None:
+        srtt = rtt_v if type(rtt_v) is float else _as_float(rtt_v, "srtt_ms")
+        if not 0.0 <= srtt <= lim.max_rtt_ms:
+            _check(srtt, "srtt_ms", lim.max_rtt_ms, "max_rtt_ms", False)
+    if var_v is not None:
+        rttvar = var_v if type(var_v) is float else _as_float(var_v, "rttvar_ms")
+        if not 0.0 <= rttvar <= lim.max_rtt_ms:
+            _check(rttvar, "rttvar_ms", lim.max_rtt_ms, "max_rtt_ms", False)
     if client is not None:
         try:
             hash(client)
@@ -195,7 +218,7 @@ def _parse_request(request: Any, limits: RequestLimits) -> ParsedRequest:
             raise InvalidRequest(
                 f"client_id must be hashable (a string or an integer), got {type(client).__name__}"
             ) from None
-    return sla, elapsed, upload, payload / BYTES_PER_KB, client, queue, slowdown
+    return sla, elapsed, upload, payload / BYTES_PER_KB, client, queue, slowdown, srtt, rttvar
 
 
 def _column(values: ArrayLike | None, name: str, n: int | None) -> NDArray[np.float64] | None:
@@ -224,16 +247,19 @@ class RequestBatch:
     """Columnar requests for :meth:`~modi.runtime.Selector.select_batch`: one array of ``N``
     values per field (see :class:`Request`); ``client_id`` is a sequence of ``N`` ids (``None``
     entries: no history) or ``None``; ``queue_len``/``slowdown`` ``None`` (or NaN entries) use
-    the selector's current values. Raises ``ValueError`` at construction if the columns do not
-    line up (a programming error, caught before serving)."""
+    the selector's current values; ``srtt_ms``/``rttvar_ms`` ``None`` (or NaN entries): unknown.
+    Raises ``ValueError`` at construction if the columns do not line up (a programming error,
+    caught before serving)."""
 
     __slots__ = (
         "client_id",
         "elapsed_ms",
         "payload_bytes",
         "queue_len",
+        "rttvar_ms",
         "sla_ms",
         "slowdown",
+        "srtt_ms",
         "upload_ms",
     )
 
@@ -246,6 +272,8 @@ class RequestBatch:
         client_id: Sequence[Hashable | None] | None = None,
         queue_len: ArrayLike | None = None,
         slowdown: ArrayLike | None = None,
+        srtt_ms: ArrayLike | None = None,
+        rttvar_ms: ArrayLike | None = None,
     ) -> None:
         sla = _column(sla_ms, "sla_ms", None)
         assert sla is not None
@@ -269,6 +297,8 @@ class RequestBatch:
                 ) from None
         self.queue_len = _column(queue_len, "queue_len", n)
         self.slowdown = _column(slowdown, "slowdown", n)
+        self.srtt_ms = _column(srtt_ms, "srtt_ms", n)
+        self.rttvar_ms = _column(rttvar_ms, "rttvar_ms", n)
 
     def __len__(self) -> int:
         return int(self.sla_ms.shape[0])
@@ -303,6 +333,8 @@ class RequestBatch:
             None if all(c is None for c in clients) else clients,
             opt("queue_len"),
             opt("slowdown"),
+            opt("srtt_ms"),
+            opt("rttvar_ms"),
         )
 
     def row(self, i: int) -> Request:
@@ -315,6 +347,8 @@ class RequestBatch:
             None if self.client_id is None else self.client_id[i],
             _optional(self.queue_len, i),
             _optional(self.slowdown, i),
+            _optional(self.srtt_ms, i),
+            _optional(self.rttvar_ms, i),
         )
 
     def valid_rows(self, limits: RequestLimits) -> NDArray[np.bool_]:
@@ -332,4 +366,7 @@ class RequestBatch:
         if self.slowdown is not None:
             s = self.slowdown
             ok &= ((s > 0.0) & (s <= lim.max_slowdown)) | np.isnan(s)
+        for col in (self.srtt_ms, self.rttvar_ms):  # NaN: unknown (allowed)
+            if col is not None:
+                ok &= ((col >= 0.0) & (col <= lim.max_rtt_ms)) | np.isnan(col)
         return np.asarray(ok, dtype=np.bool_)

@@ -133,7 +133,7 @@ def test_old_log_without_probabilities(tmp_path: Path) -> None:
         ({"probabilities": [0.5, "x", 0.5]}, "probabilities[1]", "finite number"),
         ({"action": 3}, "action", "[0, 3)"),
         ({"action": 0, "model_id": "b"}, "model_id", "not pool[0]"),
-        ({"features": [1.0, 2.0]}, "features", "expected 22 values"),
+        ({"features": [1.0, 2.0]}, "features", f"expected {ObsLayout(3).dim} values"),
         ({"schema": "other v9"}, "schema", "unknown feature schema"),
         ({"pool_hash": "sha256:00"}, "pool_hash", "not the hash"),
         ({"source": "magic"}, "source", "expected one of"),

@@ -583,9 +583,13 @@ def test_selector_features_equal_the_env_observation_for_the_same_requests() -> 
     rng = np.random.default_rng(2)
     for step in range(400):
         _, _, _, _, info = env.step(int(rng.integers(sim.num_models)))
+        # the connection's RTT as the env's TCP view reports it (its observation's columns)
+        srtt, rttvar = float(obs[F.SRTT]), float(obs[F.RTTVAR])
+        assert math.isfinite(srtt) and srtt > 0.0 and rttvar >= 0.0, (srtt, rttvar)
         req = Request(
-            info["sla_ms"], info["t_input_ms"], info["t_input_ms"], sim.payload_kb * 1000, "c"
-        )
+            info["sla_ms"], info["t_input_ms"], info["t_input_ms"], sim.payload_kb * 1000, "c",
+            srtt_ms=srtt, rttvar_ms=rttvar,
+        )  # fmt: skip
         got = sel.features(req, record=True)
         np.testing.assert_array_equal(got, obs, err_msg=f"request {step}")
         sel.observe(sim.pool.ids[info["model"]], info["exec_ms"])
