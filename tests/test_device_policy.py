@@ -299,7 +299,7 @@ def test_device_bench_measures_a_learned_decision() -> None:
     from modi.experiments.bench_device import run_device_bench
 
     res = run_device_bench(n=300, warmup=50)
-    assert set(res) == {
+    assert set(res) >= {
         "device_selector_p50_us",
         "device_selector_p99_us",
         "device_fallback_p50_us",

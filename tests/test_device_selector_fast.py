@@ -167,3 +167,17 @@ def test_scorer_graph_checks_its_shapes() -> None:
     pred, scores = sess.run(None, {"options": x})
     assert pred.shape == (2, 5, 3) and scores.shape == (2, 5)
     np.testing.assert_allclose(scores, dfeat.F)  # each prediction 2F; score 2F - 0.5 x 2F
+
+
+def test_device_bench_times_the_references_and_decides_like_before() -> None:
+    """A small run of the device benchmark: every reference present, and the new path (fast
+    decide, folded graph) takes the same action as the previous one on every capture."""
+    from modi.experiments.bench_device import run_device_bench
+
+    res = run_device_bench(n=400, warmup=50, rounds=2, block=100)
+    for kind in ("device_selector", "device_selector_before", "device_fallback",
+                 "device_onnxruntime_run", "device_onnxruntime_bound_run"):  # fmt: skip
+        assert 0 < res[f"{kind}_p50_us"] <= res[f"{kind}_p99_us"], kind
+    assert res["device_selector_p99_us_min"] <= res["device_selector_p99_us_max"]
+    assert res["device_decisions_timed"] == 800
+    assert res["device_before_same_action"] == 1.0
