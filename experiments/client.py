@@ -15,6 +15,16 @@ for a missed SLA), latency percentiles, throughput, failed requests and model us
 
     modi-client --url http://127.0.0.1:8000 --sla-ms 250 --requests 400 --concurrency 8 \\
         --network campus --images photos --preprocess mix --json report.json
+
+Device decisions (issue 14): with ``--device`` each client is an emulated phone of ``--tier``
+whose own decisions (where to preprocess, on-device model or offload, backup) come from a
+learned device policy (``--device learned --device-policy PATH.onnx``, run by
+:class:`modi.runtime.DeviceSelector`) or a static rule (:mod:`modi.experiments.phone`);
+``--compare-device`` runs the three tiers x (learned, static local, static remote) on one
+network preset and prints attainment and effective accuracy side by side::
+
+    modi-client --compare-device --device-policy runs/x/device_policy.onnx \\
+        --network link_wifi --sla-ms 400 --requests 100 --concurrency 2
 """
 
 from __future__ import annotations
@@ -355,6 +365,22 @@ def main(argv: list[str] | None = None) -> None:
                    help="write one JSON line per request to this file")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     p.add_argument(
+        "--device",
+        choices=("learned", "static_local", "static_remote", "on_device"),
+        default=None,
+        help="emulated phones making the device's decisions with this policy "
+        "(learned: --device-policy through DeviceSelector)",
+    )
+    p.add_argument("--device-policy", type=Path, default=None,
+                   help="exported device policy (.onnx) for --device learned")  # fmt: skip
+    p.add_argument("--tier", default="mid", help="device tier of the phones: low, mid or high")
+    p.add_argument(
+        "--compare-device",
+        action="store_true",
+        help="run low/mid/high x (learned, static_local, static_remote) on --network, "
+        "--requests per row, --concurrency phones; print the table",
+    )
+    p.add_argument(
         "--report-outcomes",
         action="store_true",
         help="send each answer's end-to-end latency to the server's /v1/outcome",
@@ -362,6 +388,9 @@ def main(argv: list[str] | None = None) -> None:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    if a.compare_device or a.device is not None:
+        _device_main(p, a)
+        return
     rep, rows = asyncio.run(
         run_clients(
             a.url, a.sla_ms, a.requests, a.concurrency, a.network, a.images, a.preprocess,
@@ -375,6 +404,38 @@ def main(argv: list[str] | None = None) -> None:
         a.json.write_text(text + "\n")
     if a.rows:
         a.rows.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _device_main(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    """``--device`` / ``--compare-device``: emulated phones making the device's decisions."""
+    import modi.experiments.phone as ph
+
+    try:
+        if a.compare_device:
+            if a.device_policy is None:
+                raise ph.PhoneError("--compare-device needs --device-policy PATH.onnx")
+            reports = asyncio.run(
+                ph.compare_device_policies(
+                    a.url, a.device_policy, a.sla_ms, a.requests, a.concurrency, a.network,
+                    a.images, a.seed,
+                )
+            )  # fmt: skip
+        else:
+            rep, rows = asyncio.run(
+                ph.run_phones(
+                    a.url, a.tier, a.device, a.device_policy, a.sla_ms, a.requests,
+                    a.concurrency, a.network, a.images, a.seed,
+                )
+            )  # fmt: skip
+            reports = [rep]
+            if a.rows:
+                a.rows.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    except ph.PhoneError as e:
+        p.error(str(e))
+    text = json.dumps(ph.reports_json(reports), indent=2)
+    print(ph.format_table(reports))  # the CLI's output
+    if a.json:
+        a.json.write_text(text + "\n")
 
 
 if __name__ == "__main__":
