@@ -4,10 +4,12 @@ selector, as a FastAPI app run by uvicorn (a thin shell around :mod:`modi.servin
 Endpoints (the OpenAPI schema at ``/openapi.json`` documents each completely):
 
 * ``POST /v1/infer?sla_ms=..&upload_ms=..[&capture_ts_ms=..|&elapsed_ms=..][&client_id=..]``
-  ``[&label=..][&shape=HxWx3]``: the body is an encoded image (``image/jpeg``, ``image/png``,
+  ``[&label=..][&shape=HxWx3][&srtt_ms=..&rttvar_ms=..][&prev_download_ms=..]``: the body is an
+  encoded image (``image/jpeg``, ``image/png``,
   ``image/webp``, ``image/bmp``; decoded as the declared format only) or device-preprocessed
   pixels (``application/x-modi-pixels``: raw ``uint8`` RGB, ``shape`` given). The selector
-  picks the model; the answer names it, the class and the server's timings.
+  picks the model; the answer names it, the class, the connection's RTT as the selector saw it
+  (and its source) and the server's timings.
 * ``POST /v1/outcome?request_id=..&e2e_ms=..``: the client's measured end-to-end latency of
   a served request; with ``--outcome-hold-s`` its decision-log record (held that long) takes
   it as ``latency_ms`` (and ``met``) instead of the server's own view, which cannot include the
@@ -20,6 +22,14 @@ Endpoints (the OpenAPI schema at ``/openapi.json`` documents each completely):
   optional): reload the selector (a file name inside the selector folder, or the configured
   source again, e.g. ``models:/modi-selector@champion`` after ``modi-promote``); a file the
   selector refuses leaves the old one serving (HTTP 409).
+
+The connection's RTT (the ``srtt_ms``/``rttvar_ms`` features, ``--rtt-source``): uvicorn runs
+with a protocol (:func:`header_deadline_protocol`) that hands each request's socket to the app
+(``scope["extensions"]["modi.socket"]``), read with Linux ``TCP_INFO`` when the decision is
+made; without it (another platform or ASGI server, a Unix socket) the ``X-Modi-Srtt-Ms`` /
+``X-Modi-Rttvar-Ms`` headers a proxy sets, else the client's ``srtt_ms``/``rttvar_ms`` fields,
+else unknown. Behind a proxy the socket sees the proxy: use ``--rtt-source request``. The
+source of each decision is counted (``/metrics`` ``modi_rtt_source``, ``/healthz`` ``rtt``).
 
 Timeouts: a request body must arrive within ``--body-timeout-s`` (default 10 s) or the answer is
 408 and the connection is closed; a request's headers must arrive within
@@ -73,12 +83,16 @@ from modi.serving import (
 from modi.serving.errors import clean
 from modi.serving.images import DecodeLimits
 from modi.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from modi.serving.tcpinfo import RTT_MODES, RTTVAR_HEADER, SRTT_HEADER, read_tcp_rtt
 
 __all__ = ["InferenceServer", "ServeConfig", "ServerConfigError", "create_app", "main"]
 
 log = logging.getLogger(__name__)
 #: Deepest JSON nesting accepted on the admin endpoint.
 MAX_JSON_DEPTH = 8
+#: The ASGI scope extension under which :func:`header_deadline_protocol` passes the request's
+#: socket (an asyncio ``TransportSocket``) to the app.
+SOCKET_EXTENSION = "modi.socket"
 
 
 # ---------------------------------------------------------------- the documented shapes
@@ -112,6 +126,16 @@ class InferAnswer(BaseModel):
     correct: bool | None = Field(description="class_index == label (null without a label)")
     accuracy: float = Field(description="the served model's expected accuracy (fraction)")
     elapsed_ms_at_selection: float = Field(description="elapsed time the selector saw (ms)")
+    srtt_ms: float | None = Field(
+        description="the connection's smoothed RTT the selector saw (ms; null: unknown)"
+    )
+    rttvar_ms: float | None = Field(
+        description="the connection's RTT variation the selector saw (ms; null: unknown)"
+    )
+    rtt_source: str = Field(
+        description="where the RTT came from: tcp_info (the server's socket), header (a proxy's "
+        "X-Modi-Srtt-Ms), field (the client's srtt_ms), none (unknown)"
+    )
     timings_ms: Timings
 
 
@@ -144,6 +168,7 @@ def _err(text: str) -> dict[str, Any]:
 
 
 _NUM = {"type": "number", "minimum": 0, "maximum": 600000}
+_RTT = {"type": "number", "minimum": 0, "maximum": 60000}
 INFER_PARAMETERS: list[dict[str, Any]] = [
     {"name": "sla_ms", "in": "query", "required": True,
      "description": "the request's latency objective (ms, capture to answer)",
@@ -165,6 +190,20 @@ INFER_PARAMETERS: list[dict[str, Any]] = [
     {"name": "shape", "in": "query", "required": False,
      "description": "HxWx3 of an application/x-modi-pixels body",
      "schema": {"type": "string", "pattern": "^[0-9]{1,6}x[0-9]{1,6}x3$"}},
+    {"name": "srtt_ms", "in": "query", "required": False,
+     "description": "the connection's smoothed RTT as the client measures it (ms; used when the "
+     "server cannot read its socket's TCP_INFO)", "schema": _RTT},
+    {"name": "rttvar_ms", "in": "query", "required": False,
+     "description": "the connection's RTT variation (ms; with srtt_ms)", "schema": _RTT},
+    {"name": "prev_download_ms", "in": "query", "required": False,
+     "description": "the client's measured download time of its previous answer (ms; logged, "
+     "not a feature)", "schema": _NUM},
+    {"name": SRTT_HEADER, "in": "header", "required": False,
+     "description": "the client connection's smoothed RTT as a proxy in front measures it (ms; "
+     "preferred to the srtt_ms field)", "schema": _RTT},
+    {"name": RTTVAR_HEADER, "in": "header", "required": False,
+     "description": "the client connection's RTT variation (ms; with the srtt header)",
+     "schema": _RTT},
 ]  # fmt: skip
 OUTCOME_PARAMETERS: list[dict[str, Any]] = [
     {"name": "request_id", "in": "query", "required": True,
@@ -267,9 +306,12 @@ def create_app(cfg: ServeConfig | InferenceServer) -> FastAPI:
             assert server.metrics is not None
             server.metrics.requests.labels(code=str(e.status)).inc()
             raise
+        sock = request.scope.get("extensions", {}).get(SOCKET_EXTENSION)
         out = await server.infer(
             params, request.headers.get("content-type", ""), body, t_arrive=t_arrive,
             now_ms=now_ms, request_id=request.headers.get("x-request-id"),
+            headers=request.headers,
+            tcp_rtt=None if sock is None else (lambda: read_tcp_rtt(sock)),
         )  # fmt: skip
         return JSONResponse(out)
 
@@ -473,6 +515,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold-ms", type=float, default=10.0,
                    help="ModiPick's T_threshold (the fallback rule)")  # fmt: skip
     p.add_argument(
+        "--rtt-source",
+        choices=RTT_MODES,
+        default="auto",
+        help="where the connection's RTT features (srtt_ms, rttvar_ms) come from: auto (the "
+        "socket's TCP_INFO on Linux, else the request's X-Modi-Srtt-Ms header or srtt_ms field, "
+        "else unknown), socket, request (behind a proxy) or none",
+    )
+    p.add_argument(
         "--no-shield",
         action="store_true",
         help="serve the learned choice even where the shield would override it",
@@ -484,7 +534,11 @@ def header_deadline_protocol(timeout_s: float) -> type:
     """uvicorn's h11 protocol with a deadline for request *headers* (slowloris): a connection
     whose next request's headers have not all arrived ``timeout_s`` seconds after it opened
     (or after the previous answer) is closed. The body deadline is the app's
-    (``--body-timeout-s``)."""
+    (``--body-timeout-s``).
+
+    It also hands each request's socket to the app as ``scope["extensions"]["modi.socket"]``
+    (:data:`SOCKET_EXTENSION`; uvicorn's scope carries no socket), where ``/v1/infer`` reads
+    the connection's RTT (:func:`modi.serving.tcpinfo.read_tcp_rtt`)."""
     from uvicorn.protocols.http.h11_impl import H11Protocol
 
     class HeaderDeadlineH11Protocol(H11Protocol):
@@ -519,6 +573,12 @@ def header_deadline_protocol(timeout_s: float) -> type:
             super().handle_events()
             if self.cycle is not before:  # a request's headers are complete
                 self._disarm()
+                # the app's task is created but has not run yet: its scope can still gain
+                # the socket (a TransportSocket: getsockopt only)
+                sock = self.transport.get_extra_info("socket")
+                if sock is not None and self.cycle is not None:
+                    ext = self.cycle.scope.setdefault("extensions", {})
+                    ext[SOCKET_EXTENSION] = sock
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
@@ -543,7 +603,7 @@ def main(argv: list[str] | None = None) -> None:
         max_body_bytes=int(a.max_body_mb * 1024 * 1024),
         body_timeout_s=a.body_timeout_s, max_decodes=a.max_decodes,
         decode_limits=DecodeLimits(), threads=a.threads, exec_slots=a.exec_slots,
-        threshold_ms=a.threshold_ms, shield=not a.no_shield,
+        threshold_ms=a.threshold_ms, shield=not a.no_shield, rtt_source=a.rtt_source,
     )  # fmt: skip
     try:
         app = create_app(cfg)

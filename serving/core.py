@@ -6,7 +6,8 @@ other server (e.g. a Ray Serve deployment) can embed it the same way::
     server = InferenceServer(ServeConfig(pool_dir=..., pool_yaml=..., selector=...))
     body = await read_body(chunks, content_length, server.cfg.max_body_bytes,
                            server.cfg.body_timeout_s)
-    answer = await server.infer(query_params, content_type, body)   # HTTPProblem for 4xx
+    answer = await server.infer(query_params, content_type, body,   # HTTPProblem for 4xx
+                                headers=headers, tcp_rtt=lambda: read_tcp_rtt(sock))
     text = server.metrics.render(); health = server.health()
 
 Nothing here fails a request for the server's own bookkeeping: decision-log writes happen in a
@@ -57,13 +58,21 @@ from modi.serving.policy import (
     selector_info,
     softmax_probabilities,
 )
+from modi.serving.tcpinfo import (
+    RTT_MODES,
+    RTTVAR_HEADER,
+    SRTT_HEADER,
+    RttSources,
+    tcp_info_supported,
+)
 
 log = logging.getLogger(__name__)
 
 #: Query fields of ``POST /v1/infer``.
 INFER_FIELDS = frozenset(
-    {"sla_ms", "upload_ms", "capture_ts_ms", "elapsed_ms", "client_id", "label", "shape"}
-)
+    {"sla_ms", "upload_ms", "capture_ts_ms", "elapsed_ms", "client_id", "label", "shape",
+     "srtt_ms", "rttvar_ms", "prev_download_ms"}
+)  # fmt: skip
 #: Content types ``POST /v1/infer`` accepts.
 CONTENT_TYPES: tuple[str, ...] = (*FORMATS, PIXELS_CONTENT_TYPE)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -102,6 +111,10 @@ class ServeConfig:
         exec_slots: model executions at once (more wait in the queue the selector sees).
         threshold_ms / shield / profile_alpha / seed: the selector's settings (``shield``:
             whatever :class:`~modi.runtime.Selector` accepts).
+        rtt_source: where the ``srtt_ms``/``rttvar_ms`` features come from
+            (:data:`modi.serving.tcpinfo.RTT_MODES`): ``auto`` (the socket's ``TCP_INFO``, else
+            the request's ``X-Modi-Srtt-Ms`` header or ``srtt_ms`` field, else unknown),
+            ``socket``, ``request`` (behind a proxy) or ``none``.
     """
 
     pool_dir: Path
@@ -124,6 +137,7 @@ class ServeConfig:
     shield: bool | str = True
     profile_alpha: float = 0.1
     seed: int | None = 0
+    rtt_source: str = "auto"
 
 
 @dataclass
@@ -148,7 +162,7 @@ class Choice:
     action: int
     model_id: str
     probabilities: list[float] | None
-    features: list[float] | None
+    features: list[float | None] | None
     select_ms: float
     explored: bool = False
 
@@ -256,6 +270,11 @@ class InferenceServer:
             self.exploration = Exploration.parse(cfg.explore)
         except ValueError as e:
             raise ServerConfigError(str(e)) from None
+        if cfg.rtt_source not in RTT_MODES:
+            raise ServerConfigError(
+                f"rtt_source must be one of {list(RTT_MODES)}, got {show(str(cfg.rtt_source))}"
+            )
+        self.rtt = RttSources(cfg.rtt_source)
         self.pool_dir = Path(cfg.pool_dir).resolve()
         if not (self.pool_dir / "manifest.json").is_file():
             raise ServerConfigError(f"--pool-dir {cfg.pool_dir}: no manifest.json in it")
@@ -310,6 +329,8 @@ class InferenceServer:
         log.info("serving %d models from %s; selector %s; exploration %s%s", self.k,
                  self.pool_dir.name, self.selector_label, self.exploration.kind,
                  f"; shadow {self.shadow.info['name']}" if self.shadow else "")  # fmt: skip
+        log.info("connection RTT (srtt_ms/rttvar_ms) from %s; the selector %s", self.rtt.describe(),
+                 "reads it" if self.reads_rtt else "does not read it")  # fmt: skip
 
     # -------------------------------------------------------------- loading
     def _pool_profile(self, entries: Mapping[str, ZooEntry]) -> PoolProfile:
@@ -369,6 +390,16 @@ class InferenceServer:
                 self._scorer = Scorer(path, self.k)
 
     @property
+    def reads_rtt(self) -> bool:
+        """Whether the served selector reads ``srtt_ms``/``rttvar_ms`` (its training ranges
+        name them: a request without them then gets the fallback with the reason)."""
+        meta = self.selector.metadata if self.selector.learned else None
+        ranges = getattr(meta, "training_ranges", None)
+        return ranges is not None and any(
+            ranges.get(n) is not None for n in ("srtt_ms", "rttvar_ms")
+        )
+
+    @property
     def selector_label(self) -> str:
         """The served selector without its folder: ``learned: name (sha256:..)`` or
         ``fallback: why``."""
@@ -378,12 +409,20 @@ class InferenceServer:
 
     # -------------------------------------------------------------- validation
     def parse_infer(
-        self, params: Mapping[str, str], content_type: str, body: bytes, now_ms: float
+        self,
+        params: Mapping[str, str],
+        content_type: str,
+        body: bytes,
+        now_ms: float,
+        headers: Mapping[str, str] | None = None,
     ) -> tuple[Request, np.ndarray | bytes, dict[str, Any]]:
         """Validate an inference request; raise :class:`HTTPProblem` naming the problem.
 
-        Returns the selector's :class:`Request`, the body (pixels or undecoded bytes) and extras
-        (``elapsed_ms``, ``label``, ``preprocessed``, ``content_type``).
+        Returns the selector's :class:`Request` (without the connection's RTT: see
+        :meth:`connection_rtt`), the body (pixels or undecoded bytes) and extras
+        (``elapsed_ms``, ``label``, ``preprocessed``, ``content_type``, ``rtt_header`` and
+        ``rtt_field``: the ``(srtt_ms, rttvar_ms)`` a proxy's headers / the client's fields
+        carry, ``None`` where absent, and ``prev_download_ms``).
         """
         unknown = sorted(set(params) - INFER_FIELDS)
         if unknown:
@@ -406,7 +445,19 @@ class InferenceServer:
         client = params.get("client_id")
         if client is not None and not SAFE_NAME.match(client):
             raise HTTPProblem(400, "client_id must be 1-128 characters of [A-Za-z0-9_.-]")
-        extras: dict[str, Any] = {"elapsed_ms": elapsed, "label": None}
+        lim = self.limits.max_rtt_ms
+        hdr = headers or {}
+        extras: dict[str, Any] = {
+            "elapsed_ms": elapsed, "label": None,
+            "rtt_field": (_rtt(params, "srtt_ms", lim), _rtt(params, "rttvar_ms", lim)),
+            "rtt_header": (_rtt(hdr, SRTT_HEADER, lim), _rtt(hdr, RTTVAR_HEADER, lim)),
+            "prev_download_ms": _number(params, "prev_download_ms", required=False),
+        }  # fmt: skip
+        prev = extras["prev_download_ms"]
+        if prev is not None and prev > self.limits.max_sla_ms:
+            raise HTTPProblem(
+                400, f"prev_download_ms must be <= {self.limits.max_sla_ms:g}, got {prev:g}"
+            )
         if "label" in params:
             raw = params["label"]
             if not (raw.isascii() and raw.isdigit() and len(raw) <= 7 and int(raw) <= MAX_LABEL):
@@ -532,7 +583,7 @@ class InferenceServer:
             m.explored.inc()
         return Choice(
             d, action, mid, None if probs is None else probs.tolist(),
-            None if feats is None else feats.tolist(), sel_ms, action != d.index,
+            None if feats is None else _json_features(feats), sel_ms, action != d.index,
         )  # fmt: skip
 
     def execute(self, model_id: str, pixels: np.ndarray) -> tuple[int, float, float]:
@@ -560,6 +611,22 @@ class InferenceServer:
         return s
 
     # -------------------------------------------------------------- one request
+    def connection_rtt(
+        self, extras: Mapping[str, Any], tcp_rtt: Callable[[], tuple[float, float] | None] | None
+    ) -> tuple[float | None, float | None, str]:
+        """``(srtt_ms, rttvar_ms, source)`` of a request under ``rtt_source`` (``None``:
+        unknown): ``tcp_rtt`` reads the connection's socket (``None``: no socket, e.g. another
+        ASGI server or a test client), ``extras`` carry the request's header and fields."""
+        tcp = None
+        if tcp_rtt is not None and self.rtt.mode in ("auto", "socket"):
+            try:
+                tcp = tcp_rtt()
+            except Exception as e:  # the socket must never fail a request
+                log.debug("TCP_INFO read failed: %s: %s", type(e).__name__, e)
+            if tcp is not None and not all(0.0 <= v <= self.limits.max_rtt_ms for v in tcp):
+                tcp = None
+        return self.rtt.choose(tcp, extras["rtt_header"], extras["rtt_field"])
+
     async def infer(
         self,
         params: Mapping[str, str],
@@ -569,12 +636,20 @@ class InferenceServer:
         t_arrive: float | None = None,
         now_ms: float | None = None,
         request_id: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        tcp_rtt: Callable[[], tuple[float, float] | None] | None = None,
     ) -> dict[str, Any]:
         """Serve one inference request end to end; the answer's JSON object. Raises
-        :class:`HTTPProblem` for a request it refuses (and counts every outcome)."""
+        :class:`HTTPProblem` for a request it refuses (and counts every outcome).
+
+        ``headers``: the request's headers (lower-case names; the RTT headers a proxy sets);
+        ``tcp_rtt``: reads the connection's ``(srtt_ms, rttvar_ms)`` from its socket
+        (:func:`modi.serving.tcpinfo.read_tcp_rtt`), called when the decision is made."""
         assert self.metrics is not None
         try:
-            out = await self._infer(params, content_type, body, t_arrive, now_ms, request_id)
+            out = await self._infer(
+                params, content_type, body, t_arrive, now_ms, request_id, headers, tcp_rtt
+            )
         except HTTPProblem as e:
             self.metrics.requests.labels(code=str(e.status)).inc()
             raise
@@ -592,11 +667,13 @@ class InferenceServer:
         t_arrive: float | None,
         now_ms: float | None,
         request_id: str | None,
+        headers: Mapping[str, str] | None = None,
+        tcp_rtt: Callable[[], tuple[float, float] | None] | None = None,
     ) -> dict[str, Any]:
         t_arrive = time.perf_counter() if t_arrive is None else t_arrive
         now_ms = time.time() * 1e3 if now_ms is None else now_ms
         rid = request_id if request_id and SAFE_NAME.match(request_id) else uuid.uuid4().hex
-        req, payload, extras = self.parse_infer(params, content_type, body, now_ms)
+        req, payload, extras = self.parse_infer(params, content_type, body, now_ms, headers)
         loop = asyncio.get_running_loop()
         t_dec = time.perf_counter()
         if isinstance(payload, np.ndarray):
@@ -626,7 +703,9 @@ class InferenceServer:
                 # Elapsed time as the selector sees it: on arrival plus what the server spent
                 # decoding and queueing before this decision.
                 elapsed = extras["elapsed_ms"] + (time.perf_counter() - t_arrive) * 1e3
-                req = Request(req.sla_ms, elapsed, req.upload_ms, req.payload_bytes, req.client_id)
+                srtt, rttvar, rtt_src = self.connection_rtt(extras, tcp_rtt)
+                req = Request(req.sla_ms, elapsed, req.upload_ms, req.payload_bytes, req.client_id,
+                              srtt_ms=srtt, rttvar_ms=rttvar)  # fmt: skip
                 choice = self.decide(req)
                 cls, pre_ms, exec_ms = await loop.run_in_executor(
                     None, self.execute, choice.model_id, pixels
@@ -660,6 +739,9 @@ class InferenceServer:
             "correct": correct,
             "accuracy": accuracy,
             "elapsed_ms_at_selection": elapsed,
+            "srtt_ms": srtt,
+            "rttvar_ms": rttvar,
+            "rtt_source": rtt_src,
             "timings_ms": {
                 "decode": decode_ms, "queue": queue_ms, "select": choice.select_ms,
                 "preprocess": pre_ms, "exec": exec_ms, "server": server_ms,
@@ -667,10 +749,12 @@ class InferenceServer:
         }  # fmt: skip
         if self.log is not None:
             latency = extras["elapsed_ms"] + server_ms
-            self.log.submit(
-                self.decision_record(choice, req.sla_ms, rid, now_ms / 1e3, latency, correct),
-                meta=req.sla_ms,
-            )
+            rec = self.decision_record(choice, req.sla_ms, rid, now_ms / 1e3, latency, correct)
+            rec["connection"] = {
+                "rtt_source": rtt_src, "srtt_ms": srtt, "rttvar_ms": rttvar,
+                "prev_download_ms": extras["prev_download_ms"],
+            }  # fmt: skip
+            self.log.submit(rec, meta=req.sla_ms)
         return out
 
     def decision_record(
@@ -685,7 +769,9 @@ class InferenceServer:
         """The decision-log record of one served request (the agreed format, ``shadow`` left
         for the log's writer thread to fill). ``latency_ms`` is the time from capture to the
         answer leaving the server (the download of the answer is not observed); ``met`` is
-        ``latency_ms <= sla_ms``."""
+        ``latency_ms <= sla_ms``. Unknown optional features (``srtt_ms``/``rttvar_ms``) are
+        ``null``; :meth:`infer` adds ``connection``: the RTT's source and the client's
+        ``prev_download_ms`` (not a feature: recorded for later use)."""
         d = choice.decision
         return {
             "v": 1, "ts": ts, "request_id": request_id, "schema": SCHEMA,
@@ -784,7 +870,11 @@ class InferenceServer:
             "selector_version": self._sel_info.get("version"),
             "exploration": self.exploration.kind,
             "shadow": None if self.shadow is None else self.shadow.info["name"],
-        }
+            "rtt": {
+                "mode": self.rtt.mode, "tcp_info": tcp_info_supported(),
+                "selector_reads_it": self.reads_rtt, "sources": self.rtt.counts,
+            },
+        }  # fmt: skip
         if self.log is not None:
             s = self.log.stats
             doc["decision_log"] = {
@@ -807,6 +897,11 @@ class InferenceServer:
             "modi_selector_decisions": (
                 "The selector's decisions by kind (learned, shield firings, fallbacks by cause)",
                 "kind", kinds,
+            ),
+            "modi_rtt_source": (
+                "Decisions by the source of their connection RTT features (srtt_ms, rttvar_ms): "
+                "tcp_info (the socket), header (a proxy), field (the client), none (unknown)",
+                "source", {k: float(v) for k, v in self.rtt.counts.items()},
             ),
         }  # fmt: skip
         if self.log is not None:
@@ -947,6 +1042,26 @@ def _read_pool_yaml(path: Path) -> PoolProfile:
         return PoolProfile.from_lists(ids, acc, mu, sd, name=path.stem)
     except ValueError as e:
         raise ServerConfigError(f"--pool {path.name}: {e}") from None
+
+
+def _json_features(feats: NDArray[np.floating]) -> list[float | None]:
+    """A feature vector for the JSON decision log: unknown (NaN) optional columns as ``null``
+    (strict JSON has no NaN; the log's reader reads ``null`` there as NaN)."""
+    out: list[float | None] = feats.tolist()
+    for c in F.OPTIONAL_COLUMNS:
+        v = out[c]
+        if v is not None and math.isnan(v):
+            out[c] = None
+    return out
+
+
+def _rtt(params: Mapping[str, str], name: str, limit: float) -> float | None:
+    """An optional RTT field or header (ms): ``None`` when absent; :class:`HTTPProblem` 400
+    naming it when not a number in ``[0, limit]``."""
+    x = _number(params, name, required=False)
+    if x is not None and x > limit:
+        raise HTTPProblem(400, f"{name} = {x:g} ms exceeds {limit:g} ms: not plausible")
+    return x
 
 
 def _required(params: Mapping[str, str], name: str, positive: bool = False) -> float:

@@ -40,6 +40,7 @@ from modi.experiments.zoo import (
     read_manifest,
     write_manifest,
 )
+from modi.runtime import features as F
 
 TOKEN = "test-token"
 
@@ -225,11 +226,13 @@ def test_decision_log_has_features_choice_probabilities_and_outcome(
     from modi.runtime.metadata import pool_hash
 
     assert r["v"] == 1 and r["request_id"] == answer["request_id"]
-    assert r["schema"] == "modi.model_selection v1"
+    assert r["schema"] == f"modi.model_selection v{F.SCHEMA_VERSION}"
     assert r["pool"] == pool and r["pool_hash"] == pool_hash(pool)
     assert r["selector"]["name"] == "a.onnx" and r["selector"]["version"].startswith("sha256:")
     assert r["selector"]["exploration"]["kind"] == "none"
     assert len(r["features"]) == obs_dim(len(pool))
+    # the test client has no socket and the request no RTT: unknown, logged as null
+    assert r["features"][F.SRTT] is None and r["connection"]["rtt_source"] == "none"
     assert r["model_id"] == pool[r["action"]] == answer["model_id"]
     assert r["probabilities"][r["action"]] == 1.0 and sum(r["probabilities"]) == 1.0
     assert r["source"] == "learned" and r["shadow"] is None

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from serving_helpers import TOKEN, build_tiny_pool, png
 
 from modi.experiments.serve import create_app, main
-from modi.serving import InferenceServer, ServeConfig, ServerConfigError
+from modi.serving import INFER_FIELDS, InferenceServer, ServeConfig, ServerConfigError
 from modi.serving.logwriter import DecisionLogWriter
 from modi.serving.metrics import SELECTOR_KINDS
 
@@ -369,7 +369,9 @@ def test_the_openapi_schema_documents_infer_completely(tiny: Any) -> None:
     op = doc["paths"]["/v1/infer"]["post"]
     names = {p["name"] for p in op["parameters"]}
     assert names == {"sla_ms", "upload_ms", "elapsed_ms", "capture_ts_ms", "client_id", "label",
-                     "shape"}  # fmt: skip
+                     "shape", "srtt_ms", "rttvar_ms", "prev_download_ms", "x-modi-srtt-ms",
+                     "x-modi-rttvar-ms"}  # fmt: skip
+    assert names - {"x-modi-srtt-ms", "x-modi-rttvar-ms"} == INFER_FIELDS  # every field
     assert set(op["requestBody"]["content"]) == {
         "image/jpeg",
         "image/png",
