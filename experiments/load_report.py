@@ -421,6 +421,7 @@ def run_report(out: Path, s: Settings) -> pd.DataFrame:
         )
     pool = instantiate_node(cfg, "pool")
     out.mkdir(parents=True, exist_ok=True)
+    second, label = second_trace_path(s.second_trace, str(cfg.get("data_dir", "")), out)
     t0 = time.perf_counter()
     if s.policy is not None:
         try:
@@ -437,7 +438,6 @@ def run_report(out: Path, s: Settings) -> pd.DataFrame:
     table.to_csv(out / "validation.csv", index=False)
     trained_on = _trace_of(sim_args)
     units = [evaluate_test(cfg, pool, rules, served, s, sim_args, with_lookahead=True)]
-    second, label = second_trace_path(s.second_trace, str(cfg.get("data_dir", "")), out)
     if second is not None:
         arr = (
             dict(sim_args.get("arrivals") or {})
