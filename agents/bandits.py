@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 from modi.agents.protocol import Actions, Obs
 from modi.agents.scorers import (
+    DEFAULT_STEPS,
     ArgmaxSelector,
     LinearScorer,
     MetNet,
@@ -62,7 +63,10 @@ class LearnedPolicy:
     #: The features the policy's scorer reads (``None``: all of them). Only these are written
     #: into an export's training ranges, so the runtime's shield checks what the policy would
     #: misjudge, not a column it ignores (the queue, for a policy that does not look at it).
-    reads: ClassVar[tuple[str, ...] | None] = None
+    @property
+    def reads(self) -> tuple[str, ...] | None:
+        """The features the scorer reads (``None``: all of them)."""
+        return None
 
     @property
     def feature_ranges(self) -> FeatureRanges | None:
@@ -144,7 +148,12 @@ class LearnedPolicy:
         """Write the policy to ``path`` (a torch file)."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
-        st = {"kind": self.kind, "name": self.name, **self.state()}
+        st = {
+            "kind": self.kind,
+            "name": self.name,
+            "schema_version": F.SCHEMA_VERSION,
+            **self.state(),
+        }
         st["training_ranges"] = self.ranges.state()
         torch.save(st, p)
         return p
@@ -161,8 +170,10 @@ class LearnedPolicy:
 class _LinearBandit(LearnedPolicy):
     """Ridge regression of ``met`` on the step basis, shared by all models."""
 
-    # the step basis reads the two headrooms: remaining/budget, mu, sigma, and the slowdown
-    reads = ("remaining_ms", "budget_ms", "slowdown", "mu_ms", "sigma_ms")
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """What the step basis reads: its headrooms' columns, mu, sigma and the slowdown."""
+        return self.basis.reads
 
     def __init__(
         self,
@@ -172,6 +183,7 @@ class _LinearBandit(LearnedPolicy):
         miss_penalty: float = 0.0,
         seed: int | None = None,
         centres_ms: Sequence[float] | None = None,
+        steps: Sequence[str] | None = None,
     ) -> None:
         super().__init__(miss_penalty, seed)
         if centres_ms is not None:
@@ -191,7 +203,14 @@ class _LinearBandit(LearnedPolicy):
         self.centres_ms = (
             None if centres_ms is None else tuple(sorted(float(x) for x in centres_ms))
         )
-        self.basis = StepBasis(centres_ms=self.centres_ms, width_ms=width_ms)
+        try:
+            self.basis = StepBasis(
+                centres_ms=self.centres_ms,
+                width_ms=width_ms,
+                steps=DEFAULT_STEPS if steps is None else tuple(str(x) for x in steps),
+            )
+        except ValueError as e:
+            raise ValueError(f"{self.kind}.{e}") from None
         d = self.basis.dim
         self.A = np.eye(d) * self.ridge
         self.b = np.zeros(d)
@@ -228,6 +247,7 @@ class _LinearBandit(LearnedPolicy):
             "ridge": self.ridge,
             "width_ms": self.basis.width * 100.0,
             "centres_ms": None if self.centres_ms is None else list(self.centres_ms),
+            "steps": list(self.basis.steps),
             "miss_penalty": self.miss_penalty,
             "A": self.A,
             "b": self.b,
@@ -412,6 +432,13 @@ def load_learned(path: str | Path) -> LearnedPolicy:
             f"not an exported .onnx): {e}"
         ) from None
     kind = st.get("kind") if isinstance(st, dict) else None
+    version = st.get("schema_version", 1) if isinstance(st, dict) else None
+    if kind is not None and version != F.SCHEMA_VERSION:
+        raise ValueError(
+            f"{p} was trained on feature schema {F.SCHEMA_NAME} v{version}; this modi builds "
+            f"v{F.SCHEMA_VERSION} (the request block gained srtt_ms and rttvar_ms): retrain it "
+            "with modi-train"
+        )
     if kind in ("linucb", "lints"):
         cls = LinUCB if kind == "linucb" else LinearThompson
         pol: LearnedPolicy = cls(
@@ -420,6 +447,7 @@ def load_learned(path: str | Path) -> LearnedPolicy:
             width_ms=st["width_ms"],
             miss_penalty=st["miss_penalty"],
             centres_ms=st.get("centres_ms"),
+            steps=st.get("steps"),
         )
         pol._load_state(st)  # type: ignore[attr-defined]
         pol._restore_ranges(st)

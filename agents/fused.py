@@ -217,12 +217,12 @@ MAX_SHIFT = 60.0
 
 class FusedStepLinearScorer(nn.Module):
     """:class:`~modi.agents.scorers.LinearScorer` over a :class:`StepBasis`, fused:
-    ``P(met) = clip(θ0 + Σ_i θ_i σ((h - c_i) / w), 0, 1)`` for the two headroom features ``h``.
+    ``P(met) = clip(θ0 + Σ_i θ_i σ((h - c_i) / w), 0, 1)`` for the stepped headroom features ``h``.
 
     The centres share one width, so ``exp(-(h - c_i) / w) = exp(-(h - c_ref) / w) g_i`` with
     constants ``g_i = exp((c_i - c_ref) / w)``: one ``exp`` per (request, model, feature)
     instead of one per centre, then ``1 + e g_i`` for every step (and the constant 1 of
-    ``θ0``) as one small ``MatMul`` over ``[e_0, e_1, 1]`` (the 1 is ``exp`` of an exactly-zero
+    ``θ0``) as one small ``MatMul`` over ``[e_0, e_1, ..., 1]`` (the 1 is ``exp`` of an exactly-zero
     third pre-activation column), and ``1 / (...)`` as ``Reciprocal``: the sigmoid written so
     onnxruntime agrees with torch in both tails (see
     :func:`modi.agents.export._accurate_sigmoids`). At batch 1024 onnxruntime takes about a
@@ -255,8 +255,10 @@ class FusedStepLinearScorer(nn.Module):
             return None
         centres = torch.as_tensor(basis.centres).double()
         n_c = int(centres.numel())
+        idx = basis.step_index
+        n_s = len(idx)
         theta = scorer.theta.detach().double()  # type: ignore[operator]
-        if theta.numel() != 1 + 2 * n_c:
+        if theta.numel() != 1 + n_s * n_c:
             return None
         width = float(basis.width)
         mid = (centres.max() + centres.min()) / 2
@@ -264,16 +266,17 @@ class FusedStepLinearScorer(nn.Module):
         shift = (centres - ref) / width
         if float(shift.abs().max()) > MAX_SHIFT:
             return None
-        # Negated pre-activations at the reference centre for headroom features 0 and 1, and
-        # a column of exact zeros (no weights, no bias).
-        w = torch.zeros(pairs.out_dim, 3, dtype=torch.float64)
-        w[0, 0] = w[1, 1] = -1.0 / width
-        bias = torch.stack([ref / width, ref / width, torch.zeros((), dtype=torch.float64)])
-        g = torch.zeros(3, 2 * n_c + 1, dtype=torch.float64)
-        g[0, :n_c] = torch.exp(shift)
-        g[1, n_c : 2 * n_c] = torch.exp(shift)
-        g[2, :] = 1.0
-        # The basis is [1, steps_0, steps_1]; the graph's columns are [steps_0, steps_1, 1].
+        # Negated pre-activations at the reference centre for each stepped headroom feature,
+        # and a column of exact zeros (no weights, no bias).
+        w = torch.zeros(pairs.out_dim, n_s + 1, dtype=torch.float64)
+        for j, i in enumerate(idx):
+            w[i, j] = -1.0 / width
+        bias = torch.cat([(ref / width).repeat(n_s), torch.zeros(1, dtype=torch.float64)])
+        g = torch.zeros(n_s + 1, n_s * n_c + 1, dtype=torch.float64)
+        for j in range(n_s):
+            g[j, j * n_c : (j + 1) * n_c] = torch.exp(shift)
+        g[n_s, :] = 1.0
+        # The basis is [1, steps_0, steps_1, ...]; the graph's columns are [steps..., 1].
         theta_cols = torch.cat([theta[1:], theta[:1]])
         return cls(pairs.then(w, bias), g, theta_cols, scorer.miss_penalty)
 

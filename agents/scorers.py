@@ -38,7 +38,23 @@ PAIR_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("queue", "10 requests", "requests ahead in the server queue"),
     ("slowdown", "ratio - 1", "server's recent slowdown"),
     ("sla", "100 ms", "SLA of the request"),
+    (
+        "net_headroom",
+        "100 ms",
+        "headroom - srtt/2: time left after a mean run and the connection's one-way delay",
+    ),
+    ("net_margin", "100 ms", "net_headroom - 2 rttvar: with TCP's RTT variation as margin"),
+    ("srtt", "100 ms", "the connection's smoothed RTT (TCP)"),
 )
+#: Pair-feature index by name.
+PAIR_INDEX: dict[str, int] = {name: i for i, (name, _, _) in enumerate(PAIR_FEATURES)}
+#: Request features each pair feature reads beyond the model block (for the shield's ranges).
+PAIR_READS: dict[str, tuple[str, ...]] = {
+    "headroom": ("remaining_ms", "slowdown"),
+    "slack": ("budget_ms", "slowdown"),
+    "net_headroom": ("remaining_ms", "slowdown", "srtt_ms"),
+    "net_margin": ("remaining_ms", "slowdown", "srtt_ms", "rttvar_ms"),
+}
 NUM_PAIR_FEATURES = len(PAIR_FEATURES)
 
 
@@ -64,9 +80,11 @@ class PairFeatures(nn.Module):
         def per_request(col: int, scale: float) -> torch.Tensor:
             return (request[:, col : col + 1] / scale).expand(-1, k)
 
+        headroom = remaining - mu * slow
+        net_headroom = headroom - 0.5 * request[:, F.SRTT : F.SRTT + 1]
         return torch.stack(
             [
-                (remaining - mu * slow) / 100.0,
+                headroom / 100.0,
                 (budget - (mu + sigma) * slow) / 100.0,
                 sigma / 10.0,
                 acc,
@@ -77,35 +95,67 @@ class PairFeatures(nn.Module):
                 per_request(F.QUEUE, 10.0),
                 (slow - 1.0).expand(-1, k),
                 per_request(F.SLA, 100.0),
+                net_headroom / 100.0,
+                (net_headroom - 2.0 * request[:, F.RTTVAR : F.RTTVAR + 1]) / 100.0,
+                per_request(F.SRTT, 100.0),
             ],
             dim=-1,
         )
 
 
+#: The headroom features of the original step basis (download headroom, ModiPick's slack).
+DEFAULT_STEPS: tuple[str, ...] = ("headroom", "slack")
+#: Features a step basis may step over (each a headroom in ms, affine in the observation).
+STEP_FEATURES: tuple[str, ...] = tuple(PAIR_READS)
+
+
 class StepBasis(nn.Module):
     """Fixed nonlinear basis for linear bandits: ``[1, σ((h - c_j) / w) ...]`` per model.
 
-    ``h`` is each of the two headroom features (download headroom and ModiPick's slack), ``c_j``
-    a grid of centres. A linear model over this basis is a monotone-ish mixture of soft steps in
-    the headroom, i.e. an estimate of ``P(met)``: the shape of the download-time distribution.
+    ``h`` is each of the headroom features named in ``steps`` (by default the download
+    headroom and ModiPick's slack; ``net_headroom``/``net_margin`` subtract the connection's
+    one-way delay as TCP estimates it, so the learned shape is that of the download *beyond*
+    it and carries over to other round-trip times), ``c_j`` a grid of centres. A linear model
+    over this basis is a monotone-ish mixture of soft steps in the headrooms, i.e. an estimate
+    of ``P(met)``: the shape of the download-time distribution.
     """
 
-    def __init__(self, centres_ms: tuple[float, ...] | None = None, width_ms: float = 8.0) -> None:
+    def __init__(
+        self,
+        centres_ms: tuple[float, ...] | None = None,
+        width_ms: float = 8.0,
+        steps: tuple[str, ...] = DEFAULT_STEPS,
+    ) -> None:
         super().__init__()
+        bad = [x for x in steps if x not in STEP_FEATURES]
+        if not steps or bad or len(set(steps)) != len(steps):
+            raise ValueError(
+                f"steps must be distinct names from {list(STEP_FEATURES)}, got {list(steps)}"
+            )
         c = centres_ms or tuple(float(x) for x in range(-40, 321, 20))
         self.register_buffer("centres", torch.tensor(c, dtype=torch.float32) / 100.0)
         self.width = float(width_ms) / 100.0
+        self.steps = tuple(steps)
+        self.step_index = tuple(PAIR_INDEX[x] for x in self.steps)
         self.pairs = PairFeatures()
+
+    @property
+    def reads(self) -> tuple[str, ...]:
+        """The observation features the basis reads."""
+        names = {n for x in self.steps for n in PAIR_READS[x]} | {"mu_ms", "sigma_ms"}
+        return tuple(sorted(names))
 
     @property
     def dim(self) -> int:
         """Basis length."""
-        return 1 + 2 * int(self.centres.numel())  # type: ignore[operator]
+        return 1 + len(self.steps) * int(self.centres.numel())  # type: ignore[operator]
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """``(N, K, dim)``."""
         f = self.pairs(request, models)
-        steps = [torch.sigmoid((f[..., i : i + 1] - self.centres) / self.width) for i in (0, 1)]
+        steps = [
+            torch.sigmoid((f[..., i : i + 1] - self.centres) / self.width) for i in self.step_index
+        ]
         return torch.cat([torch.ones_like(f[..., :1]), *steps], dim=-1)
 
 

@@ -17,7 +17,7 @@ import sys
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import hydra
 import pandas as pd
@@ -32,12 +32,15 @@ from modi.envs.simulator import ModelSelectionSim, SimulationError
 from modi.experiments import plots
 from modi.experiments.common import ConfigError, as_float_list, as_int, instantiate_node
 from modi.experiments.compare import format_table, run_compare
+from modi.experiments.mixture import MixtureSim, MixtureSpec
 from modi.experiments.splits import Splits, network_for_split
 from modi.experiments.summary import best_rule, format_summary, summarize
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+#: Agents that train on a mixture (``mix``): pool-agnostic, any number of models per episode.
+MIXTURE_AGENTS = ("linucb", "lints", "neural")
 
 
 def build_agent(cfg: DictConfig, miss_penalty: float, seed: int) -> LearnedPolicy:
@@ -179,7 +182,7 @@ class TrainingSetup:
     the run's settings (:func:`prepare_training`)."""
 
     agent: LearnedPolicy
-    sim: ModelSelectionSim
+    sim: ModelSelectionSim | MixtureSim
     seed: int
     requests: int
     log_every: int
@@ -194,11 +197,22 @@ def prepare_training(cfg: DictConfig) -> TrainingSetup:
     pool = instantiate_node(cfg, "pool")
     if not isinstance(pool, ModelPool):
         raise ConfigError(f"pool must build a ModelPool, got {type(pool).__name__}")
-    network = network_for_split(cfg, "train", splits)
     sim_args: dict[str, Any] = OmegaConf.to_container(cfg.sim, resolve=True)  # type: ignore[assignment]
     miss_penalty = float(sim_args.get("miss_penalty", 0.0))
+    mix = MixtureSpec.from_cfg(cfg.get("mix"))
     agent = build_agent(cfg, miss_penalty, seed)
     agent.log_every = log_every
+    if mix is not None:
+        if agent.kind not in MIXTURE_AGENTS:
+            raise ConfigError(
+                f"mix: training on a mixture needs a pool-agnostic bandit agent "
+                f"({', '.join(MIXTURE_AGENTS)}; pools change size between episodes), got "
+                f"agent kind {agent.kind!r}: add mix=none to train it on the scenario alone"
+            )
+        segment = splits.segments.get("train")
+        mixture = MixtureSim(mix, num_envs, sim_args, segment)
+        return TrainingSetup(agent, mixture, seed, requests, log_every, miss_penalty)
+    network = network_for_split(cfg, "train", splits)
     try:
         sim = ModelSelectionSim(
             pool, network, num_envs=num_envs, sla_range_ms=sla_range, **sim_args
@@ -256,7 +270,11 @@ def train(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict[str, fl
             agent = _from_logs(cfg, logs, miss_penalty, seed)
             remaining = 0
         if remaining:
-            hist = agent.fit(sim, remaining, seed + done, progress=progress, callback=on_chunk)
+            # a MixtureSim has the interface the bandits' online training uses
+            stream = cast(ModelSelectionSim, sim)
+            hist = agent.fit(stream, remaining, seed + done, progress=progress, callback=on_chunk)
+            if isinstance(sim, MixtureSim):
+                _log_mixture(sim, out_dir)
             curve = pd.DataFrame(hist.rows())
             curve["requests"] += done
             curve.to_csv(out_dir / "training_curve.csv", index=False)
@@ -317,6 +335,14 @@ def train(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict[str, fl
         + "\n"
     )
     return metrics
+
+
+def _log_mixture(sim: MixtureSim, out_dir: Path) -> None:
+    """Write the mixture's episodes (family, RTT scale, pool) to ``mixture_episodes.csv``."""
+    eps = pd.DataFrame(sim.episodes, columns=["family", "rtt_scale", "pool"])
+    eps.to_csv(out_dir / "mixture_episodes.csv", index=False)
+    counts = eps.groupby("family").size().to_dict()
+    log.info("trained on a mixture of %d episodes: %s", len(eps), counts)
 
 
 def _from_logs(cfg: DictConfig, logs: Any, miss_penalty: float, seed: int) -> LearnedPolicy:

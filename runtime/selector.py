@@ -685,7 +685,9 @@ class Selector:
         mu = np.asarray(self.pool.mean_ms)
         sd = np.asarray(self.pool.std_ms)
         sla = float(np.max(mu + sd)) * 2.0 + 100.0
-        obs = F.encode([sla, 20.0], 10.0, 10.0, 330.0, 10.0, 1.0, 0.0, 1.0, mu, sd, self._acc)
+        obs = F.encode(
+            [sla, 20.0], 10.0, 10.0, 330.0, 10.0, 1.0, 0.0, 1.0, mu, sd, self._acc, 20.0, 2.0
+        )
         layout = F.ObsLayout(self._k)
         feed = {
             INPUT_REQUEST: np.ascontiguousarray(layout.request(obs)),

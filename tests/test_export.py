@@ -41,9 +41,19 @@ from modi.runtime.metadata import ACTION_MEANING, METADATA_VERSION, RANGE_FEATUR
 
 PARITY_REQUESTS = 10_000
 #: Small training budgets: enough for non-trivial decisions, a few seconds each.
-BUDGETS = {"linucb": 20_000, "lints": 20_000, "neural": 8_000}
+BUDGETS = {"linucb": 20_000, "linucb_regime": 20_000, "lints": 20_000, "neural": 8_000}
+
+
+class RegimeLinUCB(LinUCB):
+    """LinUCB stepping over the headrooms beyond the connection's RTT (conf/agent/linucb_regime)."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__(seed=seed, width_ms=2.0, steps=("slack", "net_headroom", "net_margin"))
+
+
 POLICIES: dict[str, type[LearnedPolicy]] = {
     "linucb": LinUCB,
+    "linucb_regime": RegimeLinUCB,
     "lints": LinearThompson,
     "neural": NeuralBandit,
 }
@@ -107,7 +117,7 @@ def test_hopeless_requests_go_to_the_fastest_model_in_torch_and_onnx(
     sigma = rng.uniform(0.1, 1.0, (64, 11))
     acc = rng.uniform(0.5, 0.8, (64, 11))
     up = np.full(64, 900.0)  # 1.8 s of network against a 100 ms SLA
-    obs = F.encode(100.0, up, up, 330.0, up, 5.0, 0.0, 1.0, mu, sigma, acc)
+    obs = F.encode(100.0, up, up, 330.0, up, 5.0, 0.0, 1.0, mu, sigma, acc, 2 * up, 0.1 * up)
     pol = trained[kind]
     scores = pol.scores(obs)
     assert np.all(scores == 0.0), f"hopeless requests must score exactly 0, got {scores.max()}"
@@ -122,7 +132,7 @@ def test_hopeless_requests_go_to_the_fastest_model_in_torch_and_onnx(
     np.testing.assert_array_equal(sess.run(["action"], feed)[0], fastest)
     # A request some model can meet is still decided by the scores.
     fast = np.full(64, 20.0)
-    easy = F.encode(400.0, fast, fast, 330.0, fast, 5.0, 0.0, 1.0, mu, sigma, acc)
+    easy = F.encode(400.0, fast, fast, 330.0, fast, 5.0, 0.0, 1.0, mu, sigma, acc, fast, 1.0)
     assert np.all(pol.scores(easy).max(axis=1) > 0.0)
     np.testing.assert_array_equal(pol.select(easy), pol.scores(easy).argmax(axis=1))
 
@@ -191,7 +201,7 @@ def test_training_ranges_are_recorded_saved_and_exported(
     # What is exported (and checked by the shield) is what the policy's scorer reads.
     r = pol.feature_ranges
     assert r is not None
-    reads = type(pol).reads
+    reads = pol.reads
     assert r.names == (RANGE_FEATURES if reads is None else tuple(
         n for n in RANGE_FEATURES if n in reads
     ))
