@@ -81,9 +81,12 @@ def parse_grid(items: Sequence[str]) -> list[list[str]]:
 
 def fit_selector(cfg: DictConfig, progress: bool) -> Any:
     """Train ``cfg.agent`` on the training split of ``cfg``'s scenario (no tracking)."""
+    from modi.experiments.mixture import MixtureSim
     from modi.experiments.train import prepare_training
 
     ts = prepare_training(cfg)
+    if isinstance(ts.sim, MixtureSim):
+        raise ConfigError("fit_selector trains on one scenario: add mix=none")
     ts.agent.fit(ts.sim, ts.requests, ts.seed, progress=progress)
     return ts.agent
 
@@ -111,7 +114,9 @@ def report_scenario(
     from modi.experiments.train import _eval_cfg
 
     picks_agent = any(o.startswith("agent=") for ov in grid for o in ov)
-    base = [f"scenario={scenario}", f"seed={seed}", "tracking=none", *extra]
+    # per-scenario selectors: each trained on its scenario alone (the mixture selector's
+    # transfer is modi-transfer-report's)
+    base = [f"scenario={scenario}", f"seed={seed}", "tracking=none", "mix=none", *extra]
     if not picks_agent:
         base.insert(1, f"agent={agent}")
     # the rules, tuned and evaluated once on validation
