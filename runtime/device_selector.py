@@ -144,6 +144,8 @@ class DeviceSelector:
         self._bw_last = math.nan
         self._last_ms = math.nan
         self._history_ok = False
+        #: Measurements :meth:`record` refused (NaN, inf, negative or not a number).
+        self.ignored_measurements = 0
         self._hist32 = (math.nan, math.nan, math.nan, math.nan)
         self._fast = False  # every check but the request's passed: decide() takes the fast path
         self._req = np.zeros(dfeat.R, dtype=np.float32)
@@ -308,9 +310,15 @@ class DeviceSelector:
     ) -> None:
         """Restore a network history (EWMAs, EW variance, newest bandwidth measurement and the
         capture time of the request that made it), e.g. saved across app restarts. Invalid
-        values make every decision fall back until a valid measurement arrives."""
-        self._lat, self._bw, self._bw_var = float(latency_ms), float(uplink_mbps), float(uplink_var)
-        self._bw_last, self._last_ms = float(uplink_last_mbps), float(last_ms)
+        values (NaN, inf, negative, not a number) make every decision fall back, with the
+        history in the reason, until a valid measurement arrives (never raises)."""
+        vals = []
+        for v in (latency_ms, uplink_mbps, uplink_var, uplink_last_mbps, last_ms):
+            try:
+                vals.append(float(v))
+            except (TypeError, ValueError):
+                vals.append(math.nan)
+        self._lat, self._bw, self._bw_var, self._bw_last, self._last_ms = vals
         self._check_history()
 
     def _check_history(self) -> None:
@@ -326,26 +334,38 @@ class DeviceSelector:
                 self._history_ok = False
         self._update_fast()
 
-    def record(self, latency_ms: float, uplink_mbps: float, time_ms: float) -> None:
+    def record(self, latency_ms: float, uplink_mbps: float, time_ms: float) -> bool:
         """A completed measurement (call when the response has arrived): the response's one-way
         latency, the upload's bandwidth, and the capture time of the request that measured
-        them. Invalid values are ignored (logged)."""
-        vals = (latency_ms, uplink_mbps, time_ms)
-        if (
-            not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals)
-            or min(latency_ms, uplink_mbps) < 0
-        ):
-            log.warning("ignoring an invalid network measurement %s", vals)
-            return
+        them. Returns whether it was folded in: a non-numeric, NaN, infinite or negative value
+        is ignored (logged, counted in :attr:`ignored_measurements`, never raises), so it never
+        reaches a decision."""
+        try:
+            latency_ms, uplink_mbps, time_ms = (
+                float(latency_ms),
+                float(uplink_mbps),
+                float(time_ms),
+            )
+            ok = 0.0 <= latency_ms < _INF and 0.0 <= uplink_mbps < _INF and math.isfinite(time_ms)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            self.ignored_measurements += 1
+            log.warning(
+                "ignoring an invalid network measurement (latency_ms, uplink_mbps, time_ms) = %r",
+                (latency_ms, uplink_mbps, time_ms),
+            )
+            return False
         if not self._history_ok:
             self.start(latency_ms, uplink_mbps, time_ms)
-            return
+            return True
         lat, bw, var = dfeat.fold_measurement(
             self._lat, self._bw, self._bw_var, latency_ms, uplink_mbps, self.alpha
         )
         self._lat, self._bw, self._bw_var = float(lat), float(bw), float(var)
         self._bw_last, self._last_ms = float(uplink_mbps), float(time_ms)
         self._check_history()
+        return True
 
     def set_loaded(self, model_id: str, loaded: bool = True) -> None:
         """Mark an on-device model as in memory (or not)."""
