@@ -285,3 +285,21 @@ def test_a_v1_decision_log_reads_as_v2_with_the_rtt_unknown(
     (tmp_path / "bad.jsonl").write_text(json.dumps(bad) + "\n")
     with pytest.raises(ValueError, match=rf"features\[{F.SRTT}\].*finite number"):
         read_decision_log(tmp_path / "bad.jsonl")
+
+
+def test_the_shadow_decides_on_logged_features_with_an_unknown_rtt(
+    tiny: dict[str, Path], tmp_path: Path
+) -> None:
+    """The log writes an unknown RTT as null; the shadow reads those records back as NaN and
+    answers (a challenger that reads the RTT: its fallback with the reason)."""
+    logf = tmp_path / "log.jsonl"
+    server = InferenceServer(_cfg(tiny, decision_log=logf, shadow=tiny["sel"] / "rtt.onnx"))
+    with TestClient(create_app(server)) as c:
+        assert _infer(c).status_code == 200
+        assert _infer(c, srtt_ms=50.0, rttvar_ms=5.0).status_code == 200
+    assert server.log is not None and server.log.flush()
+    server.close()
+    assert server.log.stats.errors == 0 and server.log.stats.hook_errors == 0
+    lg = read_decision_log(logf)
+    assert lg.has_shadow.all() and np.isnan(lg.features[0, F.SRTT])
+    assert server.shadow is not None and server.shadow.selector.counts["shield"] == 1
