@@ -50,8 +50,10 @@ from modi.runtime.requests import InvalidRequest, RequestLimits, parse_request
 TABLE2 = PoolProfile.from_pool(load_preset("pool", "modipick_table2"))
 P2 = PoolProfile.from_pool(load_preset("pool", "mdinference_p2"))
 LIMITS = RequestLimits()
-NUMERIC = ("sla_ms", "elapsed_ms", "upload_ms", "payload_bytes", "queue_len", "slowdown")
+NUMERIC = ("sla_ms", "elapsed_ms", "upload_ms", "payload_bytes", "queue_len", "slowdown",
+           "srtt_ms", "rttvar_ms")  # fmt: skip
 REQUIRED = NUMERIC[:4]
+OPTIONAL = NUMERIC[4:]
 FIELDS = (*NUMERIC, "client_id")
 UPPER = {
     "sla_ms": LIMITS.max_sla_ms,
@@ -60,6 +62,8 @@ UPPER = {
     "payload_bytes": LIMITS.max_payload_bytes,
     "queue_len": LIMITS.max_queue_len,
     "slowdown": LIMITS.max_slowdown,
+    "srtt_ms": LIMITS.max_rtt_ms,
+    "rttvar_ms": LIMITS.max_rtt_ms,
 }
 #: Fields that must be > 0 (the others >= 0).
 POSITIVE = ("sla_ms", "slowdown")
@@ -363,7 +367,7 @@ MIXED_KINDS = ("valid", "valid", "any", "any", "malformed", "corrupt_any", "garb
 #: Request-like, but not a Request (nor a mapping).
 RequestTuple = namedtuple(
     "RequestTuple",
-    ["sla_ms", "elapsed_ms", "upload_ms", "payload_bytes", "queue_len", "slowdown", "client_id"],
+    [*NUMERIC, "client_id"],
 )
 #: How garbage is made: a fixed oddity, or request fields in something that is not a mapping.
 GARBAGE_FORMS = ("fixed", "fixed", "namespace", "namedtuple", "tuple", "items")
@@ -389,7 +393,7 @@ def _make_request(
             fields["payload_bytes"] = choose(REALISTIC["payload_bytes"])
         else:
             fields.update((f, choose(VALID[f])) for f in REQUIRED)
-        for f in ("queue_len", "slowdown"):
+        for f in OPTIONAL:
             fields[f] = choose(ABSENT) if choose(BOOLS) else choose(VALID[f])
         fields["client_id"] = choose(HASHABLE_IDS)
     else:
@@ -647,6 +651,8 @@ def request_batches(draw: Any) -> RequestBatch:
         clients if draw(st.booleans()) else None,
         column("queue_len") if draw(st.booleans()) else None,
         column("slowdown") if draw(st.booleans()) else None,
+        column("srtt_ms") if draw(st.booleans()) else None,
+        column("rttvar_ms") if draw(st.booleans()) else None,
     )
 
 
