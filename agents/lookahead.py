@@ -3,10 +3,11 @@ and the server's state now, but not the future noise.
 
 Under load the per-request oracle is not a bound: a slow model now delays every request behind
 it, so the best choice for one request is not the best for the stream. The rollout planner
-(one step of policy improvement over a base rule, Bertsekas' rollout algorithm) scores each
-candidate model ``m`` of the current request as
+(one step of policy improvement over one or several base policies, Bertsekas' rollout
+algorithm) scores each candidate model ``m`` of the current request as
 
-    Q(m) = A_m · P(met | m, latent state now)  +  E[ Σ_{h=1}^{H-1} reward_h | m now, base later ]
+    Q(m) = A_m · P(met | m, latent state now)
+           + max over bases b of  E[ Σ_{h=1}^{H-1} reward_h | m now, b later ]
 
 * the first term is the informed ceiling's (:class:`~modi.agents.references.InformedCeiling`):
   the present link and server state are known, the execution noise still to come is not;
@@ -20,10 +21,13 @@ candidate model ``m`` of the current request as
   every candidate (common random numbers), so the comparison between candidates is sharp.
 
 It is a *reference*, like the informed ceiling: it sees the simulator's latent state, which no
-deployed selector can, and it improves on its base rule in expectation (up to Monte-Carlo
-error), but it is not a bound either: a longer horizon, more samples or a better base rule can
-do better. It is slow (``candidates × samples × H`` simulator steps per decision), so reports
-evaluate it on fewer requests and say so.
+deployed selector can, and it improves on each of its base policies in expectation (up to
+Monte-Carlo error and the horizon's truncation), but it is not a bound either: a longer horizon,
+more samples or a better base policy can do better. With several bases (e.g. the informed
+ceiling and the learned selector) it is at least as good as the best of them in expectation:
+a reference that a learned policy can be measured against even where it beats every rule. It is
+slow (``candidates × bases × samples × H`` simulator steps per decision), so reports evaluate
+it on fewer requests and say so.
 
 It reads private parts of :class:`~modi.envs.simulator.ModelSelectionSim` (its drawn-ahead
 block of requests and its generators) on a *copy*; the simulator it plans for is never
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -140,12 +145,13 @@ def future_copy(sim: Any, rng: np.random.Generator, horizon: int) -> Any:
 
 
 class RolloutLookahead:
-    """The rollout planner (module docstring) over a base rule.
+    """The rollout planner (module docstring) over one or several base policies.
 
     Args:
-        base: the policy that serves the simulated future requests: a rule (``select``) or an
-            informed reference (``select_informed``, e.g. the informed ceiling, the default
-            of ``modi-load-report``); it must not learn across calls.
+        base: the policy serving the simulated future requests, or a sequence of them (each
+            candidate's future is then the best over the bases): rules or learned selectors
+            (``select``) or informed references (``select_informed``, e.g. the informed
+            ceiling); none may learn across calls.
         horizon: requests simulated per candidate (the current one included).
         samples: simulated futures averaged per decision.
         candidates: ``"pareto"`` (models not dominated in profiled μ and accuracy; default) or
@@ -157,7 +163,7 @@ class RolloutLookahead:
 
     def __init__(
         self,
-        base: Policy | InformedPolicy,
+        base: Policy | InformedPolicy | Sequence[Policy | InformedPolicy],
         horizon: int = 20,
         samples: int = 2,
         candidates: str = "pareto",
@@ -169,10 +175,13 @@ class RolloutLookahead:
             raise ValueError(f"lookahead.samples must be an integer >= 1, got {samples!r}")
         if candidates not in ("pareto", "all"):
             raise ValueError(f"lookahead.candidates must be 'pareto' or 'all', got {candidates!r}")
-        self._informed_base = isinstance(base, InformedPolicy)
-        if not self._informed_base and not callable(getattr(base, "select", None)):
-            raise ValueError(f"lookahead.base must be a policy with select(obs), got {base!r}")
-        self.base = base
+        bases = list(base) if isinstance(base, (list, tuple)) else [base]
+        if not bases:
+            raise ValueError("lookahead.base must name at least one policy")
+        for b in bases:
+            if not isinstance(b, InformedPolicy) and not callable(getattr(b, "select", None)):
+                raise ValueError(f"lookahead.base must be policies with select(obs), got {b!r}")
+        self.bases: list[Any] = bases
         self.horizon = int(horizon)
         self.samples = int(samples)
         self.candidates = candidates
@@ -180,9 +189,10 @@ class RolloutLookahead:
         self._ceiling = InformedCeiling()
 
     def reset(self, num_envs: int, seed: Any = None) -> None:
-        """Reseed the simulated futures (and the base rule)."""
+        """Reseed the simulated futures (and the base policies)."""
         self._rng = np.random.default_rng(seed)
-        self.base.reset(num_envs, None if seed is None else int(seed) + 1)
+        for i, b in enumerate(self.bases):
+            b.reset(num_envs, None if seed is None else int(seed) + 1 + i)
 
     def select(self, obs: Obs) -> Actions:
         """The planner needs the simulator."""
@@ -194,9 +204,9 @@ class RolloutLookahead:
             return np.arange(mu.size, dtype=np.intp)
         return pareto_models(mu, np.asarray(sim.accuracy, dtype=np.float64))
 
-    def _base_actions(self, sim: Any) -> Actions:
-        base: Any = self.base
-        if self._informed_base:
+    @staticmethod
+    def _base_actions(base: Any, sim: Any) -> Actions:
+        if isinstance(base, InformedPolicy):
             return np.asarray(base.select_informed(sim.obs, sim), dtype=np.intp)
         return np.asarray(base.select(sim.obs), dtype=np.intp)
 
@@ -210,18 +220,20 @@ class RolloutLookahead:
         if self.horizon == 1:
             return cands, now
         n = obs.shape[0]
-        future = np.zeros((n, cands.size))
+        future = np.zeros((len(self.bases), n, cands.size))
         for _ in range(self.samples):
             root = future_copy(sim, self._rng, self.horizon)
             for j, k in enumerate(cands):
-                c = copy.deepcopy(root)
-                c.step(np.full(n, k, dtype=np.intp))
-                total = np.zeros(n)
-                for _h in range(self.horizon - 1):
-                    o = c.step(self._base_actions(c))
-                    total += o.reward
-                future[:, j] += total
-        return cands, now + future / self.samples
+                first = copy.deepcopy(root)
+                first.step(np.full(n, k, dtype=np.intp))
+                for b, base in enumerate(self.bases):
+                    c = copy.deepcopy(first) if b < len(self.bases) - 1 else first
+                    total = np.zeros(n)
+                    for _h in range(self.horizon - 1):
+                        o = c.step(self._base_actions(base, c))
+                        total += o.reward
+                    future[b, :, j] += total
+        return cands, now + future.max(axis=0) / self.samples
 
     def select_informed(self, obs: Obs, sim: Any) -> Actions:
         """The candidate of highest estimated value; ties → the faster one."""
@@ -233,6 +245,6 @@ class RolloutLookahead:
 
     def __repr__(self) -> str:
         return (
-            f"RolloutLookahead(base={getattr(self.base, 'name', self.base)!r}, "
+            f"RolloutLookahead(base={[getattr(b, 'name', b) for b in self.bases]!r}, "
             f"horizon={self.horizon}, samples={self.samples}, candidates={self.candidates!r})"
         )

@@ -17,8 +17,9 @@ from a real trace):
    learned selector, the informed ceiling (knows the present, myopic), the per-request oracle
    (clairvoyant, but *not a bound* under load: its choices change later requests' waits) and
    the lookahead reference (:class:`~modi.agents.lookahead.RolloutLookahead` over the informed
-   ceiling; slow, so it runs on the first ``--lookahead-requests`` requests of every stream,
-   and the rule and the learned selector are also reported on that same prefix, paired).
+   ceiling and the learned selector by default: at least as good as both in expectation). The
+   lookahead is slow, so it runs on the first ``--lookahead-requests`` requests of every
+   stream, and the rule and the learned selector are also reported on that prefix, paired.
    95 % intervals over streams × seeds; paired intervals for learned − best rule.
 4. **A second arrival trace** the selector never trained on (``--second-trace``): the learned
    selector, the rules chosen on the first trace's validation, the ceiling and the oracle.
@@ -108,6 +109,9 @@ class Settings:
     lookahead_requests: int = 1000
     horizon: int = 20
     samples: int = 2
+    #: Base policies of the lookahead's rollouts: ``ceiling`` (the informed ceiling),
+    #: ``learned`` (the served selector), ``rule`` (the SLA's best queue-aware rule).
+    lookahead_bases: Sequence[str] = ("ceiling", "learned")
     sla_ms: Sequence[float] | None = None
     second_trace: str | None = "auto"
     second_rate_hz: float | None = None
@@ -209,9 +213,12 @@ def evaluate_test(
     s: Settings,
     sim_args: dict[str, Any],
     with_lookahead: bool,
+    learned_base: Any = None,
 ) -> pd.DataFrame:
     """Per stream (unit) of the test split: every policy's effective accuracy and attainment
-    over the whole stream and over its first ``lookahead_requests / streams`` requests."""
+    over the whole stream and over its first ``lookahead_requests / streams`` requests.
+    ``learned_base`` is a second instance of the learned selector for the lookahead's rollouts
+    (its decision counters stay apart from the evaluated one's)."""
     from modi.agents.baselines import make_policy
     from modi.agents.evaluation import rollout
     from modi.agents.lookahead import RolloutLookahead
@@ -239,9 +246,13 @@ def evaluate_test(
             ("oracle", make_policy("oracle"), steps),
         ]
         if with_lookahead:
-            planner = RolloutLookahead(
-                make_policy("informed_ceiling"), horizon=s.horizon, samples=s.samples
-            )
+            pick = {
+                "ceiling": make_policy("informed_ceiling"),
+                "learned": learned_base if learned_base is not None else learned,
+                "rule": rule,
+            }
+            bases = [pick[b] for b in s.lookahead_bases]
+            planner = RolloutLookahead(bases, horizon=s.horizon, samples=s.samples)
             todo.append(("lookahead", planner, prefix))
         sim = ModelSelectionSim(pool, net, num_envs=setup.streams, sla_ms=sla, **sim_args)
         for seed in setup.seeds:
@@ -434,10 +445,15 @@ def run_report(out: Path, s: Settings) -> pd.DataFrame:
         log.info("trained %s in %.0f s", agent.name, time.perf_counter() - t0)
     name = str(getattr(agent, "name", s.agent))
     served = served_from_policy(agent, out / "selector.onnx", name=name)
+    from modi.agents.served import ServedPolicy
+
+    base = ServedPolicy(
+        out / "selector.onnx", pool_ids=getattr(agent, "pool_ids", None), name=f"{name}_base"
+    )
     rules, table = tune_queue_rules(cfg, pool, s.progress)
     table.to_csv(out / "validation.csv", index=False)
     trained_on = _trace_of(sim_args)
-    units = [evaluate_test(cfg, pool, rules, served, s, sim_args, with_lookahead=True)]
+    units = [evaluate_test(cfg, pool, rules, served, s, sim_args, True, base)]
     if second is not None:
         arr = (
             dict(sim_args.get("arrivals") or {})
@@ -446,7 +462,7 @@ def run_report(out: Path, s: Settings) -> pd.DataFrame:
         )
         rate = s.second_rate_hz if s.second_rate_hz is not None else arr.get("rate_hz")
         args2 = {**sim_args, "arrivals": {"trace": str(second), "rate_hz": rate}}
-        units.append(evaluate_test(cfg, pool, rules, served, s, args2, with_lookahead=False))
+        units.append(evaluate_test(cfg, pool, rules, served, s, args2, False))
     u = pd.concat(units, ignore_index=True)
     u.to_csv(out / "units.csv", index=False)
     report = summarize_units(u, s.scenario, rules, name, trained_on)
@@ -473,8 +489,9 @@ def markdown(report: pd.DataFrame, s: Settings, second_label: str, minutes: floa
         "Effective accuracy in %, 95 % intervals over streams × test seeds; learned − rule "
         "paired on the same requests. Best rule: the best queue-aware rule (setting) per SLA on "
         "validation. The oracle is per-request clairvoyant and **not a bound** under load. The "
-        f"lookahead (rollout planner, horizon {s.horizon}, {s.samples} sampled futures, over "
-        "the informed ceiling) runs on the first "
+        f"lookahead (rollout planner, horizon {s.horizon}, {s.samples} sampled futures, the "
+        f"best of the base policies {', '.join(s.lookahead_bases)} after each candidate) "
+        "runs on the first "
         f"{int(report.prefix_requests_per_stream.iloc[0])} requests of every stream; "
         "'prefix' columns compare on those requests.",
         "",
@@ -564,6 +581,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--horizon", type=int, default=20, help="lookahead horizon (requests)")
     p.add_argument("--samples", type=int, default=2, help="lookahead sampled futures")
+    p.add_argument(
+        "--lookahead-bases",
+        nargs="+",
+        choices=["ceiling", "learned", "rule"],
+        default=["ceiling", "learned"],
+        help="base policies of the lookahead's rollouts (the best of them after each candidate)",
+    )
     p.add_argument("--sla", nargs="+", type=float, default=None, help="SLAs (default: scenario's)")
     p.add_argument(
         "--second-trace",
@@ -615,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
         lookahead_requests=a.lookahead_requests,
         horizon=a.horizon,
         samples=a.samples,
+        lookahead_bases=list(a.lookahead_bases),
         sla_ms=a.sla,
         second_trace=a.second_trace,
         second_rate_hz=a.second_rate_hz,
