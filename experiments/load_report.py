@@ -131,6 +131,7 @@ def _overrides(s: Settings) -> list[str]:
     out = [
         f"scenario={s.scenario}",
         f"agent={s.agent}",
+        "mix=none",  # trained on the loaded scenario itself, not the default mixture
         f"seed={s.seed}",
         "tracking=none",
         f"eval.streams_per_point={s.streams}",
