@@ -28,9 +28,9 @@ feature in its metadata (:mod:`modi.agents.device_onnx_meta` keys).
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,9 +41,9 @@ import numpy as np
 import onnx
 import torch
 from numpy.typing import NDArray
-from onnx import helper
+from onnx import helper, numpy_helper
 
-from modi.agents.device_graph import scorer_graph
+from modi.agents.device_graph import fold_layers, scorer_graph
 from modi.envs.devices import DeviceProfile
 from modi.envs.offload import OffloadSim
 from modi.runtime import device_features as dfeat
@@ -107,6 +107,31 @@ def _weights_vector(w_energy_per_j: float, w_bytes_per_mb: float) -> NDArray[np.
     return np.array([1.0, -w_energy_per_j, -w_bytes_per_mb], dtype=np.float64)
 
 
+#: Score of an option outside the tie set (ε-lexicographic choice, see :func:`choice_scores`).
+TIE_OUT = -1e6
+
+
+def _check_tolerance(tol: float) -> None:
+    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
+        raise DeviceScorerError(f"tie_tolerance must be a finite number >= 0, got {tol!r}")
+
+
+def choice_scores(
+    pred: NDArray[np.float64], objective: NDArray[np.float64], tie_tolerance: float
+) -> NDArray[np.float64]:
+    """Scores ``(N, K)`` whose argmax is the decision, from predictions ``(N, K, 3)``: the
+    objective ``pred @ objective``; with ``tie_tolerance`` δ > 0, among the options within δ
+    of the best objective the one with the least predicted energy (score ``-energy J``; the
+    others score :data:`TIE_OUT`). δ buys energy only where the predicted accuracies are
+    equal within δ (a loose SLA, where every offload answers with the same model), which an
+    energy weight alone cannot do without giving up accuracy at tight SLAs."""
+    s = np.asarray(pred @ objective, dtype=np.float64)
+    if tie_tolerance <= 0:
+        return s
+    top = s.max(axis=-1, keepdims=True) - tie_tolerance
+    return np.where(s >= top, -pred[..., 1], TIE_OUT)
+
+
 @dataclass
 class DeviceScorerPolicy:
     """The learned device policy (a :class:`~modi.agents.offload_policies.DevicePolicy`)."""
@@ -119,15 +144,25 @@ class DeviceScorerPolicy:
     trained_on: dict[str, Any] = field(default_factory=dict)
     name: str = "learned"
     server_policy: str | None = None
+    #: Options whose score is within this of the best are tied; of those, the one with the
+    #: least predicted energy is chosen (0: plain argmax of the score). See :meth:`scores`.
+    tie_tolerance: float = 0.0
     _net64: Any = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        _check_tolerance(self.tie_tolerance)
 
     def reset(self, num_envs: int, seed: int | None = None) -> None:
         """Deterministic: nothing to reset."""
 
     def with_weights(
-        self, w_energy_per_j: float, w_bytes_per_mb: float | None = None
+        self,
+        w_energy_per_j: float,
+        w_bytes_per_mb: float | None = None,
+        tie_tolerance: float | None = None,
     ) -> DeviceScorerPolicy:
-        """The same scorer under other objective weights (a point of the frontier)."""
+        """The same scorer under other objective weights (a point of the frontier) and tie
+        tolerance (default: this policy's)."""
         _weights_vector(
             w_energy_per_j, self.w_bytes_per_mb if w_bytes_per_mb is None else w_bytes_per_mb
         )
@@ -139,24 +174,45 @@ class DeviceScorerPolicy:
             self.feature_max,
             self.trained_on,
             self.name,
+            tie_tolerance=self.tie_tolerance if tie_tolerance is None else float(tie_tolerance),
+            _net64=self._net64,
         )
 
     def predict(self, options: NDArray[np.float32]) -> NDArray[np.float64]:
         """Predicted (accuracy, energy J, MB sent) of option vectors ``(..., F)`` (float32
-        inputs, computed in float64 like the exported graph)."""
-        net64 = self._net64
-        if net64 is None:
-            net64 = copy.deepcopy(self.net).double().eval()
-            self._net64 = net64
-        x = torch.from_numpy(np.ascontiguousarray(options, np.float32)).double()
-        with torch.no_grad():
-            return np.asarray(net64(x).numpy(), dtype=np.float64)
+        inputs, computed in float64 with the exported graph's operations, in numpy: a tiny
+        MLP per decision, where torch's thread pool costs more than the arithmetic)."""
+        layers = self._net64
+        if layers is None:
+            net = self.net
+            lin = [m for m in net.mlp if isinstance(m, torch.nn.Linear)]
+            w, b = fold_layers(
+                [m.weight.detach().numpy().T for m in lin],
+                [m.bias.detach().numpy() for m in lin],
+                net.x_mean.numpy(),
+                net.x_std.numpy(),
+                net.y_mean.numpy(),
+                net.y_std.numpy(),
+            )
+            layers = list(zip(w, b, strict=True))
+            self._net64 = layers
+        h = np.asarray(options, np.float32).astype(np.float64)
+        for i, (wi, bi) in enumerate(layers):
+            h = h @ wi + bi
+            if i < len(layers) - 1:
+                h = np.maximum(h, 0.0)
+        return np.asarray(h, dtype=np.float64)
 
     def scores(self, obs: NDArray[np.float32]) -> NDArray[np.float64]:
-        """Score of every option ``(N, K)`` for device observations ``(N, D)``."""
+        """Score of every option ``(N, K)`` for device observations ``(N, D)``: the objective
+        ``accuracy - w_energy_per_j * J - w_bytes_per_mb * MB`` of the predictions, or with a
+        ``tie_tolerance`` δ > 0 the ε-lexicographic choice: minus the predicted energy (J) of
+        the options whose objective is within δ of the best, ``TIE_OUT`` for the others (the
+        exported graph computes the same)."""
         pred = self.predict(dfeat.option_features(obs))
-        w = _weights_vector(self.w_energy_per_j, self.w_bytes_per_mb)
-        return np.asarray(pred @ w, dtype=np.float64)
+        return choice_scores(
+            pred, _weights_vector(self.w_energy_per_j, self.w_bytes_per_mb), self.tie_tolerance
+        )
 
     def select(self, obs: NDArray[np.float32]) -> NDArray[np.int64]:
         """One action ``(preprocessing, placement, backup)`` per observation row."""
@@ -178,6 +234,7 @@ class DeviceScorerPolicy:
                 "feature_min": self.feature_min.tolist(),
                 "feature_max": self.feature_max.tolist(),
                 "trained_on": self.trained_on,
+                "tie_tolerance": self.tie_tolerance,
                 "option_schema": f"{dfeat.OPTION_SCHEMA_NAME} v{dfeat.OPTION_SCHEMA_VERSION}",
             },
             path,
@@ -203,6 +260,7 @@ class DeviceScorerPolicy:
             np.asarray(d["feature_min"], np.float32),
             np.asarray(d["feature_max"], np.float32),
             dict(d.get("trained_on", {})),
+            tie_tolerance=float(d.get("tie_tolerance", 0.0)),
         )
 
 
@@ -325,6 +383,24 @@ def fit_scorer(
             f"epochs, batch_size must be >= 1, lr > 0 and level_weight >= 0, got {epochs}, "
             f"{batch_size}, {lr}, {level_weight}"
         )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batches: one thread is faster than a contended pool
+    try:
+        return _fit(groups, hidden, epochs, batch_size, lr, seed, level_weight, twin_weight)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(
+    groups: list[Batch],
+    hidden: Sequence[int],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    level_weight: float,
+    twin_weight: float,
+) -> tuple[ScorerNet, list[dict[str, float]]]:
     torch.manual_seed(seed)
     flat_x = np.concatenate([x.reshape(-1, dfeat.F) for x, _ in groups])
     flat_y = np.concatenate([y.reshape(-1, 3) for _, y in groups])
@@ -452,14 +528,17 @@ def export_device_onnx(policy: DeviceScorerPolicy, path: str | Path) -> Path:
         net.y_std.numpy(),
         _weights_vector(policy.w_energy_per_j, policy.w_bytes_per_mb),
     )
+    if policy.tie_tolerance > 0:
+        _add_tie_choice(graph, policy.tie_tolerance)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
+    trained_on = dict(policy.trained_on) | {"tie_tolerance": policy.tie_tolerance}
     meta = DeviceModelMeta(
         w_energy_per_j=policy.w_energy_per_j,
         w_bytes_per_mb=policy.w_bytes_per_mb,
         feature_min=tuple(float(v) for v in policy.feature_min),
         feature_max=tuple(float(v) for v in policy.feature_max),
-        trained_on=json.dumps(policy.trained_on, sort_keys=True),
+        trained_on=json.dumps(trained_on, sort_keys=True),
     )
     helper.set_metadata_props(model, meta.to_props())
     onnx.checker.check_model(model)
@@ -467,6 +546,34 @@ def export_device_onnx(policy: DeviceScorerPolicy, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return path
+
+
+def _add_tie_choice(graph: onnx.GraphProto, tol: float) -> None:
+    """Turn the graph's ``scores`` into :func:`choice_scores` with tolerance ``tol``: the
+    objective's output is renamed and the ε-lexicographic choice appended (the same float64
+    operations as the trained policy)."""
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == "scores":
+                node.output[i] = "objective_scores"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array([-1], dtype=np.int64), "tie_axis"),
+            numpy_helper.from_array(np.array(float(tol), dtype=np.float64), "tie_tolerance"),
+            numpy_helper.from_array(np.array(1, dtype=np.int64), "energy_index"),
+            numpy_helper.from_array(np.array(TIE_OUT, dtype=np.float64), "tie_out"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("ReduceMax", ["objective_scores", "tie_axis"], ["best"], keepdims=1),
+            helper.make_node("Sub", ["best", "tie_tolerance"], ["tie_floor"]),
+            helper.make_node("GreaterOrEqual", ["objective_scores", "tie_floor"], ["tied"]),
+            helper.make_node("Gather", ["predictions", "energy_index"], ["energy"], axis=2),
+            helper.make_node("Neg", ["energy"], ["neg_energy"]),
+            helper.make_node("Where", ["tied", "neg_energy", "tie_out"], ["scores"]),
+        ]
+    )
 
 
 def device_spec(profile: DeviceProfile) -> DeviceSpec:

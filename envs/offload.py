@@ -273,6 +273,10 @@ class OffloadSim:
             nothing is in flight, a request it does not offload carries an uplink probe
             (``PROBE_BYTES`` uploaded, one response back: bytes and radio energy charged to
             that request, ``info["probe"]``); ``None`` (default): only the start-up probe.
+        block_len: captures per device drawn ahead in one block (default: as many as fit a
+            fixed memory budget, 16-2048). A rollout of ``T`` captures draws
+            ``ceil(T / block_len)`` blocks: short evaluations are faster with ``block_len = T``.
+            The requests depend on it (same seed and block length: the same requests).
 
     The device's network history (the ``net_*`` observation columns) holds only what the device
     has measured *and received* by the capture: the start-up probe, then each offloaded
@@ -304,6 +308,7 @@ class OffloadSim:
         reprofile_every: int = 200,
         true_server_pool: ModelPool | None = None,
         probe_every_ms: float | None = None,
+        block_len: int | None = None,
     ) -> None:
         if not isinstance(device, DeviceProfile):
             raise OffloadError(f"device must be a DeviceProfile, got {type(device).__name__}")
@@ -422,6 +427,12 @@ class OffloadSim:
         self.action_nvec = np.array([2, self.num_local + 1, 2], dtype=np.int64)
         n = self.num_envs
         self.block_len = 256 if n == 1 else int(np.clip(_BLOCK_FLOATS // (n * 24), 16, 2048))
+        if block_len is not None:
+            if isinstance(block_len, bool) or not isinstance(block_len, (int, np.integer)):
+                raise OffloadError(f"block_len must be an integer >= 1, got {block_len!r}")
+            if block_len < 1:
+                raise OffloadError(f"block_len must be an integer >= 1, got {block_len!r}")
+            self.block_len = int(block_len)
         self._rows = np.arange(n)
         self.obs = np.zeros((n, self.obs_dim), dtype=np.float32)
         self._model_rows = dfeat.encode_device_models(

@@ -31,8 +31,8 @@ Writes into the run folder:
   (``*_lo``, ``*_hi``); the learned row is ``policy = learned`` (served through
   ``DeviceSelector``, ``fallback_rate``: decisions that fell back to PieSlicer);
 * ``results_per_seed.csv``, ``units.csv`` (per stream), ``validation.csv`` (every grid point),
-  ``tuned.csv`` (the setting kept per scenario × rule), ``weights.csv`` (the energy-weight
-  choice on validation);
+  ``tuned.csv`` (the setting kept per scenario × rule), ``weights.csv`` (the choice of the
+  energy weight and tie tolerance on validation);
 * ``paired.csv`` — per scenario × SLA: the best tuned rule (chosen on validation) against the
   learned policy, paired 95 % intervals of the accuracy and energy differences, verdicts, the
   ceilings, and the gaps closed (PieSlicer's gap to the device oracle);
@@ -89,6 +89,8 @@ from modi.runtime import device_features as dfeat
 log = logging.getLogger(__name__)
 
 LEARNED = "learned"
+#: The learned device policy with the learned server selector (``env.joint.server_selector``).
+JOINT = "learned+server_selector"
 #: Metrics with 95 % intervals over streams in ``results.csv``.
 CI_COLUMNS = ("effective_accuracy", "attainment", "energy_mj")
 #: Grid keys with this prefix go to the rule's server policy (e.g. ``server_gamma``).
@@ -464,17 +466,26 @@ def dominated_by(frontier: pd.DataFrame) -> list[str]:
     return out
 
 
-def choose_weight(
-    val: pd.DataFrame, best: dict[Any, str], weights: Sequence[float], tol: float
-) -> tuple[float, pd.DataFrame]:
-    """The energy weight of the exported policy, chosen on validation: the one at which the
-    learned policy is ≥ the best rule's effective accuracy (− ``tol``) at ≤ its energy at the
-    most scenario × SLA points (ties: higher mean effective accuracy, then the smaller
-    weight). Returns it and the table of every weight."""
+def learned_name(w_energy_per_j: float, tie_tolerance: float = 0.0) -> str:
+    """The validation / frontier name of the learned policy under one choice setting."""
+    name = f"{LEARNED}_w{w_energy_per_j:g}"
+    return name if tie_tolerance <= 0 else f"{name}_t{tie_tolerance:g}"
+
+
+def choose_setting(
+    val: pd.DataFrame,
+    best: dict[Any, str],
+    settings: Sequence[tuple[float, float]],
+    tol: float,
+) -> tuple[tuple[float, float], pd.DataFrame]:
+    """The exported policy's (energy weight, tie tolerance), chosen on validation: the setting
+    at which the learned policy is ≥ the best rule's effective accuracy (− ``tol``) at ≤ its
+    energy at the most scenario × SLA points (ties: higher mean effective accuracy, then the
+    smaller weight and tolerance). Returns it and the table of every setting."""
     rows = []
     m = val.groupby(["scenario", "sla_ms", "policy"])[["effective_accuracy", "energy_mj"]].mean()
-    for w in weights:
-        name = f"{LEARNED}_w{w:g}"
+    for w, t in settings:
+        name = learned_name(w, t)
         ok = accs = 0.0
         n = 0
         for (scen, sla), rule in best.items():
@@ -488,6 +499,7 @@ def choose_weight(
         rows.append(
             {
                 "w_energy_per_j": w,
+                "tie_tolerance": t,
                 "points_ge_at_le_energy": ok,
                 "points": n,
                 "mean_eff_acc": accs / n,
@@ -495,10 +507,10 @@ def choose_weight(
         )
     table = pd.DataFrame(rows)
     top = table.sort_values(
-        ["points_ge_at_le_energy", "mean_eff_acc", "w_energy_per_j"],
-        ascending=[False, False, True],
+        ["points_ge_at_le_energy", "mean_eff_acc", "w_energy_per_j", "tie_tolerance"],
+        ascending=[False, False, True, True],
     ).iloc[0]
-    return float(top.w_energy_per_j), table
+    return (float(top.w_energy_per_j), float(top.tie_tolerance)), table
 
 
 # ============================================================================ parity
@@ -550,6 +562,30 @@ class _Agreement:
         self.same += int((a == self.trained.select(obs)).all(axis=1).sum())
         self.total += len(a)
         return a
+
+
+def _joint_server(env: DictConfig, pool: ModelPool) -> Any:
+    """The learned server selector of ``env.joint.server_selector`` (an exported ``.onnx``,
+    served through :class:`modi.runtime.Selector` with its shipped defaults), or None."""
+    path = (env.get("joint") or {}).get("server_selector")
+    if path is None:
+        return None
+    from modi.agents.served import ServedPolicy
+
+    try:
+        served = ServedPolicy(str(path), name="server_selector")
+    except Exception as e:  # a file the runtime refuses: named, before training
+        raise ConfigError(f"env.joint.server_selector {path}: {e}") from None
+    from modi.agents.export import read_metadata
+
+    meta = read_metadata(Path(str(path)))
+    ids = None if meta.pool_agnostic else list(meta.pool_model_ids)
+    if ids is not None and len(ids) != len(pool):
+        raise ConfigError(
+            f"env.joint.server_selector {path} serves {len(ids)} models, the env's server pool "
+            f"has {len(pool)}"
+        )
+    return served
 
 
 # ============================================================================ the run
@@ -608,6 +644,16 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     weights = as_float_list(
         env.frontier.w_energy_per_j, "env.frontier.w_energy_per_j", positive=False
     )
+    sel = env.get("select") or {}
+    settings = [
+        (w, t)
+        for w in as_float_list(
+            sel.get("w_energy_per_j", weights), "env.select.w_energy_per_j", positive=False
+        )
+        for t in as_float_list(
+            sel.get("tie_tolerance", [0.0]), "env.select.tie_tolerance", positive=False
+        )
+    ]
     frontier_seeds = as_int(env.frontier.get("test_seeds", 2), "env.frontier.test_seeds")
     splits = Splits.from_cfg(cfg, train_seeds=[seed])
     val_seeds, test_seeds = splits.seeds("val"), splits.seeds("test")
@@ -621,6 +667,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 f"env.devices: {sc.device!r} has tier {sc.profile.tier!r}; the device feature "
                 "schema knows low, mid, high"
             )
+    joint_server = _joint_server(env, pool)
     out_dir.mkdir(parents=True, exist_ok=True)
     server_name = str(env.get("server_policy", "modipick"))
     mean_w = float(np.mean([w_dev[s.device] * w_net[s.network] for s in scenarios]))
@@ -647,34 +694,40 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         def train_keys(r: int) -> list[list[int]]:
             return [[*stream_key(sc.name, "train", seed, 0.0), r] for sc in scenarios]
 
+        load = tr.get("load")
         try:
-            policy = train_device_scorer(
-                sims,
-                steps,
-                seed,
-                rounds=rounds,
-                epsilon=float(tr.epsilon),
-                hidden=[int(h) for h in tr.hidden],
-                epochs=as_int(tr.epochs, "env.train.epochs"),
-                batch_size=as_int(tr.batch_size, "env.train.batch_size"),
-                level_weight=float(tr.get("level_weight", 0.1)),
-                twin_weight=float(tr.get("twin_weight", 10.0)),
-                lr=float(tr.lr),
-                w_energy_per_j=objective[0],
-                w_bytes_per_mb=objective[1],
-                trained_on={
-                    "devices": devices,
-                    "networks": networks,
-                    "sla_range_ms": sla_range,
-                    "mixture": {"devices": w_dev, "networks": w_net},
-                },
-                on_round=on_round,
-                reset_seeds=train_keys,
-            )
-        except DeviceScorerError as e:
+            if load is not None:
+                policy = DeviceScorerPolicy.load(str(load))
+                log.info("device scorer loaded from %s (not trained)", load)
+            else:
+                policy = train_device_scorer(
+                    sims,
+                    steps,
+                    seed,
+                    rounds=rounds,
+                    epsilon=float(tr.epsilon),
+                    hidden=[int(h) for h in tr.hidden],
+                    epochs=as_int(tr.epochs, "env.train.epochs"),
+                    batch_size=as_int(tr.batch_size, "env.train.batch_size"),
+                    level_weight=float(tr.get("level_weight", 0.1)),
+                    twin_weight=float(tr.get("twin_weight", 10.0)),
+                    lr=float(tr.lr),
+                    w_energy_per_j=objective[0],
+                    w_bytes_per_mb=objective[1],
+                    trained_on={
+                        "devices": devices,
+                        "networks": networks,
+                        "sla_range_ms": sla_range,
+                        "mixture": {"devices": w_dev, "networks": w_net},
+                    },
+                    on_round=on_round,
+                    reset_seeds=train_keys,
+                )
+        except (DeviceScorerError, OSError) as e:
             raise ConfigError(f"env.train: {e}") from None
         train_s = time.perf_counter() - t0
         pd.DataFrame(hist_rows).to_csv(out_dir / "training.csv", index=False)
+        policy.save(out_dir / "device_policy.pt")
         log.info("device scorer trained in %.0f s", train_s)
 
         # ---------------------------------------------------------------- validation split
@@ -684,7 +737,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         steps_val = math.ceil(val_req / per_point)
         tuned_rows = []
         for sc in scenarios:
-            sim = make_sim(env, sc, "val", pool, per_point, objective)
+            sim = make_sim(env, sc, "val", pool, per_point, objective, block_len=steps_val + 1)
             for rule in rules:
                 scores = []
                 for params in grids[rule]:
@@ -725,8 +778,8 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                     }
                 )
             sim.set_server_policy(_server_policy(env, server_name))
-            for w in weights:
-                pol_w = policy.with_weights(w)
+            for w, t in settings:
+                pol_w = policy.with_weights(w, tie_tolerance=t)
                 for v in val_seeds:
                     for sla in slas:
                         r = run_point(
@@ -734,7 +787,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                         )
                         meta = {
                             "scenario": sc.name,
-                            "policy": f"{LEARNED}_w{w:g}",
+                            "policy": learned_name(w, t),
                             "sla_ms": sla,
                             "seed": v,
                             "params": "",
@@ -753,12 +806,14 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             )
         ]
         best = choose_best_rule(keep, rules, tol)
-        w_chosen, w_table = choose_weight(keep, best, weights, tol)
+        (w_chosen, t_chosen), w_table = choose_setting(keep, best, settings, tol)
         w_table.to_csv(out_dir / "weights.csv", index=False)
-        log.info("energy weight chosen on validation: %g per J", w_chosen)
+        log.info(
+            "chosen on validation: energy weight %g per J, tie tolerance %g", w_chosen, t_chosen
+        )
 
         # ---------------------------------------------------------------- export + parity
-        policy = policy.with_weights(w_chosen)
+        policy = policy.with_weights(w_chosen, tie_tolerance=t_chosen)
         policy.save(out_dir / "device_policy.pt")
         onnx_path = export_device_onnx(policy, out_dir / "device_policy.onnx")
         par_sims, par_keys = [], []
@@ -780,7 +835,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         front: list[dict[str, Any]] = []
         agree_same = agree_total = fallbacks = decisions = 0
         for sc in scenarios:
-            sim = make_sim(env, sc, "test", pool, per_point, objective)
+            sim = make_sim(env, sc, "test", pool, per_point, objective, block_len=steps_test + 1)
             served = ServedDevicePolicy(onnx_path, device_spec(sc.profile), name=LEARNED)
             agree = _Agreement(served, policy)
             entries: list[tuple[str, Any, Any, str, dict[str, Any]]] = [
@@ -798,6 +853,8 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                         log.info("%s: prep_ceiling needs a link model, skipped", sc.name)
                         continue
                 entries.append((name, pol, server, srv_name, params))
+            if joint_server is not None:
+                entries.append((JOINT, agree, joint_server, "selector", {}))
             for name, pol, server, srv_name, params in entries:
                 sim.set_server_policy(server)
                 for s in test_seeds:
@@ -816,7 +873,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                             "seed": s,
                             "params": json.dumps(params, sort_keys=True),
                         }
-                        if name == LEARNED:
+                        if name in (LEARNED, JOINT):
                             n = r.fields["e2e_ms"].size
                             meta["fallback_rate"] = (served.fallbacks - f0) / n
                         row = rec.add(r, sim, meta)
@@ -831,7 +888,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             # the learned frontier: the scorer under each energy weight, same streams
             sim.set_server_policy(_server_policy(env, server_name))
             for w in weights:
-                pol_w = policy.with_weights(w)
+                pol_w = policy.with_weights(w, tie_tolerance=t_chosen)
                 for s in test_seeds[:frontier_seeds]:
                     for sla in slas:
                         r = run_point(
@@ -840,7 +897,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                         front.append(
                             {
                                 "scenario": sc.name,
-                                "policy": f"{LEARNED}_w{w:g}",
+                                "policy": learned_name(w, t_chosen),
                                 "kind": "learned",
                                 "w_energy_per_j": w,
                                 "sla_ms": sla,
@@ -867,6 +924,11 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 ],
             )
         paired.to_csv(out_dir / "paired.csv", index=False)
+        if joint_server is not None:
+            # device-learned x server-learned against the best rule pair (the device rule with
+            # its tuned server rule), same streams
+            ju = units[units.policy != LEARNED].replace({"policy": {JOINT: LEARNED}})
+            paired_table(ju, best, rules).to_csv(out_dir / "joint.csv", index=False)
         fr = pd.DataFrame(front)
         frontier = (
             fr.groupby(["scenario", "policy", "kind", "sla_ms"], sort=False, dropna=False)
@@ -893,6 +955,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             "eval_attainment": float(learned.attainment.mean()),
             "eval_energy_mj": float(learned.energy_mj.mean()),
             "w_energy_per_j": w_chosen,
+            "tie_tolerance": t_chosen,
             "onnx_parity": parity,
             "served_agreement": agree_same / max(1, agree_total),
             "served_fallback_rate": fallbacks / max(1, decisions),
@@ -978,8 +1041,9 @@ __all__ = [
     "build_scenarios",
     "check_parity",
     "choose_best_rule",
-    "choose_weight",
+    "choose_setting",
     "dominated_by",
+    "learned_name",
     "make_sim",
     "mixture_weights",
     "offload_main",

@@ -16,7 +16,7 @@ from modi.experiments.common import ConfigError
 from modi.experiments.train_offload import (
     LEARNED,
     choose_best_rule,
-    choose_weight,
+    choose_setting,
     mixture_weights,
     run_offload_training,
     tuning_grid,
@@ -47,6 +47,8 @@ TINY = [
     "env.tuning.mdinference.server_gamma=[0.0,1.0]",
     "env.policy_args.pieslicer.fit_requests=100",
     "env.frontier.w_energy_per_j=[0.0,1.0]",
+    "env.select.w_energy_per_j=[0.0,1.0]",
+    "env.select.tie_tolerance=[0.0,0.01]",
     "env.frontier.test_seeds=1",
     "figures=false",
 ]
@@ -97,6 +99,8 @@ def test_tiny_run_writes_the_served_learned_row_beside_every_tuned_rule(
     front = pd.read_csv(out / "frontier.csv")
     assert set(front.kind) == {"learned", "rule"}
     assert metrics["w_energy_per_j"] in (0.0, 1.0)
+    assert metrics["tie_tolerance"] in (0.0, 0.01)
+    assert len(pd.read_csv(out / "weights.csv")) == 4
     assert (out / "device_policy.onnx").stat().st_size > 0
 
 
@@ -159,7 +163,7 @@ def test_mixture_weights_and_grids() -> None:
     assert tuning_grid(cfg.env, "static_local") == [{}]
 
 
-def test_best_rule_ties_go_to_less_energy_and_the_weight_to_most_wins() -> None:
+def test_best_rule_ties_go_to_less_energy_and_the_setting_to_most_wins() -> None:
     val = pd.DataFrame(
         [
             ("s", 500.0, "a", 0.800, 900.0),
@@ -167,12 +171,59 @@ def test_best_rule_ties_go_to_less_energy_and_the_weight_to_most_wins() -> None:
             ("s", 500.0, "c", 0.700, 100.0),
             ("s", 500.0, "learned_w0", 0.801, 950.0),  # more accurate, more energy
             ("s", 500.0, "learned_w0.1", 0.8002, 380.0),  # tied, less energy
+            ("s", 500.0, "learned_w0_t0.01", 0.7900, 300.0),  # less energy, too inaccurate
         ],
         columns=["scenario", "sla_ms", "policy", "effective_accuracy", "energy_mj"],
     )
     best = choose_best_rule(val, ["a", "b", "c"], 0.0005)
     assert best == {("s", 500.0): "b"}
-    w, table = choose_weight(val, best, [0.0, 0.1], 0.0005)
-    assert w == 0.1
-    assert list(table.points_ge_at_le_energy) == [0.0, 1.0]
+    (w, t), table = choose_setting(val, best, [(0.0, 0.0), (0.1, 0.0), (0.0, 0.01)], 0.0005)
+    assert (w, t) == (0.1, 0.0)
+    assert list(table.points_ge_at_le_energy) == [0.0, 1.0, 0.0]
     assert np.isclose(table.mean_eff_acc.iloc[0], 0.801)
+
+
+def test_tie_tolerance_trades_no_more_than_it_allows() -> None:
+    """The epsilon-lexicographic choice: among options within the tolerance of the best
+    objective, the least predicted energy; the exported graph computes the same scores."""
+    from modi.agents.device_scorer import TIE_OUT, choice_scores
+
+    pred = np.array([[[0.80, 2.0, 0.0], [0.799, 0.5, 0.0], [0.70, 0.1, 0.0]]])
+    obj = np.array([1.0, 0.0, 0.0])
+    assert choice_scores(pred, obj, 0.0).argmax() == 0
+    s = choice_scores(pred, obj, 0.005)
+    assert s.argmax() == 1 and s[0, 2] == TIE_OUT
+    assert choice_scores(pred, obj, 0.2).argmax() == 2
+
+
+def test_onnx_with_a_tie_tolerance_chooses_like_the_policy(
+    tiny_run: tuple[dict[str, float], Path], tmp_path: Path
+) -> None:
+    from modi.agents.device_scorer import DeviceScorerPolicy, export_device_onnx
+    from modi.envs.catalog import load_preset
+    from modi.envs.offload import OffloadSim
+    from modi.experiments.train_offload import check_parity
+
+    _, out = tiny_run
+    pol = DeviceScorerPolicy.load(out / "device_policy.pt").with_weights(0.03, tie_tolerance=0.01)
+    path = export_device_onnx(pol, tmp_path / "tie.onnx")
+    sim = OffloadSim(
+        load_preset("device", "mid"),
+        load_preset("network", "link_wifi"),
+        load_preset("pool", "modipick_table2"),
+        num_envs=20,
+        sla_range_ms=(150.0, 2500.0),
+    )
+    assert check_parity(pol, path, [sim], 2000, [[7, 7]]) == 1.0
+    # per row: the tied choice is within the tolerance of the best objective, at no more
+    # predicted energy than the plain argmax
+    from modi.runtime import device_features as dfeat
+
+    obs = sim.reset(3)
+    pred = pol.predict(dfeat.option_features(obs))
+    objective = pred[..., 0] - 0.03 * pred[..., 1]
+    tied = pol.scores(obs).argmax(axis=1)
+    plain = objective.argmax(axis=1)
+    rows = np.arange(len(obs))
+    assert (objective[rows, tied] >= objective[rows, plain] - 0.01 - 1e-12).all()
+    assert (pred[rows, tied, 1] <= pred[rows, plain, 1] + 1e-12).all()
