@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,26 @@ class ModelPool:
                 f"unknown model {model_id!r} in pool {self.name!r}; known: {list(self.ids)}"
             ) from None
 
+    def scaled(self, factor: float) -> ModelPool:
+        """The same models with every execution time times ``factor`` (> 0), named
+        ``<name>_x<factor>``."""
+        ok = isinstance(factor, (int, float)) and not isinstance(factor, bool)
+        f = float(factor) if ok else 0.0
+        if not np.isfinite(f) or f <= 0:
+            raise PoolError(
+                f"pool {self.name!r}: time_scale must be a number > 0, got {factor!r}"
+            )
+        models = tuple(
+            replace(
+                m,
+                mean_ms=m.mean_ms * f,
+                std_ms=m.std_ms * f,
+                samples_ms=None if m.samples_ms is None else tuple(x * f for x in m.samples_ms),
+            )
+            for m in self.models
+        )
+        return ModelPool(f"{self.name}_x{f:g}", models, self.source)
+
     def subset(self, model_ids: Sequence[str], name: str | None = None) -> ModelPool:
         """A pool with only the given models, in the given order."""
         return ModelPool(name or self.name, tuple(self.models[self.index(i)] for i in model_ids))
@@ -107,8 +127,13 @@ class ModelPool:
         path: str | Path | None = None,
         accuracy_unit: str = "percent",
         include: Sequence[str] | None = None,
+        time_scale: float = 1.0,
     ) -> ModelPool:
         """Build a pool from inline model entries or a YAML file (``path``).
+
+        ``time_scale`` multiplies every execution time (mean, std, samples): ``10`` is the same
+        pool on servers ten times slower, ``0.1`` ten times faster (``pool.time_scale=10``);
+        the pool's name then ends in ``_x10``.
 
         Entries take ``id``/``name``, ``top1_accuracy`` (percent unless ``accuracy_unit`` is
         ``fraction``) or ``accuracy`` (fraction), ``mean_ms``, ``std_ms``, optional ``location``
@@ -138,6 +163,8 @@ class ModelPool:
         pool = cls(name, specs, source)
         if include is not None:
             pool = pool.subset(list(include))
+        if time_scale != 1.0:
+            pool = pool.scaled(time_scale)
         log.debug("loaded pool %s with %d models from %s", name, len(pool), source)
         return pool
 

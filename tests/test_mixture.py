@@ -1,0 +1,141 @@
+"""Training on a mixture (conf/mix, modi.experiments.mixture), pool time scaling and
+modi-transfer-report at a tiny budget."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig, OmegaConf
+
+from modi.agents.bandits import LinUCB, load_learned
+from modi.envs.catalog import load_preset
+from modi.envs.pools import PoolError
+from modi.envs.simulator import ModelSelectionSim
+from modi.experiments.common import ConfigError
+from modi.experiments.mixture import MixtureSim, MixtureSpec
+from modi.experiments.train import prepare_training
+from modi.experiments.transfer_report import main as transfer_main
+from modi.experiments.transfer_report import rtt_overrides
+from modi.runtime import features as F
+
+
+def _cfg(*overrides: str) -> DictConfig:
+    with initialize_config_module(config_module="modi.conf", version_base="1.3"):
+        return compose(config_name="train", overrides=["tracking=none", *overrides])
+
+
+def _spec(**mix: object) -> MixtureSpec | None:
+    base = OmegaConf.to_container(_cfg().mix, resolve=True)
+    assert isinstance(base, dict)
+    base.update(mix)
+    return MixtureSpec.from_cfg(base)
+
+
+def test_default_training_is_the_mixture_and_mix_none_the_scenario() -> None:
+    ts = prepare_training(_cfg("train.num_envs=8"))
+    assert isinstance(ts.sim, MixtureSim) and ts.agent.kind == "linucb"
+    assert {"srtt_ms", "rttvar_ms"} <= set(ts.agent.reads)  # type: ignore[arg-type]
+    alone = prepare_training(_cfg("mix=none", "agent=linucb"))
+    assert isinstance(alone.sim, ModelSelectionSim)
+    with pytest.raises(ConfigError, match="mix=none"):
+        prepare_training(_cfg("agent=ppo"))
+
+
+def test_episodes_vary_family_rtt_and_pool_and_a_bandit_trains_on_them() -> None:
+    spec = _spec(chunk_requests=64)
+    assert spec is not None
+    sim = MixtureSim(spec, num_envs=8, sim_args={}, segment=(0.0, 0.6))
+    sim.reset(3)
+    widths = set()
+    for _ in range(400):
+        widths.add(sim.obs.shape[1])
+        assert np.isfinite(sim.obs[:, F.SRTT]).all()
+        sim.step(np.zeros(8, dtype=np.intp))
+    families = {e[0] for e in sim.episodes}
+    scales = {e[1] for e in sim.episodes}
+    pools = {e[2] for e in sim.episodes}
+    assert len(families) >= 4 and len(scales) >= 3 and "random" in pools
+    assert len(widths) >= 3  # pools of different sizes
+    lo, hi = spec.rtt_scale
+    assert all(lo - 1e-9 <= s <= hi + 1e-9 for s in scales)
+    # the same seed gives the same episodes
+    again = MixtureSim(spec, num_envs=8, sim_args={}, segment=(0.0, 0.6))
+    again.reset(3)
+    for _ in range(400):
+        again.step(np.zeros(8, dtype=np.intp))
+    assert again.episodes == sim.episodes
+    pol = LinUCB(seed=0, steps=("slack", "net_headroom", "net_margin"), width_ms=2.0)
+    pol.fit(sim, 3_200, seed=0, progress=False)  # type: ignore[arg-type]
+    r = pol.feature_ranges
+    assert r is not None and r.get("srtt_ms") is not None
+
+
+def test_bad_mixtures_are_refused_before_training() -> None:
+    fams = {"wifi": {"weight": 0.0, "scenario": "realistic_wifi"}}
+    with pytest.raises(ConfigError, match="every weight is 0"):
+        _spec(families=fams)
+    with pytest.raises(ConfigError, match=r"mix.rtt_scale: min 2.0 > max 0.5"):
+        _spec(rtt_scale=[2.0, 0.5])
+    with pytest.raises(ConfigError, match="unknown scenario 'nowhere'"):
+        _spec(families={"x": {"scenario": "nowhere"}})
+    with pytest.raises(ConfigError, match="chunk_requests"):
+        _spec(chunk_requests=0)
+    with pytest.raises(ConfigError, match="weight must be a finite number >= 0"):
+        _spec(families={"x": {"scenario": "realistic_wifi", "weight": -1}})
+    zero = [f"mix.families.{f}.weight=0" for f in _cfg().mix.families]
+    with pytest.raises(ConfigError, match="every weight is 0"):
+        prepare_training(_cfg(*zero))
+
+
+def test_pool_time_scale() -> None:
+    base = load_preset("pool", "modipick_table2")
+    slow = load_preset("pool", "modipick_table2", time_scale=10)
+    assert slow.name == "modipick_table2_x10"
+    np.testing.assert_allclose(slow.mean_ms, 10 * base.mean_ms)
+    np.testing.assert_allclose(slow.std_ms, 10 * base.std_ms)
+    np.testing.assert_array_equal(slow.accuracy, base.accuracy)
+    with pytest.raises(PoolError, match="time_scale must be a number > 0"):
+        load_preset("pool", "modipick_table2", time_scale=0)
+
+
+def test_rtt_overrides_scale_the_round_trip_of_every_network_kind() -> None:
+    assert rtt_overrides(_cfg("scenario=lte_trace"), 2.0) == ["network.rtt_ms=120"]
+    assert rtt_overrides(_cfg("scenario=paper_campus"), 0.5) == [
+        "network.mean_ms=28.9367",
+        "network.std_ms=15.3937",
+    ]
+    assert rtt_overrides(_cfg("scenario=lte_trace"), 1.0) == []
+
+
+def test_transfer_report_at_a_tiny_budget(tmp_path: Path) -> None:
+    sim = load_preset("pool", "modipick_table2")
+    del sim
+    ts = prepare_training(_cfg("train.num_envs=8", "train.requests=3200"))
+    ts.agent.fit(ts.sim, 3_200, 0, progress=False)  # type: ignore[arg-type]
+    policy = ts.agent.save(tmp_path / "policy.pt")
+    assert load_learned(policy).reads == ts.agent.reads
+    out = tmp_path / "tr"
+    args = ["--policy", str(policy), "--out", str(out), "--scenarios", "paper_campus",
+            "--rtt-factors", "2", "--no-pools", "--n-requests", "100", "--val-requests", "100",
+            "--sla", "150", "--quiet"]  # fmt: skip
+    assert transfer_main(args) == 0
+    rep = pd.read_csv(out / "report.csv")
+    assert list(rep.condition) == ["paper_campus rtt x2"] and list(rep.rtt_factor) == [2.0]
+    r = rep.iloc[0]
+    assert r.diff_lo <= r["diff"] <= r.diff_hi
+    assert r.best_rule not in ("oracle", "informed_ceiling", r.learned)
+    verdicts = pd.read_csv(out / "verdicts.csv")
+    assert list(verdicts.condition) == ["paper_campus rtt x2"]
+    # the condition ran at twice the campus network's one-way delay
+    cfg = OmegaConf.load(out / "paper_campus_rtt_x2" / "val" / "config.yaml") if (
+        out / "paper_campus_rtt_x2" / "val" / "config.yaml"
+    ).exists() else None
+    if cfg is not None:
+        assert float(cfg.network.mean_ms) == pytest.approx(2 * 57.873475, rel=1e-4)
+    assert "paper_campus rtt x2" in (out / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        transfer_main(["--policy", str(tmp_path / "missing.pt"), "--out", str(out)])
