@@ -331,6 +331,11 @@ class InferenceServer:
                  f"; shadow {self.shadow.info['name']}" if self.shadow else "")  # fmt: skip
         log.info("connection RTT (srtt_ms/rttvar_ms) from %s; the selector %s", self.rtt.describe(),
                  "reads it" if self.reads_rtt else "does not read it")  # fmt: skip
+        if self.reads_rtt and (
+            cfg.rtt_source == "none" or (cfg.rtt_source == "socket" and not tcp_info_supported())
+        ):
+            log.warning("the selector reads the connection's RTT but --rtt-source %s never gives "
+                        "it: every request falls back to ModiPick", cfg.rtt_source)  # fmt: skip
 
     # -------------------------------------------------------------- loading
     def _pool_profile(self, entries: Mapping[str, ZooEntry]) -> PoolProfile:

@@ -183,9 +183,15 @@ def test_without_a_socket_the_rtt_comes_from_the_header_or_the_field(
     server.close()
 
 
-def test_rtt_source_none_and_request_modes(tiny: dict[str, Path]) -> None:
+def test_rtt_source_none_and_request_modes(
+    tiny: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
     with pytest.raises(ServerConfigError, match="rtt_source"):
         InferenceServer(_cfg(tiny, rtt_source="kernel"))
+    with caplog.at_level("INFO", logger="modi.serving.core"):
+        InferenceServer(_cfg(tiny, "rtt.onnx", rtt_source="none"))
+    assert "srtt_ms/rttvar_ms) from nothing" in caplog.text and "selector reads it" in caplog.text
+    assert "every request falls back" in caplog.text
     server = InferenceServer(_cfg(tiny, rtt_source="none"))
     with TestClient(create_app(server)) as c:
         r = _infer(c, srtt_ms=40.0).json()
