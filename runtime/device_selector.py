@@ -13,14 +13,25 @@ backup) and says why when:
 
 * there is no model, or the file is missing, corrupt or for another schema (``"no learned
   model: ..."``);
-* an input is bad: NaN / inf / negative measurements or request fields (``"invalid input:
-  ..."``);
+* the device is invalid: an unknown tier, no on-device models, a bad profile (``"invalid
+  device: ..."``);
+* an input is bad: NaN / inf / negative / non-numeric request fields or a network history
+  (start-up probe, :meth:`~DeviceSelector.set_history`) holding such values (``"invalid input:
+  ..."``). A bad *measurement* given to :meth:`~DeviceSelector.record` never gets that far: it
+  is refused (``False``, counted in ``ignored_measurements``) and the history stays as it was;
 * an on-device model's option columns (its μ, σ, accuracy, load time) leave the range seen in
   training by more than ``range_margin`` of that range: another on-device pool or device than
   the policy was trained for (``"out of range: ..."``; checked once per model state);
 * onnxruntime fails (``"inference failed: ..."``).
 
 Only numpy and onnxruntime are imported (never torch, gymnasium, hydra or mlflow).
+
+Batch-1 path: when everything but the request is known to be valid (model, device, pool range,
+history; rechecked only when they change), :meth:`~DeviceSelector.decide` rounds the request
+block to float32 in one C call, packs the option vectors into the onnxruntime-bound input in
+one copy (:meth:`modi.runtime.device_features.OptionBuilder.pack`, the same bits as
+:func:`~modi.runtime.device_features.option_features`) and reads the scores onnxruntime wrote
+in place; anything unusual goes through the fully checked path, which says why it falls back.
 
 Usage on a phone::
 
