@@ -147,3 +147,12 @@ def test_the_cli_prints_the_table_and_writes_json(
     (rep,) = json.loads(out.read_text())
     assert rep["requests"] == 3 and rep["tier"] == "high" and rep["offloaded"] == 1.0
     assert np.isfinite(rep["attainment"])
+
+
+def test_on_device_phones_never_offload_and_load_what_they_run(url: str) -> None:
+    rep, rows = asyncio.run(
+        run_phones(url, "high", "on_device", None, 2000.0, 6, 1, "link_wifi", "digits")
+    )
+    assert rep.offloaded == 0.0 and rep.mb_sent == 0.0 and rep.learned_decisions == 0
+    assert all(r["placement"] != "offload" and r["answered_by"] in ("local", "none") for r in rows)
+    assert set(rep.answered_by) <= {"local", "none"}
