@@ -351,12 +351,14 @@ class OptionBuilder:
         # the scalar path (:meth:`pack`): every option's model-only columns 12..18 as float32
         # bytes, and the (load, mu, max(sigma, 1)) of the models involved as Python floats
         row_bytes = [struct.pack("=7f", *row[12:19].tolist()) for row in static]
-        self._local = list(zip(row_bytes[:big_l], self._load[:big_l].tolist(),
-                               self._mu[:big_l].tolist(), self._sigma1[:big_l].tolist(),
-                               strict=True))  # fmt: skip
+        self._local_bytes = row_bytes[:big_l]
+        self._local = list(zip(self._load[:big_l].tolist(), self._mu[:big_l].tolist(),
+                               self._sigma1[:big_l].tolist(), strict=True))  # fmt: skip
         self._offload_bytes = row_bytes[big_l:]
         self._backup_model = (self._load[big_l + 2], self._mu[big_l + 2], self._sigma1[big_l + 2])
         self._pack_dyn = struct.Struct(f"={2 * big_l + 6}f").pack
+        self._packed_into: NDArray[np.float32] | None = None
+        self._packed_view = memoryview(b"")
 
     def pack(self, buffer: NDArray[np.float32], request: Sequence[float]) -> None:
         """Scalar fast path of :meth:`build`: the option vectors of one capture written into
@@ -365,11 +367,23 @@ class OptionBuilder:
         (what :func:`option_features` reads from a float32 observation); the values are the
         same bit for bit (a test checks). Raises ``OverflowError`` where a value is beyond
         float32's range (:meth:`build` stores inf there, as numpy does)."""
+        # (comparisons instead of min/max calls, NaN kept as np.maximum/np.minimum keep it:
+        # a third of this method's time)
         r = request
         sla, prep, lat, raw_kb = r[SLA], r[PREP_EST], r[NET_LATENCY], r[RAW_KB]
-        bw = max(r[NET_UPLINK], 1e-3)
-        bw_last = max(r[NET_UPLINK_LAST], 1e-3)
-        shared = (
+        bw = r[NET_UPLINK]
+        if bw < 1e-3:
+            bw = 1e-3
+        bw_last = r[NET_UPLINK_LAST]
+        if bw_last < 1e-3:
+            bw_last = 1e-3
+        cv = r[NET_UPLINK_STD] / bw
+        if cv > _MAX_CV:
+            cv = _MAX_CV
+        age = r[NET_AGE]
+        if age < 0.0:
+            age = 0.0
+        sh = _PACK_SHARED(
             sla / 1e3,
             r[MEGAPIXELS] / 10.0,
             raw_kb / 1e3,
@@ -379,38 +393,42 @@ class OptionBuilder:
             r[TIER_HIGH],
             lat / 1e3,
             math.log(bw),
-            min(r[NET_UPLINK_STD] / bw, _MAX_CV),
-            math.log1p(max(r[NET_AGE], 0.0) / 1e3),
+            cv,
+            math.log1p(age / 1e3),
             math.log(bw_last),
         )
         base = sla - prep
         dyn: list[float] = []
-        for _, load, mu, sigma1 in self._local:
+        for load, mu, sigma1 in self._local:
             slack = base - load - mu
-            dyn += (slack / 1e3, min(max(slack / sigma1, -_MAX_Z), _MAX_Z))
+            z = slack / sigma1
+            dyn += (slack / 1e3, -_MAX_Z if z < -_MAX_Z else (_MAX_Z if z > _MAX_Z else z))
         load, mu, sigma1 = self._backup_model
         slack = base - load - mu
+        z = slack / sigma1
         up_pre = 8.0 * PRE_PAYLOAD_KB / bw_last
         up_raw = 8.0 * raw_kb / bw_last
         d = self._pack_dyn(
             *dyn,
             slack / 1e3,
-            min(max(slack / sigma1, -_MAX_Z), _MAX_Z),
+            -_MAX_Z if z < -_MAX_Z else (_MAX_Z if z > _MAX_Z else z),
             up_pre / 1e3,
             (sla - prep - up_pre - 2.0 * lat) / 1e3,
             up_raw / 1e3,
             (sla - 0.0 - up_raw - 2.0 * lat) / 1e3,
         )
-        sh = _PACK_SHARED(*shared)
         parts: list[bytes] = []
         j = 0
-        for stat, _, _, _ in self._local:
+        for stat in self._local_bytes:
             parts += (sh, stat, d[j : j + 8], _ZERO2)
             j += 8
         bk, pre, raw = d[j : j + 8], d[j + 8 : j + 16], d[j + 16 : j + 24]
         s0, s1, s2, s3 = self._offload_bytes
         parts += (sh, s0, _ZERO2, pre, sh, s1, _ZERO2, raw, sh, s2, bk, pre, sh, s3, bk, raw)
-        buffer.data.cast("B")[:] = b"".join(parts)
+        if buffer is not self._packed_into:  # the bytes view of the buffer, made once
+            self._packed_view = buffer.data.cast("B")
+            self._packed_into = buffer
+        self._packed_view[:] = b"".join(parts)
 
     def build(
         self, request: ArrayLike, out: NDArray[np.float32] | None = None
