@@ -166,6 +166,12 @@ class DeviceSelector:
             (int(a), int(b), int(c)) for a, b, c in dfeat.option_actions(max(1, len(self._ids)))
         ]
         self._reason = f"highest score of {len(self._actions)} options"
+        # per option: (prep, placement, backup, action) of its decision, made once
+        self._answers = [
+            (PREP_NAMES[a], self._ids[b] if b < len(self._ids) else "offload", c == 1, (a, b, c))
+            for a, b, c in self._actions
+        ]
+        self._prep_law = (float(spec.prep_intercept_ms), float(spec.prep_ms_per_mp))
         self._builder: dfeat.OptionBuilder | None = None
         self._pool_error: str | None = None
         if model_path is not None:
@@ -447,13 +453,13 @@ class DeviceSelector:
                 ):
                     lat, bw, std, bw_last = self._hist32
                     tl, tm, th = self._tier_flags
-                    s = self.spec
+                    a, b = self._prep_law
                     req = _REQUEST32.unpack(
                         _REQUEST32.pack(
                             sla_ms,
                             megapixels,
                             raw_bytes / 1e3,
-                            s.prep_intercept_ms + s.prep_ms_per_mp * megapixels,
+                            a + b * megapixels,
                             tl,
                             tm,
                             th,
@@ -468,16 +474,9 @@ class DeviceSelector:
                     self._run_bound()
                     values = self._score_row.tolist()
                     if math.isfinite(sum(values)):
-                        action = self._actions[values.index(max(values))]
-                        place = action[1]
+                        prep, where, backup, action = self._answers[values.index(max(values))]
                         return DeviceDecision(
-                            PREP_NAMES[action[0]],
-                            self._ids[place] if place < len(self._ids) else "offload",
-                            action[2] == 1,
-                            action,
-                            "learned",
-                            self._reason,
-                            tuple(values),
+                            prep, where, backup, action, "learned", self._reason, tuple(values)
                         )
             except Exception:  # any doubt: the checked path below says why (never raises)
                 pass
