@@ -12,14 +12,17 @@ timed), in one run:
 * ``device_selector_before_*``: the previous implementation on the same stream: the checked
   path (numpy option builder, per-column request writes) on the 15-node graph of the earlier
   export (Sub/Div normalisation, MatMul + Add per layer);
+* ``device_selector_tie_*``: the same policy exported with a tie tolerance (0.01, the largest of
+  ``conf/env/offload.yaml``'s ``select.tie_tolerance`` grid): its graph appends the
+  ε-lexicographic choice (least predicted energy among the near-best options);
 * ``device_fallback_*``: the same call answered by the PieSlicer fallback (no model);
 * ``device_onnxruntime_run_*``: the bare ``session.run`` of the same graph from a feed dict;
   ``device_onnxruntime_bound_run_*``: the IOBinding call ``decide`` makes (the floor under
   ``device_selector_*``).
 
-The kinds are interleaved in blocks (learned, before, fallback, bare run, bound run, learned,
-...) so all see the same machine state; blocks are long (5,000 calls) because the first calls
-after a switch run on cold caches (``modi.experiments.bench_runtime`` found the same).
+The kinds are interleaved in blocks (learned, tie, before, fallback, bare run, bound run,
+learned, ...) so all see the same machine state; blocks are long (5,000 calls) because the
+first calls after a switch run on cold caches (``modi.experiments.bench_runtime`` found it).
 Target (issue 14): p99 <= 50 µs. Shared machines are noisy: compare with the references and
 with the server selector's figures of the same ``modi-bench`` run (``device_vs_selector_p99``),
 never across runs.
@@ -187,14 +190,17 @@ def run_device_bench(
         policy = _policy(seed)
         path = export_device_onnx(policy, Path(tmp) / "device.onnx")
         legacy = legacy_graph_file(path, policy, Path(tmp))
+        tie = policy.with_weights(policy.w_energy_per_j, policy.w_bytes_per_mb, tie_tolerance=0.01)
+        tie_path = export_device_onnx(tie, Path(tmp) / "device_tie.onnx")
         sels = {
             "learned": DeviceSelector.load(path, spec),
+            "tie": DeviceSelector.load(tie_path, spec),
             "before": DeviceSelector.load(legacy, spec),
             "fallback": DeviceSelector(spec, None),
         }
         for sel in sels.values():
             sel.start(20.0, 30.0, 0.0)
-        for name in ("learned", "before"):
+        for name in ("learned", "tie", "before"):
             probe = sels[name].decide(1000.0, 500.0, 4.0, 1.5e6)
             if probe.source != "learned":
                 raise RuntimeError(f"the {name} device policy fell back: {probe.reason}")
@@ -205,6 +211,7 @@ def run_device_bench(
         feeds = {"options": sels["learned"]._x.copy()}
         timers = {
             "learned": _decide_timer(sels["learned"].decide, sels["learned"], stream),
+            "tie": _decide_timer(sels["tie"].decide, sels["tie"], stream),
             "before": _decide_timer(sels["before"]._decide_checked, sels["before"], stream),
             "fallback": _decide_timer(sels["fallback"].decide, sels["fallback"], stream),
             "run": _call_timer(lambda: bare.run(["scores"], feeds)),
@@ -230,6 +237,7 @@ def run_device_bench(
     res: dict[str, float] = {}
     for key, kind in (
         ("device_selector", "learned"),
+        ("device_selector_tie", "tie"),
         ("device_selector_before", "before"),
         ("device_fallback", "fallback"),
         ("device_onnxruntime_run", "run"),

@@ -175,8 +175,9 @@ def test_device_bench_times_the_references_and_decides_like_before() -> None:
     from modi.experiments.bench_device import run_device_bench
 
     res = run_device_bench(n=400, warmup=50, rounds=2, block=100)
-    for kind in ("device_selector", "device_selector_before", "device_fallback",
-                 "device_onnxruntime_run", "device_onnxruntime_bound_run"):  # fmt: skip
+    kinds = ("device_selector", "device_selector_tie", "device_selector_before", "device_fallback",
+             "device_onnxruntime_run", "device_onnxruntime_bound_run")  # fmt: skip
+    for kind in kinds:
         assert 0 < res[f"{kind}_p50_us"] <= res[f"{kind}_p99_us"], kind
     assert res["device_selector_p99_us_min"] <= res["device_selector_p99_us_max"]
     assert res["device_decisions_timed"] == 800
