@@ -72,6 +72,8 @@ def pareto_models(mu_ms: F64, accuracy: F64) -> NDArray[np.intp]:
 def future_copy(sim: Any, rng: np.random.Generator, horizon: int) -> Any:
     """A copy of ``sim`` at its current request in which everything still to come is redrawn.
 
+    Future requests are those captured after a window before the current request's capture that
+    reach the server after it (requests still uploading now are part of the future).
     The copy keeps the server's state now (queue, pending completions, profiles, observed
     slowdown), the current request (its SLA, upload, arrival and download, which fix its own
     outcome and its place in the queue) and the current spike factor; it redraws the current
@@ -100,7 +102,15 @@ def future_copy(sim: Any, rng: np.random.Generator, horizon: int) -> Any:
             setattr(c, k, np.random.default_rng(int(rng.integers(2**63))))
     n = int(c.num_envs)
     now_capture = np.asarray(saved["_blk_time"], dtype=np.float64)
-    c._clock_ms = now_capture.copy()
+    arrive_now = np.asarray(saved.get("_blk_arrive", now_capture), dtype=np.float64)
+    # Requests captured before the current one may still be uploading: draw captures from a
+    # window before it (long enough for almost every upload) and keep those that reach the
+    # server after it, so the near future is not thinned.
+    t_in = np.asarray(getattr(c, "_blk_tin", np.zeros(1)), dtype=np.float64)
+    window = float(np.quantile(t_in, 0.999)) if t_in.size else 0.0
+    rate = float(getattr(c.arrivals, "rate_hz", 0.0) or 0.0)
+    extra = int(np.ceil(3.0 * rate * window / 1000.0)) + 8 if window > 0 else 0
+    c._clock_ms = now_capture - window
     c.arrivals.reset(c._rng, n)
     c.network.reset(c._rng, n, c.num_clients)
     if getattr(c, "spikes", None) is not None and "_blk_slow" in saved:
@@ -108,15 +118,28 @@ def future_copy(sim: Any, rng: np.random.Generator, horizon: int) -> Any:
         f_now = np.asarray(saved["_blk_slow"], dtype=np.float64)
         spike = f_now > 1.0
         mean = np.where(spike, sp._dur_ms, sp._int_ms)
-        arrive_now = np.asarray(saved.get("_blk_arrive", now_capture), dtype=np.float64)
         sp._rng = np.random.default_rng(int(rng.integers(2**63)))
         sp._ends = (arrive_now + sp._rng.exponential(1.0, n) * mean)[:, None]
         sp._factor = f_now[:, None].copy()
         sp._spike = spike[:, None].copy()
     if getattr(c, "server", None) is not None and "_blk_admit" in saved:
         c._admit_carry = np.asarray(saved["_blk_admit"], dtype=np.float64).copy()
-    c.block_len = horizon + 1
-    c._new_block()  # rows 0..horizon: row 0 becomes the current request, 1.. the future
+    c.block_len = horizon + 1 + extra
+    c._new_block()  # row 0 becomes the current request, the rows after it the future
+    if extra:
+        # per stream: the requests arriving after the current one first (in arrival order),
+        # rotated by one so that row 0 (overwritten below) is a discarded one
+        later = np.asarray(c._blk_arrive) > arrive_now[None, :]
+        order = np.roll(np.argsort(~later, axis=0, kind="stable"), 1, axis=0)
+        for k, v in list(vars(c).items()):
+            if (
+                k.startswith("_blk_")
+                and isinstance(v, np.ndarray)
+                and v.ndim >= 2
+                and v.shape[:2] == (c.block_len, n)
+            ):
+                idx = order.reshape(order.shape + (1,) * (v.ndim - 2))
+                setattr(c, k, np.take_along_axis(v, idx, axis=0))
     for k, v in saved.items():
         arr = getattr(c, k, None)
         if isinstance(arr, np.ndarray) and arr.shape[0] == c.block_len:
