@@ -55,10 +55,13 @@ def _requests(n: int, seed: int, clients: int = 64) -> list[Any]:
     up = np.clip(rng.normal(57.87, 30.78, n), 1.0, None)  # campus WiFi upload times
     sla = rng.uniform(50.0, 400.0, n)
     cid = rng.integers(0, clients, n)
+    # the connection's RTT as TCP reports it: about twice the upload's one-way delay
+    srtt = 2.0 * up * rng.uniform(0.8, 1.2, n)
     return [
-        Request(float(s), float(u), float(u), 330_000.0, int(c))
-        for s, u, c in zip(sla, up, cid, strict=True)
-    ]
+        Request(float(s), float(u), float(u), 330_000.0, int(c), srtt_ms=float(r),
+                rttvar_ms=0.25 * float(r))
+        for s, u, c, r in zip(sla, up, cid, srtt, strict=True)
+    ]  # fmt: skip
 
 
 def _hiccups(seconds: float) -> tuple[np.ndarray[Any, Any], int]:

@@ -414,7 +414,7 @@ def _register(onnx_path: Path, tr: DictConfig, val_score: float, val_key: str) -
     from mlflow import MlflowClient
 
     client = MlflowClient()
-    client.set_model_version_tag(name, reg.version, "val_effective_accuracy", f"{val_score:.6f}")
+    client.set_model_version_tag(name, reg.version, "val_effective_accuracy", repr(val_score))
     client.set_model_version_tag(name, reg.version, "val_key", val_key)
     champion = str(tr.get("alias") or "champion")
     try:

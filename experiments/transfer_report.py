@@ -38,6 +38,15 @@ log = logging.getLogger(__name__)
 #: Families evaluated (conf/scenario), each at these RTT factors.
 DEFAULT_SCENARIOS = ["realistic_wifi", "lte_trace", "hsdpa_trace", "5g_walking", "paper_campus"]
 DEFAULT_RTT_FACTORS = [1.0, 0.5, 2.0]
+#: Each family's SLA sweep here (five points across the scenario's range, where the choice
+#: matters), so the 18 conditions fit in well under an hour on two cores; --sla overrides.
+TRANSFER_SLAS: dict[str, list[float]] = {
+    "realistic_wifi": [75, 100, 150, 200, 300],
+    "lte_trace": [75, 115, 150, 200, 300],
+    "hsdpa_trace": [300, 500, 700, 1000, 2000],
+    "5g_walking": [100, 150, 200, 300, 600],
+    "paper_campus": [75, 100, 150, 200, 300],
+}
 #: Pool transfers: (label, overrides, SLA sweep or None for the scenario's), on realistic_wifi.
 POOL_CONDITIONS: list[tuple[str, list[str], list[float] | None]] = [
     ("table2_x10", ["pool.time_scale=10"], [150, 200, 300, 400, 600, 800, 1000, 1300]),
@@ -150,7 +159,8 @@ def _md(report: pd.DataFrame, verdicts: pd.DataFrame, policy: str, minutes: floa
     n_ok = int(verdicts.meets_criterion.sum())
     lines += [
         "",
-        f"{n_ok} of {len(verdicts)} conditions meet the criterion; {minutes:.1f} min.",
+        f"{n_ok} of {len(verdicts)} conditions meet the criterion"
+        + (f"; {minutes:.1f} min." if minutes else " (parts run in parallel, merged)."),
         "",
         "## Per SLA",
         "",
@@ -209,14 +219,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scenarios", nargs="+", default=DEFAULT_SCENARIOS)
     p.add_argument("--rtt-factors", nargs="+", type=float, default=DEFAULT_RTT_FACTORS)
     p.add_argument("--no-pools", action="store_true", help="skip the pool transfers")
+    p.add_argument("--no-families", action="store_true",
+                   help="only the pool transfers (with --scenarios/--rtt-factors ignored)")
+    p.add_argument("--merge", nargs="+", type=Path, default=None,
+                   help="combine the report.csv of earlier runs (e.g. parts run in parallel) "
+                   "into --out's report.csv, verdicts.csv and report.md; nothing is evaluated")
     p.add_argument("--n-requests", type=int, default=None, help="test requests per SLA, seed")
     p.add_argument("--val-requests", type=int, default=None, help="validation requests per SLA")
     p.add_argument("--train-requests", type=int, default=None,
                    help="training requests when no --policy is given")
     p.add_argument("--sla", nargs="+", type=float, default=None,
-                   help="SLAs (default: each scenario's sweep)")
+                   help="SLAs (default: TRANSFER_SLAS per scenario, the pools' own sweeps)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)  # fmt: skip
+    if a.merge:
+        missing = [m for m in a.merge if not (m / "report.csv").is_file()]
+        if missing:
+            p.error(f"--merge: no report.csv in {', '.join(map(str, missing))}")
+        a.out.mkdir(parents=True, exist_ok=True)
+        merged = pd.concat([pd.read_csv(m / "report.csv") for m in a.merge], ignore_index=True)
+        _write(merged, a.out, ", ".join(str(m) for m in a.merge), 0.0)
+        return 0
     known = available("scenario")
     for sc in a.scenarios:
         if sc not in known:
@@ -244,15 +267,19 @@ def main(argv: list[str] | None = None) -> int:
             policy = _train_default(a.out, tr, not a.quiet)
         onnx = _exported(policy, a.out)
         conds = conditions(
-            a.scenarios, a.rtt_factors, not a.no_pools,
+            [] if a.no_families else a.scenarios, a.rtt_factors, not a.no_pools,
             lambda ov: _compose("train", ["tracking=none", *ov]),
         )  # fmt: skip
         parts = []
         for c in conds:
             log.info("== %s", c.label)
             ov = [f"scenario={c.scenario}", "tracking=none", *extra, *c.overrides]
-            if a.sla:
-                ov.append(f"sla_ms=[{','.join(f'{s:g}' for s in a.sla)}]")
+            slas = a.sla or (
+                None if any(o.startswith("sla_ms=") for o in c.overrides)
+                else TRANSFER_SLAS.get(c.scenario)
+            )
+            if slas:
+                ov.append(f"sla_ms=[{','.join(f'{s:g}' for s in slas)}]")
             cfg = _compose("train", ov)
             folder = a.out / c.label.replace(" ", "_")
             # a fresh served selector per condition: it binds to the condition's pool
@@ -267,16 +294,20 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", e)
         return 2
     report = pd.concat(parts, ignore_index=True)
-    report.to_csv(a.out / "report.csv", index=False)
+    _write(report, a.out, str(policy), (time.perf_counter() - t0) / 60)
+    return 0
+
+
+def _write(report: pd.DataFrame, out: Path, policy: str, minutes: float) -> None:
+    """``report.csv``, ``verdicts.csv`` and ``report.md`` into ``out``; the verdicts to stdout."""
+    report.to_csv(out / "report.csv", index=False)
     verdicts = pd.DataFrame(
         [verdict(part) for _, part in report.groupby("condition", sort=False)]
     )
-    verdicts.to_csv(a.out / "verdicts.csv", index=False)
-    minutes = (time.perf_counter() - t0) / 60
-    md = _md(report, verdicts, str(policy), minutes)
-    (a.out / "report.md").write_text(md)
+    verdicts.to_csv(out / "verdicts.csv", index=False)
+    md = _md(report, verdicts, policy, minutes)
+    (out / "report.md").write_text(md)
     sys.stdout.write(md.split("## Per SLA")[0])
-    return 0
 
 
 if __name__ == "__main__":
