@@ -105,9 +105,14 @@ def train_from_log(
             req, models = split_obs(torch.as_tensor(obs))
             phi = policy.basis(req, models).double().numpy()
         x = phi[np.arange(actions.size), actions]
+        fin = np.isfinite(x).all(axis=1)
+        if not fin.all():  # e.g. a basis reading srtt_ms on records where it was unknown
+            log.warning("%s: %d records whose features the basis cannot read (NaN); skipped",
+                        lg.path, int((~fin).sum()))  # fmt: skip
+            x, w, met = x[fin], w[fin], met[fin]
         a_mat += (x * w[:, None]).T @ x
         b_vec += x.T @ (w * met)
-        used += int(actions.size)
+        used += int(x.shape[0])
     if used == 0:
         raise OfflineTrainingError("no logged record has a known outcome (outcome.met)")
     policy.A = a_mat
