@@ -1,12 +1,12 @@
 """The deployable part of modi: feature encoding, the ModiPick rule, online profiles and the
-ONNX :class:`Selector` that servers embed.
+ONNX :class:`Selector` that servers embed, and the phone-side :class:`DeviceSelector`.
 
 Imports only numpy (and onnxruntime when a learned selector is loaded); never torch,
 gymnasium, stable-baselines3, mlflow or hydra (mlflow only inside ``Selector.load`` of a
 ``models:/`` URI, if installed).
 """
 
-from modi.runtime.device_selector import DeviceSelector as DeviceSelector
+from modi.runtime.device_selector import DeviceSelector
 from modi.runtime.features import (
     MODEL_FEATURES,
     REQUEST_FEATURES,
@@ -30,6 +30,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Decision",
     "Decisions",
+    "DeviceSelector",
     "InvalidRequest",
     "MetadataError",
     "ModiPickStages",
