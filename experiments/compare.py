@@ -66,7 +66,17 @@ TUNED_RULES: dict[str, str] = {
     "mdinference_tuned": "mdinference",
     "calibrated_greedy": "calibrated_greedy",
     "model_switching": "model_switching",
+    "calibrated_greedy_queue": "calibrated_greedy_queue",
 }
+#: Rules that read the server's queue and take its number of workers (``sim.workers``).
+WORKER_RULES: tuple[str, ...] = ("calibrated_greedy", "model_switching", "calibrated_greedy_queue")
+
+
+def sim_workers(cfg: DictConfig) -> int:
+    """``sim.workers`` of ``cfg`` (1 when unset)."""
+    sim = cfg.get("sim")
+    w = sim.get("workers") if sim is not None else None
+    return int(w) if w else 1
 KNOWN_POLICIES: tuple[str, ...] = (*POLICY_NAMES, "modipick_tuned", "mdinference_tuned")
 
 
@@ -318,6 +328,8 @@ def build_policies(
             q = float(args.pop("quantile"))
             args.update(download_args(cfg, pool, setup, q))
         base = TUNED_RULES.get(n, n)
+        if base in WORKER_RULES:
+            args.setdefault("workers", sim_workers(cfg))
         try:
             pol = make_policy(base, profile_mu_ms=pool.mean_ms, **_strip(args))
         except (TypeError, ValueError) as e:

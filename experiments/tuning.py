@@ -155,7 +155,13 @@ def tune_rule(
     """Choose ``name``'s parameters on the validation split; returns the chosen constructor
     arguments (with ``quantile`` kept for the record) and the whole grid's scores."""
     from modi.agents.baselines import make_policy
-    from modi.experiments.compare import TUNED_RULES, eval_setup, evaluate_points
+    from modi.experiments.compare import (
+        TUNED_RULES,
+        WORKER_RULES,
+        eval_setup,
+        evaluate_points,
+        sim_workers,
+    )
 
     points = grid(cfg, name)
     val = eval_setup(cfg, split="val", n_requests=_tuning_requests(cfg))
@@ -174,6 +180,8 @@ def tune_rule(
             a, b = dl[p["quantile"]]
             args["download_ms"] = a
             args["download_per_upload"] = b
+        if TUNED_RULES[name] in WORKER_RULES:
+            args.setdefault("workers", sim_workers(cfg))
         pol = make_policy(TUNED_RULES[name], profile_mu_ms=pool.mean_ms, **args)
         pol.name = f"{name}#{i}"
         pols.append((pol.name, pol))
