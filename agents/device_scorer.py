@@ -48,7 +48,7 @@ from modi.envs.devices import DeviceProfile
 from modi.envs.offload import OffloadSim
 from modi.runtime import device_features as dfeat
 from modi.runtime.device_meta import DeviceModelMeta
-from modi.runtime.device_selector import DeviceModel, DeviceSelector, DeviceSpec
+from modi.runtime.device_selector import DeviceSelector, DeviceSpec
 
 log = logging.getLogger(__name__)
 
@@ -579,18 +579,7 @@ def _add_tie_choice(graph: onnx.GraphProto, tol: float) -> None:
 def device_spec(profile: DeviceProfile) -> DeviceSpec:
     """The :class:`~modi.runtime.device_selector.DeviceSpec` of a device preset (what the phone
     knows about itself: the env's profiled values)."""
-    return DeviceSpec(
-        tier=profile.tier,
-        models=tuple(
-            DeviceModel(
-                m.id, float(m.accuracy), float(m.mean_ms), float(m.std_ms), float(m.load_mean_ms)
-            )
-            for m in profile.models
-        ),
-        backup=profile.ids[profile.backup_index],
-        prep_intercept_ms=float(profile.preprocessing.intercept_ms),
-        prep_ms_per_mp=float(profile.preprocessing.ms_per_mp),
-    )
+    return DeviceSpec.from_profile(profile)
 
 
 class ServedDevicePolicy:

@@ -42,7 +42,6 @@ from modi.experiments.imaging import encode_image, resize
 from modi.runtime.device_selector import (
     TIERS,
     DeviceDecision,
-    DeviceModel,
     DeviceSelector,
     DeviceSpec,
 )
@@ -70,20 +69,8 @@ def check_phone_args(tier: str, policy: str, policy_path: str | Path | None) -> 
 
 def device_spec(profile: Any) -> DeviceSpec:
     """What the phone knows about itself (a :class:`~modi.envs.devices.DeviceProfile`'s
-    profiled values), as ``modi.agents.device_scorer.device_spec`` gives it, without importing
-    the training stack."""
-    return DeviceSpec(
-        tier=profile.tier,
-        models=tuple(
-            DeviceModel(
-                m.id, float(m.accuracy), float(m.mean_ms), float(m.std_ms), float(m.load_mean_ms)
-            )
-            for m in profile.models
-        ),
-        backup=profile.ids[profile.backup_index],
-        prep_intercept_ms=float(profile.preprocessing.intercept_ms),
-        prep_ms_per_mp=float(profile.preprocessing.ms_per_mp),
-    )
+    profiled values), without importing the training stack."""
+    return DeviceSpec.from_profile(profile)
 
 
 class Phone:

@@ -111,6 +111,24 @@ class DeviceSpec:
     prep_intercept_ms: float
     prep_ms_per_mp: float
 
+    @classmethod
+    def from_profile(cls, profile: Any) -> DeviceSpec:
+        """The spec of a device profile (a :class:`~modi.envs.devices.DeviceProfile`, read by
+        attribute so the runtime imports nothing of the simulators): its profiled values."""
+        return cls(
+            tier=profile.tier,
+            models=tuple(
+                DeviceModel(
+                    m.id, float(m.accuracy), float(m.mean_ms), float(m.std_ms),
+                    float(m.load_mean_ms),
+                )
+                for m in profile.models
+            ),
+            backup=profile.ids[profile.backup_index],
+            prep_intercept_ms=float(profile.preprocessing.intercept_ms),
+            prep_ms_per_mp=float(profile.preprocessing.ms_per_mp),
+        )  # fmt: skip
+
 
 class DeviceDecision(NamedTuple):
     """One capture's decision. ``placement`` is an on-device model id or ``"offload"``."""
