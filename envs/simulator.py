@@ -281,6 +281,7 @@ class ModelSelectionSim:
         self._net_var = np.zeros((num_envs, num_clients))
         #: The server's TCP view of each (stream, client) connection's RTT.
         self._srtt = SmoothedRtt(num_envs, num_clients)
+        self._warned_rtt = False
         self._rtt_rng = np.random.default_rng()
 
     # ------------------------------------------------------------------ stream generation
@@ -311,6 +312,14 @@ class ModelSelectionSim:
         t_in = np.asarray(t_in, dtype=np.float64)
         t_out = np.asarray(t_out, dtype=np.float64)
         up_rtt = getattr(self.network, "upload_rtt_ms", None)
+        if up_rtt is None and not self._warned_rtt:
+            self._warned_rtt = True
+            log.warning(
+                "network %r sets no upload_rtt_ms (see modi.envs.networks.NetworkModel): "
+                "srtt_ms/rttvar_ms are unknown (NaN), and a policy that reads them (the default "
+                "neural bandit, SB3 agents) cannot learn or decide on this network",
+                getattr(self.network, "name", type(self.network).__name__),
+            )
         up_rtt = (
             np.full(t_in.shape, np.nan)
             if up_rtt is None or np.shape(up_rtt) != t_in.shape

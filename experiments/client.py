@@ -369,16 +369,17 @@ def main(argv: list[str] | None = None) -> None:
         choices=("learned", "static_local", "static_remote", "on_device"),
         default=None,
         help="emulated phones making the device's decisions with this policy "
-        "(learned: --device-policy through DeviceSelector)",
+        "(learned: the DEVICE_POLICY file through DeviceSelector)",
     )
     p.add_argument("--device-policy", type=Path, default=None,
-                   help="exported device policy (.onnx) for --device learned")  # fmt: skip
+                   help="exported device policy (.onnx) for the learned device")  # fmt: skip
     p.add_argument("--tier", default="mid", help="device tier of the phones: low, mid or high")
     p.add_argument(
         "--compare-device",
         action="store_true",
-        help="run low/mid/high x (learned, static_local, static_remote) on --network, "
-        "--requests per row, --concurrency phones; print the table",
+        help="run the tiers low, mid and high with the learned policy, static_local and "
+        "static_remote on the network preset (REQUESTS per row, CONCURRENCY phones); print the "
+        "table",
     )
     p.add_argument(
         "--report-outcomes",

@@ -37,8 +37,10 @@ def _spec(**mix: object) -> MixtureSpec | None:
 
 def test_default_training_is_the_mixture_and_mix_none_the_scenario() -> None:
     ts = prepare_training(_cfg("train.num_envs=8"))
-    assert isinstance(ts.sim, MixtureSim) and ts.agent.kind == "linucb"
-    assert {"srtt_ms", "rttvar_ms"} <= set(ts.agent.reads)  # type: ignore[arg-type]
+    assert isinstance(ts.sim, MixtureSim) and ts.agent.kind == "neural"
+    assert ts.agent.reads is None  # the MLP reads every feature, the connection's RTT too
+    regime = prepare_training(_cfg("train.num_envs=8", "agent=linucb_regime"))
+    assert {"srtt_ms", "rttvar_ms"} <= set(regime.agent.reads or ())
     alone = prepare_training(_cfg("mix=none", "agent=linucb"))
     assert isinstance(alone.sim, ModelSelectionSim)
     with pytest.raises(ConfigError, match="mix=none"):

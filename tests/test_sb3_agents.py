@@ -46,6 +46,7 @@ class Asym:
         """Upload/download times (ms) from an RTT and a bandwidth (Mbit/s)."""
         rtt = rng.lognormal(np.log(15), 0.5, ctx.client.shape)
         bw = rng.lognormal(np.log(60), 0.5, ctx.client.shape)
+        self.upload_rtt_ms = rtt  # what the server's TCP stack measures (envs.rtt)
         return (
             rtt / 2 + ctx.payload_bytes * 8 / 1e3 / bw,
             rtt / 2 + ctx.response_bytes * 8 / 1e3 / bw,
