@@ -114,8 +114,6 @@ def test_rtt_overrides_scale_the_round_trip_of_every_network_kind() -> None:
 
 
 def test_transfer_report_at_a_tiny_budget(tmp_path: Path) -> None:
-    sim = load_preset("pool", "modipick_table2")
-    del sim
     ts = prepare_training(_cfg("train.num_envs=8", "train.requests=3200"))
     ts.agent.fit(ts.sim, 3_200, 0, progress=False)  # type: ignore[arg-type]
     policy = ts.agent.save(tmp_path / "policy.pt")
@@ -132,12 +130,8 @@ def test_transfer_report_at_a_tiny_budget(tmp_path: Path) -> None:
     assert r.best_rule not in ("oracle", "informed_ceiling", r.learned)
     verdicts = pd.read_csv(out / "verdicts.csv")
     assert list(verdicts.condition) == ["paper_campus rtt x2"]
-    # the condition ran at twice the campus network's one-way delay
-    cfg = OmegaConf.load(out / "paper_campus_rtt_x2" / "val" / "config.yaml") if (
-        out / "paper_campus_rtt_x2" / "val" / "config.yaml"
-    ).exists() else None
-    if cfg is not None:
-        assert float(cfg.network.mean_ms) == pytest.approx(2 * 57.873475, rel=1e-4)
+    # the rules were tuned on this condition's own validation split (its folder's val/)
+    assert (out / "paper_campus_rtt_x2" / "val" / "results.csv").is_file()
     assert "paper_campus rtt x2" in (out / "report.md").read_text()
     with pytest.raises(SystemExit):
         transfer_main(["--policy", str(tmp_path / "missing.pt"), "--out", str(out)])
