@@ -310,9 +310,15 @@ class NeuralBandit(LearnedPolicy):
         updates_per_step: int = 1,
         miss_penalty: float = 0.0,
         seed: int | None = None,
+        norm_samples: int = 1024,
     ) -> None:
         super().__init__(miss_penalty, seed)
-        for name, v in (("hidden", hidden), ("layers", layers), ("batch_size", batch_size)):
+        for name, v in (
+            ("hidden", hidden),
+            ("layers", layers),
+            ("batch_size", batch_size),
+            ("norm_samples", norm_samples),
+        ):
             if v < 1:
                 raise ValueError(f"neural.{name} must be >= 1, got {v}")
         if not 0 <= epsilon_end <= epsilon_start <= 1:
@@ -330,6 +336,7 @@ class NeuralBandit(LearnedPolicy):
             "epsilon_end": epsilon_end,
             "epsilon_decay_steps": epsilon_decay_steps,
             "updates_per_step": updates_per_step,
+            "norm_samples": norm_samples,
         }
         self.net = MetNet(hidden, layers, miss_penalty)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
@@ -373,7 +380,9 @@ class NeuralBandit(LearnedPolicy):
         self._pos = int((self._pos + n) % self._buf_y.size)
         self._size = min(self._size + n, self._buf_y.size)
         self.seen += n
-        if not self._normed and self._size >= 1024:
+        if not self._normed and self._size >= min(
+            int(self.hparams.get("norm_samples", 1024)), self._buf_y.size
+        ):
             self._fit_norm()
         if not self._normed:
             return
@@ -399,7 +408,9 @@ class NeuralBandit(LearnedPolicy):
                 torch.from_numpy(self._buf_mod[: self._size]),
             ).reshape(-1, self.net.norm_mean.numel())  # type: ignore[operator]
             self.net.norm_mean.copy_(f.mean(0))  # type: ignore[operator]
-            self.net.norm_std.copy_(f.std(0).clamp_min(1e-3))  # type: ignore[operator]
+            # a feature nearly constant in these samples (e.g. one network family so far) must
+            # not be blown up where it later varies: at least 0.01 of its unit scale
+            self.net.norm_std.copy_(f.std(0).clamp_min(1e-2))  # type: ignore[operator]
         self._normed = True
 
     def state(self) -> dict[str, Any]:
@@ -436,7 +447,8 @@ def load_learned(path: str | Path) -> LearnedPolicy:
     if kind is not None and version != F.SCHEMA_VERSION:
         raise ValueError(
             f"{p} was trained on feature schema {F.SCHEMA_NAME} v{version}; this modi builds "
-            f"v{F.SCHEMA_VERSION} (the request block gained srtt_ms and rttvar_ms): retrain it "
+            f"v{F.SCHEMA_VERSION} (v2 added srtt_ms and rttvar_ms to the request block, v3 "
+            "client_dl_ms and client_dlvar_ms): retrain it "
             "with modi-train"
         )
     if kind in ("linucb", "lints"):

@@ -14,6 +14,11 @@ features in a scorer folds into the same four matrices: the per-column step scal
 first ``Linear`` layer of :class:`~modi.agents.scorers.MetNet` (neural bandit, and any SB3
 policy built on it). The result: ~20 nodes instead of ~60, and no slow 1-D ``MatMul``.
 
+Since feature schema v3 the pair features first impute the client's download history where it
+is unknown (:class:`~modi.agents.scorers.ImputeRequest`, a few ``Where`` nodes); the affine part
+is probed on the imputed request block, and a graph whose affine part reads none of the imputed
+columns (LinUCB over the headrooms) skips the imputation altogether (:class:`ImputedPairs`).
+
 :func:`fuse_selector` replaces what it recognises (by exact type) anywhere in a selector
 module, and keeps the original module whenever the fused one does not reproduce its scores on
 random plausible inputs, so a future change to a scorer can only cost speed, never correctness.
@@ -28,7 +33,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from modi.agents.scorers import LinearScorer, MetNet, PairFeatures, StepBasis, floor_p_met
+from modi.agents.scorers import (
+    IMPUTED_COLS,
+    RX,
+    ImputeRequest,
+    LinearScorer,
+    MetNet,
+    PairFeatures,
+    StepBasis,
+    floor_p_met,
+)
 from modi.runtime import features as F
 
 log = logging.getLogger(__name__)
@@ -135,10 +149,12 @@ class AffinePairs(nn.Module):
         )
 
     @classmethod
-    def probe(cls, pairs: nn.Module) -> AffinePairs | None:
-        """The affine form of ``pairs``, or ``None`` when it is not of that form."""
+    def probe(cls, pairs: nn.Module, r_dim: int = F.R) -> AffinePairs | None:
+        """The affine form of ``pairs`` (over request blocks of ``r_dim`` columns: ``F.R``, or
+        :data:`~modi.agents.scorers.RX` for the imputed block), or ``None`` when it is not of
+        that form."""
         mod = copy.deepcopy(pairs).double().eval()
-        r_dim, p_dim = F.R, F.P
+        p_dim = F.P
         with torch.no_grad():
 
             def f(r: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -185,6 +201,8 @@ class AffinePairs(nn.Module):
             )
             # Check the form on random inputs, in float64.
             r, m = plausible_inputs(64, 7, seed=1, dtype=torch.float64)
+            if r_dim == RX:
+                r = ImputeRequest()(r)
             want = f(r, m)
             got = out._forward64(r, m)
         if not torch.allclose(got, want, rtol=1e-9, atol=1e-9):
@@ -198,6 +216,42 @@ class AffinePairs(nn.Module):
             return out
         s = self.cross_col
         return out + request[:, s : s + 1].unsqueeze(-1) * (models @ cross)
+
+
+class ImputedPairs(nn.Module):
+    """:class:`~modi.agents.scorers.PairFeatures` fused: the imputation of the download history
+    (only where the affine part reads an imputed column) then :class:`AffinePairs` over the
+    imputed request block."""
+
+    def __init__(self, affine: AffinePairs) -> None:
+        super().__init__()
+        self.affine = affine
+        used = affine.used
+        need = used is None or bool(np.isin(used.numpy(), IMPUTED_COLS).any())
+        self.impute = ImputeRequest() if need else None
+
+    @classmethod
+    def probe(cls, pairs: nn.Module) -> ImputedPairs | None:
+        """The fused form of a :class:`~modi.agents.scorers.PairFeatures`, or ``None``."""
+        if not isinstance(pairs, PairFeatures):
+            return None
+        affine = AffinePairs.probe(pairs.affine, RX)
+        return None if affine is None else cls(affine)
+
+    @property
+    def out_dim(self) -> int:
+        """``H``."""
+        return self.affine.out_dim
+
+    def then(self, w: torch.Tensor, bias: torch.Tensor) -> ImputedPairs:
+        """``f -> f w + bias`` folded in (see :meth:`AffinePairs.then`)."""
+        return ImputedPairs(self.affine.then(w, bias))
+
+    def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """The pair features (or their affine image)."""
+        rx = request if self.impute is None else self.impute(request)
+        out: torch.Tensor = self.affine(rx, models)
+        return out
 
 
 def _expected_reward(acc: torch.Tensor, p: torch.Tensor, miss_penalty: float) -> torch.Tensor:
@@ -236,7 +290,7 @@ class FusedStepLinearScorer(nn.Module):
     theta: torch.Tensor
 
     def __init__(
-        self, pre: AffinePairs, g: torch.Tensor, theta: torch.Tensor, miss_penalty: float
+        self, pre: ImputedPairs, g: torch.Tensor, theta: torch.Tensor, miss_penalty: float
     ) -> None:
         super().__init__()
         self.pre = pre
@@ -250,7 +304,7 @@ class FusedStepLinearScorer(nn.Module):
         basis = scorer.basis
         if type(basis) is not StepBasis:
             return None
-        pairs = AffinePairs.probe(basis.pairs)
+        pairs = ImputedPairs.probe(basis.pairs)
         if pairs is None:
             return None
         centres = torch.as_tensor(basis.centres).double()
@@ -295,7 +349,7 @@ class FusedMetNet(nn.Module):
     """:class:`~modi.agents.scorers.MetNet` with normalisation and the first layer folded into
     the pair features."""
 
-    def __init__(self, pre: AffinePairs, rest: nn.Module, miss_penalty: float) -> None:
+    def __init__(self, pre: ImputedPairs, rest: nn.Module, miss_penalty: float) -> None:
         super().__init__()
         self.pre = pre
         self.rest = rest
@@ -307,7 +361,7 @@ class FusedMetNet(nn.Module):
         first = net.mlp[0]
         if not isinstance(first, nn.Linear) or first.bias is None:
             return None
-        pairs = AffinePairs.probe(net.pairs)
+        pairs = ImputedPairs.probe(net.pairs)
         if pairs is None:
             return None
         mean = net.norm_mean.detach().double()  # type: ignore[operator]
@@ -334,7 +388,7 @@ def _fused_version(m: nn.Module) -> nn.Module | None:
     if type(m) is MetNet:
         return FusedMetNet.build(m)
     if type(m) is PairFeatures:
-        return AffinePairs.probe(m)
+        return ImputedPairs.probe(m)
     return None
 
 
@@ -362,6 +416,9 @@ def plausible_inputs(
         rng.uniform(0.4, 0.85, (n, k)),
         srtt,
         srtt * rng.uniform(0.0, 0.6, n),
+        # the client's download history, unknown (NaN) for about one request in five
+        np.where(rng.random(n) < 0.2, F.UNKNOWN_HISTORY, rng.uniform(2, 600, n)),
+        rng.uniform(0, 300, n),
     )
     layout = F.ObsLayout(k)
     req = torch.as_tensor(np.ascontiguousarray(layout.request(obs)), dtype=dtype)

@@ -45,6 +45,24 @@ PAIR_FEATURES: tuple[tuple[str, str, str], ...] = (
     ),
     ("net_margin", "100 ms", "net_headroom - 2 rttvar: with TCP's RTT variation as margin"),
     ("srtt", "100 ms", "the connection's smoothed RTT (TCP)"),
+    ("dl_known", "0/1", "whether the client sent a download history (client_dl_ms known)"),
+    (
+        "dl_headroom",
+        "100 ms",
+        "headroom - client_dl: time left after a mean run and the client's smoothed download "
+        "(unknown: srtt/2 in its place)",
+    ),
+    (
+        "dl_margin",
+        "100 ms",
+        "dl_headroom - 2 client_dlvar: with the download's variation as margin (unknown: rttvar)",
+    ),
+    (
+        "dl_per_upload",
+        "ratio",
+        "client_dl / client_net_mean: the client's downloads against its uploads, clipped to "
+        "[0, 4] (unknown: 0)",
+    ),
 )
 #: Pair-feature index by name.
 PAIR_INDEX: dict[str, int] = {name: i for i, (name, _, _) in enumerate(PAIR_FEATURES)}
@@ -56,6 +74,8 @@ PAIR_READS: dict[str, tuple[str, ...]] = {
     "net_margin": ("remaining_ms", "slowdown", "srtt_ms", "rttvar_ms"),
 }
 NUM_PAIR_FEATURES = len(PAIR_FEATURES)
+#: Largest ``dl_per_upload``.
+MAX_DL_PER_UPLOAD = 4.0
 
 
 def split_obs(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,8 +84,56 @@ def split_obs(obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return obs[:, : F.R], obs[:, F.R :].reshape(n, -1, F.P)
 
 
-class PairFeatures(nn.Module):
-    """``(request (N, R), models (N, K, P)) -> (N, K, NUM_PAIR_FEATURES)``, roughly unit scale."""
+#: Width of the imputed request block :class:`ImputeRequest` returns: the request block with
+#: the client's download history filled in where unknown, then ``dl_known`` and
+#: ``dl_per_upload``.
+RX = F.R + 2
+DL_KNOWN_COL, DL_RATIO_COL = F.R, F.R + 1
+#: Columns of the imputed request block that may differ from the raw request block.
+IMPUTED_COLS: tuple[int, ...] = (F.CLIENT_DL, F.CLIENT_DLVAR, DL_KNOWN_COL, DL_RATIO_COL)
+
+
+class ImputeRequest(nn.Module):
+    """``request (N, R) -> (N, RX)``: the client's download history where it is unknown
+    (:data:`~modi.runtime.features.UNKNOWN_HISTORY` or NaN: a client's first request) replaced
+    by TCP's view (``srtt/2``, ``rttvar``), then whether it was known and the client's
+    download/upload ratio (0 when unknown). The only non-affine step of the pair features;
+    column gathers only (no ``Slice`` in the exported graph)."""
+
+    head: torch.Tensor
+    hist: torch.Tensor
+    tcp: torch.Tensor
+    tcp_scale: torch.Tensor
+    dl: torch.Tensor
+    first: torch.Tensor
+    up: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        assert (F.CLIENT_DL, F.CLIENT_DLVAR) == (F.R - 2, F.R - 1)
+        self.register_buffer("head", torch.arange(F.CLIENT_DL), persistent=False)
+        self.register_buffer("hist", torch.tensor([F.CLIENT_DL, F.CLIENT_DLVAR]), persistent=False)
+        self.register_buffer("tcp", torch.tensor([F.SRTT, F.RTTVAR]), persistent=False)
+        self.register_buffer("tcp_scale", torch.tensor([0.5, 1.0]), persistent=False)
+        self.register_buffer("dl", torch.tensor([F.CLIENT_DL]), persistent=False)
+        self.register_buffer("first", torch.tensor([0]), persistent=False)
+        self.register_buffer("up", torch.tensor([F.NET_MEAN]), persistent=False)
+
+    def forward(self, request: torch.Tensor) -> torch.Tensor:
+        """The imputed request block."""
+        known = request.index_select(1, self.dl) >= 0.0  # UNKNOWN_HISTORY (-1) or NaN: no
+        tcp = request.index_select(1, self.tcp) * self.tcp_scale.to(request.dtype)
+        filled = torch.where(known, request.index_select(1, self.hist), tcp)
+        up = torch.clamp(request.index_select(1, self.up), min=1.0)
+        ratio = torch.clamp(filled.index_select(1, self.first) / up, 0.0, MAX_DL_PER_UPLOAD)
+        ratio = torch.where(known, ratio, 0.0)
+        head = request.index_select(1, self.head)
+        return torch.cat([head, filled, known.to(request.dtype), ratio], dim=1)
+
+
+class AffinePairFeatures(nn.Module):
+    """``(imputed request (N, RX), models (N, K, P)) -> (N, K, NUM_PAIR_FEATURES)``: affine in
+    each block (one product, ``mu * slowdown``), so it fuses (:mod:`modi.agents.fused`)."""
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """Build the pair features."""
@@ -81,7 +149,10 @@ class PairFeatures(nn.Module):
             return (request[:, col : col + 1] / scale).expand(-1, k)
 
         headroom = remaining - mu * slow
+        rttvar = request[:, F.RTTVAR : F.RTTVAR + 1]
         net_headroom = headroom - 0.5 * request[:, F.SRTT : F.SRTT + 1]
+        dl_headroom = headroom - request[:, F.CLIENT_DL : F.CLIENT_DL + 1]
+        dlvar = request[:, F.CLIENT_DLVAR : F.CLIENT_DLVAR + 1]
         return torch.stack(
             [
                 headroom / 100.0,
@@ -96,11 +167,29 @@ class PairFeatures(nn.Module):
                 (slow - 1.0).expand(-1, k),
                 per_request(F.SLA, 100.0),
                 net_headroom / 100.0,
-                (net_headroom - 2.0 * request[:, F.RTTVAR : F.RTTVAR + 1]) / 100.0,
+                (net_headroom - 2.0 * rttvar) / 100.0,
                 per_request(F.SRTT, 100.0),
+                per_request(DL_KNOWN_COL, 1.0),
+                dl_headroom / 100.0,
+                (dl_headroom - 2.0 * dlvar) / 100.0,
+                per_request(DL_RATIO_COL, 1.0),
             ],
             dim=-1,
         )
+
+
+class PairFeatures(nn.Module):
+    """``(request (N, R), models (N, K, P)) -> (N, K, NUM_PAIR_FEATURES)``, roughly unit scale:
+    :class:`ImputeRequest` then :class:`AffinePairFeatures`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.impute = ImputeRequest()
+        self.affine = AffinePairFeatures()
+
+    def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """Build the pair features."""
+        return self.affine(self.impute(request), models)
 
 
 #: The headroom features of the original step basis (download headroom, ModiPick's slack).

@@ -28,6 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from modi.envs.arrivals import ArrivalError, ArrivalProcess, make_arrivals
+from modi.envs.downloads import ClientDownloads
 from modi.envs.networks import BlockContext, NetworkModel
 from modi.envs.pools import ModelPool
 from modi.envs.rtt import SmoothedRtt
@@ -281,6 +282,9 @@ class ModelSelectionSim:
         self._net_var = np.zeros((num_envs, num_clients))
         #: The server's TCP view of each (stream, client) connection's RTT.
         self._srtt = SmoothedRtt(num_envs, num_clients)
+        #: Each client's measured download history (``client_dl_ms``/``client_dlvar_ms``).
+        self._downloads = ClientDownloads(num_envs, num_clients)
+        self._slowest_ms = np.zeros(num_envs)
         self._warned_rtt = False
         self._rtt_rng = np.random.default_rng()
 
@@ -345,11 +349,6 @@ class ModelSelectionSim:
         self._blk_time = time_ms
         self._blk_tin = t_in
         self._blk_tout = t_out
-        # Request features; queue length and slowdown are filled per step by the server.
-        self._blk_req = encode_requests(
-            sla, t_in, t_in, self.payload_kb, net_mean, net_std, 0.0, 1.0, srtt, rttvar
-        )
-        self._blk_budget = self._blk_req[..., BUDGET].astype(np.float64)
         self._cursor = 0
         if self.server is not None:
             # Arrival at the server (sorted within the block), and admission time: the same
@@ -368,12 +367,40 @@ class ModelSelectionSim:
                 self._l_admit = self._blk_admit[:, 0].tolist()
                 if self._blk_slow is not None:
                     self._l_slow = self._blk_slow[:, 0].tolist()
+        # The client's download history: responses count once they surely arrived.
+        dl, dlvar = self._downloads.block(
+            time_ms, client, self._response_known_ms(time_ms, t_in, t_out), t_out, self._clock_ms
+        )
+        # Request features; queue length and slowdown are filled per step by the server.
+        self._blk_req = encode_requests(
+            sla, t_in, t_in, self.payload_kb, net_mean, net_std, 0.0, 1.0, srtt, rttvar, dl, dlvar
+        )
+        self._blk_budget = self._blk_req[..., BUDGET].astype(np.float64)
         if self.num_envs == 1:  # Python lists for the scalar fast path of a single stream
             self._l_sla = self._blk_sla[:, 0].tolist()
             self._l_tin = t_in[:, 0].tolist()
             self._l_tout = self._blk_tout[:, 0].tolist()
             self._l_z = self._blk_z[:, 0].tolist()
             self._l_budget = self._blk_budget[:, 0].tolist()
+
+    def _response_known_ms(self, time_ms: F64, t_in: F64, t_out: F64) -> F64:
+        """When each response of the block has surely reached its client, whichever model
+        runs (:mod:`modi.envs.downloads`): capture + upload + the slowest execution for the
+        request's noise (and spike factor) + the longest possible queue wait + download."""
+        z = self._blk_z[..., None]
+        ex = self._true_mu + self._true_sigma * z
+        if self._blk_u is not None:
+            for k, samples in self._empirical:
+                q = (self._blk_u * samples.size).astype(np.intp)
+                ex[..., k] = samples[np.minimum(q, samples.size - 1)]
+        slowest = np.maximum(ex.max(axis=-1), MIN_EXEC_MS)
+        if self._blk_slow is not None:
+            slowest = slowest * self._blk_slow
+        known = time_ms + t_in + slowest + t_out
+        if self.queue_capacity is not None:
+            self._slowest_ms = np.maximum(self._slowest_ms, slowest.max(axis=0))
+            known = known + (self.queue_capacity - 1) * self._slowest_ms
+        return known
 
     def _client_history(self, client: NDArray[np.int64], t_in: F64) -> tuple[F64, F64]:
         """EWMA mean/std of each request's client's *previous* upload times (a scan over the
@@ -438,6 +465,8 @@ class ModelSelectionSim:
         self._server_rng = np.random.default_rng(server_ss)
         self._rtt_rng = np.random.default_rng(rtt_ss)
         self._srtt.reset()
+        self._downloads.reset()
+        self._slowest_ms = np.zeros(self.num_envs)
         self.network.reset(self._rng, self.num_envs, self.num_clients)
         self.arrivals.reset(self._rng, self.num_envs)
         if self.server is not None:

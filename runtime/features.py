@@ -26,9 +26,11 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 SCHEMA_NAME = "modi.model_selection"
-#: Version 2 (issue 13) appended ``srtt_ms`` and ``rttvar_ms`` to the request block: selectors
-#: exported for version 1 are refused with the reason (:mod:`modi.runtime.metadata`).
-SCHEMA_VERSION = 2
+#: Version 2 (issue 13) appended ``srtt_ms`` and ``rttvar_ms`` to the request block; version 3
+#: appended ``client_dl_ms`` and ``client_dlvar_ms`` (the client's own measurement of its past
+#: downloads). Selectors exported for an older version are refused with the reason
+#: (:mod:`modi.runtime.metadata`).
+SCHEMA_VERSION = 3
 
 #: Request block columns: (name, unit, description).
 REQUEST_FEATURES: tuple[tuple[str, str, str], ...] = (
@@ -49,6 +51,17 @@ REQUEST_FEATURES: tuple[tuple[str, str, str], ...] = (
         "reports it (Linux TCP_INFO tcpi_rtt; RFC 6298 EWMA); NaN: unavailable",
     ),
     ("rttvar_ms", "ms", "the connection's RTT variation (TCP_INFO tcpi_rttvar); NaN: unavailable"),
+    (
+        "client_dl_ms",
+        "ms",
+        "the client's smoothed download time of its previous responses, as it measured them and "
+        "sent them with this request (EWMA, gain CLIENT_DL_GAIN); -1: none received yet",
+    ),
+    (
+        "client_dlvar_ms",
+        "ms",
+        "the mean deviation of those download times (EWMA, gain CLIENT_DLVAR_GAIN); -1: none",
+    ),
 )
 #: Model block columns, one row per model: (name, unit, description).
 MODEL_FEATURES: tuple[tuple[str, str, str], ...] = (
@@ -59,11 +72,25 @@ MODEL_FEATURES: tuple[tuple[str, str, str], ...] = (
 )
 
 #: Request columns a request may leave unknown (NaN): the connection's RTT estimates, which a
-#: server reads from its TCP stack where the platform exposes them (Linux ``TCP_INFO``).
-OPTIONAL_COLUMNS: tuple[int, ...] = (10, 11)
+#: server reads from its TCP stack where the platform exposes them (Linux ``TCP_INFO``), and
+#: the client's download history (none before its first response arrives).
+OPTIONAL_COLUMNS: tuple[int, ...] = (10, 11, 12, 13)
+#: Optional columns a scorer handles itself when unknown (a client's first request has no
+#: download history): a NaN there never makes a selector fall back. The encoders write an
+#: unknown value there as :data:`UNKNOWN_HISTORY` (-1, not NaN: a Gymnasium observation must
+#: compare equal to itself), and scorers read any value below 0, NaN included, as unknown.
+SELF_IMPUTED_COLUMNS: tuple[int, ...] = (12, 13)
+#: The encoded "no download history yet" of :data:`SELF_IMPUTED_COLUMNS`.
+UNKNOWN_HISTORY = -1.0
 
 #: EWMA weight of a client's upload-time history (``client_net_mean_ms``/``client_net_std_ms``).
 CLIENT_NET_ALPHA = 0.2
+#: Gains of the client's download-time history (``client_dl_ms``/``client_dlvar_ms``), RFC
+#: 6298's estimators over the client's measured downloads, in the order they arrived: per
+#: download ``d``, ``dlvar <- dlvar + G_V (|dl - d| - dlvar)`` then ``dl <- dl + G (d - dl)``;
+#: the first sets ``dl = d``, ``dlvar = d / 2`` (:func:`client_dl_update`).
+CLIENT_DL_GAIN = 0.25
+CLIENT_DLVAR_GAIN = 0.25
 #: EWMA weight of the server's ``slowdown`` (realised / profiled execution time).
 SLOWDOWN_ALPHA = 0.2
 
@@ -72,9 +99,18 @@ P = len(MODEL_FEATURES)
 
 # Column indices (request block).
 (SLA, ELAPSED, T_INPUT, REMAINING, BUDGET, PAYLOAD, NET_MEAN, NET_STD, QUEUE, SLOWDOWN, SRTT,
- RTTVAR) = range(R)  # fmt: skip
+ RTTVAR, CLIENT_DL, CLIENT_DLVAR) = range(R)  # fmt: skip
 # Column indices (model block).
 MU, SIGMA, ACC, SLACK = range(P)
+
+
+def client_dl_update(dl_ms: float, dlvar_ms: float, download_ms: float) -> tuple[float, float]:
+    """Fold one measured download into a client's ``(client_dl_ms, client_dlvar_ms)`` (NaN:
+    no download yet). The one definition the simulator and clients (``modi-client``) share."""
+    if math.isnan(dl_ms):
+        return download_ms, 0.5 * download_ms
+    var = dlvar_ms + CLIENT_DLVAR_GAIN * (abs(dl_ms - download_ms) - dlvar_ms)
+    return dl_ms + CLIENT_DL_GAIN * (download_ms - dl_ms), var
 
 
 def obs_dim(num_models: int) -> int:
@@ -137,11 +173,15 @@ def encode_requests(
     slowdown: ArrayLike,
     srtt_ms: ArrayLike = np.nan,
     rttvar_ms: ArrayLike = np.nan,
+    client_dl_ms: ArrayLike = np.nan,
+    client_dlvar_ms: ArrayLike = np.nan,
 ) -> NDArray[np.float32]:
     """Request blocks for arrays of requests of any shape ``S``: returns ``S + (R,)`` float32.
 
     ``srtt_ms``/``rttvar_ms`` default to NaN (unknown): a selector that reads them then falls
-    back to its rule with the reason (its calibrated shield refuses a NaN)."""
+    back to its rule with the reason (its calibrated shield refuses a NaN).
+    ``client_dl_ms``/``client_dlvar_ms`` default to NaN too (no download history), written as
+    :data:`UNKNOWN_HISTORY`, which scorers impute (:data:`SELF_IMPUTED_COLUMNS`)."""
     sla = np.asarray(sla_ms, dtype=np.float64)
     elapsed = np.asarray(elapsed_ms, dtype=np.float64)
     t_in = np.asarray(t_input_ms, dtype=np.float64)
@@ -160,6 +200,10 @@ def encode_requests(
     out[..., SLOWDOWN] = slowdown
     out[..., SRTT] = srtt_ms
     out[..., RTTVAR] = rttvar_ms
+    out[..., CLIENT_DL] = client_dl_ms
+    out[..., CLIENT_DLVAR] = client_dlvar_ms
+    hist = out[..., CLIENT_DL:]
+    hist[np.isnan(hist)] = UNKNOWN_HISTORY
     return out
 
 
@@ -168,7 +212,8 @@ def encode_requests(
 _PACK_REQUEST = struct.Struct(f"={R}f").pack_into
 assert (SLA, ELAPSED, T_INPUT, REMAINING, BUDGET) == (0, 1, 2, 3, 4)
 assert (PAYLOAD, NET_MEAN, NET_STD, QUEUE, SLOWDOWN, SRTT, RTTVAR) == (5, 6, 7, 8, 9, 10, 11)
-assert OPTIONAL_COLUMNS == (SRTT, RTTVAR)
+assert OPTIONAL_COLUMNS == (SRTT, RTTVAR, CLIENT_DL, CLIENT_DLVAR)
+assert SELF_IMPUTED_COLUMNS == (CLIENT_DL, CLIENT_DLVAR)
 
 
 def pack_request(
@@ -183,6 +228,8 @@ def pack_request(
     slowdown: float,
     srtt_ms: float = math.nan,
     rttvar_ms: float = math.nan,
+    client_dl_ms: float = math.nan,
+    client_dlvar_ms: float = math.nan,
 ) -> None:
     """Scalar fast path of :func:`encode_requests` for one request: its block written into a
     writable buffer of at least ``R`` native float32 (e.g. ``row.data`` of a C-contiguous
@@ -190,12 +237,18 @@ def pack_request(
     is beyond float32's range (stored as inf, as numpy does)."""
     remaining = sla_ms - elapsed_ms
     budget = remaining - t_input_ms
+    if client_dl_ms != client_dl_ms:  # NaN: no history (UNKNOWN_HISTORY)
+        client_dl_ms = UNKNOWN_HISTORY
+    if client_dlvar_ms != client_dlvar_ms:
+        client_dlvar_ms = UNKNOWN_HISTORY
     try:
         _PACK_REQUEST(buffer, 0, sla_ms, elapsed_ms, t_input_ms, remaining, budget, payload_kb,
-                      net_mean_ms, net_std_ms, queue_len, slowdown, srtt_ms, rttvar_ms)  # fmt: skip
+                      net_mean_ms, net_std_ms, queue_len, slowdown, srtt_ms, rttvar_ms,
+                      client_dl_ms, client_dlvar_ms)  # fmt: skip
     except (OverflowError, struct.error):  # beyond float32: numpy's cast stores inf
         values = [sla_ms, elapsed_ms, t_input_ms, remaining, budget, payload_kb, net_mean_ms,
-                  net_std_ms, queue_len, slowdown, srtt_ms, rttvar_ms]  # fmt: skip
+                  net_std_ms, queue_len, slowdown, srtt_ms, rttvar_ms, client_dl_ms,
+                  client_dlvar_ms]  # fmt: skip
         with np.errstate(over="ignore", invalid="ignore"):
             np.frombuffer(buffer, dtype=np.float32, count=R)[:] = np.array(values, np.float64)
 
@@ -230,6 +283,8 @@ def encode(
     accuracy: ArrayLike,
     srtt_ms: ArrayLike = np.nan,
     rttvar_ms: ArrayLike = np.nan,
+    client_dl_ms: ArrayLike = np.nan,
+    client_dlvar_ms: ArrayLike = np.nan,
 ) -> NDArray[np.float32]:
     """Build a batch of observations.
 
@@ -238,7 +293,7 @@ def encode(
     """
     req, models = encode_blocks(
         sla_ms, elapsed_ms, t_input_ms, payload_kb, net_mean_ms, net_std_ms, queue_len, slowdown,
-        mu_ms, sigma_ms, accuracy, srtt_ms, rttvar_ms,
+        mu_ms, sigma_ms, accuracy, srtt_ms, rttvar_ms, client_dl_ms, client_dlvar_ms,
     )  # fmt: skip
     return np.concatenate([req, models.reshape(req.shape[0], -1)], axis=1)
 
@@ -257,13 +312,15 @@ def encode_blocks(
     accuracy: ArrayLike,
     srtt_ms: ArrayLike = np.nan,
     rttvar_ms: ArrayLike = np.nan,
+    client_dl_ms: ArrayLike = np.nan,
+    client_dlvar_ms: ArrayLike = np.nan,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """:func:`encode`'s two blocks as separate C-contiguous arrays, request ``(N, R)`` and
     models ``(N, K, P)`` (the inputs of an exported selector); the same values bit for bit."""
     req = np.atleast_2d(
         encode_requests(
             sla_ms, elapsed_ms, t_input_ms, payload_kb, net_mean_ms, net_std_ms, queue_len,
-            slowdown, srtt_ms, rttvar_ms,
+            slowdown, srtt_ms, rttvar_ms, client_dl_ms, client_dlvar_ms,
         )
     )
     n = req.shape[0]

@@ -384,16 +384,20 @@ def test_skipped_sub_and_concat_give_the_same_pair_features_bit_for_bit(
     the full form, in torch and in onnxruntime's graph alike (the graph is checked against
     torch by the parity tests)."""
     from modi.agents.fused import FusedStepLinearScorer
+    from modi.agents.scorers import ImputeRequest
 
     fused = FusedStepLinearScorer.build(trained["linucb"].selector_module().scorer)  # type: ignore[attr-defined]
     assert fused is not None
-    pre = fused.pre
+    # the headroom steps read no imputed column: the graph skips the imputation
+    assert fused.pre.impute is None
+    pre = fused.pre.affine
     assert not pre.centred and not pre.plain and pre.cross_col is not None
     r, m = plausible_inputs(2000, 11, seed=5)
     s = pre.cross_col
     with torch.no_grad():
-        got = pre(r, m)
-        base = ((r - pre.origin) @ pre.a + pre.c).unsqueeze(1)
+        got = fused.pre(r, m)
+        rx = ImputeRequest()(r)
+        base = ((rx - pre.origin) @ pre.a + pre.c).unsqueeze(1)
         scaled = m * r[:, s : s + 1].unsqueeze(-1)
         full = base + torch.cat([m, scaled], dim=-1) @ torch.cat([pre.b, pre.b_cross])
     assert torch.equal(got.view(torch.int32), full.view(torch.int32))

@@ -20,7 +20,7 @@ from modi.agents.evaluation import rollout
 from modi.envs.networks import BlockContext, GaussianOneWay, truncated_normal
 from modi.envs.pools import ModelPool, ModelSpec
 from modi.envs.simulator import CLIENT_NET_ALPHA, ModelSelectionSim, StepOutcome
-from modi.runtime.features import QUEUE, RTTVAR, SLOWDOWN, SRTT, encode
+from modi.runtime.features import CLIENT_DL, CLIENT_DLVAR, QUEUE, RTTVAR, SLOWDOWN, SRTT, encode
 from modi.runtime.profiles import ProfileTracker
 
 PROPERTY_SETTINGS = settings(deadline=None, max_examples=50)
@@ -253,6 +253,8 @@ def test_observation_is_encode_of_what_the_server_knows(spec: SimSpec, fast_path
             sim.pool.accuracy,
             obs[:, SRTT],  # the connection's RTT estimate: tests/test_rtt.py checks its timing
             obs[:, RTTVAR],
+            obs[:, CLIENT_DL],  # the client's past downloads: tests/test_downloads.py
+            obs[:, CLIENT_DLVAR],
         )
         np.testing.assert_array_equal(obs, expected, err_msg=f"step {t}")
 
@@ -282,7 +284,9 @@ def test_observations_ignore_downloads_and_unused_models_realised_times(
 ) -> None:
     """Two servers see identical requests; they differ only in what the decision cannot know:
     every download time, and the true execution times of a model that is never run. Their
-    observations must be identical at every step although outcomes differ."""
+    observations must be identical at every step although outcomes differ, except for the
+    client's history of its *past* downloads (schema v3), whose timing tests/test_downloads.py
+    checks."""
     fast_path = fast_path and spec.num_envs == 1
     k = len(spec.models)
     unused = k  # an extra model, never chosen
@@ -292,8 +296,13 @@ def test_observations_ignore_downloads_and_unused_models_realised_times(
     a_sim = spec.build(network=a_net, reprofile_every=0)
     b_net = SplitDownloadNetwork(spec.net_mean_ms, spec.net_std_ms, 2)
     b_sim = spec.build(network=b_net, reprofile_every=0, true_pool=spec.pool(scale_model=unused))
+    hist = [CLIENT_DL, CLIENT_DLVAR]
+
+    def now(obs: np.ndarray) -> np.ndarray:
+        return np.delete(obs, hist, axis=1)
+
     oa, ob = a_sim.reset(spec.seed).copy(), b_sim.reset(spec.seed).copy()
-    np.testing.assert_array_equal(oa, ob)
+    np.testing.assert_array_equal(now(oa), now(ob))
     assert not np.array_equal(
         a_sim.current_exec_ms()[:, unused], b_sim.current_exec_ms()[:, unused]
     )
@@ -306,7 +315,7 @@ def test_observations_ignore_downloads_and_unused_models_realised_times(
         else:
             e2e_a.append(a_sim.step(a).e2e_ms)
             e2e_b.append(b_sim.step(a).e2e_ms)
-        np.testing.assert_array_equal(a_sim.obs, b_sim.obs, err_msg=f"after step {t}")
+        np.testing.assert_array_equal(now(a_sim.obs), now(b_sim.obs), err_msg=f"after step {t}")
     assert not np.array_equal(np.asarray(e2e_a), np.asarray(e2e_b)), "downloads had no effect"
 
 
