@@ -19,11 +19,15 @@ The reward of off-policy evaluation is the *effective accuracy*: ``float(correct
 when the request carried a label (``correct`` not null), else ``accuracy if met else 0``; the
 attainment is ``met``. Part of the light runtime: standard library and numpy only.
 
-Feature schema versions: a ``modi.model_selection v2`` record writes its optional request columns
-(``srtt_ms``, ``rttvar_ms``: :data:`modi.runtime.features.OPTIONAL_COLUMNS`) as ``null`` when the
-server did not know them (read back as NaN). Records of ``modi.model_selection v1`` (before those
-two columns existed) are read as v2 records whose RTT columns are unknown (NaN), which is what
-they are, so old logs stay readable beside new ones.
+Feature schema versions: a ``modi.model_selection`` record writes its optional request columns
+(:data:`modi.runtime.features.OPTIONAL_COLUMNS`: ``srtt_ms``, ``rttvar_ms`` since v2,
+``client_dl_ms``, ``client_dlvar_ms`` since v3) as ``null`` when the server did not know them,
+read back as the features encode an unknown value there: NaN for the RTT, and
+:data:`~modi.runtime.features.UNKNOWN_HISTORY` for the download history (which the encoders
+write for "none yet", so a logged vector equals what the selector saw). Records of an older
+version (v1: before the RTT columns, v2: before the download history) are read as current
+records whose missing columns are unknown, which is what they are, so old logs stay readable
+beside new ones.
 """
 
 from __future__ import annotations
@@ -46,9 +50,11 @@ from modi.runtime.features import (
     REQUEST_FEATURES,
     SCHEMA_NAME,
     SCHEMA_VERSION,
+    SELF_IMPUTED_COLUMNS,
+    UNKNOWN_HISTORY,
     ObsLayout,
 )
-from modi.runtime.metadata import pool_hash
+from modi.runtime.metadata import SCHEMA_REQUEST_DIMS, pool_hash
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +74,40 @@ LAYOUTS: dict[str, type[ObsLayout]] = {
 
 _NUMBER_TYPES = frozenset({int, float})
 
-#: The model-selection schema before issue 13 and its request-block length: the same columns
-#: without the trailing ``srtt_ms``/``rttvar_ms`` (read as v2 with those unknown).
+#: The model-selection schemas before issue 13 and their request-block lengths: the same columns
+#: without the trailing ones later versions appended (v1: without ``srtt_ms``/``rttvar_ms`` and
+#: the download history; v2: without ``client_dl_ms``/``client_dlvar_ms``).
 SCHEMA_V1 = f"{SCHEMA_NAME} v1"
-V1_REQUEST_DIM = 10
-_UPGRADES_V1 = SCHEMA_VERSION == 2 and OPTIONAL_COLUMNS == (V1_REQUEST_DIM, V1_REQUEST_DIM + 1)
-assert len(REQUEST_FEATURES) >= V1_REQUEST_DIM
+V1_REQUEST_DIM = SCHEMA_REQUEST_DIMS[1]
+SCHEMA_V2 = f"{SCHEMA_NAME} v2"
+V2_REQUEST_DIM = SCHEMA_REQUEST_DIMS[2]
+#: Older schemas a log may carry, with their request-block length: read as the current schema
+#: with the columns they lack unknown (NaN), which needs every such column to be optional.
+UPGRADABLE: dict[str, int] = {
+    f"{SCHEMA_NAME} v{v}": dim
+    for v, dim in SCHEMA_REQUEST_DIMS.items()
+    if v < SCHEMA_VERSION and set(range(dim, len(REQUEST_FEATURES))) <= set(OPTIONAL_COLUMNS)
+}
+assert SCHEMA_V1 in UPGRADABLE and SCHEMA_V2 in UPGRADABLE
+#: What an unknown optional request column (``null`` in a record) reads as: how the features
+#: encode it (NaN; the download history's "none yet" is UNKNOWN_HISTORY).
+UNKNOWN_VALUES: dict[int, float] = {
+    c: UNKNOWN_HISTORY if c in SELF_IMPUTED_COLUMNS else math.nan for c in OPTIONAL_COLUMNS
+}
+
+
+def json_features(
+    features: Sequence[float] | NDArray[np.floating], schema: str = ObsLayout.schema
+) -> list[float | None]:
+    """A feature vector for a JSON record (strict JSON has no NaN): ``null`` where a value is
+    NaN or, in the model-selection schema, where the download history is the encoded "none
+    yet" (below 0); the reader reads ``null`` back as :data:`UNKNOWN_VALUES`."""
+    out: list[float | None] = [float(v) for v in features]
+    hist = schema == ObsLayout.schema
+    for c, v in enumerate(out):
+        if v is not None and (math.isnan(v) or (hist and c in SELF_IMPUTED_COLUMNS and v < 0)):
+            out[c] = None
+    return out
 
 
 @functools.lru_cache(maxsize=64)
@@ -200,7 +234,7 @@ class DecisionRecord:
             "v": self.v, "ts": self.ts, "request_id": self.request_id, "schema": self.schema,
             "pool": list(self.pool), "pool_hash": self.pool_hash,
             "selector": self.selector.to_dict(),
-            "features": [None if math.isnan(v) else v for v in self.features],
+            "features": json_features(self.features, self.schema),
             "action": self.action, "model_id": self.model_id,
             "probabilities": list(self.probabilities), "source": self.source,
             "reason": self.reason, "outcome": self.outcome.to_dict(),
@@ -273,7 +307,7 @@ class _Parser:
 
     def features(self, x: Any, fld: str, optional: tuple[int, ...]) -> tuple[float, ...]:
         """A feature vector: finite numbers, except ``null`` (or NaN) at the ``optional``
-        columns (read as NaN: unknown)."""
+        columns (read as :data:`UNKNOWN_VALUES`: unknown)."""
         if not isinstance(x, list):
             raise self.err(fld, f"expected a list of numbers, got {_kind(x)}")
         n = len(x)
@@ -289,7 +323,7 @@ class _Parser:
             vals[i] = 0.0
         out = list(self.floats(vals, fld))
         for i in unknown:
-            out[i] = math.nan
+            out[i] = UNKNOWN_VALUES.get(i, math.nan)
         return tuple(out)
 
     def floats(self, x: Any, fld: str) -> tuple[float, ...]:
@@ -381,8 +415,9 @@ class _Parser:
         ts = self.number(self.get(x, "ts"), "ts")
         request_id = self.string(self.get(x, "request_id"), "request_id")
         schema = self.string(self.get(x, "schema"), "schema")
-        upgrade = schema == SCHEMA_V1 and _UPGRADES_V1
-        if upgrade:
+        old_dim = UPGRADABLE.get(schema)
+        old_schema = schema
+        if old_dim is not None:
             schema = ObsLayout.schema
         layout = LAYOUTS.get(schema)
         if layout is None:
@@ -399,19 +434,21 @@ class _Parser:
             raise self.err("pool_hash", f"{ph!r} is not the hash of the logged pool "
                            f"({_pool_hash(pool)!r})")  # fmt: skip
         selector = self.selector(self.get(x, "selector"), "selector")
-        optional = OPTIONAL_COLUMNS if layout is ObsLayout and not upgrade else ()
+        r_old = layout.request_dim if old_dim is None else old_dim
+        optional = tuple(c for c in OPTIONAL_COLUMNS if c < r_old) if layout is ObsLayout else ()
         features = self.features(self.get(x, "features"), "features", optional)
         dim = layout(len(pool)).dim
-        if upgrade:  # v1: the RTT columns did not exist (unknown)
-            if len(features) != dim - len(OPTIONAL_COLUMNS):
+        if old_dim is not None:  # an older schema: the columns it lacks are unknown
+            missing = layout.request_dim - old_dim
+            if len(features) != dim - missing:
                 raise self.err(
                     "features",
-                    f"expected {dim - len(OPTIONAL_COLUMNS)} values (schema {SCHEMA_V1} with "
-                    f"{len(pool)} models: {V1_REQUEST_DIM} + {layout.row_dim} * {len(pool)}), "
+                    f"expected {dim - missing} values (schema {old_schema} with "
+                    f"{len(pool)} models: {old_dim} + {layout.row_dim} * {len(pool)}), "
                     f"got {len(features)}",
                 )
-            r = V1_REQUEST_DIM
-            features = (*features[:r], *([math.nan] * len(OPTIONAL_COLUMNS)), *features[r:])
+            lacks = [UNKNOWN_VALUES[c] for c in range(old_dim, layout.request_dim)]
+            features = (*features[:old_dim], *lacks, *features[old_dim:])
         if len(features) != dim:
             raise self.err(
                 "features",

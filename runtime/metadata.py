@@ -32,10 +32,50 @@ from modi.runtime.features import (
     REQUEST_FEATURES,
     SCHEMA_NAME,
     SCHEMA_VERSION,
+    SELF_IMPUTED_COLUMNS,
     SIGMA,
     P,
     R,
 )
+
+#: Length of the request block of each feature schema version of :data:`SCHEMA_NAME`: each
+#: version appended columns to the request block (the model block never changed), so version
+#: ``v`` has the first ``SCHEMA_REQUEST_DIMS[v]`` columns of :data:`REQUEST_FEATURES`. Version 2
+#: (issue 13) added ``srtt_ms``, ``rttvar_ms``; version 3 ``client_dl_ms``, ``client_dlvar_ms``.
+SCHEMA_REQUEST_DIMS: dict[int, int] = {1: 10, 2: 12, 3: 14}
+assert SCHEMA_REQUEST_DIMS[SCHEMA_VERSION] == R == len(REQUEST_FEATURES)
+assert max(SCHEMA_REQUEST_DIMS) == SCHEMA_VERSION
+
+
+def schema_changes(version: int) -> str:
+    """What changed in the features since schema ``version`` of :data:`SCHEMA_NAME`, e.g.
+    ``"v3 added client_dl_ms, client_dlvar_ms"`` (``""`` for the current or an unknown
+    version): the reason an older selector or saved policy is refused."""
+    if version not in SCHEMA_REQUEST_DIMS or version >= SCHEMA_VERSION:
+        return ""
+    names = _names(REQUEST_FEATURES)
+    parts = []
+    for v in range(version + 1, SCHEMA_VERSION + 1):
+        added = names[SCHEMA_REQUEST_DIMS[v - 1] : SCHEMA_REQUEST_DIMS[v]]
+        parts.append(f"v{v} added {', '.join(added)}")
+    return "; ".join(parts) + " to the request block"
+
+
+def schema_mismatch(name: str, version: int) -> str:
+    """The reason a selector of feature schema ``name`` ``version`` is refused (``""`` when it
+    is this runtime's): which schema it has, which this runtime builds, what changed, what to
+    do."""
+    if (name, version) == (SCHEMA_NAME, SCHEMA_VERSION):
+        return ""
+    why = (
+        f"feature schema mismatch: the selector was trained on {name} v{version}, this runtime "
+        f"builds {SCHEMA_NAME} v{SCHEMA_VERSION}"
+    )
+    changes = schema_changes(version) if name == SCHEMA_NAME else ""
+    if changes:
+        why += f" ({changes}): retrain it (modi-train) and export it again"
+    return why
+
 
 #: Version of this metadata layout (bump when a key changes meaning). 2: ``training_ranges``.
 METADATA_VERSION = 2
@@ -152,7 +192,9 @@ class FeatureRanges:
 class RangeRecorder:
     """Running float64 min/max of :data:`RANGE_FEATURES` over batches of observations
     ``(N, R + P*K)`` (what a learned policy sees while training): a few vectorised reductions
-    per batch. Non-finite values are ignored."""
+    per batch. Non-finite values are ignored, and so is an unknown download history (a value
+    below 0 in :data:`~modi.runtime.features.SELF_IMPUTED_COLUMNS`: the encoded "none yet"),
+    so those ranges span the downloads the policy saw."""
 
     def __init__(self) -> None:
         self.lo = np.full(len(RANGE_FEATURES), np.inf)
@@ -168,7 +210,12 @@ class RangeRecorder:
             return
         if x.ndim != 2 or x.shape[1] <= R or (x.shape[1] - R) % P:
             raise ValueError(f"observations of shape {x.shape} do not fit the feature schema")
-        cols = [x[:, :R], x[:, R + MU :: P], x[:, R + SIGMA :: P]]
+        req = x[:, :R]
+        if SELF_IMPUTED_COLUMNS:
+            hist = req[:, SELF_IMPUTED_COLUMNS]
+            req = req.copy()
+            req[:, SELF_IMPUTED_COLUMNS] = np.where(hist >= 0.0, hist, np.nan)
+        cols = [req, x[:, R + MU :: P], x[:, R + SIGMA :: P]]
         with np.errstate(invalid="ignore"):
             lo = [np.fmin.reduce(np.where(np.isfinite(c), c, np.nan), axis=0) for c in cols]
             hi = [np.fmax.reduce(np.where(np.isfinite(c), c, np.nan), axis=0) for c in cols]
@@ -179,13 +226,18 @@ class RangeRecorder:
         self.observations += int(x.shape[0])
 
     def merge(self, other: RangeRecorder | FeatureRanges | None) -> None:
-        """Widen these ranges by another recorder's (or saved ranges of the same features)."""
+        """Widen these ranges by another recorder's (or saved ranges of some of
+        :data:`RANGE_FEATURES`: the others stay as they are)."""
         if other is None:
             return
         if isinstance(other, FeatureRanges):
-            if other.names != RANGE_FEATURES:
-                raise ValueError(f"cannot merge ranges of {other.names} into {RANGE_FEATURES}")
-            lo, hi, n = np.asarray(other.lo), np.asarray(other.hi), other.observations
+            unknown = [n for n in other.names if n not in RANGE_FEATURES]
+            if unknown:
+                raise ValueError(f"cannot merge ranges of {unknown} into {RANGE_FEATURES}")
+            lo = np.full(len(RANGE_FEATURES), np.inf)
+            hi = np.full(len(RANGE_FEATURES), -np.inf)
+            idx = [RANGE_FEATURES.index(n) for n in other.names]
+            lo[idx], hi[idx], n = other.lo, other.hi, other.observations
         else:
             lo, hi, n = other.lo, other.hi, other.observations
         np.fmin(self.lo, lo, out=self.lo)
@@ -193,14 +245,17 @@ class RangeRecorder:
         self.observations += n
 
     def ranges(self) -> FeatureRanges | None:
-        """The ranges so far (``None`` before any observation with finite values)."""
-        finite = np.isfinite(self.lo).all() and np.isfinite(self.hi).all()
-        if self.observations == 0 or not finite:
+        """The ranges so far of the features seen with a finite value (an optional one that
+        was always unknown, e.g. a download history no training client had, has none: nothing
+        to check it against); ``None`` before any observation with finite values."""
+        seen = np.isfinite(self.lo) & np.isfinite(self.hi)
+        if self.observations == 0 or not seen.any():
             return None
+        keep = np.flatnonzero(seen).tolist()
         return FeatureRanges(
-            RANGE_FEATURES,
-            tuple(float(v) for v in self.lo),
-            tuple(float(v) for v in self.hi),
+            tuple(RANGE_FEATURES[i] for i in keep),
+            tuple(float(self.lo[i]) for i in keep),
+            tuple(float(self.hi[i]) for i in keep),
             self.observations,
         )
 
@@ -323,11 +378,9 @@ class SelectorMetadata:
 
     def check_schema(self) -> None:
         """Raise :class:`MetadataError` unless the features are this runtime's schema."""
-        if (self.schema_name, self.schema_version) != (SCHEMA_NAME, SCHEMA_VERSION):
-            raise MetadataError(
-                f"feature schema mismatch: the selector was trained on {self.schema_name} "
-                f"v{self.schema_version}, this runtime builds {SCHEMA_NAME} v{SCHEMA_VERSION}"
-            )
+        why = schema_mismatch(self.schema_name, self.schema_version)
+        if why:
+            raise MetadataError(why)
         want_req, want_mod = _names(REQUEST_FEATURES), _names(MODEL_FEATURES)
         if self.request_features and self.request_features != want_req:
             raise MetadataError(

@@ -3,9 +3,13 @@
 A :class:`Request` carries what the server knows when a request arrives (DESIGN.md §1): the SLA,
 the time elapsed since capture, the measured upload time, the payload size, and optionally the
 client's id (for its network history), the server's queue length / slowdown (otherwise the
-selector uses what the server last set) and the connection's smoothed RTT / RTT variation as the
+selector uses what the server last set), the connection's smoothed RTT / RTT variation as the
 server's TCP stack reports them (``srtt_ms``/``rttvar_ms``; absent: unknown, NaN in the
-features, which a policy that reads them answers with its fallback and the reason).
+features, which a policy that reads them answers with its fallback and the reason) and the
+client's own download history (``client_dl_ms``/``client_dlvar_ms``: its smoothed download
+time of its previous answers and their mean deviation, sent with the next request; absent: none
+yet, :data:`~modi.runtime.features.UNKNOWN_HISTORY` in the features, which scorers impute
+themselves: never a fallback).
 :class:`RequestBatch` is the columnar form for :meth:`modi.runtime.Selector.select_batch`.
 Values outside :class:`RequestLimits` (NaN, inf, negative, absurd) make the request invalid; the
 selector then answers with the ModiPick rule and says which field was wrong.
@@ -28,7 +32,10 @@ BYTES_PER_KB = 1000.0
 #: Fields every request must carry.
 REQUIRED_FIELDS = ("sla_ms", "elapsed_ms", "upload_ms", "payload_bytes")
 #: Fields a request may carry.
-OPTIONAL_FIELDS = ("client_id", "queue_len", "slowdown", "srtt_ms", "rttvar_ms")
+OPTIONAL_FIELDS = (
+    "client_id", "queue_len", "slowdown", "srtt_ms", "rttvar_ms", "client_dl_ms",
+    "client_dlvar_ms",
+)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +53,10 @@ class Request:
         srtt_ms: the connection's smoothed RTT when the request arrived (ms; e.g. Linux
             ``TCP_INFO`` ``tcpi_rtt``); ``None``: unknown (NaN in the features).
         rttvar_ms: the connection's RTT variation (ms; ``tcpi_rttvar``); ``None``: unknown.
+        client_dl_ms: the client's smoothed download time of its previous answers, as it
+            measured them (ms; :func:`modi.runtime.features.client_dl_update`); ``None``: no
+            history yet (a client's first request).
+        client_dlvar_ms: the mean deviation of those download times (ms); ``None``: unknown.
     """
 
     sla_ms: float
@@ -57,6 +68,8 @@ class Request:
     slowdown: float | None = None
     srtt_ms: float | None = None
     rttvar_ms: float | None = None
+    client_dl_ms: float | None = None
+    client_dlvar_ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -70,6 +83,8 @@ class RequestLimits:
     max_queue_len: float = 1e6
     max_slowdown: float = 1e3
     max_rtt_ms: float = 60_000.0
+    #: Of ``client_dl_ms``/``client_dlvar_ms`` (a download as long as the longest upload).
+    max_download_ms: float = 600_000.0
 
 
 class InvalidRequest(ValueError):
@@ -129,15 +144,26 @@ def _get(request: Any, name: str) -> Any:
 
 
 ParsedRequest = tuple[
-    float, float, float, float, Hashable | None, float | None, float | None, float, float
+    float,
+    float,
+    float,
+    float,
+    Hashable | None,
+    float | None,
+    float | None,
+    float,
+    float,
+    float,
+    float,
 ]
 
 
 def parse_request(request: Request | Mapping[str, Any], limits: RequestLimits) -> ParsedRequest:
     """Validate one request; return ``(sla, elapsed, upload, payload_kb, client, queue,
-    slowdown, srtt, rttvar)`` with ``client``/``queue``/``slowdown`` ``None`` when absent and
-    ``srtt``/``rttvar`` NaN when absent (unknown). Raises :class:`InvalidRequest`, also for a
-    hostile object that breaks reading it (a mapping whose ``get`` raises, ...)."""
+    slowdown, srtt, rttvar, client_dl, client_dlvar)`` with ``client``/``queue``/``slowdown``
+    ``None`` when absent and the last four NaN when absent (unknown). Raises
+    :class:`InvalidRequest`, also for a hostile object that breaks reading it (a mapping whose
+    ``get`` raises, ...)."""
     try:
         return _parse_request(request, limits)
     except InvalidRequest:
@@ -156,6 +182,8 @@ def _parse_request(request: Any, limits: RequestLimits) -> ParsedRequest:
     s_v: Any
     rtt_v: Any
     var_v: Any
+    dl_v: Any
+    dlvar_v: Any
     if isinstance(request, Request):
         sla_v, el_v, up_v, pay_v = (
             request.sla_ms,
@@ -165,9 +193,10 @@ def _parse_request(request: Any, limits: RequestLimits) -> ParsedRequest:
         )
         client, q_v, s_v = request.client_id, request.queue_len, request.slowdown
         rtt_v, var_v = request.srtt_ms, request.rttvar_ms
+        dl_v, dlvar_v = request.client_dl_ms, request.client_dlvar_ms
     elif isinstance(request, Mapping):
         sla_v, el_v, up_v, pay_v = (request.get(f) for f in REQUIRED_FIELDS)
-        client, q_v, s_v, rtt_v, var_v = (request.get(f) for f in OPTIONAL_FIELDS)
+        client, q_v, s_v, rtt_v, var_v, dl_v, dlvar_v = (request.get(f) for f in OPTIONAL_FIELDS)
     else:
         raise InvalidRequest(
             f"a request must be a modi.runtime.Request or a mapping with fields "
@@ -211,6 +240,15 @@ def _parse_request(request: Any, limits: RequestLimits) -> ParsedRequest:
         rttvar = var_v if type(var_v) is float else _as_float(var_v, "rttvar_ms")
         if not 0.0 <= rttvar <= lim.max_rtt_ms:
             _check(rttvar, "rttvar_ms", lim.max_rtt_ms, "max_rtt_ms", False)
+    dl = dlvar = math.nan
+    if dl_v is not None:
+        dl = dl_v if type(dl_v) is float else _as_float(dl_v, "client_dl_ms")
+        if not 0.0 <= dl <= lim.max_download_ms:
+            _check(dl, "client_dl_ms", lim.max_download_ms, "max_download_ms", False)
+    if dlvar_v is not None:
+        dlvar = dlvar_v if type(dlvar_v) is float else _as_float(dlvar_v, "client_dlvar_ms")
+        if not 0.0 <= dlvar <= lim.max_download_ms:
+            _check(dlvar, "client_dlvar_ms", lim.max_download_ms, "max_download_ms", False)
     if client is not None:
         try:
             hash(client)
@@ -218,7 +256,10 @@ def _parse_request(request: Any, limits: RequestLimits) -> ParsedRequest:
             raise InvalidRequest(
                 f"client_id must be hashable (a string or an integer), got {type(client).__name__}"
             ) from None
-    return sla, elapsed, upload, payload / BYTES_PER_KB, client, queue, slowdown, srtt, rttvar
+    return (
+        sla, elapsed, upload, payload / BYTES_PER_KB, client, queue, slowdown, srtt, rttvar, dl,
+        dlvar,
+    )  # fmt: skip
 
 
 def _column(values: ArrayLike | None, name: str, n: int | None) -> NDArray[np.float64] | None:
@@ -247,11 +288,14 @@ class RequestBatch:
     """Columnar requests for :meth:`~modi.runtime.Selector.select_batch`: one array of ``N``
     values per field (see :class:`Request`); ``client_id`` is a sequence of ``N`` ids (``None``
     entries: no history) or ``None``; ``queue_len``/``slowdown`` ``None`` (or NaN entries) use
-    the selector's current values; ``srtt_ms``/``rttvar_ms`` ``None`` (or NaN entries): unknown.
+    the selector's current values; ``srtt_ms``/``rttvar_ms`` and ``client_dl_ms``/
+    ``client_dlvar_ms`` ``None`` (or NaN entries): unknown.
     Raises ``ValueError`` at construction if the columns do not line up (a programming error,
     caught before serving)."""
 
     __slots__ = (
+        "client_dl_ms",
+        "client_dlvar_ms",
         "client_id",
         "elapsed_ms",
         "payload_bytes",
@@ -274,6 +318,8 @@ class RequestBatch:
         slowdown: ArrayLike | None = None,
         srtt_ms: ArrayLike | None = None,
         rttvar_ms: ArrayLike | None = None,
+        client_dl_ms: ArrayLike | None = None,
+        client_dlvar_ms: ArrayLike | None = None,
     ) -> None:
         sla = _column(sla_ms, "sla_ms", None)
         assert sla is not None
@@ -299,6 +345,8 @@ class RequestBatch:
         self.slowdown = _column(slowdown, "slowdown", n)
         self.srtt_ms = _column(srtt_ms, "srtt_ms", n)
         self.rttvar_ms = _column(rttvar_ms, "rttvar_ms", n)
+        self.client_dl_ms = _column(client_dl_ms, "client_dl_ms", n)
+        self.client_dlvar_ms = _column(client_dlvar_ms, "client_dlvar_ms", n)
 
     def __len__(self) -> int:
         return int(self.sla_ms.shape[0])
@@ -335,6 +383,8 @@ class RequestBatch:
             opt("slowdown"),
             opt("srtt_ms"),
             opt("rttvar_ms"),
+            opt("client_dl_ms"),
+            opt("client_dlvar_ms"),
         )
 
     def row(self, i: int) -> Request:
@@ -349,6 +399,8 @@ class RequestBatch:
             _optional(self.slowdown, i),
             _optional(self.srtt_ms, i),
             _optional(self.rttvar_ms, i),
+            _optional(self.client_dl_ms, i),
+            _optional(self.client_dlvar_ms, i),
         )
 
     def valid_rows(self, limits: RequestLimits) -> NDArray[np.bool_]:
@@ -369,4 +421,7 @@ class RequestBatch:
         for col in (self.srtt_ms, self.rttvar_ms):  # NaN: unknown (allowed)
             if col is not None:
                 ok &= ((col >= 0.0) & (col <= lim.max_rtt_ms)) | np.isnan(col)
+        for col in (self.client_dl_ms, self.client_dlvar_ms):  # NaN: no history (allowed)
+            if col is not None:
+                ok &= ((col >= 0.0) & (col <= lim.max_download_ms)) | np.isnan(col)
         return np.asarray(ok, dtype=np.bool_)

@@ -19,7 +19,13 @@ ModiPick rule (:mod:`modi.runtime.modipick`) instead and says why:
   range widened by ``shield_tolerance`` of the range's width (default
   :data:`SHIELD_TOLERANCE`), and the reason names the feature, its value and the range, e.g.
   ``"shield: t_input_ms = 812.3 outside training range [20.1, 540.2] (+25%)"``. A file written
-  before ranges were recorded has nothing to check (``status`` says so). ``shield="budget"``
+  before ranges were recorded has nothing to check (``status`` says so). An optional feature
+  the request did not carry (NaN) fires it too where the policy reads it (the connection's
+  RTT: ``"shield: srtt_ms is unknown (NaN) and the policy reads it"``), except the client's
+  download history (``client_dl_ms``/``client_dlvar_ms``, none before a client's first answer,
+  encoded as :data:`~modi.runtime.features.UNKNOWN_HISTORY`), which scorers impute themselves
+  (:data:`~modi.runtime.features.SELF_IMPUTED_COLUMNS`): only a known value (>= 0) out of range
+  fires there. ``shield="budget"``
   keeps the earlier shield (a learned choice with ``μ + σ >= T_U``, ModiPick's budget, replaced
   by ModiPick's), which assumed the download takes as long as the upload and overrode a large
   share of good choices on fast links.
@@ -120,7 +126,14 @@ SHIELD_REQUEST_FEATURES: tuple[str, ...] = (
     "slowdown",
     "srtt_ms",
     "rttvar_ms",
+    "client_dl_ms",
+    "client_dlvar_ms",
 )
+#: Checked request columns a request may leave unknown *and* a scorer imputes itself
+#: (:data:`modi.runtime.features.SELF_IMPUTED_COLUMNS`: a client's download history, none on
+#: its first request): unknown there (a value below 0, as the encoders write it, or NaN) never
+#: fires the shield; a known value (>= 0) is range-checked.
+_SELF_IMPUTED = frozenset(F.SELF_IMPUTED_COLUMNS)
 #: Model-block features the calibrated shield checks (every model of the served pool).
 SHIELD_MODEL_FEATURES: tuple[str, ...] = ("mu_ms", "sigma_ms")
 #: Default widening of the training ranges (a fraction of each range's width; of
@@ -247,8 +260,12 @@ class _Bounds:
 
     names: tuple[str, ...]  # checked request features, in SHIELD_REQUEST_FEATURES order
     cols: NDArray[np.intp]  # their request-block columns
-    optional: NDArray[np.intp]  # checked columns a request may leave unknown (NaN)
-    fast: tuple[tuple[int, float, float], ...]  # (column, lo, hi) for the batch-1 loop
+    optional: NDArray[np.intp]  # checked columns whose unknown value (NaN) fires
+    imputed: NDArray[np.intp]  # checked columns where unknown (< 0 or NaN) passes
+    imputed_lo: NDArray[np.float32]  # their limits (lo_row holds -inf there: hi only)
+    imputed_hi: NDArray[np.float32]
+    fast: tuple[tuple[int, float, float], ...]  # (column, lo, hi) for the batch-1 loop: NaN fires
+    fast_imputed: tuple[tuple[int, float, float], ...]  # the same, unknown (< 0, NaN) passes
     ranges: tuple[tuple[float, float], ...]  # the training ranges themselves (for reasons)
     model: tuple[tuple[str, int, float, float, float, float], ...]  # (name, col, lo, hi, rlo, rhi)
     tolerance: float
@@ -288,11 +305,22 @@ class _Bounds:
         hi_row = np.full(F.R, np.inf, dtype=np.float32)
         for c, (a, b) in zip(cols, lims, strict=True):
             lo_row[c], hi_row[c] = a, b
+        fast = tuple((c, a, b) for c, (a, b) in zip(cols, lims, strict=True))
+        fast_imputed = tuple(f for f in fast if f[0] in _SELF_IMPUTED)
+        for c, _, _ in fast_imputed:  # the encoded unknown (-1) is below any lower limit
+            lo_row[c] = -np.inf
         return cls(
             tuple(names),
             np.array(cols, dtype=np.intp),
-            np.array([c for c in cols if c in F.OPTIONAL_COLUMNS], dtype=np.intp),
-            tuple((c, a, b) for c, (a, b) in zip(cols, lims, strict=True)),
+            np.array(
+                [c for c in cols if c in F.OPTIONAL_COLUMNS and c not in _SELF_IMPUTED],
+                dtype=np.intp,
+            ),
+            np.array([c for c, _, _ in fast_imputed], dtype=np.intp),
+            np.array([a for _, a, _ in fast_imputed], dtype=np.float32),
+            np.array([b for _, _, b in fast_imputed], dtype=np.float32),
+            tuple(f for f in fast if f[0] not in _SELF_IMPUTED),
+            fast_imputed,
             tuple(rr),
             tuple(model),
             tolerance,
@@ -352,12 +380,20 @@ class _Bounds:
                 out = bool((flat < self.lo_tile[:m]).any() or (flat > self.hi_tile[:m]).any())
             else:
                 out = bool((req < self.lo_row).any() or (req > self.hi_row).any())
-            # an optional feature the request did not carry (NaN) fires where it is checked
+            # an optional feature the request did not carry (NaN) fires where it is checked,
+            # except where the scorer imputes it (a client's download history: only a known
+            # value, >= 0, below its range fires; the flat pass checked the upper limit)
             unknown = np.isnan(req[:, self.optional]) if self.optional.size else None
             if unknown is not None and bool(unknown.any()):
                 out = True
+            hist = req[:, self.imputed] if self.imputed.size else None
+            if hist is not None and not out:
+                out = bool(((hist >= 0.0) & (hist < self.imputed_lo)).any())
             if out:  # rare in distribution: find the rows and their first feature out of range
                 bad = ~((req >= self.lo_row) & (req <= self.hi_row))[:, self.cols]
+                if hist is not None:
+                    outside = (hist < self.imputed_lo) | (hist > self.imputed_hi)
+                    bad[:, np.isin(self.cols, self.imputed)] = (hist >= 0.0) & outside
                 hit = rows & bad.any(axis=1)
                 for i in np.flatnonzero(hit).tolist():
                     j = int(np.argmax(bad[i]))
@@ -830,6 +866,8 @@ class Selector:
         slowdown: float | None,
         srtt: float = math.nan,
         rttvar: float = math.nan,
+        dl: float = math.nan,
+        dlvar: float = math.nan,
     ) -> float:
         """Write one request's features into the batch-1 buffers (exactly what
         :func:`modi.runtime.features.encode` computes); return the float32-rounded budget as a
@@ -837,8 +875,9 @@ class Selector:
         q = self._queue_len if queue is None else queue
         s = self._slowdown if slowdown is None else slowdown
         F.pack_request(
-            self._req_buf, sla, elapsed, upload, payload_kb, net_mean, net_std, q, s, srtt, rttvar
-        )
+            self._req_buf, sla, elapsed, upload, payload_kb, net_mean, net_std, q, s, srtt, rttvar,
+            dl, dlvar,
+        )  # fmt: skip
         budget = self._req_f[F.BUDGET]
         if self._k <= _SCALAR_SLACK_MODELS:
             mod = self._mod_f  # features.model_slack's formula: float64, then float32
@@ -852,11 +891,11 @@ class Selector:
         """The observation vector ``(R + P*K,)`` the selector builds for ``request`` (what the
         envs would observe). ``record=True`` also folds the upload time into the client's
         history, as :meth:`select` does. Raises :class:`InvalidRequest` for a bad request."""
-        sla, el, up, pkb, client, q, s, rtt, var = parse_request(request, self.limits)
+        sla, el, up, pkb, client, q, s, rtt, var, dl, dlv = parse_request(request, self.limits)
         with self._lock:
             c = self._clients
             mean, std = c.update_one(client, up) if record else c.peek(client, up)
-            self._write_features(sla, el, up, pkb, mean, std, q, s, rtt, var)
+            self._write_features(sla, el, up, pkb, mean, std, q, s, rtt, var, dl, dlv)
             return np.concatenate([self._req[0], self._mod[0].reshape(-1)])
 
     # ------------------------------------------------------------------ decisions
@@ -864,12 +903,14 @@ class Selector:
         """Choose the model for one request. Never raises."""
         try:
             try:
-                sla, el, up, pkb, client, q, s, rtt, var = parse_request(request, self.limits)
+                sla, el, up, pkb, client, q, s, rtt, var, dl, dlv = parse_request(
+                    request, self.limits
+                )
             except InvalidRequest as e:
                 return self._invalid(request, e)
             with self._lock:
                 mean, std = self._clients.update_one(client, up)
-                budget = self._write_features(sla, el, up, pkb, mean, std, q, s, rtt, var)
+                budget = self._write_features(sla, el, up, pkb, mean, std, q, s, rtt, var, dl, dlv)
                 model = self._model
                 if model is None:
                     self._counts["no_model"] += 1
@@ -878,6 +919,11 @@ class Selector:
                 for pos, lo, hi in model.bounds.fast:  # the calibrated shield (none: empty)
                     v = rf[pos]
                     if not lo <= v <= hi:  # NaN (an unknown optional feature) fires too
+                        self._counts["shield"] += 1
+                        return self._rule(budget, model.bounds.request_reason(pos, v))
+                for pos, lo, hi in model.bounds.fast_imputed:  # unknown (< 0, NaN) passes
+                    v = rf[pos]
+                    if v >= 0.0 and not lo <= v <= hi:
                         self._counts["shield"] += 1
                         return self._rule(budget, model.bounds.request_reason(pos, v))
                 if self._prof_reason:
@@ -1014,6 +1060,8 @@ class Selector:
                 prof.mu, prof.sigma, self._acc,
                 np.nan if batch.srtt_ms is None else batch.srtt_ms,
                 np.nan if batch.rttvar_ms is None else batch.rttvar_ms,
+                np.nan if batch.client_dl_ms is None else batch.client_dl_ms,
+                np.nan if batch.client_dlvar_ms is None else batch.client_dlvar_ms,
             )  # fmt: skip
         return self._decide(req, mod, valid, reasons, prof, u, model, no_model_reason, prof_reason)
 
@@ -1349,24 +1397,29 @@ def _as_batch(
     if isinstance(requests, RequestBatch):
         return requests, None
     reasons: list[str] = []
-    cols: list[list[Any]] = [[] for _ in range(9)]
+    cols: list[list[Any]] = [[] for _ in range(11)]
     nan = float("nan")
     for r in requests:
         try:
-            sla, el, up, pkb, client, q_r, s_r, rtt, var = parse_request(r, limits)
+            sla, el, up, pkb, client, q_r, s_r, rtt, var, dl, dlv = parse_request(r, limits)
             reasons.append("")
-            row: tuple[Any, ...] = (sla, el, up, pkb * BYTES_PER_KB, client, q_r, s_r, rtt, var)
+            row: tuple[Any, ...] = (
+                sla, el, up, pkb * BYTES_PER_KB, client, q_r, s_r, rtt, var, dl, dlv,
+            )  # fmt: skip
         except InvalidRequest as e:
             reasons.append(f"invalid request: {e}")
             b = _budget_of(r)
             # Keep the budget for ModiPick's fallback: sla = budget, elapsed = upload = 0.
-            row = (b, 0.0, 0.0, nan, None, None, None, nan, nan)
+            row = (b, 0.0, 0.0, nan, None, None, None, nan, nan, nan, nan)
         for c, v in zip(cols, row, strict=True):
             c.append(v)
     queue = None if all(v is None for v in cols[5]) else [nan if v is None else v for v in cols[5]]
     slow = None if all(v is None for v in cols[6]) else [nan if v is None else v for v in cols[6]]
     clients = None if all(v is None for v in cols[4]) else cols[4]
-    rtts = None if all(math.isnan(v) for v in cols[7]) else cols[7]
-    rttvars = None if all(math.isnan(v) for v in cols[8]) else cols[8]
-    batch = RequestBatch(cols[0], cols[1], cols[2], cols[3], clients, queue, slow, rtts, rttvars)
+    rtts, rttvars, dls, dlvars = (
+        None if all(math.isnan(v) for v in c) else c for c in cols[7:11]
+    )  # unknown everywhere: no column
+    batch = RequestBatch(
+        cols[0], cols[1], cols[2], cols[3], clients, queue, slow, rtts, rttvars, dls, dlvars
+    )
     return batch, reasons

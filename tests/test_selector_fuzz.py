@@ -51,7 +51,7 @@ TABLE2 = PoolProfile.from_pool(load_preset("pool", "modipick_table2"))
 P2 = PoolProfile.from_pool(load_preset("pool", "mdinference_p2"))
 LIMITS = RequestLimits()
 NUMERIC = ("sla_ms", "elapsed_ms", "upload_ms", "payload_bytes", "queue_len", "slowdown",
-           "srtt_ms", "rttvar_ms")  # fmt: skip
+           "srtt_ms", "rttvar_ms", "client_dl_ms", "client_dlvar_ms")  # fmt: skip
 REQUIRED = NUMERIC[:4]
 OPTIONAL = NUMERIC[4:]
 FIELDS = (*NUMERIC, "client_id")
@@ -64,6 +64,8 @@ UPPER = {
     "slowdown": LIMITS.max_slowdown,
     "srtt_ms": LIMITS.max_rtt_ms,
     "rttvar_ms": LIMITS.max_rtt_ms,
+    "client_dl_ms": LIMITS.max_download_ms,
+    "client_dlvar_ms": LIMITS.max_download_ms,
 }
 #: Fields that must be > 0 (the others >= 0).
 POSITIVE = ("sla_ms", "slowdown")
@@ -653,6 +655,8 @@ def request_batches(draw: Any) -> RequestBatch:
         column("slowdown") if draw(st.booleans()) else None,
         column("srtt_ms") if draw(st.booleans()) else None,
         column("rttvar_ms") if draw(st.booleans()) else None,
+        column("client_dl_ms") if draw(st.booleans()) else None,
+        column("client_dlvar_ms") if draw(st.booleans()) else None,
     )
 
 
