@@ -9,6 +9,14 @@ capture time and upload time, then sleep the download time. The end-to-end laten
 capture to the answer's arrival, so it includes device preprocessing, both emulated network
 legs, the loopback transfer and everything in the server.
 
+Each client keeps its download history (:class:`DownloadHistory`, feature schema v3): after
+each answer it measures that answer's download time as the response time of the HTTP request
+(sent to answer received, the emulated download included) minus the server's own time
+(``timings_ms.server`` of the answer; the emulated upload is slept before the request is sent,
+so it is not in the response time), folds it with
+:func:`modi.runtime.features.client_dl_update` and sends ``client_dl_ms``/``client_dlvar_ms``
+(and the raw ``prev_download_ms``) with its next request; its first request carries none.
+
 The report gives attainment (share of requests within their SLA), accuracy (the chosen model's
 accuracy, or measured correctness for labelled digits), effective accuracy (accuracy, counting 0
 for a missed SLA), latency percentiles, throughput, failed requests and model usage. Usage::
@@ -33,6 +41,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -43,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from modi.experiments.imaging import PIXELS_CONTENT_TYPE, encode_image, resize
+from modi.runtime.features import client_dl_update
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +141,38 @@ class NetworkReplay:
 
 
 @dataclass
+class DownloadHistory:
+    """One client's own measurement of its answers' downloads (feature schema v3).
+
+    ``dl_ms``/``dlvar_ms``: the smoothed download time and its mean deviation
+    (:func:`modi.runtime.features.client_dl_update`; NaN before the first answer);
+    ``last_ms``: the last measured download (``None`` before the first answer)."""
+
+    dl_ms: float = math.nan
+    dlvar_ms: float = math.nan
+    last_ms: float | None = None
+
+    def fields(self) -> dict[str, float]:
+        """The query fields the next request carries (none before the first answer)."""
+        if self.last_ms is None:
+            return {}
+        return {
+            "client_dl_ms": round(self.dl_ms, 3),
+            "client_dlvar_ms": round(self.dlvar_ms, 3),
+            "prev_download_ms": round(self.last_ms, 3),
+        }
+
+    def record(self, response_ms: float, server_ms: float) -> float:
+        """Fold one answer's download, measured as the request's response time (sent to the
+        answer received, the download included) minus the server's time, which the answer
+        reports (``timings_ms.server``); returns the download (ms, >= 0)."""
+        download = max(float(response_ms) - float(server_ms), 0.0)
+        self.dl_ms, self.dlvar_ms = client_dl_update(self.dl_ms, self.dlvar_ms, download)
+        self.last_ms = download
+        return download
+
+
+@dataclass
 class RunReport:
     """What a client run measured (latencies in ms)."""
 
@@ -166,7 +208,11 @@ async def _one(
     sla_ms: float,
     client: int,
     net: NetworkReplay,
+    history: DownloadHistory | None = None,
 ) -> dict[str, Any]:
+    """One request of ``client``: capture, upload, answer, download; its row. ``history``: the
+    client's download history, sent with the request and updated from its answer."""
+    history = DownloadHistory() if history is None else history
     t_cap = time.perf_counter()
     cap_ms = time.time() * 1e3
     if device_pre:
@@ -179,13 +225,15 @@ async def _one(
     await asyncio.sleep(t_in / 1e3)
     params: dict[str, Any] = {
         "sla_ms": sla_ms, "upload_ms": round(t_in, 3), "capture_ts_ms": round(cap_ms, 3),
-        "client_id": f"phone-{client}",
+        "client_id": f"phone-{client}", **history.fields(),
     }  # fmt: skip
     if shape:
         params["shape"] = shape
     if shot.label is not None:
         params["label"] = shot.label
-    row: dict[str, Any] = {"client": client, "sla_ms": sla_ms, "t_in_ms": t_in, "ok": False}
+    row: dict[str, Any] = {"client": client, "sla_ms": sla_ms, "t_in_ms": t_in, "t_out_ms": t_out,
+                           "ok": False, "client_dl_ms": params.get("client_dl_ms")}  # fmt: skip
+    t_sent = time.perf_counter()
     try:
         r = await http.post(
             f"{url}/v1/infer", params=params, content=body, headers={"content-type": ctype}
@@ -194,11 +242,13 @@ async def _one(
         row["error"] = type(e).__name__
         return row
     await asyncio.sleep(t_out / 1e3)
-    row["e2e_ms"] = (time.perf_counter() - t_cap) * 1e3
+    t_done = time.perf_counter()
+    row["e2e_ms"] = (t_done - t_cap) * 1e3
     if r.status_code != 200:
         row["error"] = f"HTTP {r.status_code}"
         return row
     d = r.json()
+    row["download_ms"] = history.record((t_done - t_sent) * 1e3, d["timings_ms"]["server"])
     row.update(
         ok=True, model_id=d["model_id"], source=d["source"], accuracy=d["accuracy"],
         request_id=d.get("request_id"),
@@ -245,12 +295,13 @@ async def run_clients(
         bar = _progress_bar(progress, requests, duration_s)
 
         async def worker(c: int) -> None:
+            history = DownloadHistory()  # this client's own, across its requests
             for _ in todo:
                 if t_end is not None and time.perf_counter() >= t_end:
                     return
                 shot = shots[int(rng.integers(len(shots)))]
                 dev = preprocess == "device" or (preprocess == "mix" and rng.random() < 0.5)
-                rows.append(await _one(http, url, shot, dev, (h, w), sla_ms, c, net))
+                rows.append(await _one(http, url, shot, dev, (h, w), sla_ms, c, net, history))
                 if report_outcomes and rows[-1].get("request_id") and "e2e_ms" in rows[-1]:
                     q = {"request_id": rows[-1]["request_id"],
                          "e2e_ms": round(rows[-1]["e2e_ms"], 3)}  # fmt: skip

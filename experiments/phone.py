@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from modi.experiments.client import DownloadHistory
 from modi.experiments.imaging import encode_image, resize
 from modi.runtime.device_selector import (
     TIERS,
@@ -108,6 +109,8 @@ class Phone:
 
         t_out, bw = self.measure(int(PROBE_BYTES[0]))[1:]
         self.selector.start(t_out, bw, 0.0)  # the start-up probe
+        #: The phone's download history of its answers, sent to the server with each request.
+        self.downloads = DownloadHistory()
 
     def now_ms(self) -> float:
         """The phone's clock (ms since it started)."""
@@ -212,10 +215,11 @@ async def phone_request(
     row["bytes_sent"] = len(body)
     await asyncio.sleep(t_in / 1e3)
     params = {"sla_ms": sla_ms, "upload_ms": round(t_in, 3), "client_id": f"phone-{phone.client}",
-              "capture_ts_ms": round(cap_wall_ms, 3)}  # fmt: skip
+              "capture_ts_ms": round(cap_wall_ms, 3), **phone.downloads.fields()}  # fmt: skip
     if shot.label is not None:
         params["label"] = shot.label
     remote_acc = -1.0
+    t_sent = time.perf_counter()
     try:
         r = await http.post(
             f"{url}/v1/infer", params=params, content=body, headers={"content-type": ctype}
@@ -223,6 +227,8 @@ async def phone_request(
         await asyncio.sleep(t_out / 1e3)
         if r.status_code == 200:
             d = r.json()
+            response_ms = (time.perf_counter() - t_sent) * 1e3
+            row["download_ms"] = phone.downloads.record(response_ms, d["timings_ms"]["server"])
             remote_acc = float(d["correct"] if d.get("correct") is not None else d["accuracy"])
             row["model_id"] = d["model_id"]
         else:

@@ -4,7 +4,8 @@ selector, as a FastAPI app run by uvicorn (a thin shell around :mod:`modi.servin
 Endpoints (the OpenAPI schema at ``/openapi.json`` documents each completely):
 
 * ``POST /v1/infer?sla_ms=..&upload_ms=..[&capture_ts_ms=..|&elapsed_ms=..][&client_id=..]``
-  ``[&label=..][&shape=HxWx3][&srtt_ms=..&rttvar_ms=..][&prev_download_ms=..]``: the body is an
+  ``[&label=..][&shape=HxWx3][&srtt_ms=..&rttvar_ms=..][&prev_download_ms=..]``
+  ``[&client_dl_ms=..&client_dlvar_ms=..]`` (the client's download history): the body is an
   encoded image (``image/jpeg``, ``image/png``,
   ``image/webp``, ``image/bmp``; decoded as the declared format only) or device-preprocessed
   pixels (``application/x-modi-pixels``: raw ``uint8`` RGB, ``shape`` given). The selector
@@ -80,6 +81,7 @@ from modi.serving import (
     ServerConfigError,
     read_body,
 )
+from modi.serving.core import CLIENT_DL_HEADER, CLIENT_DLVAR_HEADER
 from modi.serving.errors import clean
 from modi.serving.images import DecodeLimits
 from modi.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -135,6 +137,12 @@ class InferAnswer(BaseModel):
     rtt_source: str = Field(
         description="where the RTT came from: tcp_info (the server's socket), header (a proxy's "
         "X-Modi-Srtt-Ms), field (the client's srtt_ms), none (unknown)"
+    )
+    client_dl_ms: float | None = Field(
+        description="the client's download history the selector saw (ms; null: none sent)"
+    )
+    client_dlvar_ms: float | None = Field(
+        description="its mean deviation the selector saw (ms; null: none sent)"
     )
     timings_ms: Timings
 
@@ -198,6 +206,18 @@ INFER_PARAMETERS: list[dict[str, Any]] = [
     {"name": "prev_download_ms", "in": "query", "required": False,
      "description": "the client's measured download time of its previous answer (ms; logged, "
      "not a feature)", "schema": _NUM},
+    {"name": "client_dl_ms", "in": "query", "required": False,
+     "description": "the client's smoothed download time of its previous answers as it measured "
+     "them (ms; EWMA of modi.runtime.features.client_dl_update; omit before the first answer: "
+     "unknown, which the selector imputes)", "schema": _NUM},
+    {"name": "client_dlvar_ms", "in": "query", "required": False,
+     "description": "the mean deviation of those download times (ms; with client_dl_ms)",
+     "schema": _NUM},
+    {"name": CLIENT_DL_HEADER, "in": "header", "required": False,
+     "description": "client_dl_ms as a header instead of the field (not both)", "schema": _NUM},
+    {"name": CLIENT_DLVAR_HEADER, "in": "header", "required": False,
+     "description": "client_dlvar_ms as a header instead of the field (not both)",
+     "schema": _NUM},
     {"name": SRTT_HEADER, "in": "header", "required": False,
      "description": "the client connection's smoothed RTT as a proxy in front measures it (ms; "
      "preferred to the srtt_ms field)", "schema": _RTT},

@@ -10,6 +10,13 @@ other server (e.g. a Ray Serve deployment) can embed it the same way::
                                 headers=headers, tcp_rtt=lambda: read_tcp_rtt(sock))
     text = server.metrics.render(); health = server.health()
 
+The client's download history (feature schema v3: ``client_dl_ms``, ``client_dlvar_ms``, its
+smoothed download time of its previous answers and their mean deviation) always comes from the
+request, as query fields or the ``X-Modi-Client-Dl-Ms``/``X-Modi-Client-Dlvar-Ms`` headers: the
+server cannot see when its answer reaches the client. Absent (a client's first request): unknown,
+which scorers impute (never a fallback). Requests with and without it are counted
+(:class:`DownloadHistoryCounts`).
+
 Nothing here fails a request for the server's own bookkeeping: decision-log writes happen in a
 background thread (:mod:`modi.serving.logwriter`) and the shadow selector runs there too, on
 batches of logged decisions, off the request path.
@@ -27,7 +34,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,8 +78,13 @@ log = logging.getLogger(__name__)
 #: Query fields of ``POST /v1/infer``.
 INFER_FIELDS = frozenset(
     {"sla_ms", "upload_ms", "capture_ts_ms", "elapsed_ms", "client_id", "label", "shape",
-     "srtt_ms", "rttvar_ms", "prev_download_ms"}
+     "srtt_ms", "rttvar_ms", "prev_download_ms", "client_dl_ms", "client_dlvar_ms"}
 )  # fmt: skip
+#: Headers that may carry the client's download history instead of its query fields.
+CLIENT_DL_HEADER = "x-modi-client-dl-ms"
+CLIENT_DLVAR_HEADER = "x-modi-client-dlvar-ms"
+#: Request features of the client's download history (always sent by the client).
+DOWNLOAD_FEATURES: tuple[str, str] = ("client_dl_ms", "client_dlvar_ms")
 #: Content types ``POST /v1/infer`` accepts.
 CONTENT_TYPES: tuple[str, ...] = (*FORMATS, PIXELS_CONTENT_TYPE)
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -165,6 +177,26 @@ class Choice:
     features: list[float | None] | None
     select_ms: float
     explored: bool = False
+
+
+class DownloadHistoryCounts:
+    """Requests that carried the client's download history (``client_dl_ms``) and those that
+    did not (a client's first request, or a client that does not measure it), thread-safe."""
+
+    def __init__(self) -> None:
+        self._counts = {"carried": 0, "none": 0}
+        self._lock = threading.Lock()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """``{"carried": n, "none": m}`` so far."""
+        with self._lock:
+            return dict(self._counts)
+
+    def count(self, carried: bool) -> None:
+        """Count one request."""
+        with self._lock:
+            self._counts["carried" if carried else "none"] += 1
 
 
 def fallback_cause(reason: str) -> str:
@@ -275,6 +307,7 @@ class InferenceServer:
                 f"rtt_source must be one of {list(RTT_MODES)}, got {show(str(cfg.rtt_source))}"
             )
         self.rtt = RttSources(cfg.rtt_source)
+        self.downloads = DownloadHistoryCounts()
         self.pool_dir = Path(cfg.pool_dir).resolve()
         if not (self.pool_dir / "manifest.json").is_file():
             raise ServerConfigError(f"--pool-dir {cfg.pool_dir}: no manifest.json in it")
@@ -336,6 +369,9 @@ class InferenceServer:
         ):
             log.warning("the selector reads the connection's RTT but --rtt-source %s never gives "
                         "it: every request falls back to ModiPick", cfg.rtt_source)  # fmt: skip
+        log.info("client download history (client_dl_ms/client_dlvar_ms) from the request's "
+                 "fields or headers; the selector %s",
+                 "reads it" if self.reads_download else "does not read it")  # fmt: skip
 
     # -------------------------------------------------------------- loading
     def _pool_profile(self, entries: Mapping[str, ZooEntry]) -> PoolProfile:
@@ -405,6 +441,15 @@ class InferenceServer:
         )
 
     @property
+    def reads_download(self) -> bool:
+        """Whether the served selector's training ranges name the client's download history
+        (``client_dl_ms``/``client_dlvar_ms``: a finite value outside them fires the shield;
+        an unknown one never does)."""
+        meta = self.selector.metadata if self.selector.learned else None
+        ranges = getattr(meta, "training_ranges", None)
+        return ranges is not None and any(ranges.get(n) is not None for n in DOWNLOAD_FEATURES)
+
+    @property
     def selector_label(self) -> str:
         """The served selector without its folder: ``learned: name (sha256:..)`` or
         ``fallback: why``."""
@@ -427,7 +472,9 @@ class InferenceServer:
         :meth:`connection_rtt`), the body (pixels or undecoded bytes) and extras
         (``elapsed_ms``, ``label``, ``preprocessed``, ``content_type``, ``rtt_header`` and
         ``rtt_field``: the ``(srtt_ms, rttvar_ms)`` a proxy's headers / the client's fields
-        carry, ``None`` where absent, and ``prev_download_ms``).
+        carry, ``None`` where absent, and ``prev_download_ms``). The request carries the
+        client's download history (``client_dl_ms``/``client_dlvar_ms``, from its fields or
+        :data:`CLIENT_DL_HEADER`/:data:`CLIENT_DLVAR_HEADER`; ``None`` where absent).
         """
         unknown = sorted(set(params) - INFER_FIELDS)
         if unknown:
@@ -472,9 +519,12 @@ class InferenceServer:
             extras["label"] = int(raw)
         if not body:
             raise HTTPProblem(400, "empty body: send an image or preprocessed pixels")
+        dl_lim = self.limits.max_download_ms
         req = Request(
             sla_ms=sla, elapsed_ms=elapsed, upload_ms=upload, payload_bytes=float(len(body)),
             client_id=client,
+            client_dl_ms=_download(params, hdr, "client_dl_ms", CLIENT_DL_HEADER, dl_lim),
+            client_dlvar_ms=_download(params, hdr, "client_dlvar_ms", CLIENT_DLVAR_HEADER, dl_lim),
         )  # fmt: skip
         try:
             parse_request(req, self.limits)
@@ -709,8 +759,8 @@ class InferenceServer:
                 # decoding and queueing before this decision.
                 elapsed = extras["elapsed_ms"] + (time.perf_counter() - t_arrive) * 1e3
                 srtt, rttvar, rtt_src = self.connection_rtt(extras, tcp_rtt)
-                req = Request(req.sla_ms, elapsed, req.upload_ms, req.payload_bytes, req.client_id,
-                              srtt_ms=srtt, rttvar_ms=rttvar)  # fmt: skip
+                req = replace(req, elapsed_ms=elapsed, srtt_ms=srtt, rttvar_ms=rttvar)
+                self.downloads.count(req.client_dl_ms is not None)
                 choice = self.decide(req)
                 cls, pre_ms, exec_ms = await loop.run_in_executor(
                     None, self.execute, choice.model_id, pixels
@@ -747,6 +797,8 @@ class InferenceServer:
             "srtt_ms": srtt,
             "rttvar_ms": rttvar,
             "rtt_source": rtt_src,
+            "client_dl_ms": req.client_dl_ms,
+            "client_dlvar_ms": req.client_dlvar_ms,
             "timings_ms": {
                 "decode": decode_ms, "queue": queue_ms, "select": choice.select_ms,
                 "preprocess": pre_ms, "exec": exec_ms, "server": server_ms,
@@ -758,6 +810,7 @@ class InferenceServer:
             rec["connection"] = {
                 "rtt_source": rtt_src, "srtt_ms": srtt, "rttvar_ms": rttvar,
                 "prev_download_ms": extras["prev_download_ms"],
+                "client_dl_ms": req.client_dl_ms, "client_dlvar_ms": req.client_dlvar_ms,
             }  # fmt: skip
             self.log.submit(rec, meta=req.sla_ms)
         return out
@@ -774,9 +827,10 @@ class InferenceServer:
         """The decision-log record of one served request (the agreed format, ``shadow`` left
         for the log's writer thread to fill). ``latency_ms`` is the time from capture to the
         answer leaving the server (the download of the answer is not observed); ``met`` is
-        ``latency_ms <= sla_ms``. Unknown optional features (``srtt_ms``/``rttvar_ms``) are
-        ``null``; :meth:`infer` adds ``connection``: the RTT's source and the client's
-        ``prev_download_ms`` (not a feature: recorded for later use)."""
+        ``latency_ms <= sla_ms``. Unknown optional features (``srtt_ms``/``rttvar_ms``,
+        ``client_dl_ms``/``client_dlvar_ms``) are ``null``; :meth:`infer` adds ``connection``:
+        the RTT's source, the client's download history as it sent it and its
+        ``prev_download_ms`` (the last download it measured: not a feature)."""
         d = choice.decision
         return {
             "v": 1, "ts": ts, "request_id": request_id, "schema": SCHEMA,
@@ -879,6 +933,9 @@ class InferenceServer:
                 "mode": self.rtt.mode, "tcp_info": tcp_info_supported(),
                 "selector_reads_it": self.reads_rtt, "sources": self.rtt.counts,
             },
+            "download_history": {
+                "selector_reads_it": self.reads_download, "requests": self.downloads.counts,
+            },
         }  # fmt: skip
         if self.log is not None:
             s = self.log.stats
@@ -907,6 +964,11 @@ class InferenceServer:
                 "Decisions by the source of their connection RTT features (srtt_ms, rttvar_ms): "
                 "tcp_info (the socket), header (a proxy), field (the client), none (unknown)",
                 "source", {k: float(v) for k, v in self.rtt.counts.items()},
+            ),
+            "modi_download_history": (
+                "Decisions by whether the request carried the client's download history "
+                "(client_dl_ms, client_dlvar_ms): carried, none (a client's first request)",
+                "history", {k: float(v) for k, v in self.downloads.counts.items()},
             ),
         }  # fmt: skip
         if self.log is not None:
@@ -1050,12 +1112,13 @@ def _read_pool_yaml(path: Path) -> PoolProfile:
 
 
 def _json_features(feats: NDArray[np.floating]) -> list[float | None]:
-    """A feature vector for the JSON decision log: unknown (NaN) optional columns as ``null``
-    (strict JSON has no NaN; the log's reader reads ``null`` there as NaN)."""
+    """A feature vector for the JSON decision log: unknown optional columns (NaN, and the
+    download history's encoded "none yet") as ``null``, which the log's reader reads back as
+    the same encoding (:func:`modi.runtime.decision_log.json_features`)."""
     out: list[float | None] = feats.tolist()
     for c in F.OPTIONAL_COLUMNS:
         v = out[c]
-        if v is not None and math.isnan(v):
+        if v is not None and (math.isnan(v) or (c in F.SELF_IMPUTED_COLUMNS and v < 0.0)):
             out[c] = None
     return out
 
@@ -1066,6 +1129,23 @@ def _rtt(params: Mapping[str, str], name: str, limit: float) -> float | None:
     x = _number(params, name, required=False)
     if x is not None and x > limit:
         raise HTTPProblem(400, f"{name} = {x:g} ms exceeds {limit:g} ms: not plausible")
+    return x
+
+
+def _download(
+    params: Mapping[str, str], headers: Mapping[str, str], name: str, header: str, limit: float
+) -> float | None:
+    """One value of the client's download history (ms) from its query field or its header
+    (``None`` when neither); :class:`HTTPProblem` 400 naming it when both are given or it is
+    not a number in ``[0, limit]``."""
+    x = _number(params, name, required=False)
+    h = _number(headers, header, required=False)
+    if x is not None and h is not None:
+        raise HTTPProblem(400, f"give {name} as a field or as the {header} header, not both")
+    x = x if h is None else h
+    src = name if h is None else header
+    if x is not None and x > limit:
+        raise HTTPProblem(400, f"{src} = {x:g} ms exceeds {limit:g} ms: not plausible")
     return x
 
 

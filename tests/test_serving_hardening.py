@@ -368,10 +368,13 @@ def test_the_openapi_schema_documents_infer_completely(tiny: Any) -> None:
         doc = c.get("/openapi.json").json()
     op = doc["paths"]["/v1/infer"]["post"]
     names = {p["name"] for p in op["parameters"]}
+    headers = {"x-modi-srtt-ms", "x-modi-rttvar-ms", "x-modi-client-dl-ms",
+               "x-modi-client-dlvar-ms"}  # fmt: skip
     assert names == {"sla_ms", "upload_ms", "elapsed_ms", "capture_ts_ms", "client_id", "label",
-                     "shape", "srtt_ms", "rttvar_ms", "prev_download_ms", "x-modi-srtt-ms",
-                     "x-modi-rttvar-ms"}  # fmt: skip
-    assert names - {"x-modi-srtt-ms", "x-modi-rttvar-ms"} == INFER_FIELDS  # every field
+                     "shape", "srtt_ms", "rttvar_ms", "prev_download_ms", "client_dl_ms",
+                     "client_dlvar_ms"} | headers  # fmt: skip
+    assert names - headers == INFER_FIELDS  # every field
+    assert {p["in"] for p in op["parameters"] if p["name"] in headers} == {"header"}
     assert set(op["requestBody"]["content"]) == {
         "image/jpeg",
         "image/png",
@@ -381,7 +384,8 @@ def test_the_openapi_schema_documents_infer_completely(tiny: Any) -> None:
     }
     assert {"200", "400", "408", "413", "415"} <= set(op["responses"])
     props = doc["components"]["schemas"]["InferAnswer"]["properties"]
-    assert {"model_id", "class_index", "timings_ms", "request_id"} <= set(props)
+    assert {"model_id", "class_index", "timings_ms", "request_id", "client_dl_ms",
+            "client_dlvar_ms"} <= set(props)  # fmt: skip
 
 
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(tiny: Any) -> None:
