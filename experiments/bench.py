@@ -124,6 +124,9 @@ def run_bench(
         res["device_vs_selector_p99"] = round(
             res["device_selector_p99_us"] / res["selector_p99_us"], 3
         )
+        res["device_shipped_vs_selector_p99"] = round(
+            res["device_selector_shipped_p99_us"] / res["selector_p99_us"], 3
+        )
     for agent in training:
         from modi.experiments.bench_training import seconds_to_beat_modipick
 

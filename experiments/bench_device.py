@@ -1,6 +1,6 @@
 """Latency of the device runtime (:class:`modi.runtime.DeviceSelector`) at batch 1.
 
-For the mid-range preset with a device policy of the default architecture
+For the mid-range preset with a device policy of ``fit_scorer``'s default architecture
 (:mod:`modi.agents.device_scorer`, hidden 64 x 64, exported by ``export_device_onnx``), over a
 stream of varied captures with a network measurement folded in before every fourth one (not
 timed), in one run:
@@ -15,13 +15,20 @@ timed), in one run:
 * ``device_selector_tie_*``: the same policy exported with a tie tolerance (0.01, the largest of
   ``conf/env/offload.yaml``'s ``select.tie_tolerance`` grid): its graph appends the
   ε-lexicographic choice (least predicted energy among the near-best options);
+* ``device_selector_shipped_*``: the policy ``modi-train env=offload`` ships by default: the
+  hidden layers of ``conf/env/offload.yaml`` (``train.hidden``, 128 x 128) with a tie
+  tolerance (0.01; the graph is the same for any tolerance > 0);
+  ``device_selector_shipped_hidden`` says which layers were measured,
+  ``device_selector_shipped_p99_us_min`` / ``_median`` / ``_max`` the p99 of each round;
 * ``device_fallback_*``: the same call answered by the PieSlicer fallback (no model);
 * ``device_onnxruntime_run_*``: the bare ``session.run`` of the same graph from a feed dict;
   ``device_onnxruntime_bound_run_*``: the IOBinding call ``decide`` makes (the floor under
   ``device_selector_*``).
 
-The kinds are interleaved in blocks (learned, tie, before, fallback, bare run, bound run,
-learned, ...) so all see the same machine state; blocks are long (5,000 calls) because the
+``device_load_average``: the 1-minute load average at the end (the machine's state).
+
+The kinds are interleaved in blocks (learned, tie, shipped, before, fallback, bare run, bound
+run, learned, ...) so all see the same machine state; blocks are long (5,000 calls) because the
 first calls after a switch run on cold caches (``modi.experiments.bench_runtime`` found it).
 Target (issue 14): p99 <= 50 µs. Shared machines are noisy: compare with the references and
 with the server selector's figures of the same ``modi-bench`` run (``device_vs_selector_p99``),
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -58,14 +66,28 @@ from modi.runtime import DeviceSelector
 from modi.runtime import device_features as dfeat
 
 
-def _policy(seed: int = 0) -> DeviceScorerPolicy:
-    """A device policy of the default architecture, fitted on a small collection (its
-    latency does not depend on how well it is trained)."""
+def _policy(seed: int = 0, hidden: tuple[int, ...] = (64, 64)) -> DeviceScorerPolicy:
+    """A device policy with these hidden layers, fitted on a small collection (its latency
+    does not depend on how well it is trained)."""
     sim = build_offload_sim("mid", "link_wifi", num_envs=8, sla_range_ms=(150.0, 2500.0))
     data = collect([sim], 40, seed)
-    net, _ = fit_scorer(data, hidden=(64, 64), epochs=1, seed=seed)
+    net, _ = fit_scorer(data, hidden=hidden, epochs=1, seed=seed)
     x = data[0][0].reshape(-1, data[0][0].shape[-1])
     return DeviceScorerPolicy(net, 0.0, 0.0, x.min(axis=0), x.max(axis=0))
+
+
+def shipped_hidden() -> tuple[int, ...]:
+    """The hidden layers ``modi-train env=offload`` trains by default (``conf/env/offload.yaml``,
+    ``train.hidden``)."""
+    from omegaconf import OmegaConf
+
+    import modi.conf
+
+    path = Path(modi.conf.__file__).parent / "env" / "offload.yaml"
+    hidden = OmegaConf.load(path).train.hidden
+    if not hidden or not all(isinstance(h, int) and h > 0 for h in hidden):
+        raise ValueError(f"{path}: train.hidden must be a list of positive ints, got {hidden}")
+    return tuple(int(h) for h in hidden)
 
 
 def _policy_file(out: Path, seed: int = 0) -> Path:
@@ -177,7 +199,7 @@ def _pct(ns: NDArray[np.int64]) -> tuple[float, float]:
 
 def run_device_bench(
     n: int = 20_000, warmup: int = 2_000, seed: int = 0, rounds: int = 3, block: int = 5_000
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The device runtime's batch-1 latency figures (µs), see the module docstring: ``rounds``
     rounds of ``n`` captures per kind, interleaved in blocks of ``block``."""
     import onnxruntime as ort
@@ -192,15 +214,19 @@ def run_device_bench(
         legacy = legacy_graph_file(path, policy, Path(tmp))
         tie = policy.with_weights(policy.w_energy_per_j, policy.w_bytes_per_mb, tie_tolerance=0.01)
         tie_path = export_device_onnx(tie, Path(tmp) / "device_tie.onnx")
+        hidden = shipped_hidden()
+        shipped = _policy(seed, hidden).with_weights(0.0, 0.0, tie_tolerance=0.01)
+        shipped_path = export_device_onnx(shipped, Path(tmp) / "device_shipped.onnx")
         sels = {
             "learned": DeviceSelector.load(path, spec),
             "tie": DeviceSelector.load(tie_path, spec),
+            "shipped": DeviceSelector.load(shipped_path, spec),
             "before": DeviceSelector.load(legacy, spec),
             "fallback": DeviceSelector(spec, None),
         }
         for sel in sels.values():
             sel.start(20.0, 30.0, 0.0)
-        for name in ("learned", "tie", "before"):
+        for name in ("learned", "tie", "shipped", "before"):
             probe = sels[name].decide(1000.0, 500.0, 4.0, 1.5e6)
             if probe.source != "learned":
                 raise RuntimeError(f"the {name} device policy fell back: {probe.reason}")
@@ -212,6 +238,7 @@ def run_device_bench(
         timers = {
             "learned": _decide_timer(sels["learned"].decide, sels["learned"], stream),
             "tie": _decide_timer(sels["tie"].decide, sels["tie"], stream),
+            "shipped": _decide_timer(sels["shipped"].decide, sels["shipped"], stream),
             "before": _decide_timer(sels["before"]._decide_checked, sels["before"], stream),
             "fallback": _decide_timer(sels["fallback"].decide, sels["fallback"], stream),
             "run": _call_timer(lambda: bare.run(["scores"], feeds)),
@@ -234,10 +261,11 @@ def run_device_bench(
             for a in zip(*stream[:4], strict=True)
         )
     p99_rounds = [_pct(times["learned"][r * n : (r + 1) * n])[1] for r in range(rounds)]
-    res: dict[str, float] = {}
+    res: dict[str, Any] = {}
     for key, kind in (
         ("device_selector", "learned"),
         ("device_selector_tie", "tie"),
+        ("device_selector_shipped", "shipped"),
         ("device_selector_before", "before"),
         ("device_fallback", "fallback"),
         ("device_onnxruntime_run", "run"),
@@ -247,7 +275,13 @@ def run_device_bench(
     res["device_selector_p99_us_min"] = min(p99_rounds)
     res["device_selector_p99_us_median"] = statistics.median(p99_rounds)
     res["device_selector_p99_us_max"] = max(p99_rounds)
+    shipped_rounds = [_pct(times["shipped"][r * n : (r + 1) * n])[1] for r in range(rounds)]
+    res["device_selector_shipped_p99_us_min"] = min(shipped_rounds)
+    res["device_selector_shipped_p99_us_median"] = statistics.median(shipped_rounds)
+    res["device_selector_shipped_p99_us_max"] = max(shipped_rounds)
+    res["device_selector_shipped_hidden"] = "x".join(str(h) for h in hidden)
     res["device_decisions_timed"] = rounds * n
+    res["device_load_average"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else -1.0
     res["device_before_same_action"] = round(same / n, 4)
     return res
 

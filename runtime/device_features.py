@@ -77,6 +77,23 @@ def fold_measurement(
     return new_lat, m_bw + alpha * d, new_var
 
 
+def fold_measurement_scalar(
+    lat_mean: float,
+    bw_mean: float,
+    bw_var: float,
+    lat: float,
+    bw: float,
+    alpha: float = DEVICE_NET_ALPHA,
+) -> tuple[float, float, float]:
+    """:func:`fold_measurement` of one device in Python floats (the phone's path: no numpy
+    call, no array per measurement): the same float64 operations in the same order, so the
+    same values bit for bit (a test checks)."""
+    d = bw - bw_mean
+    new_lat = lat_mean + alpha * (lat - lat_mean)
+    new_var = (1 - alpha) * (bw_var + alpha * d * d)
+    return new_lat, bw_mean + alpha * d, new_var
+
+
 R = len(DEVICE_REQUEST_FEATURES)
 P = len(DEVICE_MODEL_FEATURES)
 
@@ -216,7 +233,6 @@ F = len(OPTION_FEATURES)
 _MAX_CV = 10.0
 _MAX_Z = 10.0
 _PACK_SHARED = struct.Struct("=12f").pack
-_ZERO2 = bytes(8)
 
 
 def num_options(num_models: int) -> int:
@@ -349,24 +365,33 @@ class OptionBuilder:
         self._sigma1_inv = self._sigma1[keep]
         self._cols_slack = np.zeros((keep.size, 2))
         # the scalar path (:meth:`pack`): every option's model-only columns 12..18 as float32
-        # bytes, and the (load, mu, max(sigma, 1)) of the models involved as Python floats
+        # bytes, the (bytes, load, mu, max(sigma, 1)) of each on-device model as Python
+        # values, and one struct for the whole (K, F) buffer: per option the shared columns
+        # 0..11 (bytes), 12..18 (bytes), then 19..22 (a local model: slack, z, zero padding;
+        # offload: zeros or the backup's slack, z, then the upload's two columns)
         row_bytes = [struct.pack("=7f", *row[12:19].tolist()) for row in static]
-        self._local_bytes = row_bytes[:big_l]
-        self._local = list(zip(self._load[:big_l].tolist(), self._mu[:big_l].tolist(),
-                               self._sigma1[:big_l].tolist(), strict=True))  # fmt: skip
+        self._local = list(zip(row_bytes[:big_l], self._load[:big_l].tolist(),
+                               self._mu[:big_l].tolist(), self._sigma1[:big_l].tolist(),
+                               strict=True))  # fmt: skip
         self._offload_bytes = row_bytes[big_l:]
-        self._backup_model = (self._load[big_l + 2], self._mu[big_l + 2], self._sigma1[big_l + 2])
-        self._pack_dyn = struct.Struct(f"={2 * big_l + 6}f").pack
+        self._backup_model = (
+            float(self._load[big_l + 2]),
+            float(self._mu[big_l + 2]),
+            float(self._sigma1[big_l + 2]),
+        )
+        layout = "48s28s2f8x" * big_l + "48s28s8x2f" * 2 + "48s28s4f" * 2
+        self._pack_all = struct.Struct("=" + layout)
         self._packed_into: NDArray[np.float32] | None = None
-        self._packed_view = memoryview(b"")
+        self._packed_view = memoryview(bytearray(0))
 
     def pack(self, buffer: NDArray[np.float32], request: Sequence[float]) -> None:
         """Scalar fast path of :meth:`build`: the option vectors of one capture written into
-        ``buffer`` (a C-contiguous float32 array of ``K·F`` values, e.g. ``(1, K, F)``) in one
-        copy. ``request`` is the request block as Python floats already rounded to float32
-        (what :func:`option_features` reads from a float32 observation); the values are the
-        same bit for bit (a test checks). Raises ``OverflowError`` where a value is beyond
-        float32's range (:meth:`build` stores inf there, as numpy does)."""
+        ``buffer`` (a C-contiguous float32 array of ``K·F`` values, e.g. ``(1, K, F)``; a
+        ``ValueError`` for another size) by one ``struct.pack_into``. ``request`` is the
+        request block as Python floats already rounded to float32 (what
+        :func:`option_features` reads from a float32 observation); the values are the same bit
+        for bit (a test checks). Raises ``OverflowError`` where a value is beyond float32's
+        range (:meth:`build` stores inf there, as numpy does)."""
         # (comparisons instead of min/max calls, NaN kept as np.maximum/np.minimum keep it:
         # a third of this method's time)
         r = request
@@ -398,37 +423,38 @@ class OptionBuilder:
             math.log(bw_last),
         )
         base = sla - prep
-        dyn: list[float] = []
-        for load, mu, sigma1 in self._local:
+        args: list[bytes | float] = []
+        for stat, load, mu, sigma1 in self._local:
             slack = base - load - mu
             z = slack / sigma1
-            dyn += (slack / 1e3, -_MAX_Z if z < -_MAX_Z else (_MAX_Z if z > _MAX_Z else z))
+            args += (sh, stat, slack / 1e3,
+                     -_MAX_Z if z < -_MAX_Z else (_MAX_Z if z > _MAX_Z else z))  # fmt: skip
         load, mu, sigma1 = self._backup_model
         slack = base - load - mu
         z = slack / sigma1
+        bk_slack, bk_z = slack / 1e3, -_MAX_Z if z < -_MAX_Z else (_MAX_Z if z > _MAX_Z else z)
         up_pre = 8.0 * PRE_PAYLOAD_KB / bw_last
         up_raw = 8.0 * raw_kb / bw_last
-        d = self._pack_dyn(
-            *dyn,
-            slack / 1e3,
-            -_MAX_Z if z < -_MAX_Z else (_MAX_Z if z > _MAX_Z else z),
-            up_pre / 1e3,
-            (sla - prep - up_pre - 2.0 * lat) / 1e3,
-            up_raw / 1e3,
-            (sla - 0.0 - up_raw - 2.0 * lat) / 1e3,
-        )
-        parts: list[bytes] = []
-        j = 0
-        for stat in self._local_bytes:
-            parts += (sh, stat, d[j : j + 8], _ZERO2)
-            j += 8
-        bk, pre, raw = d[j : j + 8], d[j + 8 : j + 16], d[j + 16 : j + 24]
+        pre_up, pre_slack = up_pre / 1e3, (sla - prep - up_pre - 2.0 * lat) / 1e3
+        raw_up, raw_slack = up_raw / 1e3, (sla - 0.0 - up_raw - 2.0 * lat) / 1e3
         s0, s1, s2, s3 = self._offload_bytes
-        parts += (sh, s0, _ZERO2, pre, sh, s1, _ZERO2, raw, sh, s2, bk, pre, sh, s3, bk, raw)
         if buffer is not self._packed_into:  # the bytes view of the buffer, made once
-            self._packed_view = buffer.data.cast("B")
+            view = buffer.data.cast("B")
+            if view.nbytes != self._pack_all.size:
+                raise ValueError(
+                    f"buffer of {view.nbytes} bytes, expected {self._pack_all.size} "
+                    f"({self._static.shape[0]} options x {F} float32 features)"
+                )
+            self._packed_view = view
             self._packed_into = buffer
-        self._packed_view[:] = b"".join(parts)
+        # one C call writes every option (the padding as zeros)
+        self._pack_all.pack_into(
+            self._packed_view, 0, *args,
+            sh, s0, pre_up, pre_slack,
+            sh, s1, raw_up, raw_slack,
+            sh, s2, bk_slack, bk_z, pre_up, pre_slack,
+            sh, s3, bk_slack, bk_z, raw_up, raw_slack,
+        )  # fmt: skip
 
     def build(
         self, request: ArrayLike, out: NDArray[np.float32] | None = None

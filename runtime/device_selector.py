@@ -2,10 +2,11 @@
 
 :class:`DeviceSelector` loads an ONNX file written by
 :func:`modi.agents.device_scorer.export_device_onnx`, keeps the phone's own network history
-(:func:`modi.runtime.device_features.fold_measurement`, the env's EWMA), builds the observation
-and the option vectors with :mod:`modi.runtime.device_features` (the module ``modi/Offload-v0``
-uses) and returns a :class:`DeviceDecision`: where to preprocess, which placement (an
-on-device model or offload) and whether to start the backup, with the reason.
+(:func:`modi.runtime.device_features.fold_measurement_scalar`, the env's EWMA in Python floats),
+builds the observation and the option vectors with :mod:`modi.runtime.device_features` (the
+module ``modi/Offload-v0`` uses) and returns a :class:`DeviceDecision`: where to preprocess,
+which placement (an on-device model or offload) and whether to start the backup, with the
+reason.
 
 It never raises on the decision path. It answers with the PieSlicer rule instead (preprocess
 where the expected pre-execution time is lower, from the newest uplink measurement; offload; no
@@ -394,11 +395,10 @@ class DeviceSelector:
         if not self._history_ok:
             self.start(latency_ms, uplink_mbps, time_ms)
             return True
-        lat, bw, var = dfeat.fold_measurement(
+        self._lat, self._bw, self._bw_var = dfeat.fold_measurement_scalar(
             self._lat, self._bw, self._bw_var, latency_ms, uplink_mbps, self.alpha
         )
-        self._lat, self._bw, self._bw_var = float(lat), float(bw), float(var)
-        self._bw_last, self._last_ms = float(uplink_mbps), float(time_ms)
+        self._bw_last, self._last_ms = uplink_mbps, time_ms
         self._check_history()
         return True
 

@@ -305,5 +305,5 @@ def test_device_bench_measures_a_learned_decision() -> None:
         "device_fallback_p50_us",
         "device_fallback_p99_us",
     }
-    assert all(v > 0 for v in res.values())
+    assert all(v > 0 for v in res.values() if not isinstance(v, str))
     assert res["device_selector_p50_us"] <= res["device_selector_p99_us"]

@@ -172,13 +172,50 @@ def test_scorer_graph_checks_its_shapes() -> None:
 def test_device_bench_times_the_references_and_decides_like_before() -> None:
     """A small run of the device benchmark: every reference present, and the new path (fast
     decide, folded graph) takes the same action as the previous one on every capture."""
-    from modi.experiments.bench_device import run_device_bench
+    from modi.experiments.bench_device import run_device_bench, shipped_hidden
 
     res = run_device_bench(n=400, warmup=50, rounds=2, block=100)
-    kinds = ("device_selector", "device_selector_tie", "device_selector_before", "device_fallback",
-             "device_onnxruntime_run", "device_onnxruntime_bound_run")  # fmt: skip
+    kinds = ("device_selector", "device_selector_tie", "device_selector_shipped",
+             "device_selector_before", "device_fallback", "device_onnxruntime_run",
+             "device_onnxruntime_bound_run")  # fmt: skip
     for kind in kinds:
         assert 0 < res[f"{kind}_p50_us"] <= res[f"{kind}_p99_us"], kind
-    assert res["device_selector_p99_us_min"] <= res["device_selector_p99_us_max"]
+    for kind in ("device_selector", "device_selector_shipped"):
+        assert res[f"{kind}_p99_us_min"] <= res[f"{kind}_p99_us_median"]
+        assert res[f"{kind}_p99_us_median"] <= res[f"{kind}_p99_us_max"]
+    # the shipped figures measure the layers modi-train env=offload trains by default
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="modi.conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["env=offload"])
+    assert list(shipped_hidden()) == list(cfg.env.train.hidden)
+    assert res["device_selector_shipped_hidden"] == "x".join(map(str, cfg.env.train.hidden))
     assert res["device_decisions_timed"] == 800
     assert res["device_before_same_action"] == 1.0
+
+
+def test_pack_refuses_a_buffer_of_another_size() -> None:
+    """A buffer that does not hold exactly the K options' F features is refused (nothing is
+    written past it)."""
+    sim = _sim(1, 3)
+    obs = sim.reset(0)
+    builder = dfeat.OptionBuilder(obs[0, dfeat.R :].reshape(3, dfeat.P))
+    req = obs[0, : dfeat.R].tolist()
+    for k in (6, 8):
+        with pytest.raises(ValueError, match="expected"):
+            builder.pack(np.zeros((1, k, dfeat.F), dtype=np.float32), req)
+    out = np.zeros((1, 7, dfeat.F), dtype=np.float32)
+    builder.pack(out, req)
+    np.testing.assert_array_equal(out[0], dfeat.option_features(obs[:1])[0])
+
+
+def test_scalar_fold_is_the_env_fold_bit_for_bit() -> None:
+    """The phone's history update (Python floats) gives the env's numpy values exactly."""
+    rng = np.random.default_rng(11)
+    for _ in range(2000):
+        lat_m, bw_m, var, lat, bw = (float(v) for v in rng.exponential(30.0, 5))
+        alpha = float(rng.uniform(0.05, 0.95))
+        got = dfeat.fold_measurement_scalar(lat_m, bw_m, var, lat, bw, alpha)
+        ref = dfeat.fold_measurement(lat_m, bw_m, var, lat, bw, alpha)
+        assert all(type(v) is float for v in got)
+        assert [v.hex() for v in got] == [float(v).hex() for v in ref]
