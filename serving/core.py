@@ -254,7 +254,9 @@ class Shadow:
         if not rows:
             return
         n = len(rows)
-        x = np.asarray([r["features"] for r in rows], dtype=np.float32)
+        x = np.asarray([r["features"] for r in rows], dtype=np.float32)  # null: NaN
+        hist = x[:, F.SELF_IMPUTED_COLUMNS]  # null there: the encoded "no history yet"
+        x[:, F.SELF_IMPUTED_COLUMNS] = np.where(np.isnan(hist), F.UNKNOWN_HISTORY, hist)
         t0 = time.perf_counter()
         ds = self.selector.select_features(x)
         idx = np.asarray(ds.index)

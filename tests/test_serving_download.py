@@ -295,6 +295,37 @@ def test_the_server_takes_the_history_from_fields_or_headers_counts_and_logs_it(
     assert lg.reasons[3].startswith("shield: client_dl_ms = 900")
 
 
+def test_the_shadow_sees_the_history_the_champion_saw(
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log writes an unknown history as null; the shadow reads it back as the encoded
+    unknown, so a challenger that reads the history decides on what the champion saw."""
+    logf = tmp_path / "log.jsonl"
+    shadow = tiny["sel"] / "dl.onnx"
+    server = InferenceServer(_cfg(tiny, "dl.onnx", decision_log=logf, shadow=shadow))
+    assert server.shadow is not None
+    shadow_sel = server.shadow.selector
+    seen: list[np.ndarray] = []
+    decide = shadow_sel.select_features
+
+    def spy(x: np.ndarray) -> Any:
+        seen.append(np.array(x))
+        return decide(x)
+
+    monkeypatch.setattr(shadow_sel, "select_features", spy)
+    with TestClient(create_app(server)) as c:
+        assert _infer(c).json()["source"] == "learned"
+        assert _infer(c, client_dl_ms=50.0, client_dlvar_ms=5.0).json()["source"] == "learned"
+    assert server.log is not None and server.log.flush()
+    server.close()
+    x = np.concatenate(seen)
+    assert x.shape[0] == 2 and (x[0, [F.CLIENT_DL, F.CLIENT_DLVAR]] == NONE_YET).all()
+    assert x[1, F.CLIENT_DL] == 50.0
+    assert shadow_sel.counts["learned"] == 2 and shadow_sel.counts["shield"] == 0
+    lg = read_decision_log(logf)
+    assert lg.has_shadow.all() and (lg.shadow_actions == lg.actions).all()
+
+
 def test_a_selector_that_ignores_the_history_is_unaffected(tiny: dict[str, Path]) -> None:
     server = InferenceServer(_cfg(tiny))
     assert not server.reads_download
