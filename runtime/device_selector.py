@@ -62,6 +62,7 @@ from numpy.typing import NDArray
 from modi.runtime import device_features as dfeat
 from modi.runtime.device_meta import (
     INPUT_OPTIONS,
+    OUTPUT_PREDICTIONS,
     OUTPUT_SCORES,
     DeviceMetadataError,
     DeviceModelMeta,
@@ -88,6 +89,7 @@ _ORDER = (dfeat.SLA, dfeat.MEGAPIXELS, dfeat.RAW_KB, dfeat.PREP_EST, dfeat.TIER_
 if tuple(range(dfeat.R)) != _ORDER:  # pragma: no cover - a schema change must update decide()
     raise ImportError("the device request block's column order changed: update DeviceSelector")
 _INF = math.inf
+_new_tuple = tuple.__new__
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -176,7 +178,10 @@ class DeviceSelector:
         self._history_ok = False
         #: Measurements :meth:`record` refused (NaN, inf, negative or not a number).
         self.ignored_measurements = 0
-        self._hist32 = (math.nan, math.nan, math.nan, math.nan)
+        # the history's and the tier's columns of the request block (float32 values), and
+        # the newest bandwidth measurement's time: set with a valid history
+        self._hist32 = (math.nan,) * 6
+        self._last32 = math.nan
         self._fast = False  # every check but the request's passed: decide() takes the fast path
         self._req = np.zeros(dfeat.R, dtype=np.float32)
         self._tier_flags = tuple(float(i == self._tier) for i in range(len(TIERS)))
@@ -185,9 +190,16 @@ class DeviceSelector:
             (int(a), int(b), int(c)) for a, b, c in dfeat.option_actions(max(1, len(self._ids)))
         ]
         self._reason = f"highest score of {len(self._actions)} options"
-        # per option: (prep, placement, backup, action) of its decision, made once
+        # per option: the fields of its learned decision but the scores, made once
         self._answers = [
-            (PREP_NAMES[a], self._ids[b] if b < len(self._ids) else "offload", c == 1, (a, b, c))
+            (
+                PREP_NAMES[a],
+                self._ids[b] if b < len(self._ids) else "offload",
+                c == 1,
+                (a, b, c),
+                "learned",
+                self._reason,
+            )
             for a, b, c in self._actions
         ]
         self._prep_law = (float(spec.prep_intercept_ms), float(spec.prep_ms_per_mp))
@@ -255,29 +267,48 @@ class DeviceSelector:
         # in place and the scores read in place; plain run() where that is not available
         k = len(self.spec.models) + len(dfeat.OFFLOAD_OPTIONS)
         self._x = np.zeros((1, k, dfeat.F), dtype=np.float32)
-        out_type = {o.name: o.type for o in sess.get_outputs()}.get(OUTPUT_SCORES, "")
-        dtype = np.float32 if out_type == "tensor(float)" else np.float64
+        out_types = {o.name: o.type for o in sess.get_outputs()}
+        dtype = np.float32 if out_types.get(OUTPUT_SCORES) == "tensor(float)" else np.float64
         self._scores = np.zeros((1, k), dtype=dtype)
         self._run_bound: Any = None
-        try:
-            io = sess.io_binding()
-            io.bind_ortvalue_input(INPUT_OPTIONS, ort.OrtValue.ortvalue_from_numpy(self._x))
-            io.bind_ortvalue_output(OUTPUT_SCORES, ort.OrtValue.ortvalue_from_numpy(self._scores))
-            inner, run_io, run_opts = io._iobinding, sess._sess.run_with_iobinding, ort.RunOptions()
-            self._run_bound = lambda: run_io(inner, run_opts)
-            # the bound call must write the scores run() returns, in place
-            self._x[:] = np.linspace(-1.0, 1.0, self._x.size, dtype=np.float32).reshape(
-                self._x.shape
-            )
-            self._scores.fill(np.nan)
-            self._run_bound()
-            ref = sess.run(self._outputs, {INPUT_OPTIONS: self._x})[0]
-            if not np.array_equal(np.asarray(ref, dtype=self._scores.dtype), self._scores):
-                raise RuntimeError("the bound call wrote other scores than run()")
-        except Exception:  # an onnxruntime without these handles: run() instead
-            self._run_bound = None
+        # the other output (unused here) into a buffer of its own too: no allocation per call;
+        # where that fails (another shape or type), onnxruntime allocates it
+        pred_dtype = {"tensor(double)": np.float64, "tensor(float)": np.float32}.get(
+            out_types.get(OUTPUT_PREDICTIONS, ""), np.float64
+        )
+        self._predictions = np.zeros((1, k, 3), dtype=pred_dtype)
+        for bind_predictions in (OUTPUT_PREDICTIONS in out_types, False):
+            try:
+                self._run_bound = self._bind(ort, sess, bind_predictions)
+                break
+            except Exception:  # an onnxruntime without these handles: run() instead
+                self._run_bound = None
         self._x.fill(0.0)
         self._score_row = self._scores[0]
+
+    def _bind(self, ort: Any, sess: Any, bind_predictions: bool) -> Any:
+        """``() -> None``: one inference of ``sess`` from :attr:`_x` into :attr:`_scores`
+        (IOBinding), checked against ``run()`` on a probe; raises where that fails."""
+        io = sess.io_binding()
+        io.bind_ortvalue_input(INPUT_OPTIONS, ort.OrtValue.ortvalue_from_numpy(self._x))
+        io.bind_ortvalue_output(OUTPUT_SCORES, ort.OrtValue.ortvalue_from_numpy(self._scores))
+        if bind_predictions:
+            io.bind_ortvalue_output(
+                OUTPUT_PREDICTIONS, ort.OrtValue.ortvalue_from_numpy(self._predictions)
+            )
+        inner, run_io, run_opts = io._iobinding, sess._sess.run_with_iobinding, ort.RunOptions()
+
+        def run_bound() -> None:
+            run_io(inner, run_opts)
+
+        # the bound call must write the scores run() returns, in place
+        self._x[:] = np.linspace(-1.0, 1.0, self._x.size, dtype=np.float32).reshape(self._x.shape)
+        self._scores.fill(np.nan)
+        run_bound()
+        ref = sess.run(self._outputs, {INPUT_OPTIONS: self._x})[0]
+        if not np.array_equal(np.asarray(ref, dtype=self._scores.dtype), self._scores):
+            raise RuntimeError("the bound call wrote other scores than run()")
+        return run_bound
 
     def _model_rows(self) -> NDArray[np.float32]:
         s = self.spec
@@ -362,10 +393,13 @@ class DeviceSelector:
         self._history_ok = all(math.isfinite(v) for v in vals) and min(vals[:4]) >= 0
         if self._history_ok:
             try:  # the history's columns as the float32 observation holds them
-                self._hist32 = struct.unpack(
+                lat, bw, std, bw_last = struct.unpack(
                     "=4f",
                     struct.pack("=4f", self._lat, self._bw, math.sqrt(self._bw_var), self._bw_last),
                 )
+                # columns TIER_LOW .. NET_UPLINK_STD, then NET_UPLINK_LAST (see _ORDER)
+                self._hist32 = (*self._tier_flags, lat, bw, std)
+                self._last32 = bw_last
             except (OverflowError, struct.error):  # beyond float32: not a usable history
                 self._history_ok = False
         self._update_fast()
@@ -469,8 +503,6 @@ class DeviceSelector:
                     and 0.0 < raw_bytes < _INF
                     and -_INF < time_ms < _INF
                 ):
-                    lat, bw, std, bw_last = self._hist32
-                    tl, tm, th = self._tier_flags
                     a, b = self._prep_law
                     req = _REQUEST32.unpack(
                         _REQUEST32.pack(
@@ -478,24 +510,19 @@ class DeviceSelector:
                             megapixels,
                             raw_bytes / 1e3,
                             a + b * megapixels,
-                            tl,
-                            tm,
-                            th,
-                            lat,
-                            bw,
-                            std,
+                            *self._hist32,
                             time_ms - self._last_ms,
-                            bw_last,
+                            self._last32,
                         )
                     )
                     self._builder.pack(self._x, req)  # type: ignore[union-attr]
                     self._run_bound()
                     values = self._score_row.tolist()
                     if math.isfinite(sum(values)):
-                        prep, where, backup, action = self._answers[values.index(max(values))]
-                        return DeviceDecision(
-                            prep, where, backup, action, "learned", self._reason, tuple(values)
-                        )
+                        # the decision's fields and the scores (tuple.__new__: what the
+                        # NamedTuple's constructor does, without its Python frame)
+                        answer = self._answers[values.index(max(values))]
+                        return _new_tuple(DeviceDecision, (*answer, tuple(values)))
             except Exception:  # any doubt: the checked path below says why (never raises)
                 pass
         return self._decide_checked(time_ms, sla_ms, megapixels, raw_bytes)
