@@ -445,10 +445,12 @@ def load_learned(path: str | Path) -> LearnedPolicy:
     kind = st.get("kind") if isinstance(st, dict) else None
     version = st.get("schema_version", 1) if isinstance(st, dict) else None
     if kind is not None and version != F.SCHEMA_VERSION:
+        from modi.runtime.metadata import schema_changes
+
+        changes = schema_changes(int(version)) if isinstance(version, int) else ""
         raise ValueError(
             f"{p} was trained on feature schema {F.SCHEMA_NAME} v{version}; this modi builds "
-            f"v{F.SCHEMA_VERSION} (v2 added srtt_ms and rttvar_ms to the request block, v3 "
-            "client_dl_ms and client_dlvar_ms): retrain it "
+            f"v{F.SCHEMA_VERSION}" + (f" ({changes})" if changes else "") + ": retrain it "
             "with modi-train"
         )
     if kind in ("linucb", "lints"):

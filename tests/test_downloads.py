@@ -5,6 +5,7 @@ the request, whatever model served them."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,3 +134,16 @@ def test_history_tracks_the_download_time() -> None:
     sim.reset(11)
     t_out = np.stack([sim.step(np.zeros(2, dtype=np.intp)).t_output_ms for _ in range(1500)])
     assert np.median(obs[200:, :, 0]) == pytest.approx(np.median(t_out), rel=0.15)
+
+
+def test_a_policy_saved_for_an_older_schema_is_refused_with_what_changed(tmp_path: Path) -> None:
+    import torch
+
+    from modi.agents.bandits import NeuralBandit, load_learned
+
+    path = NeuralBandit(hidden=4, layers=1).save(tmp_path / "policy.pt")
+    st = torch.load(path, weights_only=False)
+    st["schema_version"] = 2
+    torch.save(st, path)
+    with pytest.raises(ValueError, match=r"v2.*v3 added client_dl_ms, client_dlvar_ms"):
+        load_learned(path)
