@@ -219,3 +219,34 @@ def test_scalar_fold_is_the_env_fold_bit_for_bit() -> None:
         ref = dfeat.fold_measurement(lat_m, bw_m, var, lat, bw, alpha)
         assert all(type(v) is float for v in got)
         assert [v.hex() for v in got] == [float(v).hex() for v in ref]
+
+
+@pytest.mark.parametrize("tie_tolerance", [0.0, 0.01])
+def test_selector_decides_like_the_trained_policy_on_10000_env_observations(
+    policy_file: tuple[DeviceScorerPolicy, Path], tmp_path: Path, tie_tolerance: float
+) -> None:
+    """Parity through the runtime: every decision of :class:`DeviceSelector` (its fast path:
+    packed option vectors, bound onnxruntime call, the decision's precomputed fields), with the
+    device's state of each observation, is the trained policy's, with and without the tie
+    choice in the graph; none falls back."""
+    from modi.agents.device_scorer import ServedDevicePolicy
+
+    base, _ = policy_file
+    pol = base.with_weights(base.w_energy_per_j, base.w_bytes_per_mb, tie_tolerance)
+    path = export_device_onnx(pol, tmp_path / "device.onnx")
+    served = ServedDevicePolicy(path, device_spec(_device(3)))
+    assert served.selector._run_bound is not None  # the bound onnxruntime call is in use
+    sim = _sim(50)
+    obs = sim.reset(13)
+    same = total = 0
+    for _ in range(200):
+        a = pol.select(obs)
+        b = served.select(obs)
+        same += int((a == b).all(axis=1).sum())
+        total += len(a)
+        sim.step(a)
+        obs = sim.obs
+    assert total == 10_000
+    assert served.selector._fast  # the decisions took the batch-1 fast path
+    assert served.fallbacks == 0, served.reasons
+    assert same == total
