@@ -244,6 +244,14 @@ class DeviceSelector:
             opts.inter_op_num_threads = 1
             opts.log_severity_level = 3
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            # every inference here is one capture's K options: with the export's free
+            # dimensions fixed (N = 1, K), onnxruntime folds the graph's shape arithmetic and
+            # plans its buffers once (~1 µs a decision; a file that names them otherwise is
+            # run as it is)
+            opts.add_free_dimension_override_by_name("N", 1)
+            opts.add_free_dimension_override_by_name(
+                "K", len(self.spec.models) + len(dfeat.OFFLOAD_OPTIONS)
+            )
             sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
             props = sess.get_modelmeta().custom_metadata_map
             self.meta = DeviceModelMeta.from_props(props)

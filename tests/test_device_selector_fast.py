@@ -250,3 +250,27 @@ def test_selector_decides_like_the_trained_policy_on_10000_env_observations(
     assert served.selector._fast  # the decisions took the batch-1 fast path
     assert served.fallbacks == 0, served.reasons
     assert same == total
+
+
+def test_a_file_with_other_dimension_names_decides_the_same(
+    policy_file: tuple[DeviceScorerPolicy, Path], tmp_path: Path
+) -> None:
+    """The selector fixes the export's free dimensions (N = 1, K) for speed; a file whose
+    input names them otherwise runs as it is, with the same decisions."""
+    _, path = policy_file
+    model = onnx.load(str(path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    dims[0].dim_param, dims[1].dim_param = "batch", "options"
+    other = tmp_path / "renamed.onnx"
+    onnx.save(model, str(other))
+    spec = device_spec(_device(3))
+    a, b = DeviceSelector.load(path, spec), DeviceSelector.load(other, spec)
+    for sel in (a, b):
+        sel.start(20.0, 10.0, 0.0)
+    assert b._run_bound is not None
+    rng = np.random.default_rng(2)
+    for i in range(300):
+        args = (1e3 * (i + 1), *rng.uniform((150.0, 0.5, 1e5), (2500.0, 12.0, 4e6)).tolist())
+        da, db = a.decide(*args), b.decide(*args)
+        assert da.source == db.source == "learned"
+        assert da.action == db.action and da.scores == db.scores
