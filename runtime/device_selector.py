@@ -30,9 +30,11 @@ Only numpy and onnxruntime are imported (never torch, gymnasium, hydra or mlflow
 Batch-1 path: when everything but the request is known to be valid (model, device, pool range,
 history; rechecked only when they change), :meth:`~DeviceSelector.decide` rounds the request
 block to float32 in one C call, packs the option vectors into the onnxruntime-bound input in
-one copy (:meth:`modi.runtime.device_features.OptionBuilder.pack`, the same bits as
-:func:`~modi.runtime.device_features.option_features`) and reads the scores onnxruntime wrote
-in place; anything unusual goes through the fully checked path, which says why it falls back.
+another (:meth:`modi.runtime.device_features.OptionBuilder.pack`, the same bits as
+:func:`~modi.runtime.device_features.option_features`), runs the session with its free
+dimensions fixed to one capture's ``(1, K)`` and reads the scores onnxruntime wrote in place;
+nothing per call is left for the garbage collector. Anything unusual goes through the fully
+checked path, which says why it falls back.
 
 Usage on a phone::
 
@@ -178,8 +180,9 @@ class DeviceSelector:
         self._history_ok = False
         #: Measurements :meth:`record` refused (NaN, inf, negative or not a number).
         self.ignored_measurements = 0
-        # the history's and the tier's columns of the request block (float32 values), and
-        # the newest bandwidth measurement's time: set with a valid history
+        # the request block's tier and history columns (TIER_LOW .. NET_UPLINK_STD) and its
+        # newest bandwidth measurement (NET_UPLINK_LAST) as float32 values: set with a valid
+        # history
         self._hist32 = (math.nan,) * 6
         self._last32 = math.nan
         self._fast = False  # every check but the request's passed: decide() takes the fast path
