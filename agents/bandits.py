@@ -99,6 +99,17 @@ class LearnedPolicy:
         return self.scorer()(req, models).numpy()
 
     @torch.no_grad()
+    def set_decision_penalty(self, miss_penalty: float) -> None:
+        """Rank models by ``(A + penalty)·P(met)`` from now on (what the saved and exported
+        policy ships): the penalty trades accuracy for attainment at decision time and leaves
+        the learned ``P(met)`` as it is, so it can be chosen on validation after training."""
+        if not np.isfinite(miss_penalty) or miss_penalty < 0:
+            raise ValueError(f"miss_penalty must be a number >= 0, got {miss_penalty!r}")
+        self.miss_penalty = float(miss_penalty)
+        net = getattr(self, "net", None)
+        if net is not None and hasattr(net, "miss_penalty"):
+            net.miss_penalty = float(miss_penalty)
+
     def select(self, obs: Obs) -> Actions:
         """Deterministic choice: the best-scoring model per row (the fastest when every model
         is hopeless), exactly what :meth:`selector_module` and its ONNX export compute."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +23,10 @@ from typing import Any, cast
 
 import hydra
 import pandas as pd
+import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
 
 from modi.agents.bandits import LearnedPolicy, load_learned
 from modi.agents.export import log_to_mlflow
@@ -187,12 +191,17 @@ class TrainingSetup:
     requests: int
     log_every: int
     miss_penalty: float
+    #: A fresh simulator of the validation split like :attr:`sim` (its segment of every
+    #: trace; reset it with a validation seed).
+    val_sim: Callable[[], ModelSelectionSim | MixtureSim]
+    val_seed: int
 
 
 def prepare_training(cfg: DictConfig) -> TrainingSetup:
     """Validate ``cfg`` (before any work) and build the agent and the training split's
     simulator (its seeds and, for trace networks, its segment of every trace)."""
     seed, requests, sla_range, num_envs, log_every = _validate(cfg)
+    decision_penalties(cfg)  # checked before any work
     splits = Splits.from_cfg(cfg, train_seeds=[seed])
     pool = instantiate_node(cfg, "pool")
     if not isinstance(pool, ModelPool):
@@ -211,15 +220,100 @@ def prepare_training(cfg: DictConfig) -> TrainingSetup:
             )
         segment = splits.segments.get("train")
         mixture = MixtureSim(mix, num_envs, sim_args, segment)
-        return TrainingSetup(agent, mixture, seed, requests, log_every, miss_penalty)
-    network = network_for_split(cfg, "train", splits)
-    try:
-        sim = ModelSelectionSim(
-            pool, network, num_envs=num_envs, sla_range_ms=sla_range, **sim_args
+
+        def val_mixture() -> ModelSelectionSim | MixtureSim:
+            return MixtureSim(mix, num_envs, sim_args, splits.segments.get("val"))
+
+        return TrainingSetup(
+            agent, mixture, seed, requests, log_every, miss_penalty, val_mixture, splits.val[0]
         )
-    except (TypeError, SimulationError) as e:
-        raise ConfigError(f"sim: {e}") from None
-    return TrainingSetup(agent, sim, seed, requests, log_every, miss_penalty)
+
+    def scenario_sim(split: str) -> ModelSelectionSim:
+        network = network_for_split(cfg, split, splits)
+        try:
+            return ModelSelectionSim(
+                pool, network, num_envs=num_envs, sla_range_ms=sla_range, **sim_args
+            )
+        except (TypeError, SimulationError) as e:
+            raise ConfigError(f"sim: {e}") from None
+
+    return TrainingSetup(
+        agent, scenario_sim("train"), seed, requests, log_every, miss_penalty,
+        lambda: scenario_sim("val"), splits.val[0],
+    )  # fmt: skip
+
+
+def decision_penalties(cfg: DictConfig) -> tuple[list[float], int]:
+    """``train.decision_penalties`` (``[]``: none to choose) and ``train.penalty_requests``,
+    checked."""
+    cands = cfg.train.get("decision_penalties")
+    if not cands:
+        return [], 0
+    lams = as_float_list(cands, "train.decision_penalties", positive=False)
+    if any(not math.isfinite(x) for x in lams):
+        raise ConfigError(f"train.decision_penalties must be finite numbers >= 0, got {lams}")
+    n = as_int(cfg.train.get("penalty_requests", 384_000), "train.penalty_requests")
+    return lams, n
+
+
+def _validation_run(
+    ts: TrainingSetup, agent: LearnedPolicy, lam: float, n: int, bar: Any
+) -> dict[str, float]:
+    """Effective accuracy and attainment of ``agent`` deciding with penalty ``lam`` on ``n``
+    requests of the validation stream."""
+    agent.set_decision_penalty(lam)
+    sim = ts.val_sim()
+    sim.reset(ts.val_seed)  # the same validation stream for every candidate
+    eff = met = seen = 0.0
+    while seen < n:
+        o = sim.step(agent.select(sim.obs))
+        eff += float((o.accuracy * o.met).sum())
+        met += float(o.met.sum())
+        seen += o.met.size
+        bar.update(o.met.size)
+    return {
+        "decision_penalty": lam,
+        "val_effective_accuracy": eff / seen,
+        "val_attainment": met / seen,
+        "requests": seen,
+    }
+
+
+def choose_decision_penalty(
+    cfg: DictConfig,
+    ts: TrainingSetup,
+    agent: LearnedPolicy,
+    out_dir: Path,
+    progress: bool = True,
+) -> pd.DataFrame | None:
+    """Choose the shipped decision penalty (``(A + penalty)·P(met)``, see
+    :meth:`~modi.agents.bandits.LearnedPolicy.set_decision_penalty`) among
+    ``train.decision_penalties`` by effective accuracy on the *validation* split (the same
+    validation stream for every candidate; the mixture's, for a mixture), set it on the agent,
+    and write ``decision_penalty.csv``. ``None`` (nothing chosen) when the list is empty."""
+    lams, n = decision_penalties(cfg)
+    if not lams:
+        return None
+    bar = tqdm(total=n * len(lams), desc="decision penalty (validation)", unit="req",
+               disable=not progress)  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small batches: one thread is faster than a contended pool
+    try:
+        rows = [_validation_run(ts, agent, lam, n, bar) for lam in lams]
+    finally:
+        torch.set_num_threads(threads)
+        bar.close()
+    table = pd.DataFrame(rows)
+    best = float(table.decision_penalty[table.val_effective_accuracy.idxmax()])
+    table["chosen"] = table.decision_penalty == best
+    agent.set_decision_penalty(best)
+    table.to_csv(out_dir / "decision_penalty.csv", index=False)
+    log.info(
+        "decision penalty %g chosen on validation (effective accuracy %s)", best,
+        ", ".join(f"{r.decision_penalty:g}: {100 * r.val_effective_accuracy:.2f} %"
+                  for r in table.itertuples()),
+    )  # fmt: skip
+    return table
 
 
 def train(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict[str, float]:
@@ -278,6 +372,9 @@ def train(cfg: DictConfig, out_dir: Path, progress: bool = True) -> dict[str, fl
             curve = pd.DataFrame(hist.rows())
             curve["requests"] += done
             curve.to_csv(out_dir / "training_curve.csv", index=False)
+        pen = None if logs else choose_decision_penalty(cfg, ts, agent, out_dir, progress)
+        if pen is not None and mlflow is not None:
+            mlflow.log_metric("decision_penalty", agent.miss_penalty)
         policy_path = agent.save(out_dir / "policy.pt")
         # The learned row is the exported selector as a server runs it (shipped defaults).
         onnx_path = out_dir / "selector.onnx"

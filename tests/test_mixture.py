@@ -135,3 +135,27 @@ def test_transfer_report_at_a_tiny_budget(tmp_path: Path) -> None:
     assert "paper_campus rtt x2" in (out / "report.md").read_text()
     with pytest.raises(SystemExit):
         transfer_main(["--policy", str(tmp_path / "missing.pt"), "--out", str(out)])
+
+
+def test_decision_penalty_is_chosen_on_the_validation_mixture(tmp_path: Path) -> None:
+    from modi.experiments.train import choose_decision_penalty
+
+    with pytest.raises(ConfigError, match=r"train\.decision_penalties must be >= 0"):
+        prepare_training(_cfg("train.decision_penalties=[0,-1]"))
+    grid = ["train.decision_penalties=[0,0.5,3]", "train.penalty_requests=800"]
+    ts = prepare_training(_cfg("train.num_envs=8", *grid))
+    ts.agent.fit(ts.sim, 3_200, 0, progress=False)  # type: ignore[arg-type]
+    table = choose_decision_penalty(_cfg(*grid), ts, ts.agent, tmp_path, progress=False)
+    assert table is not None and list(table.decision_penalty) == [0.0, 0.5, 3.0]
+    best = table.loc[table.val_effective_accuracy.idxmax()]
+    assert table.chosen.sum() == 1 and bool(best.chosen)
+    assert ts.agent.miss_penalty == best.decision_penalty
+    assert (table.requests >= 800).all()
+    saved = pd.read_csv(tmp_path / "decision_penalty.csv")
+    assert list(saved.decision_penalty) == [0.0, 0.5, 3.0]
+    # the penalty ships with the policy: the saved file decides with it
+    assert load_learned(ts.agent.save(tmp_path / "p.pt")).miss_penalty == best.decision_penalty
+    # a larger penalty never lowers attainment on the same validation stream here
+    assert table.val_attainment.iloc[-1] >= table.val_attainment.iloc[0] - 0.02
+    none = _cfg("train.decision_penalties=[]")
+    assert choose_decision_penalty(none, ts, ts.agent, tmp_path) is None
