@@ -110,7 +110,7 @@ def future_copy(sim: Any, rng: np.random.Generator, horizon: int) -> Any:
     window = float(np.quantile(t_in, 0.999)) if t_in.size else 0.0
     rate = float(getattr(c.arrivals, "rate_hz", 0.0) or 0.0)
     extra = int(np.ceil(3.0 * rate * window / 1000.0)) + 8 if window > 0 else 0
-    c._clock_ms = now_capture - window
+    c._clock_ms = np.maximum(now_capture - window, 0.0)  # a trace's time starts at 0
     c.arrivals.reset(c._rng, n)
     c.network.reset(c._rng, n, c.num_clients)
     if getattr(c, "spikes", None) is not None and "_blk_slow" in saved:

@@ -176,3 +176,20 @@ def test_load_report_refuses_bad_input(tmp_path: Path, caplog: pytest.LogCapture
     assert "no server queue" in caplog.text
     assert main(["--out", str(tmp_path), "--second-trace", str(tmp_path / "none.csv")]) == 2
     assert "--second-trace" in caplog.text
+
+
+def test_lookahead_plans_from_the_first_request_on_a_trace_network() -> None:
+    """A trace's time starts at 0: the future copy's window of earlier captures is clipped
+    there (loaded_lte failed on its first request before)."""
+    cfg = _compose(["scenario=loaded_lte", "tracking=none"])
+    pool = instantiate_node(cfg, "pool")
+    net = network_for_split(cfg, "test", Splits.from_cfg(cfg, train_seeds=[0]))
+    args: Any = OmegaConf.to_container(cfg.sim, resolve=True)
+    sim = ModelSelectionSim(pool, net, num_envs=2, sla_ms=150.0, **args)
+    sim.reset(5)
+    plan = RolloutLookahead(make_policy("informed_ceiling"), horizon=3, samples=1)
+    plan.reset(sim.num_envs, 1)
+    a = plan.select_informed(sim.obs, sim)
+    assert a.shape == (2,) and ((a >= 0) & (a < len(pool))).all()
+    fut = future_copy(sim, np.random.default_rng(0), horizon=3)
+    assert (fut._blk_time >= 0).all()
