@@ -290,9 +290,14 @@ def choose_decision_penalty(
     :meth:`~modi.agents.bandits.LearnedPolicy.set_decision_penalty`) among
     ``train.decision_penalties`` by effective accuracy on the *validation* split (the same
     validation stream for every candidate; the mixture's, for a mixture), set it on the agent,
-    and write ``decision_penalty.csv``. ``None`` (nothing chosen) when the list is empty."""
+    and write ``decision_penalty.csv``. ``None`` (nothing chosen) when the list is empty or the
+    agent is not a bandit ranking by ``P(met)`` (SB3 actors)."""
     lams, n = decision_penalties(cfg)
     if not lams:
+        return None
+    if agent.kind not in MIXTURE_AGENTS:  # SB3 actors decide without P(met): nothing to choose
+        log.info("decision penalty: %s does not rank by P(met); kept %g", agent.kind,
+                 agent.miss_penalty)  # fmt: skip
         return None
     bar = tqdm(total=n * len(lams), desc="decision penalty (validation)", unit="req",
                disable=not progress)  # fmt: skip

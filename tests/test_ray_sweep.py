@@ -26,6 +26,7 @@ pytest.importorskip("ray", reason="ray not installed: the `ray` extra (make test
 
 TINY = [
     "train.requests=6400",
+    "train.penalty_requests=1600",
     "train.num_envs=32",
     "train.log_every=3200",
     "eval.n_requests=400",

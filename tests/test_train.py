@@ -21,6 +21,7 @@ from modi.experiments.train import train
 
 TINY = [
     "train.requests=6400",
+    "train.penalty_requests=1600",
     "train.num_envs=32",
     "train.log_every=3200",
     "eval.n_requests=400",
