@@ -121,6 +121,17 @@ def _show(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def _optional_ms(value: Any, name: str, upper: float, limit_name: str) -> float:
+    """An optional duration field (ms): NaN (unknown) when absent, else a number in
+    ``[0, upper]``."""
+    if value is None:
+        return math.nan
+    x = value if type(value) is float else _as_float(value, name)
+    if not 0.0 <= x <= upper:
+        _check(x, name, upper, limit_name, False)
+    return x
+
+
 def _check(x: float, name: str, upper: float, limit_name: str, strictly_positive: bool) -> None:
     """Raise :class:`InvalidRequest` with the precise reason ``x`` is out of range."""
     if math.isnan(x):
@@ -231,24 +242,10 @@ def _parse_request(request: Any, limits: RequestLimits) -> ParsedRequest:
         slowdown = _as_float(s_v, "slowdown")
         if not 0.0 < slowdown <= lim.max_slowdown:
             _check(slowdown, "slowdown", lim.max_slowdown, "max_slowdown", True)
-    srtt = rttvar = math.nan
-    if rtt_v is not None:
-        srtt = rtt_v if type(rtt_v) is float else _as_float(rtt_v, "srtt_ms")
-        if not 0.0 <= srtt <= lim.max_rtt_ms:
-            _check(srtt, "srtt_ms", lim.max_rtt_ms, "max_rtt_ms", False)
-    if var_v is not None:
-        rttvar = var_v if type(var_v) is float else _as_float(var_v, "rttvar_ms")
-        if not 0.0 <= rttvar <= lim.max_rtt_ms:
-            _check(rttvar, "rttvar_ms", lim.max_rtt_ms, "max_rtt_ms", False)
-    dl = dlvar = math.nan
-    if dl_v is not None:
-        dl = dl_v if type(dl_v) is float else _as_float(dl_v, "client_dl_ms")
-        if not 0.0 <= dl <= lim.max_download_ms:
-            _check(dl, "client_dl_ms", lim.max_download_ms, "max_download_ms", False)
-    if dlvar_v is not None:
-        dlvar = dlvar_v if type(dlvar_v) is float else _as_float(dlvar_v, "client_dlvar_ms")
-        if not 0.0 <= dlvar <= lim.max_download_ms:
-            _check(dlvar, "client_dlvar_ms", lim.max_download_ms, "max_download_ms", False)
+    srtt = _optional_ms(rtt_v, "srtt_ms", lim.max_rtt_ms, "max_rtt_ms")
+    rttvar = _optional_ms(var_v, "rttvar_ms", lim.max_rtt_ms, "max_rtt_ms")
+    dl = _optional_ms(dl_v, "client_dl_ms", lim.max_download_ms, "max_download_ms")
+    dlvar = _optional_ms(dlvar_v, "client_dlvar_ms", lim.max_download_ms, "max_download_ms")
     if client is not None:
         try:
             hash(client)

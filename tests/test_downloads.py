@@ -85,9 +85,8 @@ def _run(net: LinkModel, action: str, num_envs: int, n: int = 800, **kw: object)
         load_preset("pool", "modipick_table2"), net, num_envs=num_envs, num_clients=4, **kw
     )  # type: ignore[arg-type]
     sim.reset(11)
-    pick = 0 if action == "fastest" else int(np.argmax(sim.pool.mean_ms))
-    if action == "fastest":
-        pick = int(np.argmin(sim.pool.mean_ms))
+    mean = sim.pool.mean_ms
+    pick = int(np.argmin(mean) if action == "fastest" else np.argmax(mean))
     obs, capture = [], []
     for _ in range(n):
         st = sim.current_state()

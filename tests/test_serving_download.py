@@ -23,8 +23,10 @@ pytest.importorskip("onnx")
 pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient
-from serving_helpers import TOKEN, build_tiny_pool, png
-from test_serving_rtt import _with_props
+from serving_helpers import build_tiny_pool
+from serving_helpers import infer as _infer
+from serving_helpers import serve_config as _cfg
+from serving_helpers import with_props as _with_props
 
 from modi.experiments.client import DownloadHistory, run_clients
 from modi.experiments.phone import run_phones
@@ -42,7 +44,7 @@ from modi.runtime.decision_log import (
 from modi.runtime.metadata import RANGE_FEATURES, FeatureRanges, RangeRecorder
 from modi.runtime.requests import RequestLimits
 from modi.runtime.selector import SelectorLoadError
-from modi.serving import InferenceServer, ServeConfig, ServerConfigError
+from modi.serving import InferenceServer, ServerConfigError
 from modi.serving.core import CLIENT_DL_HEADER, CLIENT_DLVAR_HEADER
 
 POOL = PoolProfile.from_lists(["tiny_fast", "tiny_slow"], [0.6, 0.9], [5.0, 40.0], [1.0, 5.0])
@@ -71,17 +73,8 @@ def tiny(tmp_path_factory: Any) -> dict[str, Path]:
     return d
 
 
-def _cfg(tiny: dict[str, Path], sel: str = "a.onnx", **kw: Any) -> ServeConfig:
-    base: dict[str, Any] = {"pool_dir": tiny["dir"], "pool_yaml": tiny["yaml"],
-                            "selector": tiny["sel"] / sel, "admin_token": TOKEN}  # fmt: skip
-    base.update(kw)
-    return ServeConfig(**base)
 
 
-def _infer(c: Any, headers: dict[str, str] | None = None, **params: Any) -> Any:
-    q = {"sla_ms": 200, "upload_ms": 5.0, "elapsed_ms": 10.0, "client_id": "p1", **params}
-    return c.post("/v1/infer", params=q, content=png(),
-                  headers={"content-type": "image/png", **(headers or {})})  # fmt: skip
 
 
 def _req(dl: float | None = None, dlvar: float | None = None, srtt: float | None = None) -> Request:

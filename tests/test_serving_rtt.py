@@ -20,7 +20,10 @@ pytest.importorskip("PIL")
 pytest.importorskip("onnx")
 
 from fastapi.testclient import TestClient
-from serving_helpers import TOKEN, build_tiny_pool, png
+from serving_helpers import build_tiny_pool
+from serving_helpers import infer as _infer
+from serving_helpers import serve_config as _cfg
+from serving_helpers import with_props as _with_props
 
 from modi.experiments.serve import create_app, header_deadline_protocol
 from modi.runtime import PoolProfile, Request, RequestBatch, Selector
@@ -28,7 +31,7 @@ from modi.runtime import features as F
 from modi.runtime.decision_log import SCHEMA_V1, V1_REQUEST_DIM, read_decision_log
 from modi.runtime.metadata import FeatureRanges
 from modi.runtime.selector import SelectorLoadError
-from modi.serving import InferenceServer, ServeConfig, ServerConfigError
+from modi.serving import InferenceServer, ServerConfigError
 from modi.serving.tcpinfo import SRTT_HEADER, RttSources, read_tcp_rtt, tcp_info_supported
 
 POOL = PoolProfile.from_lists(["tiny_fast", "tiny_slow"], [0.6, 0.9], [5.0, 40.0], [1.0, 5.0])
@@ -47,33 +50,10 @@ def tiny(tmp_path_factory: Any) -> dict[str, Path]:
     return d
 
 
-def _with_props(src: Path, dst: Path, **changes: str) -> Path:
-    """A copy of ``src`` with ``modi.<key>`` metadata set (added when absent)."""
-    import onnx
-
-    model = onnx.load(str(src))
-    todo = {f"modi.{k}": v for k, v in changes.items()}
-    for p in model.metadata_props:
-        if p.key in todo:
-            p.value = todo.pop(p.key)
-    for k, v in todo.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = k, v
-    onnx.save(model, str(dst))
-    return dst
 
 
-def _cfg(tiny: dict[str, Path], sel: str = "a.onnx", **kw: Any) -> ServeConfig:
-    base: dict[str, Any] = {"pool_dir": tiny["dir"], "pool_yaml": tiny["yaml"],
-                            "selector": tiny["sel"] / sel, "admin_token": TOKEN}  # fmt: skip
-    base.update(kw)
-    return ServeConfig(**base)
 
 
-def _infer(c: Any, headers: dict[str, str] | None = None, **params: Any) -> Any:
-    q = {"sla_ms": 200, "upload_ms": 5.0, "elapsed_ms": 10.0, "client_id": "p1", **params}
-    return c.post("/v1/infer", params=q, content=png(),
-                  headers={"content-type": "image/png", **(headers or {})})  # fmt: skip
 
 
 def _req(srtt: float | None = None, rttvar: float | None = None, client: str = "c") -> Request:
