@@ -202,6 +202,7 @@ def prepare_training(cfg: DictConfig) -> TrainingSetup:
     simulator (its seeds and, for trace networks, its segment of every trace)."""
     seed, requests, sla_range, num_envs, log_every = _validate(cfg)
     decision_penalties(cfg)  # checked before any work
+    penalty_tie_tolerance(cfg)
     splits = Splits.from_cfg(cfg, train_seeds=[seed])
     pool = instantiate_node(cfg, "pool")
     if not isinstance(pool, ModelPool):
@@ -256,6 +257,35 @@ def decision_penalties(cfg: DictConfig) -> tuple[list[float], int]:
     return lams, n
 
 
+def penalty_tie_tolerance(cfg: DictConfig) -> float:
+    """``train.penalty_tie_tolerance``, checked: a finite number >= 0."""
+    raw = cfg.train.get("penalty_tie_tolerance", 0.0)
+    try:
+        tol = float(raw)
+    except (TypeError, ValueError):
+        tol = math.nan
+    if not math.isfinite(tol) or tol < 0:
+        raise ConfigError(
+            f"train.penalty_tie_tolerance must be a finite number >= 0 (an effective accuracy "
+            f"difference, 0.0005 = 0.05 points), got {raw!r}"
+        )
+    return tol
+
+
+def pick_penalty(table: pd.DataFrame, tol: float) -> float:
+    """The chosen penalty of a validation ``table`` (``decision_penalty``,
+    ``val_effective_accuracy``, ``val_attainment``): among the candidates whose effective
+    accuracy is within ``tol`` of the best (tied), the one of highest attainment (then the
+    higher effective accuracy, then the smaller penalty)."""
+    best = float(table.val_effective_accuracy.max())
+    tied = table[table.val_effective_accuracy >= best - tol]
+    top = tied.sort_values(
+        ["val_attainment", "val_effective_accuracy", "decision_penalty"],
+        ascending=[False, False, True],
+    ).iloc[0]
+    return float(top.decision_penalty)
+
+
 def _validation_run(
     ts: TrainingSetup, agent: LearnedPolicy, lam: float, n: int, bar: Any
 ) -> dict[str, float]:
@@ -288,13 +318,16 @@ def choose_decision_penalty(
 ) -> pd.DataFrame | None:
     """Choose the shipped decision penalty (``(A + penalty)·P(met)``, see
     :meth:`~modi.agents.bandits.LearnedPolicy.set_decision_penalty`) among
-    ``train.decision_penalties`` by effective accuracy on the *validation* split (the same
-    validation stream for every candidate; the mixture's, for a mixture), set it on the agent,
-    and write ``decision_penalty.csv``. ``None`` (nothing chosen) when the list is empty or the
+    ``train.decision_penalties`` on the *validation* split (the same validation stream for
+    every candidate; the mixture's, for a mixture): the highest effective accuracy, where
+    candidates within ``train.penalty_tie_tolerance`` of it are tied and the one of highest
+    attainment wins (:func:`pick_penalty`); set it on the agent and write
+    ``decision_penalty.csv``. ``None`` (nothing chosen) when the list is empty or the
     agent is not a bandit ranking by ``P(met)`` (SB3 actors)."""
     lams, n = decision_penalties(cfg)
     if not lams:
         return None
+    tol = penalty_tie_tolerance(cfg)
     if agent.kind not in MIXTURE_AGENTS:  # SB3 actors decide without P(met): nothing to choose
         log.info("decision penalty: %s does not rank by P(met); kept %g", agent.kind,
                  agent.miss_penalty)  # fmt: skip
@@ -309,14 +342,17 @@ def choose_decision_penalty(
         torch.set_num_threads(threads)
         bar.close()
     table = pd.DataFrame(rows)
-    best = float(table.decision_penalty[table.val_effective_accuracy.idxmax()])
+    best = pick_penalty(table, tol)
+    table["tied"] = table.val_effective_accuracy >= table.val_effective_accuracy.max() - tol
     table["chosen"] = table.decision_penalty == best
     agent.set_decision_penalty(best)
     table.to_csv(out_dir / "decision_penalty.csv", index=False)
     log.info(
-        "decision penalty %g chosen on validation (effective accuracy %s)", best,
-        ", ".join(f"{r.decision_penalty:g}: {100 * r.val_effective_accuracy:.2f} %"
-                  for r in table.itertuples()),
+        "decision penalty %g chosen on validation (effective accuracy / attainment %s; "
+        "tied within %g)", best,
+        ", ".join(f"{r.decision_penalty:g}: {100 * r.val_effective_accuracy:.3f} / "
+                  f"{100 * r.val_attainment:.2f} %" for r in table.itertuples()),
+        tol,
     )  # fmt: skip
     return table
 

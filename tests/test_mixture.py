@@ -145,7 +145,11 @@ def test_decision_penalty_is_chosen_on_the_validation_mixture(tmp_path: Path) ->
     grid = ["train.decision_penalties=[0,0.5,3]", "train.penalty_requests=800"]
     ts = prepare_training(_cfg("train.num_envs=8", *grid))
     ts.agent.fit(ts.sim, 3_200, 0, progress=False)  # type: ignore[arg-type]
-    table = choose_decision_penalty(_cfg(*grid), ts, ts.agent, tmp_path, progress=False)
+    with pytest.raises(ConfigError, match=r"train\.penalty_tie_tolerance"):
+        prepare_training(_cfg("train.penalty_tie_tolerance=-0.1"))
+    table = choose_decision_penalty(
+        _cfg(*grid, "train.penalty_tie_tolerance=0"), ts, ts.agent, tmp_path, progress=False
+    )
     assert table is not None and list(table.decision_penalty) == [0.0, 0.5, 3.0]
     best = table.loc[table.val_effective_accuracy.idxmax()]
     assert table.chosen.sum() == 1 and bool(best.chosen)
@@ -159,3 +163,22 @@ def test_decision_penalty_is_chosen_on_the_validation_mixture(tmp_path: Path) ->
     assert table.val_attainment.iloc[-1] >= table.val_attainment.iloc[0] - 0.02
     none = _cfg("train.decision_penalties=[]")
     assert choose_decision_penalty(none, ts, ts.agent, tmp_path) is None
+
+
+def test_tied_penalties_are_decided_by_attainment() -> None:
+    from modi.experiments.train import pick_penalty
+
+    table = pd.DataFrame(
+        {
+            "decision_penalty": [0.0, 0.5, 1.0, 2.0],
+            "val_effective_accuracy": [0.5190, 0.5194, 0.5192, 0.5150],
+            "val_attainment": [0.670, 0.674, 0.676, 0.700],
+        }
+    )
+    assert pick_penalty(table, 0.0) == 0.5  # no tolerance: the highest effective accuracy
+    assert pick_penalty(table, 0.0005) == 1.0  # tied within 0.05 points: more attainment
+    assert pick_penalty(table, 0.01) == 2.0
+    # equal attainment: the higher effective accuracy, then the smaller penalty
+    flat = table.assign(val_attainment=0.7)
+    assert pick_penalty(flat, 0.01) == 0.5
+    assert pick_penalty(flat.assign(val_effective_accuracy=0.5), 0.0) == 0.0
