@@ -16,7 +16,7 @@ timed), in one run:
   ``conf/env/offload.yaml``'s ``select.tie_tolerance`` grid): its graph appends the
   ε-lexicographic choice (least predicted energy among the near-best options);
 * ``device_selector_shipped_*``: the policy ``modi-train env=offload`` ships by default: the
-  hidden layers of ``conf/env/offload.yaml`` (``train.hidden``, 128 x 128) with a tie
+  hidden layers of ``conf/env/offload.yaml`` (``train.hidden``, 64 x 64) with a tie
   tolerance (0.01; the graph is the same for any tolerance > 0);
   ``device_selector_shipped_hidden`` says which layers were measured,
   ``device_selector_shipped_p99_us_min`` / ``_median`` / ``_max`` the p99 of each round;
