@@ -7,7 +7,7 @@ retraining, on each condition's test split beside the rules tuned on that condit
 validation split, the informed ceiling and the oracle:
 
 * each network family at its own round-trip time (``rtt x1``) and at ``0.5x`` and ``2x`` it
-  (outside the mixture's training range ``mix.rtt_scale``);
+  (the default mixture ``mix.rtt_scale`` trains on 0.4-1.5x: 2x is outside it);
 * pools it never trained on: Table 2 ten times slower and ten times faster
   (``pool.time_scale``), and the MDInference p2 pool.
 
