@@ -259,17 +259,11 @@ def decision_penalties(cfg: DictConfig) -> tuple[list[float], int]:
 
 def penalty_tie_tolerance(cfg: DictConfig) -> float:
     """``train.penalty_tie_tolerance``, checked: a finite number >= 0."""
-    raw = cfg.train.get("penalty_tie_tolerance", 0.0)
-    try:
-        tol = float(raw)
-    except (TypeError, ValueError):
-        tol = math.nan
-    if not math.isfinite(tol) or tol < 0:
-        raise ConfigError(
-            f"train.penalty_tie_tolerance must be a finite number >= 0 (an effective accuracy "
-            f"difference, 0.0005 = 0.05 points), got {raw!r}"
-        )
-    return tol
+    key = "train.penalty_tie_tolerance"
+    tols = as_float_list(cfg.train.get("penalty_tie_tolerance", 0.0), key, positive=False)
+    if len(tols) != 1 or not math.isfinite(tols[0]):
+        raise ConfigError(f"{key} must be one finite number >= 0 (0.0005 = 0.05 points)")
+    return tols[0]
 
 
 def pick_penalty(table: pd.DataFrame, tol: float) -> float:
