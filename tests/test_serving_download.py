@@ -73,10 +73,6 @@ def tiny(tmp_path_factory: Any) -> dict[str, Path]:
     return d
 
 
-
-
-
-
 def _req(dl: float | None = None, dlvar: float | None = None, srtt: float | None = None) -> Request:
     return Request(200.0, 10.0, 5.0, 1000.0, "c", srtt_ms=srtt, rttvar_ms=None if srtt is None
                    else 1.0, client_dl_ms=dl, client_dlvar_ms=dlvar)  # fmt: skip

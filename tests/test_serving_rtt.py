@@ -50,12 +50,6 @@ def tiny(tmp_path_factory: Any) -> dict[str, Path]:
     return d
 
 
-
-
-
-
-
-
 def _req(srtt: float | None = None, rttvar: float | None = None, client: str = "c") -> Request:
     return Request(200.0, 10.0, 5.0, 1000.0, client, srtt_ms=srtt, rttvar_ms=rttvar)
 
