@@ -303,7 +303,9 @@ class LinearThompson(_LinearBandit):
 
 
 class NeuralBandit(LearnedPolicy):
-    """A shared per-model MLP predicting ``P(met)``; ε-greedy while training."""
+    """A shared per-model MLP predicting ``P(met)``; ε-greedy while training. ``relative``: the
+    MLP also reads the scale-free pair features (:data:`~modi.agents.scorers.RELATIVE_FEATURES`).
+    """
 
     name = "neural"
     kind = "neural"
@@ -322,6 +324,7 @@ class NeuralBandit(LearnedPolicy):
         miss_penalty: float = 0.0,
         seed: int | None = None,
         norm_samples: int = 1024,
+        relative: bool = False,
     ) -> None:
         super().__init__(miss_penalty, seed)
         for name, v in (
@@ -348,8 +351,9 @@ class NeuralBandit(LearnedPolicy):
             "epsilon_decay_steps": epsilon_decay_steps,
             "updates_per_step": updates_per_step,
             "norm_samples": norm_samples,
+            "relative": bool(relative),
         }
-        self.net = MetNet(hidden, layers, miss_penalty)
+        self.net = MetNet(hidden, layers, miss_penalty, bool(relative))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         self._buf_req = np.zeros((buffer_size, F.R), dtype=np.float32)
         self._buf_mod = np.zeros((buffer_size, 1, F.P), dtype=np.float32)

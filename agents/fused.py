@@ -40,6 +40,7 @@ from modi.agents.scorers import (
     LinearScorer,
     MetNet,
     PairFeatures,
+    RelativeSquash,
     StepBasis,
     floor_p_met,
 )
@@ -218,25 +219,62 @@ class AffinePairs(nn.Module):
         return out + request[:, s : s + 1].unsqueeze(-1) * (models @ cross)
 
 
+class RelativeImage(nn.Module):
+    """The scale-free pair features (:class:`~modi.agents.scorers.RelativePairFeatures`) through
+    a linear map ``w``: their numerators and denominators as one :class:`AffinePairs`, the
+    clipped ratios, then one ``MatMul``."""
+
+    w: torch.Tensor
+
+    def __init__(self, terms: AffinePairs, w: torch.Tensor) -> None:
+        super().__init__()
+        self.terms = terms
+        self.squash = RelativeSquash()
+        self.register_buffer("w", w.to(torch.float32))
+
+    def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """``squash(terms(r, m)) @ w``."""
+        return self.squash(self.terms(request, models)) @ self.w
+
+
 class ImputedPairs(nn.Module):
     """:class:`~modi.agents.scorers.PairFeatures` fused: the imputation of the download history
     (only where the affine part reads an imputed column) then :class:`AffinePairs` over the
-    imputed request block."""
+    imputed request block; with the scale-free features, their linear image
+    (:class:`RelativeImage`, only once a first layer is folded in: :meth:`with_relative`) added
+    to it."""
 
-    def __init__(self, affine: AffinePairs) -> None:
+    def __init__(self, affine: AffinePairs, relative: RelativeImage | None = None) -> None:
         super().__init__()
         self.affine = affine
+        self.relative = relative
         used = affine.used
         need = used is None or bool(np.isin(used.numpy(), IMPUTED_COLS).any())
-        self.impute = ImputeRequest() if need else None
+        self.impute = ImputeRequest() if need or relative is not None else None
 
     @classmethod
     def probe(cls, pairs: nn.Module) -> ImputedPairs | None:
-        """The fused form of a :class:`~modi.agents.scorers.PairFeatures`, or ``None``."""
-        if not isinstance(pairs, PairFeatures):
+        """The fused form of a :class:`~modi.agents.scorers.PairFeatures` without the scale-free
+        features, or ``None``."""
+        if not isinstance(pairs, PairFeatures) or pairs.relative is not None:
             return None
         affine = AffinePairs.probe(pairs.affine, RX)
         return None if affine is None else cls(affine)
+
+    @classmethod
+    def with_relative(
+        cls, pairs: PairFeatures, w: torch.Tensor, bias: torch.Tensor
+    ) -> ImputedPairs | None:
+        """``f -> f w + bias`` of pair features ``f`` (the affine ones, then the scale-free ones)
+        in fused form, or ``None``."""
+        if pairs.relative is None:
+            return None
+        affine = AffinePairs.probe(pairs.affine, RX)
+        terms = AffinePairs.probe(pairs.relative.terms, RX)
+        if affine is None or terms is None:
+            return None
+        h = affine.out_dim
+        return cls(affine.then(w[:h], bias), RelativeImage(terms, w[h:]))
 
     @property
     def out_dim(self) -> int:
@@ -245,12 +283,16 @@ class ImputedPairs(nn.Module):
 
     def then(self, w: torch.Tensor, bias: torch.Tensor) -> ImputedPairs:
         """``f -> f w + bias`` folded in (see :meth:`AffinePairs.then`)."""
+        if self.relative is not None:
+            raise ValueError("the scale-free part is already folded into a first layer")
         return ImputedPairs(self.affine.then(w, bias))
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """The pair features (or their affine image)."""
         rx = request if self.impute is None else self.impute(request)
         out: torch.Tensor = self.affine(rx, models)
+        if self.relative is not None:
+            out = out + self.relative(rx, models)
         return out
 
 
@@ -361,9 +403,6 @@ class FusedMetNet(nn.Module):
         first = net.mlp[0]
         if not isinstance(first, nn.Linear) or first.bias is None:
             return None
-        pairs = ImputedPairs.probe(net.pairs)
-        if pairs is None:
-            return None
         mean = net.norm_mean.detach().double()  # type: ignore[operator]
         std = net.norm_std.detach().double()  # type: ignore[operator]
         w1 = first.weight.detach().double()  # (hidden, H)
@@ -371,6 +410,12 @@ class FusedMetNet(nn.Module):
         w = w1.T / std[:, None]
         bias = b1 - (mean / std) @ w1.T
         rest = copy.deepcopy(nn.Sequential(*list(net.mlp)[1:]))
+        if net.pairs.relative is not None:
+            pre = ImputedPairs.with_relative(net.pairs, w, bias)
+            return None if pre is None else cls(pre, rest, net.miss_penalty)
+        pairs = ImputedPairs.probe(net.pairs)
+        if pairs is None:
+            return None
         return cls(pairs.then(w, bias), rest, net.miss_penalty)
 
     def p_met(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:

@@ -178,18 +178,123 @@ class AffinePairFeatures(nn.Module):
         )
 
 
-class PairFeatures(nn.Module):
-    """``(request (N, R), models (N, K, P)) -> (N, K, NUM_PAIR_FEATURES)``, roughly unit scale:
-    :class:`ImputeRequest` then :class:`AffinePairFeatures`."""
+#: Scale-free pair features (issue 13, item 2) of :class:`RelativePairFeatures`, each a ratio
+#: clipped to a fixed range, so a pool or a network on another time scale maps onto the range
+#: the scorer trained on: (name, range, meaning). ``ms = mu*slowdown``, ``ss = sigma*slowdown``,
+#: ``rem = max(remaining_ms, 1)``.
+RELATIVE_FEATURES: tuple[tuple[str, str, str], ...] = (
+    ("mu_rel", "[0, 4]", "ms / rem: the mean run's share of the time left"),
+    ("sigma_rel", "[0, 1]", "ss / rem: the run's spread against the time left"),
+    (
+        "budget_rel",
+        "[-4, 1]",
+        "(budget_ms - ms) / rem: what is left if the download takes as long as the upload",
+    ),
+    ("dl_rel", "[-4, 1]", "dl_headroom / rem: what is left after the client's usual download"),
+    (
+        "exec_z",
+        "[-10, 10]",
+        "(budget_ms - ms) / max(ss, 0.05 ms): that headroom in execution standard deviations",
+    ),
+    (
+        "dl_z",
+        "[-4, 4]",
+        "dl_headroom / max(2 client_dlvar + ss, 1 ms): in the download's and run's spread",
+    ),
+    (
+        "net_z",
+        "[-4, 4]",
+        "net_headroom / max(2 rttvar + ss, 1 ms): in TCP's RTT variation and the run's spread",
+    ),
+)
+NUM_RELATIVE_FEATURES = len(RELATIVE_FEATURES)
+#: Per relative feature: denominator floor (ms), lower and upper clip.
+_REL_FLOOR = (1.0, 1.0, 1.0, 1.0, 0.05, 1.0, 1.0)
+_REL_LO = (0.0, 0.0, -4.0, -4.0, -10.0, -4.0, -4.0)
+_REL_HI = (4.0, 1.0, 1.0, 1.0, 10.0, 4.0, 4.0)
+
+
+class RelativeTerms(nn.Module):
+    """``(imputed request (N, RX), models (N, K, P)) -> (N, K, 2 G)``: the numerators then the
+    denominators of the :data:`RELATIVE_FEATURES`, affine in each block with the one product
+    ``slowdown * model`` (so they fuse like :class:`AffinePairFeatures`)."""
+
+    def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """Numerators and denominators."""
+        k = models.shape[1]
+        slow = request[:, F.SLOWDOWN : F.SLOWDOWN + 1]
+        ms = models[:, :, F.MU] * slow
+        ss = models[:, :, F.SIGMA] * slow
+        remaining = request[:, F.REMAINING : F.REMAINING + 1].expand(-1, k)
+        budget = request[:, F.BUDGET : F.BUDGET + 1]
+        headroom = remaining - ms
+        dl_headroom = headroom - request[:, F.CLIENT_DL : F.CLIENT_DL + 1]
+        net_headroom = headroom - 0.5 * request[:, F.SRTT : F.SRTT + 1]
+        up_headroom = budget - ms
+        dl_spread = 2.0 * request[:, F.CLIENT_DLVAR : F.CLIENT_DLVAR + 1] + ss
+        net_spread = 2.0 * request[:, F.RTTVAR : F.RTTVAR + 1] + ss
+        num = [ms, ss, up_headroom, dl_headroom, up_headroom, dl_headroom, net_headroom]
+        den = [remaining, remaining, remaining, remaining, ss, dl_spread, net_spread]
+        return torch.stack(num + den, dim=-1)
+
+
+class RelativeSquash(nn.Module):
+    """``(N, K, 2 G) -> (N, K, G)``: ``clip(num / max(den, floor), lo, hi)`` per feature."""
+
+    floor: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
+        self.register_buffer("floor", torch.tensor(_REL_FLOOR), persistent=False)
+        self.register_buffer("lo", torch.tensor(_REL_LO), persistent=False)
+        self.register_buffer("hi", torch.tensor(_REL_HI), persistent=False)
+
+    def forward(self, terms: torch.Tensor) -> torch.Tensor:
+        """The clipped ratios."""
+        num, den = terms.chunk(2, dim=-1)
+        ratio = num / torch.maximum(den, self.floor.to(terms.dtype))
+        return torch.minimum(torch.maximum(ratio, self.lo.to(terms.dtype)), self.hi.to(terms.dtype))
+
+
+class RelativePairFeatures(nn.Module):
+    """``(imputed request (N, RX), models (N, K, P)) -> (N, K, NUM_RELATIVE_FEATURES)``: the
+    scale-free features, :class:`RelativeTerms` then :class:`RelativeSquash`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.terms = RelativeTerms()
+        self.squash = RelativeSquash()
+
+    def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
+        """The scale-free features."""
+        return self.squash(self.terms(request, models))
+
+
+class PairFeatures(nn.Module):
+    """``(request (N, R), models (N, K, P)) -> (N, K, num_features)``, roughly unit scale:
+    :class:`ImputeRequest` then :class:`AffinePairFeatures` (the :data:`PAIR_FEATURES`), and with
+    ``relative`` the scale-free :data:`RELATIVE_FEATURES` after them."""
+
+    def __init__(self, relative: bool = False) -> None:
+        super().__init__()
         self.impute = ImputeRequest()
         self.affine = AffinePairFeatures()
+        self.relative = RelativePairFeatures() if relative else None
+
+    @property
+    def num_features(self) -> int:
+        """Width of the pair features."""
+        return NUM_PAIR_FEATURES + (NUM_RELATIVE_FEATURES if self.relative is not None else 0)
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """Build the pair features."""
-        return self.affine(self.impute(request), models)
+        rx = self.impute(request)
+        out: torch.Tensor = self.affine(rx, models)
+        if self.relative is None:
+            return out
+        return torch.cat([out, self.relative(rx, models)], dim=-1)
 
 
 #: The headroom features of the original step basis (download headroom, ModiPick's slack).
@@ -292,21 +397,25 @@ class MetNet(nn.Module):
     """Shared per-model MLP: pair features -> logit of meeting the SLA; score = A · P(met).
 
     ``norm_mean``/``norm_std`` standardise the pair features inside the module, so the
-    normalisation travels with the saved and exported policy.
+    normalisation travels with the saved and exported policy. ``relative``: the scale-free
+    :data:`RELATIVE_FEATURES` too (issue 13).
     """
 
-    def __init__(self, hidden: int = 64, layers: int = 2, miss_penalty: float = 0.0) -> None:
+    def __init__(
+        self, hidden: int = 64, layers: int = 2, miss_penalty: float = 0.0, relative: bool = False
+    ) -> None:
         super().__init__()
-        self.pairs = PairFeatures()
+        self.pairs = PairFeatures(relative)
         self.miss_penalty = float(miss_penalty)
-        dims = [NUM_PAIR_FEATURES, *([hidden] * layers)]
+        width = self.pairs.num_features
+        dims = [width, *([hidden] * layers)]
         mods: list[nn.Module] = []
         for a, b in itertools.pairwise(dims):
             mods += [nn.Linear(a, b), nn.Tanh()]
         mods.append(nn.Linear(dims[-1], 1))
         self.mlp = nn.Sequential(*mods)
-        self.register_buffer("norm_mean", torch.zeros(NUM_PAIR_FEATURES))
-        self.register_buffer("norm_std", torch.ones(NUM_PAIR_FEATURES))
+        self.register_buffer("norm_mean", torch.zeros(width))
+        self.register_buffer("norm_std", torch.ones(width))
 
     def logits(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """Logit of P(met) per model, ``(N, K)``."""

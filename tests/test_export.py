@@ -41,7 +41,13 @@ from modi.runtime.metadata import ACTION_MEANING, METADATA_VERSION, RANGE_FEATUR
 
 PARITY_REQUESTS = 10_000
 #: Small training budgets: enough for non-trivial decisions, a few seconds each.
-BUDGETS = {"linucb": 20_000, "linucb_regime": 20_000, "lints": 20_000, "neural": 8_000}
+BUDGETS = {
+    "linucb": 20_000,
+    "linucb_regime": 20_000,
+    "lints": 20_000,
+    "neural": 8_000,
+    "neural_relative": 8_000,
+}
 
 
 class RegimeLinUCB(LinUCB):
@@ -51,11 +57,19 @@ class RegimeLinUCB(LinUCB):
         super().__init__(seed=seed, width_ms=2.0, steps=("slack", "net_headroom", "net_margin"))
 
 
+class RelativeNeural(NeuralBandit):
+    """The neural bandit with the scale-free pair features (conf/agent/neural: relative)."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        super().__init__(seed=seed, relative=True)
+
+
 POLICIES: dict[str, type[LearnedPolicy]] = {
     "linucb": LinUCB,
     "linucb_regime": RegimeLinUCB,
     "lints": LinearThompson,
     "neural": NeuralBandit,
+    "neural_relative": RelativeNeural,
 }
 
 

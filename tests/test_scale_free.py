@@ -1,0 +1,118 @@
+"""The scale-free pair features (issue 13, item 2): the same request on another time scale is the
+same problem to the scorer, the features stay in fixed ranges, and older saved selectors (without
+them) still load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from modi.agents.bandits import NeuralBandit, load_learned
+from modi.agents.fused import fuse_selector, plausible_inputs, same_scores
+from modi.agents.scorers import (
+    _REL_HI,
+    _REL_LO,
+    NUM_PAIR_FEATURES,
+    NUM_RELATIVE_FEATURES,
+    RELATIVE_FEATURES,
+    ArgmaxSelector,
+    MetNet,
+    PairFeatures,
+)
+from modi.runtime import features as F
+
+#: Request columns and model columns that are durations (scaled together below).
+TIME_REQUEST_COLS = (
+    F.SLA, F.ELAPSED, F.T_INPUT, F.REMAINING, F.BUDGET, F.NET_MEAN, F.NET_STD, F.SRTT, F.RTTVAR,
+    F.CLIENT_DL, F.CLIENT_DLVAR,
+)  # fmt: skip
+TIME_MODEL_COLS = (F.MU, F.SIGMA)
+
+
+def _scaled(r: torch.Tensor, m: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
+    r2, m2 = r.clone(), m.clone()
+    known = r2[:, F.CLIENT_DL] >= 0  # the "no history" marker is not a duration
+    for col in TIME_REQUEST_COLS:
+        if col in (F.CLIENT_DL, F.CLIENT_DLVAR):
+            r2[:, col] = torch.where(known, r2[:, col] * c, r2[:, col])
+        else:
+            r2[:, col] *= c
+    for col in TIME_MODEL_COLS:
+        m2[:, :, col] *= c
+    return r2, m2
+
+
+def test_relative_features_do_not_change_when_every_duration_scales() -> None:
+    r, m = plausible_inputs(256, 6, seed=3, dtype=torch.float64)
+    r[:, F.SLA] += 400.0  # above the 1 ms floors at every scale below
+    r[:, F.REMAINING] += 400.0
+    r[:, F.BUDGET] += 400.0
+    m[:, :, F.SIGMA] += 0.5
+    r[:, F.RTTVAR] += 1.0
+    r[:, F.CLIENT_DLVAR] += 1.0
+    pairs = PairFeatures(relative=True).double()
+    base = pairs(r, m)[..., NUM_PAIR_FEATURES:]
+    assert base.shape == (256, 6, NUM_RELATIVE_FEATURES)
+    for c in (2.0, 10.0):  # up from a request above every floor (1 ms, 0.05 ms)
+        got = pairs(*_scaled(r, m, c))[..., NUM_PAIR_FEATURES:]
+        assert torch.allclose(got, base, rtol=1e-9, atol=1e-9), c
+    # ... while the plain headroom features move with the scale
+    plain = pairs(*_scaled(r, m, 10.0))[..., :NUM_PAIR_FEATURES]
+    assert not torch.allclose(plain, pairs(r, m)[..., :NUM_PAIR_FEATURES])
+
+
+def test_relative_features_stay_in_their_ranges_on_extreme_requests() -> None:
+    r, m = plausible_inputs(512, 5, seed=4)
+    r[:128, F.REMAINING] = -50.0  # already late
+    m[128:256, :, F.MU] = 1e5  # a model far slower than any budget
+    m[256:384, :, F.SIGMA] = 0.0  # a perfectly steady model
+    f = PairFeatures(relative=True)(r, m)[..., NUM_PAIR_FEATURES:]
+    assert torch.isfinite(f).all()
+    lo, hi = torch.tensor(_REL_LO), torch.tensor(_REL_HI)
+    assert (f >= lo).all() and (f <= hi).all()
+    assert len(RELATIVE_FEATURES) == NUM_RELATIVE_FEATURES == len(_REL_LO)
+
+
+def test_exec_z_is_a_sharp_step_at_the_papers_budget() -> None:
+    # the papers' network: the download takes as long as the upload, so the budget is exact
+    # and a model meets the SLA iff its run fits under it: exec_z crosses 0 exactly there
+    r, m = plausible_inputs(1, 3, seed=5, dtype=torch.float64)
+    budget = float(r[0, F.BUDGET])
+    m[0, :, F.SIGMA] = 0.2
+    r[0, F.SLOWDOWN] = 1.0
+    m[0, :, F.MU] = torch.tensor([budget - 0.4, budget, budget + 0.4])
+    z = PairFeatures(relative=True).double()(r, m)[0, :, NUM_PAIR_FEATURES + 4]
+    assert z.tolist() == pytest.approx([2.0, 0.0, -2.0], abs=1e-4)
+
+
+def test_relative_scorer_fuses_exactly() -> None:
+    torch.manual_seed(0)
+    net = MetNet(relative=True)
+    with torch.no_grad():
+        net.norm_mean.normal_()  # type: ignore[operator]
+        net.norm_std.uniform_(0.5, 2.0)  # type: ignore[operator]
+    sel = ArgmaxSelector(net).eval()
+    fused, what = fuse_selector(sel)
+    assert what == ["MetNet"]
+    assert same_scores(sel, fused)
+
+
+def test_a_selector_saved_before_the_relative_features_loads_without_them(
+    tmp_path: Path,
+) -> None:
+    nb = NeuralBandit(seed=0)
+    path = nb.save(tmp_path / "old.pt")
+    st = torch.load(path, weights_only=False)
+    del st["hparams"]["relative"]  # a file from before the option existed
+    torch.save(st, path)
+    back = load_learned(path)
+    assert isinstance(back, NeuralBandit)
+    assert back.net.pairs.relative is None
+    rel = NeuralBandit(seed=0, relative=True)
+    back_rel = load_learned(rel.save(tmp_path / "rel.pt"))
+    assert back_rel.net.pairs.relative is not None  # type: ignore[attr-defined]
+    obs = np.zeros((1, F.obs_dim(3)), dtype=np.float32)
+    assert back_rel.select(obs).shape == (1,)
