@@ -234,7 +234,7 @@ class RelativeImage(nn.Module):
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """``squash(terms(r, m)) @ w``."""
-        return self.squash(self.terms(request, models)) @ self.w
+        return self.squash(self.terms(request, models), request) @ self.w
 
 
 class ImputedPairs(nn.Module):

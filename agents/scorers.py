@@ -181,20 +181,23 @@ class AffinePairFeatures(nn.Module):
 #: Scale-free pair features (issue 13, item 2) of :class:`RelativePairFeatures`, each a ratio
 #: clipped to a fixed range, so a pool or a network on another time scale maps onto the range
 #: the scorer trained on: (name, range, meaning). ``ms = mu*slowdown``, ``ss = sigma*slowdown``,
-#: ``rem = max(remaining_ms, 1)``.
+#: ``rem = max(remaining_ms, 1)``; ``gate = clip(1 - 2 |dl_per_upload - 1|, 0, 1)``: 1 for a
+#: client whose downloads take as long as its uploads (then this request's upload time predicts
+#: its download, as on the papers' networks), 0 where they differ by half or more, or are unknown.
 RELATIVE_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("mu_rel", "[0, 4]", "ms / rem: the mean run's share of the time left"),
     ("sigma_rel", "[0, 1]", "ss / rem: the run's spread against the time left"),
     (
         "budget_rel",
         "[-4, 1]",
-        "(budget_ms - ms) / rem: what is left if the download takes as long as the upload",
+        "gate * (budget_ms - ms) / rem: what is left if the download takes as long as the upload",
     ),
     ("dl_rel", "[-4, 1]", "dl_headroom / rem: what is left after the client's usual download"),
     (
         "exec_z",
         "[-10, 10]",
-        "(budget_ms - ms) / max(ss, 0.05 ms): that headroom in execution standard deviations",
+        "gate * (budget_ms - ms) / max(ss, 0.05 ms): that headroom in execution standard "
+        "deviations",
     ),
     (
         "dl_z",
@@ -208,10 +211,11 @@ RELATIVE_FEATURES: tuple[tuple[str, str, str], ...] = (
     ),
 )
 NUM_RELATIVE_FEATURES = len(RELATIVE_FEATURES)
-#: Per relative feature: denominator floor (ms), lower and upper clip.
+#: Per relative feature: denominator floor (ms), lower and upper clip, whether gated.
 _REL_FLOOR = (1.0, 1.0, 1.0, 1.0, 0.05, 1.0, 1.0)
 _REL_LO = (0.0, 0.0, -4.0, -4.0, -10.0, -4.0, -4.0)
 _REL_HI = (4.0, 1.0, 1.0, 1.0, 10.0, 4.0, 4.0)
+_REL_GATED = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0)
 
 
 class RelativeTerms(nn.Module):
@@ -239,23 +243,33 @@ class RelativeTerms(nn.Module):
 
 
 class RelativeSquash(nn.Module):
-    """``(N, K, 2 G) -> (N, K, G)``: ``clip(num / max(den, floor), lo, hi)`` per feature."""
+    """``(terms (N, K, 2 G), imputed request (N, RX)) -> (N, K, G)``:
+    ``clip(num / max(den, floor), lo, hi)`` per feature, the gated ones times the gate."""
 
     floor: torch.Tensor
     lo: torch.Tensor
     hi: torch.Tensor
+    gated: torch.Tensor
+    ratio_col: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("floor", torch.tensor(_REL_FLOOR), persistent=False)
         self.register_buffer("lo", torch.tensor(_REL_LO), persistent=False)
         self.register_buffer("hi", torch.tensor(_REL_HI), persistent=False)
+        self.register_buffer("gated", torch.tensor(_REL_GATED), persistent=False)
+        self.register_buffer("ratio_col", torch.tensor([DL_RATIO_COL]), persistent=False)
 
-    def forward(self, terms: torch.Tensor) -> torch.Tensor:
+    def forward(self, terms: torch.Tensor, request: torch.Tensor) -> torch.Tensor:
         """The clipped ratios."""
+        dt = terms.dtype
         num, den = terms.chunk(2, dim=-1)
-        ratio = num / torch.maximum(den, self.floor.to(terms.dtype))
-        return torch.minimum(torch.maximum(ratio, self.lo.to(terms.dtype)), self.hi.to(terms.dtype))
+        ratio = num / torch.maximum(den, self.floor.to(dt))
+        clipped = torch.minimum(torch.maximum(ratio, self.lo.to(dt)), self.hi.to(dt))
+        dl_up = request.index_select(1, self.ratio_col)  # (N, 1); 0 when unknown
+        gate = torch.clamp(1.0 - 2.0 * torch.abs(dl_up - 1.0), 0.0, 1.0)
+        mult = 1.0 + self.gated.to(dt) * (gate - 1.0)  # (N, G)
+        return clipped * mult.unsqueeze(1)
 
 
 class RelativePairFeatures(nn.Module):
@@ -269,7 +283,7 @@ class RelativePairFeatures(nn.Module):
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """The scale-free features."""
-        return self.squash(self.terms(request, models))
+        return self.squash(self.terms(request, models), request)
 
 
 class PairFeatures(nn.Module):

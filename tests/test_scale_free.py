@@ -13,6 +13,7 @@ import torch
 from modi.agents.bandits import NeuralBandit, load_learned
 from modi.agents.fused import fuse_selector, plausible_inputs, same_scores
 from modi.agents.scorers import (
+    _REL_GATED,
     _REL_HI,
     _REL_LO,
     NUM_PAIR_FEATURES,
@@ -30,6 +31,8 @@ TIME_REQUEST_COLS = (
     F.CLIENT_DL, F.CLIENT_DLVAR,
 )  # fmt: skip
 TIME_MODEL_COLS = (F.MU, F.SIGMA)
+REL = {name: i for i, (name, _, _) in enumerate(RELATIVE_FEATURES)}
+MU_REL, BUDGET_REL, EXEC_Z = REL["mu_rel"], REL["budget_rel"], REL["exec_z"]
 
 
 def _scaled(r: torch.Tensor, m: torch.Tensor, c: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,19 +76,34 @@ def test_relative_features_stay_in_their_ranges_on_extreme_requests() -> None:
     assert torch.isfinite(f).all()
     lo, hi = torch.tensor(_REL_LO), torch.tensor(_REL_HI)
     assert (f >= lo).all() and (f <= hi).all()
-    assert len(RELATIVE_FEATURES) == NUM_RELATIVE_FEATURES == len(_REL_LO)
+    assert len(RELATIVE_FEATURES) == NUM_RELATIVE_FEATURES == len(_REL_LO) == len(_REL_GATED)
 
 
-def test_exec_z_is_a_sharp_step_at_the_papers_budget() -> None:
+def test_exec_z_is_a_sharp_step_at_the_papers_budget_where_the_upload_predicts_the_download() -> (
+    None
+):
     # the papers' network: the download takes as long as the upload, so the budget is exact
     # and a model meets the SLA iff its run fits under it: exec_z crosses 0 exactly there
     r, m = plausible_inputs(1, 3, seed=5, dtype=torch.float64)
-    budget = float(r[0, F.BUDGET])
+    r[0, F.REMAINING], r[0, F.T_INPUT], r[0, F.BUDGET] = 200.0, 80.0, 120.0
+    budget = 120.0
     m[0, :, F.SIGMA] = 0.2
     r[0, F.SLOWDOWN] = 1.0
     m[0, :, F.MU] = torch.tensor([budget - 0.4, budget, budget + 0.4])
-    z = PairFeatures(relative=True).double()(r, m)[0, :, NUM_PAIR_FEATURES + 4]
+    # ... a client whose past downloads took as long as its uploads: the gate is open
+    r[0, F.CLIENT_DL] = r[0, F.NET_MEAN] = 60.0
+    pairs = PairFeatures(relative=True).double()
+    z = pairs(r, m)[0, :, NUM_PAIR_FEATURES + EXEC_Z]
     assert z.tolist() == pytest.approx([2.0, 0.0, -2.0], abs=1e-4)
+    # a client whose downloads are much shorter than its uploads (a 330 KB image up, 1 KB
+    # back): the upload says nothing about the download, and the gated features are neutral
+    r[0, F.CLIENT_DL] = 15.0
+    f = pairs(r, m)[0, :, NUM_PAIR_FEATURES:]
+    assert (f[:, EXEC_Z] == 0).all() and (f[:, BUDGET_REL] == 0).all()
+    assert (f[:, MU_REL] > 0).all()  # the ungated ones are unchanged
+    # nor is it open for a client's first request (no download history)
+    r[0, F.CLIENT_DL] = F.UNKNOWN_HISTORY
+    assert (pairs(r, m)[0, :, NUM_PAIR_FEATURES + EXEC_Z] == 0).all()
 
 
 def test_relative_scorer_fuses_exactly() -> None:
