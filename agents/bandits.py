@@ -30,6 +30,7 @@ from modi.agents.scorers import (
     LinearScorer,
     MetNet,
     StepBasis,
+    relative_names,
     split_obs,
 )
 from modi.runtime import features as F
@@ -324,7 +325,7 @@ class NeuralBandit(LearnedPolicy):
         miss_penalty: float = 0.0,
         seed: int | None = None,
         norm_samples: int = 1024,
-        relative: bool = False,
+        relative: bool | Sequence[str] = False,
     ) -> None:
         super().__init__(miss_penalty, seed)
         for name, v in (
@@ -340,7 +341,7 @@ class NeuralBandit(LearnedPolicy):
                 "neural.epsilon_start/epsilon_end must satisfy 0 <= end <= start <= 1, got "
                 f"{epsilon_start}, {epsilon_end}"
             )
-        self.hparams = {
+        self.hparams: dict[str, Any] = {
             "hidden": hidden,
             "layers": layers,
             "lr": lr,
@@ -351,9 +352,9 @@ class NeuralBandit(LearnedPolicy):
             "epsilon_decay_steps": epsilon_decay_steps,
             "updates_per_step": updates_per_step,
             "norm_samples": norm_samples,
-            "relative": bool(relative),
+            "relative": list(relative_names(relative)),
         }
-        self.net = MetNet(hidden, layers, miss_penalty, bool(relative))
+        self.net = MetNet(hidden, layers, miss_penalty, relative_names(relative))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         self._buf_req = np.zeros((buffer_size, F.R), dtype=np.float32)
         self._buf_mod = np.zeros((buffer_size, 1, F.P), dtype=np.float32)

@@ -317,9 +317,7 @@ POLICY_NAMES: tuple[str, ...] = (
 )
 
 
-def make_policy(
-    name: str, profile_mu_ms: NDArray[np.float64] | None = None, **kwargs: Any
-) -> Any:
+def make_policy(name: str, profile_mu_ms: NDArray[np.float64] | None = None, **kwargs: Any) -> Any:
     """Build a baseline or reference by name; ``kwargs`` go to its constructor."""
     if name == "static_greedy":
         return StaticGreedy(profile_mu_ms, **kwargs)

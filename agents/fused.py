@@ -226,10 +226,10 @@ class RelativeImage(nn.Module):
 
     w: torch.Tensor
 
-    def __init__(self, terms: AffinePairs, w: torch.Tensor) -> None:
+    def __init__(self, terms: AffinePairs, w: torch.Tensor, names: tuple[str, ...]) -> None:
         super().__init__()
         self.terms = terms
-        self.squash = RelativeSquash()
+        self.squash = RelativeSquash(names)
         self.register_buffer("w", w.to(torch.float32))
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
@@ -274,7 +274,7 @@ class ImputedPairs(nn.Module):
         if affine is None or terms is None:
             return None
         h = affine.out_dim
-        return cls(affine.then(w[:h], bias), RelativeImage(terms, w[h:]))
+        return cls(affine.then(w[:h], bias), RelativeImage(terms, w[h:], pairs.relative.names))
 
     @property
     def out_dim(self) -> int:

@@ -158,9 +158,7 @@ class InformedCeiling:
                 self._block = _block_latent(sim)
                 self._block_of = sim._blk_client
             row = sim._cursor
-            return self._law.samples(
-                self._block["rtt_ms"][row], self._block["downlink_mbps"][row]
-            )
+            return self._law.samples(self._block["rtt_ms"][row], self._block["downlink_mbps"][row])
         if not self._warned:
             log.warning(
                 "informed_ceiling: network %r has no law of its download given its present "

@@ -13,7 +13,7 @@ trains, evaluates and exports (:mod:`modi.agents.export`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
@@ -192,13 +192,13 @@ RELATIVE_FEATURES: tuple[tuple[str, str, str], ...] = (
         "[-4, 1]",
         "gate * (budget_ms - ms) / rem: what is left if the download takes as long as the upload",
     ),
-    ("dl_rel", "[-4, 1]", "dl_headroom / rem: what is left after the client's usual download"),
     (
         "exec_z",
         "[-10, 10]",
         "gate * (budget_ms - ms) / max(ss, 0.05 ms): that headroom in execution standard "
         "deviations",
     ),
+    ("dl_rel", "[-4, 1]", "dl_headroom / rem: what is left after the client's usual download"),
     (
         "dl_z",
         "[-4, 4]",
@@ -210,18 +210,45 @@ RELATIVE_FEATURES: tuple[tuple[str, str, str], ...] = (
         "net_headroom / max(2 rttvar + ss, 1 ms): in TCP's RTT variation and the run's spread",
     ),
 )
-NUM_RELATIVE_FEATURES = len(RELATIVE_FEATURES)
+RELATIVE_NAMES: tuple[str, ...] = tuple(name for name, _, _ in RELATIVE_FEATURES)
 #: Per relative feature: denominator floor (ms), lower and upper clip, whether gated.
-_REL_FLOOR = (1.0, 1.0, 1.0, 1.0, 0.05, 1.0, 1.0)
-_REL_LO = (0.0, 0.0, -4.0, -4.0, -10.0, -4.0, -4.0)
-_REL_HI = (4.0, 1.0, 1.0, 1.0, 10.0, 4.0, 4.0)
-_REL_GATED = (0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0)
+_REL_FLOOR = dict(zip(RELATIVE_NAMES, (1.0, 1.0, 1.0, 0.05, 1.0, 1.0, 1.0), strict=True))
+_REL_LO = dict(zip(RELATIVE_NAMES, (0.0, 0.0, -4.0, -10.0, -4.0, -4.0, -4.0), strict=True))
+_REL_HI = dict(zip(RELATIVE_NAMES, (4.0, 1.0, 1.0, 10.0, 1.0, 4.0, 4.0), strict=True))
+_REL_GATED = dict(zip(RELATIVE_NAMES, (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0), strict=True))
+#: What ``relative=True`` means (and ``agent.relative``'s default): the two gated features.
+#: The others are left out by default: trained with them, the mixture selector lost 1-2 points
+#: on LTE's validation split (docs/results.md, "One selector everywhere").
+DEFAULT_RELATIVE: tuple[str, ...] = ("budget_rel", "exec_z")
+
+
+def relative_names(relative: bool | Sequence[str] | None) -> tuple[str, ...]:
+    """The scale-free features a ``relative`` setting selects: ``False``/``None``/``[]`` none,
+    ``True`` :data:`DEFAULT_RELATIVE`, or names from :data:`RELATIVE_NAMES` (in that order)."""
+    if relative is None or (isinstance(relative, bool) and not relative):
+        return ()
+    if isinstance(relative, bool):
+        return DEFAULT_RELATIVE
+    if isinstance(relative, str):
+        relative = [relative]
+    names = [str(x) for x in relative]
+    bad = [x for x in names if x not in RELATIVE_NAMES]
+    if bad or len(set(names)) != len(names):
+        raise ValueError(
+            f"relative must be true/false or distinct names from {list(RELATIVE_NAMES)}, "
+            f"got {names}"
+        )
+    return tuple(x for x in RELATIVE_NAMES if x in names)
 
 
 class RelativeTerms(nn.Module):
     """``(imputed request (N, RX), models (N, K, P)) -> (N, K, 2 G)``: the numerators then the
-    denominators of the :data:`RELATIVE_FEATURES`, affine in each block with the one product
-    ``slowdown * model`` (so they fuse like :class:`AffinePairFeatures`)."""
+    denominators of the chosen :data:`RELATIVE_FEATURES`, affine in each block with the one
+    product ``slowdown * model`` (so they fuse like :class:`AffinePairFeatures`)."""
+
+    def __init__(self, names: Sequence[str] = DEFAULT_RELATIVE) -> None:
+        super().__init__()
+        self.names = tuple(names)
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """Numerators and denominators."""
@@ -231,15 +258,26 @@ class RelativeTerms(nn.Module):
         ss = models[:, :, F.SIGMA] * slow
         remaining = request[:, F.REMAINING : F.REMAINING + 1].expand(-1, k)
         budget = request[:, F.BUDGET : F.BUDGET + 1]
+        up_headroom = budget - ms
         headroom = remaining - ms
         dl_headroom = headroom - request[:, F.CLIENT_DL : F.CLIENT_DL + 1]
-        net_headroom = headroom - 0.5 * request[:, F.SRTT : F.SRTT + 1]
-        up_headroom = budget - ms
-        dl_spread = 2.0 * request[:, F.CLIENT_DLVAR : F.CLIENT_DLVAR + 1] + ss
-        net_spread = 2.0 * request[:, F.RTTVAR : F.RTTVAR + 1] + ss
-        num = [ms, ss, up_headroom, dl_headroom, up_headroom, dl_headroom, net_headroom]
-        den = [remaining, remaining, remaining, remaining, ss, dl_spread, net_spread]
-        return torch.stack(num + den, dim=-1)
+        terms: dict[str, Callable[[], tuple[torch.Tensor, torch.Tensor]]] = {
+            "mu_rel": lambda: (ms, remaining),
+            "sigma_rel": lambda: (ss, remaining),
+            "budget_rel": lambda: (up_headroom, remaining),
+            "exec_z": lambda: (up_headroom, ss),
+            "dl_rel": lambda: (dl_headroom, remaining),
+            "dl_z": lambda: (
+                dl_headroom,
+                2.0 * request[:, F.CLIENT_DLVAR : F.CLIENT_DLVAR + 1] + ss,
+            ),
+            "net_z": lambda: (
+                headroom - 0.5 * request[:, F.SRTT : F.SRTT + 1],
+                2.0 * request[:, F.RTTVAR : F.RTTVAR + 1] + ss,
+            ),
+        }
+        pairs = [terms[x]() for x in self.names]
+        return torch.stack([n for n, _ in pairs] + [d for _, d in pairs], dim=-1)
 
 
 class RelativeSquash(nn.Module):
@@ -252,13 +290,18 @@ class RelativeSquash(nn.Module):
     gated: torch.Tensor
     ratio_col: torch.Tensor
 
-    def __init__(self) -> None:
+    def __init__(self, names: Sequence[str] = DEFAULT_RELATIVE) -> None:
         super().__init__()
-        self.register_buffer("floor", torch.tensor(_REL_FLOOR), persistent=False)
-        self.register_buffer("lo", torch.tensor(_REL_LO), persistent=False)
-        self.register_buffer("hi", torch.tensor(_REL_HI), persistent=False)
-        self.register_buffer("gated", torch.tensor(_REL_GATED), persistent=False)
+
+        def vec(table: dict[str, float]) -> torch.Tensor:
+            return torch.tensor([table[x] for x in names])
+
+        self.register_buffer("floor", vec(_REL_FLOOR), persistent=False)
+        self.register_buffer("lo", vec(_REL_LO), persistent=False)
+        self.register_buffer("hi", vec(_REL_HI), persistent=False)
+        self.register_buffer("gated", vec(_REL_GATED), persistent=False)
         self.register_buffer("ratio_col", torch.tensor([DL_RATIO_COL]), persistent=False)
+        self.any_gated = any(_REL_GATED[x] for x in names)
 
     def forward(self, terms: torch.Tensor, request: torch.Tensor) -> torch.Tensor:
         """The clipped ratios."""
@@ -266,6 +309,8 @@ class RelativeSquash(nn.Module):
         num, den = terms.chunk(2, dim=-1)
         ratio = num / torch.maximum(den, self.floor.to(dt))
         clipped = torch.minimum(torch.maximum(ratio, self.lo.to(dt)), self.hi.to(dt))
+        if not self.any_gated:
+            return clipped
         dl_up = request.index_select(1, self.ratio_col)  # (N, 1); 0 when unknown
         gate = torch.clamp(1.0 - 2.0 * torch.abs(dl_up - 1.0), 0.0, 1.0)
         mult = 1.0 + self.gated.to(dt) * (gate - 1.0)  # (N, G)
@@ -273,13 +318,14 @@ class RelativeSquash(nn.Module):
 
 
 class RelativePairFeatures(nn.Module):
-    """``(imputed request (N, RX), models (N, K, P)) -> (N, K, NUM_RELATIVE_FEATURES)``: the
-    scale-free features, :class:`RelativeTerms` then :class:`RelativeSquash`."""
+    """``(imputed request (N, RX), models (N, K, P)) -> (N, K, G)``: the chosen scale-free
+    features, :class:`RelativeTerms` then :class:`RelativeSquash`."""
 
-    def __init__(self) -> None:
+    def __init__(self, names: Sequence[str] = DEFAULT_RELATIVE) -> None:
         super().__init__()
-        self.terms = RelativeTerms()
-        self.squash = RelativeSquash()
+        self.names = tuple(names)
+        self.terms = RelativeTerms(self.names)
+        self.squash = RelativeSquash(self.names)
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """The scale-free features."""
@@ -289,18 +335,21 @@ class RelativePairFeatures(nn.Module):
 class PairFeatures(nn.Module):
     """``(request (N, R), models (N, K, P)) -> (N, K, num_features)``, roughly unit scale:
     :class:`ImputeRequest` then :class:`AffinePairFeatures` (the :data:`PAIR_FEATURES`), and with
-    ``relative`` the scale-free :data:`RELATIVE_FEATURES` after them."""
+    ``relative`` (see :func:`relative_names`) the chosen scale-free :data:`RELATIVE_FEATURES`
+    after them."""
 
-    def __init__(self, relative: bool = False) -> None:
+    def __init__(self, relative: bool | Sequence[str] = False) -> None:
         super().__init__()
         self.impute = ImputeRequest()
         self.affine = AffinePairFeatures()
-        self.relative = RelativePairFeatures() if relative else None
+        names = relative_names(relative)
+        self.relative = RelativePairFeatures(names) if names else None
 
     @property
     def num_features(self) -> int:
         """Width of the pair features."""
-        return NUM_PAIR_FEATURES + (NUM_RELATIVE_FEATURES if self.relative is not None else 0)
+        rel = len(self.relative.names) if self.relative is not None else 0
+        return NUM_PAIR_FEATURES + rel
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """Build the pair features."""
@@ -411,12 +460,16 @@ class MetNet(nn.Module):
     """Shared per-model MLP: pair features -> logit of meeting the SLA; score = A · P(met).
 
     ``norm_mean``/``norm_std`` standardise the pair features inside the module, so the
-    normalisation travels with the saved and exported policy. ``relative``: the scale-free
-    :data:`RELATIVE_FEATURES` too (issue 13).
+    normalisation travels with the saved and exported policy. ``relative``: scale-free
+    :data:`RELATIVE_FEATURES` too (issue 13; :func:`relative_names`).
     """
 
     def __init__(
-        self, hidden: int = 64, layers: int = 2, miss_penalty: float = 0.0, relative: bool = False
+        self,
+        hidden: int = 64,
+        layers: int = 2,
+        miss_penalty: float = 0.0,
+        relative: bool | Sequence[str] = False,
     ) -> None:
         super().__init__()
         self.pairs = PairFeatures(relative)

@@ -16,12 +16,14 @@ from modi.agents.scorers import (
     _REL_GATED,
     _REL_HI,
     _REL_LO,
+    DEFAULT_RELATIVE,
     NUM_PAIR_FEATURES,
-    NUM_RELATIVE_FEATURES,
     RELATIVE_FEATURES,
+    RELATIVE_NAMES,
     ArgmaxSelector,
     MetNet,
     PairFeatures,
+    relative_names,
 )
 from modi.runtime import features as F
 
@@ -31,7 +33,7 @@ TIME_REQUEST_COLS = (
     F.CLIENT_DL, F.CLIENT_DLVAR,
 )  # fmt: skip
 TIME_MODEL_COLS = (F.MU, F.SIGMA)
-REL = {name: i for i, (name, _, _) in enumerate(RELATIVE_FEATURES)}
+REL = {name: i for i, name in enumerate(RELATIVE_NAMES)}
 MU_REL, BUDGET_REL, EXEC_Z = REL["mu_rel"], REL["budget_rel"], REL["exec_z"]
 
 
@@ -56,9 +58,9 @@ def test_relative_features_do_not_change_when_every_duration_scales() -> None:
     m[:, :, F.SIGMA] += 0.5
     r[:, F.RTTVAR] += 1.0
     r[:, F.CLIENT_DLVAR] += 1.0
-    pairs = PairFeatures(relative=True).double()
+    pairs = PairFeatures(relative=RELATIVE_NAMES).double()
     base = pairs(r, m)[..., NUM_PAIR_FEATURES:]
-    assert base.shape == (256, 6, NUM_RELATIVE_FEATURES)
+    assert base.shape == (256, 6, len(RELATIVE_NAMES))
     for c in (2.0, 10.0):  # up from a request above every floor (1 ms, 0.05 ms)
         got = pairs(*_scaled(r, m, c))[..., NUM_PAIR_FEATURES:]
         assert torch.allclose(got, base, rtol=1e-9, atol=1e-9), c
@@ -72,11 +74,12 @@ def test_relative_features_stay_in_their_ranges_on_extreme_requests() -> None:
     r[:128, F.REMAINING] = -50.0  # already late
     m[128:256, :, F.MU] = 1e5  # a model far slower than any budget
     m[256:384, :, F.SIGMA] = 0.0  # a perfectly steady model
-    f = PairFeatures(relative=True)(r, m)[..., NUM_PAIR_FEATURES:]
+    f = PairFeatures(relative=RELATIVE_NAMES)(r, m)[..., NUM_PAIR_FEATURES:]
     assert torch.isfinite(f).all()
-    lo, hi = torch.tensor(_REL_LO), torch.tensor(_REL_HI)
+    lo = torch.tensor([_REL_LO[x] for x in RELATIVE_NAMES])
+    hi = torch.tensor([_REL_HI[x] for x in RELATIVE_NAMES])
     assert (f >= lo).all() and (f <= hi).all()
-    assert len(RELATIVE_FEATURES) == NUM_RELATIVE_FEATURES == len(_REL_LO) == len(_REL_GATED)
+    assert len(RELATIVE_FEATURES) == len(_REL_LO) == len(_REL_GATED)
 
 
 def test_exec_z_is_a_sharp_step_at_the_papers_budget_where_the_upload_predicts_the_download() -> (
@@ -92,7 +95,7 @@ def test_exec_z_is_a_sharp_step_at_the_papers_budget_where_the_upload_predicts_t
     m[0, :, F.MU] = torch.tensor([budget - 0.4, budget, budget + 0.4])
     # ... a client whose past downloads took as long as its uploads: the gate is open
     r[0, F.CLIENT_DL] = r[0, F.NET_MEAN] = 60.0
-    pairs = PairFeatures(relative=True).double()
+    pairs = PairFeatures(relative=RELATIVE_NAMES).double()
     z = pairs(r, m)[0, :, NUM_PAIR_FEATURES + EXEC_Z]
     assert z.tolist() == pytest.approx([2.0, 0.0, -2.0], abs=1e-4)
     # a client whose downloads are much shorter than its uploads (a 330 KB image up, 1 KB
@@ -106,9 +109,10 @@ def test_exec_z_is_a_sharp_step_at_the_papers_budget_where_the_upload_predicts_t
     assert (pairs(r, m)[0, :, NUM_PAIR_FEATURES + EXEC_Z] == 0).all()
 
 
-def test_relative_scorer_fuses_exactly() -> None:
+@pytest.mark.parametrize("relative", [True, list(RELATIVE_NAMES), ["sigma_rel", "dl_z"]])
+def test_relative_scorer_fuses_exactly(relative: bool | list[str]) -> None:
     torch.manual_seed(0)
-    net = MetNet(relative=True)
+    net = MetNet(relative=relative)
     with torch.no_grad():
         net.norm_mean.normal_()  # type: ignore[operator]
         net.norm_std.uniform_(0.5, 2.0)  # type: ignore[operator]
@@ -116,6 +120,16 @@ def test_relative_scorer_fuses_exactly() -> None:
     fused, what = fuse_selector(sel)
     assert what == ["MetNet"]
     assert same_scores(sel, fused)
+
+
+def test_relative_setting_names_the_features_or_is_refused() -> None:
+    assert relative_names(True) == DEFAULT_RELATIVE
+    assert relative_names(False) == relative_names([]) == ()
+    assert relative_names(["net_z", "mu_rel"]) == ("mu_rel", "net_z")  # catalogue order
+    with pytest.raises(ValueError, match=r"mu_rel.*got \['headroom_rel'\]"):
+        relative_names(["headroom_rel"])
+    with pytest.raises(ValueError, match="distinct"):
+        NeuralBandit(relative=["exec_z", "exec_z"])
 
 
 def test_a_selector_saved_before_the_relative_features_loads_without_them(
@@ -129,8 +143,8 @@ def test_a_selector_saved_before_the_relative_features_loads_without_them(
     back = load_learned(path)
     assert isinstance(back, NeuralBandit)
     assert back.net.pairs.relative is None
-    rel = NeuralBandit(seed=0, relative=True)
+    rel = NeuralBandit(seed=0, relative=["mu_rel", "exec_z"])
     back_rel = load_learned(rel.save(tmp_path / "rel.pt"))
-    assert back_rel.net.pairs.relative is not None  # type: ignore[attr-defined]
+    assert back_rel.net.pairs.relative.names == ("mu_rel", "exec_z")  # type: ignore[attr-defined]
     obs = np.zeros((1, F.obs_dim(3)), dtype=np.float32)
     assert back_rel.select(obs).shape == (1,)
