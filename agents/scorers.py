@@ -181,9 +181,11 @@ class AffinePairFeatures(nn.Module):
 #: Scale-free pair features (issue 13, item 2) of :class:`RelativePairFeatures`, each a ratio
 #: clipped to a fixed range, so a pool or a network on another time scale maps onto the range
 #: the scorer trained on: (name, range, meaning). ``ms = mu*slowdown``, ``ss = sigma*slowdown``,
-#: ``rem = max(remaining_ms, 1)``; ``gate = clip(1 - 2 |dl_per_upload - 1|, 0, 1)``: 1 for a
-#: client whose downloads take as long as its uploads (then this request's upload time predicts
-#: its download, as on the papers' networks), 0 where they differ by half or more, or are unknown.
+#: ``rem = max(remaining_ms, 1)``; ``gate = g(dl_per_upload) * g(client_net_mean / (srtt / 2))``
+#: with ``g(x) = clip(1 - 3 |x - 1|, 0, 1)``: near 1 only for a client whose downloads take as
+#: long as its uploads *and* whose uploads take as long as the connection's one-way delay (no
+#: transmission time: this request's upload time then predicts its download, as on the papers'
+#: networks), 0 where either differs by a third or more, or is unknown.
 RELATIVE_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("mu_rel", "[0, 4]", "ms / rem: the mean run's share of the time left"),
     ("sigma_rel", "[0, 1]", "ss / rem: the run's spread against the time left"),
@@ -210,15 +212,16 @@ RELATIVE_FEATURES: tuple[tuple[str, str, str], ...] = (
         "net_headroom / max(2 rttvar + ss, 1 ms): in TCP's RTT variation and the run's spread",
     ),
 )
+#: Slope of the gate's two factors (see :data:`RELATIVE_FEATURES`).
+GATE_SHARPNESS = 3.0
 RELATIVE_NAMES: tuple[str, ...] = tuple(name for name, _, _ in RELATIVE_FEATURES)
 #: Per relative feature: denominator floor (ms), lower and upper clip, whether gated.
 _REL_FLOOR = dict(zip(RELATIVE_NAMES, (1.0, 1.0, 1.0, 0.05, 1.0, 1.0, 1.0), strict=True))
 _REL_LO = dict(zip(RELATIVE_NAMES, (0.0, 0.0, -4.0, -10.0, -4.0, -4.0, -4.0), strict=True))
 _REL_HI = dict(zip(RELATIVE_NAMES, (4.0, 1.0, 1.0, 10.0, 1.0, 4.0, 4.0), strict=True))
 _REL_GATED = dict(zip(RELATIVE_NAMES, (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0), strict=True))
-#: What ``relative=True`` means (and ``agent.relative``'s default): the two gated features.
-#: The others are left out by default: trained with them, the mixture selector lost 1-2 points
-#: on LTE's validation split (docs/results.md, "One selector everywhere").
+#: What ``relative=True`` means: the two gated features (``agent.relative`` is off by default;
+#: docs/results.md, "Scale-free features", has what each choice measured).
 DEFAULT_RELATIVE: tuple[str, ...] = ("budget_rel", "exec_z")
 
 
@@ -289,6 +292,8 @@ class RelativeSquash(nn.Module):
     hi: torch.Tensor
     gated: torch.Tensor
     ratio_col: torch.Tensor
+    up_col: torch.Tensor
+    srtt_col: torch.Tensor
 
     def __init__(self, names: Sequence[str] = DEFAULT_RELATIVE) -> None:
         super().__init__()
@@ -301,6 +306,8 @@ class RelativeSquash(nn.Module):
         self.register_buffer("hi", vec(_REL_HI), persistent=False)
         self.register_buffer("gated", vec(_REL_GATED), persistent=False)
         self.register_buffer("ratio_col", torch.tensor([DL_RATIO_COL]), persistent=False)
+        self.register_buffer("up_col", torch.tensor([F.NET_MEAN]), persistent=False)
+        self.register_buffer("srtt_col", torch.tensor([F.SRTT]), persistent=False)
         self.any_gated = any(_REL_GATED[x] for x in names)
 
     def forward(self, terms: torch.Tensor, request: torch.Tensor) -> torch.Tensor:
@@ -312,7 +319,11 @@ class RelativeSquash(nn.Module):
         if not self.any_gated:
             return clipped
         dl_up = request.index_select(1, self.ratio_col)  # (N, 1); 0 when unknown
-        gate = torch.clamp(1.0 - 2.0 * torch.abs(dl_up - 1.0), 0.0, 1.0)
+        up = request.index_select(1, self.up_col)
+        one_way = torch.clamp(0.5 * request.index_select(1, self.srtt_col), min=1.0)
+        gate = torch.clamp(1.0 - GATE_SHARPNESS * torch.abs(dl_up - 1.0), 0.0, 1.0) * torch.clamp(
+            1.0 - GATE_SHARPNESS * torch.abs(up / one_way - 1.0), 0.0, 1.0
+        )
         mult = 1.0 + self.gated.to(dt) * (gate - 1.0)  # (N, G)
         return clipped * mult.unsqueeze(1)
 

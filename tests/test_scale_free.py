@@ -93,8 +93,10 @@ def test_exec_z_is_a_sharp_step_at_the_papers_budget_where_the_upload_predicts_t
     m[0, :, F.SIGMA] = 0.2
     r[0, F.SLOWDOWN] = 1.0
     m[0, :, F.MU] = torch.tensor([budget - 0.4, budget, budget + 0.4])
-    # ... a client whose past downloads took as long as its uploads: the gate is open
+    # ... a client whose past downloads took as long as its uploads, and those as long as the
+    # connection's one-way delay: the gate is open
     r[0, F.CLIENT_DL] = r[0, F.NET_MEAN] = 60.0
+    r[0, F.SRTT] = 120.0
     pairs = PairFeatures(relative=RELATIVE_NAMES).double()
     z = pairs(r, m)[0, :, NUM_PAIR_FEATURES + EXEC_Z]
     assert z.tolist() == pytest.approx([2.0, 0.0, -2.0], abs=1e-4)
@@ -104,6 +106,13 @@ def test_exec_z_is_a_sharp_step_at_the_papers_budget_where_the_upload_predicts_t
     f = pairs(r, m)[0, :, NUM_PAIR_FEATURES:]
     assert (f[:, EXEC_Z] == 0).all() and (f[:, BUDGET_REL] == 0).all()
     assert (f[:, MU_REL] > 0).all()  # the ungated ones are unchanged
+    # nor where the uploads take much longer than the one-way delay (a transmission time)
+    r[0, F.CLIENT_DL] = 60.0
+    r[0, F.SRTT] = 60.0
+    assert (pairs(r, m)[0, :, NUM_PAIR_FEATURES + EXEC_Z] == 0).all()
+    r[0, F.SRTT] = 120.0
+    z = pairs(r, m)[0, :, NUM_PAIR_FEATURES + EXEC_Z]
+    assert z.tolist() == pytest.approx([2.0, 0.0, -2.0], abs=1e-4)
     # nor is it open for a client's first request (no download history)
     r[0, F.CLIENT_DL] = F.UNKNOWN_HISTORY
     assert (pairs(r, m)[0, :, NUM_PAIR_FEATURES + EXEC_Z] == 0).all()
