@@ -12,8 +12,10 @@ validation split, the informed ceiling and the oracle:
   (``pool.time_scale``), and the MDInference p2 pool.
 
 Writes ``report.csv`` (one row per condition and SLA: the summary columns of ``modi-train``
-plus ``condition``, ``rtt_factor``, ``pool``) and ``report.md`` (per condition: the worst SLA's
-paired interval, attainment, gap closed; the criterion of issue 13 checked per condition).
+plus ``condition``, ``rtt_factor``, ``pool`` and the same comparison on the validation split,
+``val_*``), ``verdicts.csv`` and ``report.md`` (per condition: the worst SLA's paired interval,
+attainment, gap closed; the criterion of issue 13 checked per condition, on the test split and,
+for choosing between selectors without reading the test split, on validation).
 """
 
 from __future__ import annotations
@@ -58,6 +60,20 @@ MIN_DIFF_LO = -0.005
 MIN_ATTAINMENT_DIFF = -0.01
 MIN_GAP_CLOSED = 0.5
 GAP_FLOOR = 0.02
+#: Columns of a condition's validation comparison kept in ``report.csv`` (``val_`` + name).
+VAL_COLUMNS = ("best_rule_eff_acc", "learned_eff_acc", "diff", "diff_lo", "diff_hi",
+               "attainment_diff", "attainment_diff_lo", "attainment_diff_hi", "ceiling_gap",
+               "gap_closed")  # fmt: skip
+
+
+def with_validation(summary: pd.DataFrame, val: pd.DataFrame) -> pd.DataFrame:
+    """``summary`` (test split) with the validation split's comparison of the same learned
+    selector and rule per SLA as ``val_*`` columns (:data:`VAL_COLUMNS`)."""
+    for name, frame in (("test", summary), ("validation", val)):
+        if frame.sla_ms.duplicated().any():
+            raise ValueError(f"{name} summary has several rows per SLA (a CV sweep?): one expected")
+    v = val[["sla_ms", *VAL_COLUMNS]].rename(columns={c: f"val_{c}" for c in VAL_COLUMNS})
+    return summary.merge(v, on="sla_ms", how="left")
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,17 @@ def verdict(part: pd.DataFrame) -> dict[str, Any]:
         and (gap.empty or gc_min >= MIN_GAP_CLOSED)
     )
     worst = part.loc[part.diff_lo.idxmin()]
+    val: dict[str, Any] = {}
+    if "val_diff_lo" in part and part.val_diff_lo.notna().all():
+        vgap = part[part.val_ceiling_gap >= GAP_FLOOR]
+        val = {
+            "val_worst_diff": float(part.val_diff.min()),
+            "val_worst_diff_lo": float(part.val_diff_lo.min()),
+            "val_min_attainment_diff": float(part.val_attainment_diff.min()),
+            "val_meets_criterion": bool((part.val_diff_lo >= MIN_DIFF_LO).all())
+            and bool((part.val_attainment_diff >= MIN_ATTAINMENT_DIFF).all())
+            and (vgap.empty or float(vgap.val_gap_closed.min()) >= MIN_GAP_CLOSED),
+        }
     return {
         "condition": part.condition.iloc[0],
         "best_rule": part.best_rule.iloc[0],
@@ -133,6 +160,7 @@ def verdict(part: pd.DataFrame) -> dict[str, Any]:
         "gap_slas": len(gap),
         "shield_rate_max": float(part.shield_rate.max()),
         "meets_criterion": ok,
+        **val,
     }
 
 
@@ -157,10 +185,20 @@ def _md(report: pd.DataFrame, verdicts: pd.DataFrame, policy: str, minutes: floa
             f"{100 * v.min_attainment_diff:+.2f} | {gc} | {'yes' if v.meets_criterion else 'no'} |"
         )
     n_ok = int(verdicts.meets_criterion.sum())
+    val_ok = ""
+    if "val_meets_criterion" in verdicts and verdicts.val_meets_criterion.notna().all():
+        val_ok = (
+            f" On the validation split (the rules' tuning split; to choose between selectors "
+            f"without the test split, `val_*` in report.csv and verdicts.csv): "
+            f"{int(verdicts.val_meets_criterion.astype(bool).sum())} of {len(verdicts)}, worst "
+            f"SLA {100 * float(verdicts.val_worst_diff_lo.min()):+.2f} points (interval's "
+            f"lower end)."
+        )
     lines += [
         "",
         f"{n_ok} of {len(verdicts)} conditions meet the criterion"
-        + (f"; {minutes:.1f} min." if minutes else " (parts run in parallel, merged)."),
+        + (f"; {minutes:.1f} min." if minutes else " (parts run in parallel, merged).")
+        + val_ok,
         "",
         "## Per SLA",
         "",
@@ -205,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     from modi.agents.served import ServedPolicy
     from modi.experiments.learned_report import _compose
+    from modi.experiments.summary import summarize
     from modi.experiments.train import evaluate_learned
 
     p = argparse.ArgumentParser(
@@ -213,23 +252,44 @@ def main(argv: list[str] | None = None) -> int:
         "family at its RTT and at 0.5x/2x it, and on pools ten times slower/faster, against "
         "the best rule tuned on each condition's validation split.",
     )
-    p.add_argument("--policy", type=Path, default=None,
-                   help="policy.pt or .onnx (default: train modi-train's default selector)")
+    p.add_argument(
+        "--policy",
+        type=Path,
+        default=None,
+        help="policy.pt or .onnx (default: train modi-train's default selector)",
+    )
     p.add_argument("--out", type=Path, default=Path("outputs/transfer_report"))
     p.add_argument("--scenarios", nargs="+", default=DEFAULT_SCENARIOS)
     p.add_argument("--rtt-factors", nargs="+", type=float, default=DEFAULT_RTT_FACTORS)
     p.add_argument("--no-pools", action="store_true", help="skip the pool transfers")
-    p.add_argument("--no-families", action="store_true",
-                   help="only the pool transfers (with --scenarios/--rtt-factors ignored)")
-    p.add_argument("--merge", nargs="+", type=Path, default=None,
-                   help="combine the report.csv of earlier runs (e.g. parts run in parallel) "
-                   "into --out's report.csv, verdicts.csv and report.md; nothing is evaluated")
+    p.add_argument(
+        "--no-families",
+        action="store_true",
+        help="only the pool transfers (with --scenarios/--rtt-factors ignored)",
+    )
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="combine the report.csv of earlier runs (e.g. parts run in parallel) "
+        "into --out's report.csv, verdicts.csv and report.md; nothing is evaluated",
+    )
     p.add_argument("--n-requests", type=int, default=None, help="test requests per SLA, seed")
     p.add_argument("--val-requests", type=int, default=None, help="validation requests per SLA")
-    p.add_argument("--train-requests", type=int, default=None,
-                   help="training requests when no --policy is given")
-    p.add_argument("--sla", nargs="+", type=float, default=None,
-                   help="SLAs (default: TRANSFER_SLAS per scenario, the pools' own sweeps)")
+    p.add_argument(
+        "--train-requests",
+        type=int,
+        default=None,
+        help="training requests when no --policy is given",
+    )
+    p.add_argument(
+        "--sla",
+        nargs="+",
+        type=float,
+        default=None,
+        help="SLAs (default: TRANSFER_SLAS per scenario, the pools' own sweeps)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)  # fmt: skip
     if a.merge:
@@ -275,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
             log.info("== %s", c.label)
             ov = [f"scenario={c.scenario}", "tracking=none", *extra, *c.overrides]
             slas = a.sla or (
-                None if any(o.startswith("sla_ms=") for o in c.overrides)
+                None
+                if any(o.startswith("sla_ms=") for o in c.overrides)
                 else TRANSFER_SLAS.get(c.scenario)
             )
             if slas:
@@ -284,7 +345,10 @@ def main(argv: list[str] | None = None) -> int:
             folder = a.out / c.label.replace(" ", "_")
             # a fresh served selector per condition: it binds to the condition's pool
             served = ServedPolicy(onnx)
-            _, _, summary = evaluate_learned(cfg, served, folder, not a.quiet)
+            val_res, _, summary = evaluate_learned(cfg, served, folder, not a.quiet)
+            val_units = pd.read_csv(folder / "val" / "units.csv")
+            rule = str(summary.best_rule.iloc[0])
+            summary = with_validation(summary, summarize(val_res, val_units, served.name, rule))
             summary.insert(0, "condition", c.label)
             summary.insert(1, "rtt_factor", c.rtt_factor)
             summary.insert(2, "pool", c.pool)
@@ -301,9 +365,7 @@ def main(argv: list[str] | None = None) -> int:
 def _write(report: pd.DataFrame, out: Path, policy: str, minutes: float) -> None:
     """``report.csv``, ``verdicts.csv`` and ``report.md`` into ``out``; the verdicts to stdout."""
     report.to_csv(out / "report.csv", index=False)
-    verdicts = pd.DataFrame(
-        [verdict(part) for _, part in report.groupby("condition", sort=False)]
-    )
+    verdicts = pd.DataFrame([verdict(part) for _, part in report.groupby("condition", sort=False)])
     verdicts.to_csv(out / "verdicts.csv", index=False)
     md = _md(report, verdicts, policy, minutes)
     (out / "report.md").write_text(md)

@@ -19,7 +19,7 @@ from modi.experiments.common import ConfigError
 from modi.experiments.mixture import MixtureSim, MixtureSpec
 from modi.experiments.train import prepare_training
 from modi.experiments.transfer_report import main as transfer_main
-from modi.experiments.transfer_report import rtt_overrides
+from modi.experiments.transfer_report import rtt_overrides, verdict, with_validation
 from modi.runtime import features as F
 
 
@@ -128,8 +128,13 @@ def test_transfer_report_at_a_tiny_budget(tmp_path: Path) -> None:
     r = rep.iloc[0]
     assert r.diff_lo <= r["diff"] <= r.diff_hi
     assert r.best_rule not in ("oracle", "informed_ceiling", r.learned)
+    # the same comparison on the validation split, for choosing without the test split
+    assert r.val_diff_lo <= r.val_diff <= r.val_diff_hi
+    assert r.val_diff == pytest.approx(r.val_learned_eff_acc - r.val_best_rule_eff_acc)
     verdicts = pd.read_csv(out / "verdicts.csv")
     assert list(verdicts.condition) == ["paper_campus rtt x2"]
+    assert verdicts.val_worst_diff_lo.iloc[0] == pytest.approx(r.val_diff_lo)
+    assert "On the validation split" in (out / "report.md").read_text()
     # the rules were tuned on this condition's own validation split (its folder's val/)
     assert (out / "paper_campus_rtt_x2" / "val" / "results.csv").is_file()
     assert "paper_campus rtt x2" in (out / "report.md").read_text()
@@ -182,3 +187,19 @@ def test_tied_penalties_are_decided_by_attainment() -> None:
     flat = table.assign(val_attainment=0.7)
     assert pick_penalty(flat, 0.01) == 0.5
     assert pick_penalty(flat.assign(val_effective_accuracy=0.5), 0.0) == 0.0
+
+
+def test_transfer_verdict_checks_the_validation_split_apart_from_the_test_split() -> None:
+    row = {"condition": "c", "best_rule": "r", "sla_ms": 100.0, "diff": 0.01, "diff_lo": 0.0,
+           "diff_hi": 0.02, "attainment_diff": 0.0, "ceiling_gap": 0.0, "gap_closed": 0.0,
+           "shield_rate": 0.0}  # fmt: skip
+    val = {"val_diff": -0.01, "val_diff_lo": -0.02, "val_diff_hi": 0.0,
+           "val_attainment_diff": 0.0, "val_ceiling_gap": 0.0, "val_gap_closed": 0.0}  # fmt: skip
+    v = verdict(pd.DataFrame([{**row, **val}]))
+    assert v["meets_criterion"] and not v["val_meets_criterion"]
+    assert v["val_worst_diff_lo"] == pytest.approx(-0.02)
+    # a report written before the validation columns: no validation verdict, the test one stands
+    old = verdict(pd.DataFrame([row]))
+    assert old["meets_criterion"] and "val_meets_criterion" not in old
+    with pytest.raises(ValueError, match="several rows per SLA"):
+        with_validation(pd.DataFrame([row, row]), pd.DataFrame([val]))
