@@ -324,8 +324,9 @@ class RelativeSquash(nn.Module):
         gate = torch.clamp(1.0 - GATE_SHARPNESS * torch.abs(dl_up - 1.0), 0.0, 1.0) * torch.clamp(
             1.0 - GATE_SHARPNESS * torch.abs(up / one_way - 1.0), 0.0, 1.0
         )
-        mult = 1.0 + self.gated.to(dt) * (gate - 1.0)  # (N, G)
-        return clipped * mult.unsqueeze(1)
+        gate = torch.where(gate == gate, gate, 0.0)  # TCP's RTT unknown (NaN): closed
+        gated = torch.where(self.gated > 0.5, clipped * gate.unsqueeze(1), clipped)
+        return gated
 
 
 class RelativePairFeatures(nn.Module):

@@ -139,9 +139,11 @@ def verdict(part: pd.DataFrame) -> dict[str, Any]:
     val: dict[str, Any] = {}
     if "val_diff_lo" in part and part.val_diff_lo.notna().all():
         vgap = part[part.val_ceiling_gap >= GAP_FLOOR]
+        vworst = part.loc[part.val_diff_lo.idxmin()]
         val = {
-            "val_worst_diff": float(part.val_diff.min()),
-            "val_worst_diff_lo": float(part.val_diff_lo.min()),
+            "val_worst_sla_ms": float(vworst.sla_ms),
+            "val_worst_diff": float(vworst.val_diff),
+            "val_worst_diff_lo": float(vworst.val_diff_lo),
             "val_min_attainment_diff": float(part.val_attainment_diff.min()),
             "val_meets_criterion": bool((part.val_diff_lo >= MIN_DIFF_LO).all())
             and bool((part.val_attainment_diff >= MIN_ATTAINMENT_DIFF).all())

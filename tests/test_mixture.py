@@ -197,7 +197,7 @@ def test_transfer_verdict_checks_the_validation_split_apart_from_the_test_split(
            "val_attainment_diff": 0.0, "val_ceiling_gap": 0.0, "val_gap_closed": 0.0}  # fmt: skip
     v = verdict(pd.DataFrame([{**row, **val}]))
     assert v["meets_criterion"] and not v["val_meets_criterion"]
-    assert v["val_worst_diff_lo"] == pytest.approx(-0.02)
+    assert v["val_worst_diff_lo"] == pytest.approx(-0.02) and v["val_worst_sla_ms"] == 100.0
     # a report written before the validation columns: no validation verdict, the test one stands
     old = verdict(pd.DataFrame([row]))
     assert old["meets_criterion"] and "val_meets_criterion" not in old

@@ -10,8 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from modi.agents import scorers
 from modi.agents.bandits import NeuralBandit, load_learned
-from modi.agents.fused import fuse_selector, plausible_inputs, same_scores
+from modi.agents.fused import (
+    SCORE_ATOL,
+    SCORE_RTOL,
+    fuse_selector,
+    plausible_inputs,
+    same_scores,
+)
 from modi.agents.scorers import (
     _REL_GATED,
     _REL_HI,
@@ -116,10 +123,19 @@ def test_exec_z_is_a_sharp_step_at_the_papers_budget_where_the_upload_predicts_t
     # nor is it open for a client's first request (no download history)
     r[0, F.CLIENT_DL] = F.UNKNOWN_HISTORY
     assert (pairs(r, m)[0, :, NUM_PAIR_FEATURES + EXEC_Z] == 0).all()
+    # nor where the server's TCP stack does not report the RTT (NaN): closed, not NaN, and the
+    # features that do not read it stay as they were
+    r[0, F.CLIENT_DL] = 60.0
+    r[0, F.SRTT] = float("nan")
+    f = pairs(r, m)[0, :, NUM_PAIR_FEATURES:]
+    assert (f[:, EXEC_Z] == 0).all() and (f[:, BUDGET_REL] == 0).all()
+    assert torch.isfinite(f[:, MU_REL]).all() and (f[:, MU_REL] > 0).all()
 
 
 @pytest.mark.parametrize("relative", [True, list(RELATIVE_NAMES), ["sigma_rel", "dl_z"]])
-def test_relative_scorer_fuses_exactly(relative: bool | list[str]) -> None:
+def test_relative_scorer_fuses_exactly(
+    relative: bool | list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     torch.manual_seed(0)
     net = MetNet(relative=relative)
     with torch.no_grad():
@@ -129,6 +145,21 @@ def test_relative_scorer_fuses_exactly(relative: bool | list[str]) -> None:
     fused, what = fuse_selector(sel)
     assert what == ["MetNet"]
     assert same_scores(sel, fused)
+    # and where the gate is open or half open (rare among random inputs): clients whose
+    # downloads take about as long as their uploads, and those as long as the one-way delay
+    r, m = plausible_inputs(256, 4, seed=7)
+    g = torch.Generator().manual_seed(7)
+    up = r[:, F.NET_MEAN]
+    r[:, F.CLIENT_DL] = up * (1 + 0.2 * (torch.rand(256, generator=g) - 0.5))
+    r[:, F.SRTT] = 2 * up * (1 + 0.2 * (torch.rand(256, generator=g) - 0.5))
+    with torch.no_grad():
+        a, b = sel(r, m)[1], fused(r, m)[1]
+        assert torch.allclose(a, b, rtol=SCORE_RTOL, atol=SCORE_ATOL)
+        if relative is True:  # these rows do open it: closing it (same inputs) changes scores
+            monkeypatch.setattr(scorers, "GATE_SHARPNESS", 1e9)
+            closed = sel(r, m)[1]
+            assert torch.isfinite(closed).all()
+            assert not torch.allclose(a, closed, rtol=SCORE_RTOL, atol=SCORE_ATOL)
 
 
 def test_relative_setting_names_the_features_or_is_refused() -> None:
