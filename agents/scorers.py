@@ -234,13 +234,14 @@ def relative_names(relative: bool | Sequence[str] | None) -> tuple[str, ...]:
         return DEFAULT_RELATIVE
     if isinstance(relative, str):
         relative = [relative]
-    names = [str(x) for x in relative]
+    expected = f"relative must be true/false or distinct names from {list(RELATIVE_NAMES)}"
+    try:
+        names = [str(x) for x in relative]
+    except TypeError:
+        raise ValueError(f"{expected}, got {relative!r}") from None
     bad = [x for x in names if x not in RELATIVE_NAMES]
     if bad or len(set(names)) != len(names):
-        raise ValueError(
-            f"relative must be true/false or distinct names from {list(RELATIVE_NAMES)}, "
-            f"got {names}"
-        )
+        raise ValueError(f"{expected}, got {names}")
     return tuple(x for x in RELATIVE_NAMES if x in names)
 
 
@@ -325,8 +326,7 @@ class RelativeSquash(nn.Module):
             1.0 - GATE_SHARPNESS * torch.abs(up / one_way - 1.0), 0.0, 1.0
         )
         gate = torch.where(gate == gate, gate, 0.0)  # TCP's RTT unknown (NaN): closed
-        gated = torch.where(self.gated > 0.5, clipped * gate.unsqueeze(1), clipped)
-        return gated
+        return torch.where(self.gated > 0.5, clipped * gate.unsqueeze(1), clipped)
 
 
 class RelativePairFeatures(nn.Module):

@@ -170,6 +170,8 @@ def test_relative_setting_names_the_features_or_is_refused() -> None:
         relative_names(["headroom_rel"])
     with pytest.raises(ValueError, match="distinct"):
         NeuralBandit(relative=["exec_z", "exec_z"])
+    with pytest.raises(ValueError, match=r"true/false or distinct names.*got 1"):
+        relative_names(1)  # type: ignore[arg-type]  # `agent.relative=1` on the command line
 
 
 def test_a_selector_saved_before_the_relative_features_loads_without_them(
