@@ -41,7 +41,7 @@ import numpy as np
 import onnx
 import torch
 from numpy.typing import NDArray
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from modi.agents.device_graph import fold_layers, scorer_graph
 from modi.envs.devices import DeviceProfile
@@ -109,27 +109,75 @@ def _weights_vector(w_energy_per_j: float, w_bytes_per_mb: float) -> NDArray[np.
 
 #: Score of an option outside the tie set (ε-lexicographic choice, see :func:`choice_scores`).
 TIE_OUT = -1e6
+#: Added to the score of a kept anchor option (see :func:`choice_scores`): above any objective
+#: and any tie-rule score (``-energy`` or :data:`TIE_OUT`).
+ANCHOR_BONUS = 1e9
+#: Options the anchor rule may keep, by name, as indices from the end of the option list (the
+#: offload options follow the ``L`` local models, so an index does not depend on the device's
+#: pool): offload with on-device preprocessing (PieSlicer's static choice, what an engineer
+#: ships), and the same with the on-device backup (MDInference's).
+ANCHORS: dict[str, int] = {
+    "offload": dfeat.OFFLOAD_OPTIONS.index((0, 0)) - len(dfeat.OFFLOAD_OPTIONS),
+    "offload_backup": dfeat.OFFLOAD_OPTIONS.index((0, 1)) - len(dfeat.OFFLOAD_OPTIONS),
+}
+#: The default anchor set.
+DEFAULT_ANCHORS: tuple[str, ...] = ("offload",)
 
 
-def _check_tolerance(tol: float) -> None:
+def anchor_indices(names: Sequence[str]) -> tuple[int, ...]:
+    """Option indices (from the end) of anchor names; unknown or no names are refused."""
+    names = [names] if isinstance(names, str) else list(names)
+    bad = [n for n in names if n not in ANCHORS]
+    if bad or not names:
+        raise DeviceScorerError(
+            f"anchors: expected one or more of {sorted(ANCHORS)}, got {names!r}"
+        )
+    return tuple(sorted({ANCHORS[n] for n in names}))
+
+
+def _check_tolerance(tol: float, name: str = "tie_tolerance") -> None:
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-        raise DeviceScorerError(f"tie_tolerance must be a finite number >= 0, got {tol!r}")
+        raise DeviceScorerError(f"{name} must be a finite number >= 0, got {tol!r}")
+
+
+def _check_anchor(margin: float | None) -> None:
+    if margin is not None:
+        _check_tolerance(margin, "anchor_margin")
 
 
 def choice_scores(
-    pred: NDArray[np.float64], objective: NDArray[np.float64], tie_tolerance: float
+    pred: NDArray[np.float64],
+    objective: NDArray[np.float64],
+    tie_tolerance: float,
+    anchor_margin: float | None = None,
+    anchors: Sequence[int] = (ANCHORS["offload"],),
 ) -> NDArray[np.float64]:
     """Scores ``(N, K)`` whose argmax is the decision, from predictions ``(N, K, 3)``: the
     objective ``pred @ objective``; with ``tie_tolerance`` δ > 0, among the options within δ
     of the best objective the one with the least predicted energy (score ``-energy J``; the
     others score :data:`TIE_OUT`). δ buys energy only where the predicted accuracies are
     equal within δ (a loose SLA, where every offload answers with the same model), which an
-    energy weight alone cannot do without giving up accuracy at tight SLAs."""
+    energy weight alone cannot do without giving up accuracy at tight SLAs.
+
+    With an ``anchor_margin`` m (``None``: off), the ``anchors`` (option indices from the end,
+    :data:`ANCHORS`) whose objective is within m of the best are kept: they score
+    :data:`ANCHOR_BONUS` more, so the choice is among them (by the scores above) whenever one
+    is kept. The policy departs from the rule an engineer would ship only where the scorer
+    predicts a clear gain, so its small prediction errors cannot cost accuracy or energy
+    where the rule is already right."""
     s = np.asarray(pred @ objective, dtype=np.float64)
-    if tie_tolerance <= 0:
-        return s
-    top = s.max(axis=-1, keepdims=True) - tie_tolerance
-    return np.where(s >= top, -pred[..., 1], TIE_OUT)
+    out = (
+        s
+        if tie_tolerance <= 0
+        else np.where(s >= s.max(axis=-1, keepdims=True) - tie_tolerance, -pred[..., 1], TIE_OUT)
+    )
+    if anchor_margin is None:
+        return out
+    idx = list(anchors)
+    keep = s[..., idx] >= s.max(axis=-1, keepdims=True) - anchor_margin
+    out = out.copy()
+    out[..., idx] += np.where(keep, ANCHOR_BONUS, 0.0)
+    return out
 
 
 @dataclass
@@ -147,10 +195,21 @@ class DeviceScorerPolicy:
     #: Options whose score is within this of the best are tied; of those, the one with the
     #: least predicted energy is chosen (0: plain argmax of the score). See :meth:`scores`.
     tie_tolerance: float = 0.0
+    #: Keep an anchor option (``anchors``) unless another option's score beats it by more
+    #: than this (``None``: off). See :func:`choice_scores`.
+    anchor_margin: float | None = None
+    #: Names of the anchor options (:data:`ANCHORS`).
+    anchors: tuple[str, ...] = DEFAULT_ANCHORS
     _net64: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_tolerance(self.tie_tolerance)
+        _check_anchor(self.anchor_margin)
+        try:
+            anchor_indices(self.anchors)
+        except DeviceScorerError as e:
+            raise DeviceScorerError(f"{e}") from None
+        self.anchors = tuple(self.anchors)
 
     def reset(self, num_envs: int, seed: int | None = None) -> None:
         """Deterministic: nothing to reset."""
@@ -160,9 +219,12 @@ class DeviceScorerPolicy:
         w_energy_per_j: float,
         w_bytes_per_mb: float | None = None,
         tie_tolerance: float | None = None,
+        anchor_margin: float | str | None = "same",
+        anchors: Sequence[str] | None = None,
     ) -> DeviceScorerPolicy:
-        """The same scorer under other objective weights (a point of the frontier) and tie
-        tolerance (default: this policy's)."""
+        """The same scorer under other objective weights (a point of the frontier), tie
+        tolerance, anchor margin and anchors (default: this policy's; ``anchor_margin=None``:
+        off)."""
         _weights_vector(
             w_energy_per_j, self.w_bytes_per_mb if w_bytes_per_mb is None else w_bytes_per_mb
         )
@@ -175,6 +237,10 @@ class DeviceScorerPolicy:
             self.trained_on,
             self.name,
             tie_tolerance=self.tie_tolerance if tie_tolerance is None else float(tie_tolerance),
+            anchor_margin=self.anchor_margin
+            if isinstance(anchor_margin, str)
+            else (None if anchor_margin is None else float(anchor_margin)),
+            anchors=self.anchors if anchors is None else tuple(anchors),
             _net64=self._net64,
         )
 
@@ -207,11 +273,16 @@ class DeviceScorerPolicy:
         """Score of every option ``(N, K)`` for device observations ``(N, D)``: the objective
         ``accuracy - w_energy_per_j * J - w_bytes_per_mb * MB`` of the predictions, or with a
         ``tie_tolerance`` δ > 0 the ε-lexicographic choice: minus the predicted energy (J) of
-        the options whose objective is within δ of the best, ``TIE_OUT`` for the others (the
-        exported graph computes the same)."""
+        the options whose objective is within δ of the best, ``TIE_OUT`` for the others; with
+        an ``anchor_margin``, kept anchors score ``ANCHOR_BONUS`` more
+        (:func:`choice_scores`; the exported graph computes the same)."""
         pred = self.predict(dfeat.option_features(obs))
         return choice_scores(
-            pred, _weights_vector(self.w_energy_per_j, self.w_bytes_per_mb), self.tie_tolerance
+            pred,
+            _weights_vector(self.w_energy_per_j, self.w_bytes_per_mb),
+            self.tie_tolerance,
+            self.anchor_margin,
+            anchor_indices(self.anchors),
         )
 
     def select(self, obs: NDArray[np.float32]) -> NDArray[np.int64]:
@@ -235,6 +306,8 @@ class DeviceScorerPolicy:
                 "feature_max": self.feature_max.tolist(),
                 "trained_on": self.trained_on,
                 "tie_tolerance": self.tie_tolerance,
+                "anchor_margin": self.anchor_margin,
+                "anchors": list(self.anchors),
                 "option_schema": f"{dfeat.OPTION_SCHEMA_NAME} v{dfeat.OPTION_SCHEMA_VERSION}",
             },
             path,
@@ -261,6 +334,8 @@ class DeviceScorerPolicy:
             np.asarray(d["feature_max"], np.float32),
             dict(d.get("trained_on", {})),
             tie_tolerance=float(d.get("tie_tolerance", 0.0)),
+            anchor_margin=None if d.get("anchor_margin") is None else float(d["anchor_margin"]),
+            anchors=tuple(d.get("anchors", DEFAULT_ANCHORS)),
         )
 
 
@@ -530,9 +605,17 @@ def export_device_onnx(policy: DeviceScorerPolicy, path: str | Path) -> Path:
     )
     if policy.tie_tolerance > 0:
         _add_tie_choice(graph, policy.tie_tolerance)
+    if policy.anchor_margin is not None:
+        _add_anchor_choice(
+            graph, policy.anchor_margin, anchor_indices(policy.anchors), policy.tie_tolerance > 0
+        )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
     model.ir_version = 8
-    trained_on = dict(policy.trained_on) | {"tie_tolerance": policy.tie_tolerance}
+    trained_on = dict(policy.trained_on) | {
+        "tie_tolerance": policy.tie_tolerance,
+        "anchor_margin": policy.anchor_margin,
+        "anchors": list(policy.anchors),
+    }
     meta = DeviceModelMeta(
         w_energy_per_j=policy.w_energy_per_j,
         w_bytes_per_mb=policy.w_bytes_per_mb,
@@ -574,6 +657,55 @@ def _add_tie_choice(graph: onnx.GraphProto, tol: float) -> None:
             helper.make_node("Where", ["tied", "neg_energy", "tie_out"], ["scores"]),
         ]
     )
+
+
+def _add_anchor_choice(
+    graph: onnx.GraphProto, margin: float, anchors: Sequence[int], tie: bool
+) -> None:
+    """Append :func:`choice_scores`' anchor rule to the graph's ``scores``: the anchor columns
+    (fixed indices from the end, whatever the number of local models) whose objective is
+    within ``margin`` of the best score ``ANCHOR_BONUS`` more (the same float64 operations as
+    the trained policy)."""
+    objective = "objective_scores" if tie else "objective_scores_a"
+    base = "choice_scores" if tie else objective
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == "scores":
+                node.output[i] = base
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(list(anchors), dtype=np.int64), "anchor_index"),
+            numpy_helper.from_array(np.array(float(margin), dtype=np.float64), "anchor_margin"),
+            numpy_helper.from_array(np.array([0, 1], dtype=np.float32), "anchor_onehot_values"),
+            numpy_helper.from_array(np.array(ANCHOR_BONUS, dtype=np.float64), "anchor_bonus"),
+        ]
+    )
+    nodes = []
+    if not tie:
+        graph.initializer.append(
+            numpy_helper.from_array(np.array([-1], dtype=np.int64), "tie_axis")
+        )
+        nodes.append(helper.make_node("ReduceMax", [objective, "tie_axis"], ["best"], keepdims=1))
+    nodes += [
+        # (N, A) objectives of the anchors, kept where within the margin of the best
+        helper.make_node("Gather", [objective, "anchor_index"], ["anchor_objective"], axis=1),
+        helper.make_node("Sub", ["best", "anchor_margin"], ["anchor_floor"]),
+        helper.make_node("GreaterOrEqual", ["anchor_objective", "anchor_floor"], ["anchor_kept"]),
+        helper.make_node("Cast", ["anchor_kept"], ["anchor_kept_f"], to=TensorProto.DOUBLE),
+        # (A, K) one-hot columns of the anchors: (N, A) @ (A, K) scatters the kept ones
+        helper.make_node("Shape", [objective], ["num_options"], start=1, end=2),
+        helper.make_node(
+            "OneHot",
+            ["anchor_index", "num_options", "anchor_onehot_values"],
+            ["anchor_onehot"],
+            axis=-1,
+        ),
+        helper.make_node("Cast", ["anchor_onehot"], ["anchor_columns"], to=TensorProto.DOUBLE),
+        helper.make_node("MatMul", ["anchor_kept_f", "anchor_columns"], ["anchor_here"]),
+        helper.make_node("Mul", ["anchor_here", "anchor_bonus"], ["anchor_add"]),
+        helper.make_node("Add", [base, "anchor_add"], ["scores"]),
+    ]
+    graph.node.extend(nodes)
 
 
 def device_spec(profile: DeviceProfile) -> DeviceSpec:

@@ -17,7 +17,9 @@ timed), in one run:
   ε-lexicographic choice (least predicted energy among the near-best options);
 * ``device_selector_shipped_*``: the policy ``modi-train env=offload`` ships by default: the
   hidden layers of ``conf/env/offload.yaml`` (``train.hidden``, 64 x 64) with a tie
-  tolerance (0.01; the graph is the same for any tolerance > 0);
+  tolerance (0.01; the graph is the same for any tolerance > 0) and, where the
+  ``select.anchor_margin`` grid has a margin, the anchor rule over ``select.anchors`` (the
+  graph is the same for any margin: the largest graph validation can choose);
   ``device_selector_shipped_hidden`` says which layers were measured,
   ``device_selector_shipped_p99_us_min`` / ``_median`` / ``_max`` the p99 of each round;
 * ``device_fallback_*``: the same call answered by the PieSlicer fallback (no model);
@@ -88,6 +90,20 @@ def shipped_hidden() -> tuple[int, ...]:
     if not hidden or not all(isinstance(h, int) and h > 0 for h in hidden):
         raise ValueError(f"{path}: train.hidden must be a list of positive ints, got {hidden}")
     return tuple(int(h) for h in hidden)
+
+
+def shipped_anchor() -> tuple[float | None, tuple[str, ...]]:
+    """The anchor rule of the largest graph ``modi-train env=offload`` can ship by default
+    (``conf/env/offload.yaml``, ``select``): a margin (``None`` when the grid has none) and
+    the anchors."""
+    from omegaconf import OmegaConf
+
+    import modi.conf
+
+    path = Path(modi.conf.__file__).parent / "env" / "offload.yaml"
+    sel = OmegaConf.load(path).select
+    margins = [float(m) for m in (sel.get("anchor_margin") or []) if m is not None]
+    return (max(margins) if margins else None), tuple(sel.get("anchors", ["offload"]))
 
 
 def _policy_file(out: Path, seed: int = 0) -> Path:
@@ -215,7 +231,10 @@ def run_device_bench(
         tie = policy.with_weights(policy.w_energy_per_j, policy.w_bytes_per_mb, tie_tolerance=0.01)
         tie_path = export_device_onnx(tie, Path(tmp) / "device_tie.onnx")
         hidden = shipped_hidden()
-        shipped = _policy(seed, hidden).with_weights(0.0, 0.0, tie_tolerance=0.01)
+        margin, anchors = shipped_anchor()
+        shipped = _policy(seed, hidden).with_weights(
+            0.0, 0.0, tie_tolerance=0.01, anchor_margin=margin, anchors=anchors
+        )
         shipped_path = export_device_onnx(shipped, Path(tmp) / "device_shipped.onnx")
         sels = {
             "learned": DeviceSelector.load(path, spec),
@@ -280,6 +299,7 @@ def run_device_bench(
     res["device_selector_shipped_p99_us_median"] = statistics.median(shipped_rounds)
     res["device_selector_shipped_p99_us_max"] = max(shipped_rounds)
     res["device_selector_shipped_hidden"] = "x".join(str(h) for h in hidden)
+    res["device_selector_shipped_anchors"] = "+".join(anchors) if margin is not None else "off"
     res["device_decisions_timed"] = rounds * n
     res["device_load_average"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else -1.0
     res["device_before_same_action"] = round(same / n, 4)

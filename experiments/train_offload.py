@@ -61,9 +61,11 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from modi.agents.device_scorer import (
+    DEFAULT_ANCHORS,
     DeviceScorerError,
     DeviceScorerPolicy,
     ServedDevicePolicy,
+    anchor_indices,
     device_spec,
     export_device_onnx,
     train_device_scorer,
@@ -467,31 +469,64 @@ def dominated_by(frontier: pd.DataFrame) -> list[str]:
     return out
 
 
-def learned_name(w_energy_per_j: float, tie_tolerance: float = 0.0) -> str:
+def learned_name(
+    w_energy_per_j: float, tie_tolerance: float = 0.0, anchor_margin: float | None = None
+) -> str:
     """The validation / frontier name of the learned policy under one choice setting."""
     name = f"{LEARNED}_w{w_energy_per_j:g}"
-    return name if tie_tolerance <= 0 else f"{name}_t{tie_tolerance:g}"
+    if tie_tolerance > 0:
+        name += f"_t{tie_tolerance:g}"
+    return name if anchor_margin is None else f"{name}_a{anchor_margin:g}"
+
+
+#: One choice setting of the exported policy: (energy weight, tie tolerance, anchor margin).
+Setting = tuple[float, float, float | None]
+
+
+def anchor_margins(select: Any) -> list[float | None]:
+    """``env.select.anchor_margin``: a list of margins >= 0 or ``null`` (off); default
+    ``[null]``."""
+    raw = select.get("anchor_margin", [None]) if select else [None]
+    if raw is None or isinstance(raw, (int, float)):
+        raw = [raw]
+    out: list[float | None] = []
+    for v in raw:
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            f = float(v)
+        except (TypeError, ValueError):
+            f = math.nan
+        if not (math.isfinite(f) and f >= 0) or isinstance(v, bool):
+            raise ConfigError(f"env.select.anchor_margin: expected null or numbers >= 0, got {v!r}")
+        out.append(f)
+    if not out:
+        raise ConfigError("env.select.anchor_margin: empty list (use [null] for off)")
+    return out
 
 
 def choose_setting(
     val: pd.DataFrame,
     best: dict[Any, str],
-    settings: Sequence[tuple[float, float]],
+    settings: Sequence[Setting],
     tol: float,
     units: pd.DataFrame | None = None,
-) -> tuple[tuple[float, float], pd.DataFrame]:
-    """The exported policy's (energy weight, tie tolerance), chosen on validation: the setting
+) -> tuple[Setting, pd.DataFrame]:
+    """The exported policy's (energy weight, tie tolerance, anchor margin), chosen on
+    validation: the setting
     at which the learned policy is ≥ the best rule in effective accuracy at ≤ its energy at the
     most scenario × SLA points (ties: higher mean effective accuracy, then the smaller weight
     and tolerance). A point counts when the means say so (accuracy ≥ the rule's − ``tol``,
     energy ≤ the rule's) or, given the validation ``units`` (per stream), when the paired
-    95 % intervals say neither "worse" nor "more energy" (the test's verdict). Returns it
-    and the table of every setting."""
+    95 % intervals say neither "worse" nor "more energy" (the test's verdict); ties: higher
+    mean effective accuracy, then the smaller weight, tolerance and anchor margin (off first).
+    Returns it and the table of every setting."""
     rows = []
     m = val.groupby(["scenario", "sla_ms", "policy"])[["effective_accuracy", "energy_mj"]].mean()
     u = None if units is None else units.set_index(["scenario", "sla_ms", "policy"]).sort_index()
-    for w, t in settings:
-        name = learned_name(w, t)
+    for w, t, anchor in settings:
+        name = learned_name(w, t, anchor)
         ok = accs = 0.0
         n = 0
         for (scen, sla), rule in best.items():
@@ -513,17 +548,21 @@ def choose_setting(
             {
                 "w_energy_per_j": w,
                 "tie_tolerance": t,
+                "anchor_margin": anchor,
                 "points_ge_at_le_energy": ok,
                 "points": n,
                 "mean_eff_acc": accs / n,
             }
         )
     table = pd.DataFrame(rows)
-    top = table.sort_values(
-        ["points_ge_at_le_energy", "mean_eff_acc", "w_energy_per_j", "tie_tolerance"],
-        ascending=[False, False, True, True],
-    ).iloc[0]
-    return (float(top.w_energy_per_j), float(top.tie_tolerance)), table
+    off_first = [-1.0 if r["anchor_margin"] is None else r["anchor_margin"] for r in rows]
+    order = table.assign(_a=off_first).sort_values(
+        ["points_ge_at_le_energy", "mean_eff_acc", "w_energy_per_j", "tie_tolerance", "_a"],
+        ascending=[False, False, True, True, True],
+    )
+    top = order.iloc[0]
+    a = None if top._a < 0 else float(top._a)
+    return (float(top.w_energy_per_j), float(top.tie_tolerance), a), table
 
 
 # ============================================================================ parity
@@ -658,15 +697,21 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         env.frontier.w_energy_per_j, "env.frontier.w_energy_per_j", positive=False
     )
     sel = env.get("select") or {}
-    settings = [
-        (w, t)
+    settings: list[Setting] = [
+        (w, t, a)
         for w in as_float_list(
             sel.get("w_energy_per_j", weights), "env.select.w_energy_per_j", positive=False
         )
         for t in as_float_list(
             sel.get("tie_tolerance", [0.0]), "env.select.tie_tolerance", positive=False
         )
+        for a in anchor_margins(sel)
     ]
+    try:
+        anchors = tuple(str(a) for a in sel.get("anchors", DEFAULT_ANCHORS))
+        anchor_indices(anchors)
+    except (DeviceScorerError, TypeError) as e:
+        raise ConfigError(f"env.select.{e}") from None
     frontier_seeds = as_int(env.frontier.get("test_seeds", 2), "env.frontier.test_seeds")
     splits = Splits.from_cfg(cfg, train_seeds=[seed])
     val_seeds, test_seeds = splits.seeds("val"), splits.seeds("test")
@@ -791,8 +836,8 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                     }
                 )
             sim.set_server_policy(_server_policy(env, server_name))
-            for w, t in settings:
-                pol_w = policy.with_weights(w, tie_tolerance=t)
+            for w, t, a in settings:
+                pol_w = policy.with_weights(w, tie_tolerance=t, anchor_margin=a, anchors=anchors)
                 for v in val_seeds:
                     for sla in slas:
                         r = run_point(
@@ -800,7 +845,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                         )
                         meta = {
                             "scenario": sc.name,
-                            "policy": learned_name(w, t),
+                            "policy": learned_name(w, t, a),
                             "sla_ms": sla,
                             "seed": v,
                             "params": "",
@@ -827,14 +872,19 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 axis=1,
             )
         ]
-        (w_chosen, t_chosen), w_table = choose_setting(keep, best, settings, tol, vu)
+        (w_chosen, t_chosen, a_chosen), w_table = choose_setting(keep, best, settings, tol, vu)
         w_table.to_csv(out_dir / "weights.csv", index=False)
         log.info(
-            "chosen on validation: energy weight %g per J, tie tolerance %g", w_chosen, t_chosen
+            "chosen on validation: energy weight %g per J, tie tolerance %g, anchor margin %s",
+            w_chosen,
+            t_chosen,
+            a_chosen,
         )
 
         # ---------------------------------------------------------------- export + parity
-        policy = policy.with_weights(w_chosen, tie_tolerance=t_chosen)
+        policy = policy.with_weights(
+            w_chosen, tie_tolerance=t_chosen, anchor_margin=a_chosen, anchors=anchors
+        )
         policy.save(out_dir / "device_policy.pt")
         onnx_path = export_device_onnx(policy, out_dir / "device_policy.onnx")
         par_sims, par_keys = [], []
@@ -909,7 +959,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             # the learned frontier: the scorer under each energy weight, same streams
             sim.set_server_policy(_server_policy(env, server_name))
             for w in weights:
-                pol_w = policy.with_weights(w, tie_tolerance=t_chosen)
+                pol_w = policy.with_weights(w, tie_tolerance=t_chosen, anchor_margin=a_chosen)
                 for s in test_seeds[:frontier_seeds]:
                     for sla in slas:
                         r = run_point(
@@ -918,7 +968,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                         front.append(
                             {
                                 "scenario": sc.name,
-                                "policy": learned_name(w, t_chosen),
+                                "policy": learned_name(w, t_chosen, a_chosen),
                                 "kind": "learned",
                                 "w_energy_per_j": w,
                                 "sla_ms": sla,
@@ -977,6 +1027,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             "eval_energy_mj": float(learned.energy_mj.mean()),
             "w_energy_per_j": w_chosen,
             "tie_tolerance": t_chosen,
+            "anchor_margin": math.nan if a_chosen is None else a_chosen,
             "onnx_parity": parity,
             "served_agreement": agree_same / max(1, agree_total),
             "served_fallback_rate": fallbacks / max(1, decisions),

@@ -190,6 +190,10 @@ def test_device_bench_times_the_references_and_decides_like_before() -> None:
         cfg = compose(config_name="train", overrides=["env=offload"])
     assert list(shipped_hidden()) == list(cfg.env.train.hidden)
     assert res["device_selector_shipped_hidden"] == "x".join(map(str, cfg.env.train.hidden))
+    # ... and its choice rule: the anchor rule where the default grid has a margin
+    margins = [m for m in cfg.env.select.anchor_margin if m is not None]
+    anchors = "+".join(cfg.env.select.anchors) if margins else "off"
+    assert res["device_selector_shipped_anchors"] == anchors
     assert res["device_decisions_timed"] == 800
     assert res["device_before_same_action"] == 1.0
 
@@ -221,18 +225,25 @@ def test_scalar_fold_is_the_env_fold_bit_for_bit() -> None:
         assert [v.hex() for v in got] == [float(v).hex() for v in ref]
 
 
-@pytest.mark.parametrize("tie_tolerance", [0.0, 0.01])
+@pytest.mark.parametrize(
+    ("tie_tolerance", "anchor_margin"), [(0.0, None), (0.01, None), (0.01, 0.05), (0.0, 0.02)]
+)
 def test_selector_decides_like_the_trained_policy_on_10000_env_observations(
-    policy_file: tuple[DeviceScorerPolicy, Path], tmp_path: Path, tie_tolerance: float
+    policy_file: tuple[DeviceScorerPolicy, Path],
+    tmp_path: Path,
+    tie_tolerance: float,
+    anchor_margin: float | None,
 ) -> None:
     """Parity through the runtime: every decision of :class:`DeviceSelector` (its fast path:
     packed option vectors, bound onnxruntime call, the decision's precomputed fields), with the
     device's state of each observation, is the trained policy's, with and without the tie
-    choice in the graph; none falls back."""
+    choice and the anchor rule in the graph; none falls back."""
     from modi.agents.device_scorer import ServedDevicePolicy
 
     base, _ = policy_file
-    pol = base.with_weights(base.w_energy_per_j, base.w_bytes_per_mb, tie_tolerance)
+    pol = base.with_weights(
+        base.w_energy_per_j, base.w_bytes_per_mb, tie_tolerance, anchor_margin=anchor_margin
+    )
     path = export_device_onnx(pol, tmp_path / "device.onnx")
     served = ServedDevicePolicy(path, device_spec(_device(3)))
     assert served.selector._run_bound is not None  # the bound onnxruntime call is in use

@@ -177,8 +177,10 @@ def test_best_rule_ties_go_to_less_energy_and_the_setting_to_most_wins() -> None
     )
     best = choose_best_rule(val, ["a", "b", "c"], 0.0005)
     assert best == {("s", 500.0): "b"}
-    (w, t), table = choose_setting(val, best, [(0.0, 0.0), (0.1, 0.0), (0.0, 0.01)], 0.0005)
-    assert (w, t) == (0.1, 0.0)
+    (w, t, a), table = choose_setting(
+        val, best, [(0.0, 0.0, None), (0.1, 0.0, None), (0.0, 0.01, None)], 0.0005
+    )
+    assert (w, t, a) == (0.1, 0.0, None)
     assert list(table.points_ge_at_le_energy) == [0.0, 1.0, 0.0]
     assert np.isclose(table.mean_eff_acc.iloc[0], 0.801)
 
@@ -194,6 +196,106 @@ def test_tie_tolerance_trades_no_more_than_it_allows() -> None:
     s = choice_scores(pred, obj, 0.005)
     assert s.argmax() == 1 and s[0, 2] == TIE_OUT
     assert choice_scores(pred, obj, 0.2).argmax() == 2
+
+
+def test_the_anchor_is_kept_unless_another_option_beats_it_by_the_margin() -> None:
+    """An anchor option (a fixed index from the end, whatever the number of local models) is
+    chosen when its objective is within the margin of the best; otherwise the choice is the
+    plain (or tied) one. With two anchors kept, the choice between them is the plain one."""
+    from modi.agents.device_scorer import ANCHOR_BONUS, ANCHORS, anchor_indices, choice_scores
+    from modi.runtime import device_features as dfeat
+
+    off, bak = ANCHORS["offload"], ANCHORS["offload_backup"]
+    for num_local in (1, 3):
+        acts = dfeat.option_actions(num_local)
+        assert tuple(acts[off]) == (0, num_local, 0)
+        assert tuple(acts[bak]) == (0, num_local, 1)
+        k = len(acts)
+        pred = np.zeros((2, k, 3))
+        pred[:, :, 0] = 0.5
+        pred[0, off, 0] = 0.795
+        pred[0, 0, 0] = 0.80  # beats the anchor by 0.005
+        pred[1, off, 0] = 0.70
+        pred[1, 0, 0] = 0.80  # beats it by 0.1
+        obj = np.array([1.0, 0.0, 0.0])
+        assert list(choice_scores(pred, obj, 0.0).argmax(axis=1)) == [0, 0]
+        s = choice_scores(pred, obj, 0.0, anchor_margin=0.01)
+        assert list(s.argmax(axis=1)) == [k + off, 0]
+        assert s[0, off] == 0.795 + ANCHOR_BONUS
+        assert list(choice_scores(pred, obj, 0.0, anchor_margin=0.001).argmax(axis=1)) == [0, 0]
+        # margin 0: the anchor only where it is the best (then it wins the tie choice too)
+        pred[1, off, 0] = 0.80
+        pred[1, off, 1] = 5.0  # more energy than option 0
+        assert choice_scores(pred, obj, 0.01).argmax(axis=1)[1] == 0
+        assert choice_scores(pred, obj, 0.01, 0.0).argmax(axis=1)[1] == k + off
+        # two anchors, both kept: the better of them (the plain objective) ...
+        pred[0, bak, 0] = 0.797
+        both = anchor_indices(["offload", "offload_backup"])
+        assert choice_scores(pred, obj, 0.0, 0.01, both).argmax(axis=1)[0] == k + bak
+        # ... or, with a tie tolerance, the one of less predicted energy within it
+        pred[0, bak, 1] = 1.0
+        assert choice_scores(pred, obj, 0.01, 0.01, both).argmax(axis=1)[0] == k + off
+
+
+def test_anchor_margin_is_checked() -> None:
+    from modi.agents.device_scorer import DeviceScorerError
+    from modi.experiments.common import ConfigError
+    from modi.experiments.train_offload import anchor_margins
+
+    assert anchor_margins({}) == [None]
+    assert anchor_margins({"anchor_margin": [None, 0, 0.01]}) == [None, 0.0, 0.01]
+    assert anchor_margins({"anchor_margin": 0.02}) == [0.02]
+    for bad in ([-0.1], ["x"], [float("nan")], [], [True]):
+        with pytest.raises(ConfigError, match=r"env\.select\.anchor_margin"):
+            anchor_margins({"anchor_margin": bad})
+    with pytest.raises(ConfigError, match=r"env\.select\.anchors: expected one or more of"):
+        run_offload_training(
+            _cfg("env.select.anchors=[offload,local]"), Path("/nonexistent/never-written")
+        )
+    with pytest.raises(ConfigError, match=r"env\.select\.anchor_margin"):
+        run_offload_training(
+            _cfg("env.select.anchor_margin=[-1]"), Path("/nonexistent/never-written")
+        )
+    from modi.agents.device_scorer import DeviceScorerPolicy
+
+    with pytest.raises(DeviceScorerError, match="anchor_margin"):
+        DeviceScorerPolicy(None, anchor_margin=-1.0)  # type: ignore[arg-type]
+    with pytest.raises(DeviceScorerError, match="anchors"):
+        DeviceScorerPolicy(None, anchors=("nowhere",))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("tie", [0.0, 0.01])
+def test_onnx_with_an_anchor_chooses_like_the_policy(
+    tiny_run: tuple[dict[str, float], Path], tmp_path: Path, tie: float
+) -> None:
+    """The exported graph's anchor rule decides as the policy does (parity 1.0), with one or
+    two anchors, and with a large margin it keeps the anchor everywhere."""
+    from modi.agents.device_scorer import ANCHORS, DeviceScorerPolicy, export_device_onnx
+    from modi.envs.catalog import load_preset
+    from modi.envs.offload import OffloadSim
+    from modi.experiments.train_offload import check_parity
+
+    _, out = tiny_run
+    base = DeviceScorerPolicy.load(out / "device_policy.pt")
+    sim = OffloadSim(
+        load_preset("device", "mid"),
+        load_preset("network", "link_wifi"),
+        load_preset("pool", "modipick_table2"),
+        num_envs=20,
+        sla_range_ms=(150.0, 2500.0),
+    )
+    for anchors in (("offload",), ("offload", "offload_backup")):
+        for margin in (0.0, 0.01, 10.0):
+            pol = base.with_weights(0.03, tie_tolerance=tie, anchor_margin=margin, anchors=anchors)
+            path = export_device_onnx(pol, tmp_path / f"anchor_{margin}_{len(anchors)}.onnx")
+            assert check_parity(pol, path, [sim], 1000, [[7, 7]]) == 1.0
+    pol = base.with_weights(0.03, tie_tolerance=tie, anchor_margin=10.0)
+    obs = sim.reset(3)
+    picks = pol.scores(obs).argmax(axis=1)  # margin 10: always the anchor
+    assert (picks == pol.scores(obs).shape[1] + ANCHORS["offload"]).all()
+    loaded = DeviceScorerPolicy.load(pol.save(tmp_path / "anchor.pt"))
+    assert loaded.anchor_margin == 10.0 and loaded.tie_tolerance == tie
+    assert loaded.anchors == ("offload",)
 
 
 def test_onnx_with_a_tie_tolerance_chooses_like_the_policy(
