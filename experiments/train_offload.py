@@ -361,6 +361,11 @@ def aggregate(per_seed: pd.DataFrame, units: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)[cols]
 
 
+#: The rule whose action is the default anchor (offload with on-device preprocessing, no
+#: backup, the env's server policy): paired.csv's ``anchor_*`` columns compare it alone.
+ANCHOR_RULE = "static_local"
+
+
 def choose_best_rule(val: pd.DataFrame, rules: Sequence[str], tol: float) -> dict[Any, str]:
     """Per (scenario, SLA): the rule with the highest validation effective accuracy; rules
     within ``tol`` of it are tied and the one with less energy is kept."""
@@ -430,6 +435,17 @@ def paired_table(
             "best_test_rule": str(means[have].idxmax()),
             "best_test_rule_eff_acc": float(means[have].max()),
         }
+        if ANCHOR_RULE in means.index:
+            # the anchor alone (the rule the anchored policy departs from), same verdict
+            aa, ae = col(ANCHOR_RULE, "effective_accuracy"), col(ANCHOR_RULE, "energy_mj")
+            a_d, a_lo, a_hi = paired_ci(aa, ra)
+            _, ae_lo, ae_hi = paired_ci(ae, re)
+            row["anchor_eff_acc"] = float(aa.mean())
+            row["anchor_diff"] = a_d
+            row["anchor_ge_at_le_energy"] = (
+                _verdict(a_lo, a_hi, "better", "worse") != "worse"
+                and _verdict(ae_lo, ae_hi, "more", "less") != "more"
+            )
         for ceil in ("prep_ceiling", "oracle"):
             row[f"{ceil}_eff_acc"] = float(means[ceil]) if ceil in means.index else math.nan
         if "oracle" in means.index:
@@ -1102,6 +1118,13 @@ def summary_text(out: Path) -> str:
             f"points; where the choice matters: "
             f"{int(p[p.choice_matters].ge_at_le_energy.sum())} of {int(p.choice_matters.sum())}"
         )
+        if "anchor_ge_at_le_energy" in p:
+            lines.append(
+                f"the anchor alone ({ANCHOR_RULE}): {int(p.anchor_ge_at_le_energy.sum())} of "
+                f"{len(p)} points; where the choice matters: "
+                f"{int(p[p.choice_matters].anchor_ge_at_le_energy.sum())}; mean difference "
+                f"{100 * p.anchor_diff.mean():+.2f} points (learned: {100 * p['diff'].mean():+.2f})"
+            )
     lines.append(f"files: {out / 'results.csv'}, paired.csv, frontier.csv, device_policy.onnx")
     return "\n".join(lines)
 

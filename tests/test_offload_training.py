@@ -49,6 +49,7 @@ TINY = [
     "env.frontier.w_energy_per_j=[0.0,1.0]",
     "env.select.w_energy_per_j=[0.0,1.0]",
     "env.select.tie_tolerance=[0.0,0.01]",
+    "env.select.anchor_margin=[null,0.05]",
     "env.frontier.test_seeds=1",
     "figures=false",
 ]
@@ -96,11 +97,19 @@ def test_tiny_run_writes_the_served_learned_row_beside_every_tuned_rule(
     paired = pd.read_csv(out / "paired.csv")
     assert len(paired) == 4 and (paired.diff_lo <= paired["diff"]).all()
     assert set(paired.best_rule) <= {"static_local", "pieslicer", "mdinference"}
+    # the anchor alone (static_local: the same action and server side) beside the learned row
+    sl = res[res.policy == "static_local"].set_index(["scenario", "sla_ms"]).effective_accuracy
+    for _, r in paired.iterrows():
+        assert np.isclose(r.anchor_eff_acc, sl[r.scenario, r.sla_ms])
+        assert np.isclose(r.anchor_diff, r.anchor_eff_acc - r.best_rule_eff_acc)
+    assert paired.anchor_ge_at_le_energy.dtype == bool
     front = pd.read_csv(out / "frontier.csv")
     assert set(front.kind) == {"learned", "rule"}
     assert metrics["w_energy_per_j"] in (0.0, 1.0)
     assert metrics["tie_tolerance"] in (0.0, 0.01)
-    assert len(pd.read_csv(out / "weights.csv")) == 4
+    assert metrics["anchor_margin"] == 0.05 or np.isnan(metrics["anchor_margin"])
+    weights = pd.read_csv(out / "weights.csv")
+    assert len(weights) == 8 and set(weights.anchor_margin.dropna()) == {0.05}
     assert (out / "device_policy.onnx").stat().st_size > 0
 
 
@@ -307,7 +316,9 @@ def test_onnx_with_a_tie_tolerance_chooses_like_the_policy(
     from modi.experiments.train_offload import check_parity
 
     _, out = tiny_run
-    pol = DeviceScorerPolicy.load(out / "device_policy.pt").with_weights(0.03, tie_tolerance=0.01)
+    pol = DeviceScorerPolicy.load(out / "device_policy.pt").with_weights(
+        0.03, tie_tolerance=0.01, anchor_margin=None
+    )
     path = export_device_onnx(pol, tmp_path / "tie.onnx")
     sim = OffloadSim(
         load_preset("device", "mid"),
