@@ -5,6 +5,7 @@ the accuracy-energy frontier, and bad input named before training."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -273,6 +274,20 @@ def test_anchor_margin_is_checked() -> None:
         DeviceScorerPolicy(None, anchors=("nowhere",))  # type: ignore[arg-type]
 
 
+def _mid_wifi_sim() -> Any:
+    """20 mid-tier devices on ``link_wifi`` with SLAs over the training range."""
+    from modi.envs.catalog import load_preset
+    from modi.envs.offload import OffloadSim
+
+    return OffloadSim(
+        load_preset("device", "mid"),
+        load_preset("network", "link_wifi"),
+        load_preset("pool", "modipick_table2"),
+        num_envs=20,
+        sla_range_ms=(150.0, 2500.0),
+    )
+
+
 @pytest.mark.parametrize("tie", [0.0, 0.01])
 def test_onnx_with_an_anchor_chooses_like_the_policy(
     tiny_run: tuple[dict[str, float], Path], tmp_path: Path, tie: float
@@ -280,19 +295,11 @@ def test_onnx_with_an_anchor_chooses_like_the_policy(
     """The exported graph's anchor rule decides as the policy does (parity 1.0), with one or
     two anchors, and with a large margin it keeps the anchor everywhere."""
     from modi.agents.device_scorer import ANCHORS, DeviceScorerPolicy, export_device_onnx
-    from modi.envs.catalog import load_preset
-    from modi.envs.offload import OffloadSim
     from modi.experiments.train_offload import check_parity
 
     _, out = tiny_run
     base = DeviceScorerPolicy.load(out / "device_policy.pt")
-    sim = OffloadSim(
-        load_preset("device", "mid"),
-        load_preset("network", "link_wifi"),
-        load_preset("pool", "modipick_table2"),
-        num_envs=20,
-        sla_range_ms=(150.0, 2500.0),
-    )
+    sim = _mid_wifi_sim()
     for anchors in (("offload",), ("offload", "offload_backup")):
         for margin in (0.0, 0.01, 10.0):
             pol = base.with_weights(0.03, tie_tolerance=tie, anchor_margin=margin, anchors=anchors)
@@ -311,8 +318,6 @@ def test_onnx_with_a_tie_tolerance_chooses_like_the_policy(
     tiny_run: tuple[dict[str, float], Path], tmp_path: Path
 ) -> None:
     from modi.agents.device_scorer import DeviceScorerPolicy, export_device_onnx
-    from modi.envs.catalog import load_preset
-    from modi.envs.offload import OffloadSim
     from modi.experiments.train_offload import check_parity
 
     _, out = tiny_run
@@ -320,13 +325,7 @@ def test_onnx_with_a_tie_tolerance_chooses_like_the_policy(
         0.03, tie_tolerance=0.01, anchor_margin=None
     )
     path = export_device_onnx(pol, tmp_path / "tie.onnx")
-    sim = OffloadSim(
-        load_preset("device", "mid"),
-        load_preset("network", "link_wifi"),
-        load_preset("pool", "modipick_table2"),
-        num_envs=20,
-        sla_range_ms=(150.0, 2500.0),
-    )
+    sim = _mid_wifi_sim()
     assert check_parity(pol, path, [sim], 2000, [[7, 7]]) == 1.0
     # per row: the tied choice is within the tolerance of the best objective, at no more
     # predicted energy than the plain argmax
