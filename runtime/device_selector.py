@@ -144,6 +144,9 @@ class DeviceDecision(NamedTuple):
     action: tuple[int, int, int]
     source: str  # "learned" or "fallback"
     reason: str
+    #: The graph's score of every option (the decision is the first highest). With the tie
+    #: choice, options outside the tie set score -1e6 and tied ones minus their predicted
+    #: energy; with the anchor rule, a kept anchor scores 1e9 more.
     scores: tuple[float, ...] = ()
 
 
