@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import EllipsisType
 from typing import Any
 
 import numpy as np
@@ -216,12 +217,12 @@ class DeviceScorerPolicy:
         w_energy_per_j: float,
         w_bytes_per_mb: float | None = None,
         tie_tolerance: float | None = None,
-        anchor_margin: float | str | None = "same",
+        anchor_margin: float | EllipsisType | None = ...,
         anchors: Sequence[str] | None = None,
     ) -> DeviceScorerPolicy:
         """The same scorer under other objective weights (a point of the frontier), tie
-        tolerance, anchor margin and anchors (default: this policy's; ``anchor_margin=None``:
-        off)."""
+        tolerance, anchor margin and anchors (default, or ``...`` for the margin: this
+        policy's; ``anchor_margin=None``: off)."""
         _weights_vector(
             w_energy_per_j, self.w_bytes_per_mb if w_bytes_per_mb is None else w_bytes_per_mb
         )
@@ -235,7 +236,7 @@ class DeviceScorerPolicy:
             self.name,
             tie_tolerance=self.tie_tolerance if tie_tolerance is None else float(tie_tolerance),
             anchor_margin=self.anchor_margin
-            if isinstance(anchor_margin, str)
+            if anchor_margin is ...
             else (None if anchor_margin is None else float(anchor_margin)),
             anchors=self.anchors if anchors is None else tuple(anchors),
             _net64=self._net64,

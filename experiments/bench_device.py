@@ -78,15 +78,21 @@ def _policy(seed: int = 0, hidden: tuple[int, ...] = (64, 64)) -> DeviceScorerPo
     return DeviceScorerPolicy(net, 0.0, 0.0, x.min(axis=0), x.max(axis=0))
 
 
-def shipped_hidden() -> tuple[int, ...]:
-    """The hidden layers ``modi-train env=offload`` trains by default (``conf/env/offload.yaml``,
-    ``train.hidden``)."""
+def _offload_conf() -> tuple[Path, Any]:
+    """``conf/env/offload.yaml`` (the defaults of ``modi-train env=offload``) and its path."""
     from omegaconf import OmegaConf
 
     import modi.conf
 
     path = Path(modi.conf.__file__).parent / "env" / "offload.yaml"
-    hidden = OmegaConf.load(path).train.hidden
+    return path, OmegaConf.load(path)
+
+
+def shipped_hidden() -> tuple[int, ...]:
+    """The hidden layers ``modi-train env=offload`` trains by default (``conf/env/offload.yaml``,
+    ``train.hidden``)."""
+    path, conf = _offload_conf()
+    hidden = conf.train.hidden
     if not hidden or not all(isinstance(h, int) and h > 0 for h in hidden):
         raise ValueError(f"{path}: train.hidden must be a list of positive ints, got {hidden}")
     return tuple(int(h) for h in hidden)
@@ -96,12 +102,7 @@ def shipped_anchor() -> tuple[float | None, tuple[str, ...]]:
     """The anchor rule of the largest graph ``modi-train env=offload`` can ship by default
     (``conf/env/offload.yaml``, ``select``): a margin (``None`` when the grid has none) and
     the anchors."""
-    from omegaconf import OmegaConf
-
-    import modi.conf
-
-    path = Path(modi.conf.__file__).parent / "env" / "offload.yaml"
-    sel = OmegaConf.load(path).select
+    sel = _offload_conf()[1].select
     margins = [float(m) for m in (sel.get("anchor_margin") or []) if m is not None]
     return (max(margins) if margins else None), tuple(sel.get("anchors", ["offload"]))
 

@@ -362,7 +362,8 @@ def aggregate(per_seed: pd.DataFrame, units: pd.DataFrame) -> pd.DataFrame:
 
 
 #: The rule whose action is the default anchor (offload with on-device preprocessing, no
-#: backup, the env's server policy): paired.csv's ``anchor_*`` columns compare it alone.
+#: backup, the env's server policy): paired.csv's ``anchor_*`` columns compare it alone
+#: (written when the exported policy is anchored on it alone).
 ANCHOR_RULE = "static_local"
 
 
@@ -385,11 +386,21 @@ def _verdict(lo: float, hi: float, up: str, down: str) -> str:
     return "tie"
 
 
+def _ge_at_le_energy(d_lo: float, d_hi: float, e_lo: float, e_hi: float) -> bool:
+    """The paired verdict "at least as accurate at no more energy": the accuracy interval is
+    not below zero and the energy interval not above."""
+    return (
+        _verdict(d_lo, d_hi, "better", "worse") != "worse"
+        and _verdict(e_lo, e_hi, "more", "less") != "more"
+    )
+
+
 def paired_table(
     units: pd.DataFrame,
     best: dict[Any, str],
     rules: Sequence[str],
     matters_points: float = 0.005,
+    anchor_rule: str | None = ANCHOR_RULE,
 ) -> pd.DataFrame:
     """Learned − the best tuned rule (chosen on validation) per scenario × SLA, paired over
     the same streams, with the ceilings and gaps closed. ``choice_matters``: the device
@@ -430,22 +441,19 @@ def paired_table(
             "energy_diff_hi": e_hi,
             "accuracy_verdict": acc_v,
             "energy_verdict": en_v,
-            "ge_at_le_energy": acc_v != "worse" and en_v != "more",
+            "ge_at_le_energy": _ge_at_le_energy(d_lo, d_hi, e_lo, e_hi),
             "choice_matters": bool(room >= matters_points),
             "best_test_rule": str(means[have].idxmax()),
             "best_test_rule_eff_acc": float(means[have].max()),
         }
-        if ANCHOR_RULE in means.index:
+        if anchor_rule is not None and anchor_rule in means.index:
             # the anchor alone (the rule the anchored policy departs from), same verdict
-            aa, ae = col(ANCHOR_RULE, "effective_accuracy"), col(ANCHOR_RULE, "energy_mj")
+            aa, ae = col(anchor_rule, "effective_accuracy"), col(anchor_rule, "energy_mj")
             a_d, a_lo, a_hi = paired_ci(aa, ra)
             _, ae_lo, ae_hi = paired_ci(ae, re)
             row["anchor_eff_acc"] = float(aa.mean())
             row["anchor_diff"] = a_d
-            row["anchor_ge_at_le_energy"] = (
-                _verdict(a_lo, a_hi, "better", "worse") != "worse"
-                and _verdict(ae_lo, ae_hi, "more", "less") != "more"
-            )
+            row["anchor_ge_at_le_energy"] = _ge_at_le_energy(a_lo, a_hi, ae_lo, ae_hi)
         for ceil in ("prep_ceiling", "oracle"):
             row[f"{ceil}_eff_acc"] = float(means[ceil]) if ceil in means.index else math.nan
         if "oracle" in means.index:
@@ -530,14 +538,13 @@ def choose_setting(
     units: pd.DataFrame | None = None,
 ) -> tuple[Setting, pd.DataFrame]:
     """The exported policy's (energy weight, tie tolerance, anchor margin), chosen on
-    validation: the setting
-    at which the learned policy is ≥ the best rule in effective accuracy at ≤ its energy at the
-    most scenario × SLA points (ties: higher mean effective accuracy, then the smaller weight
-    and tolerance). A point counts when the means say so (accuracy ≥ the rule's − ``tol``,
-    energy ≤ the rule's) or, given the validation ``units`` (per stream), when the paired
-    95 % intervals say neither "worse" nor "more energy" (the test's verdict); ties: higher
-    mean effective accuracy, then the smaller weight, tolerance and anchor margin (off first).
-    Returns it and the table of every setting."""
+    validation: the setting at which the learned policy is ≥ the best rule in effective
+    accuracy at ≤ its energy at the most scenario × SLA points. A point counts when the
+    means say so (accuracy ≥ the rule's − ``tol``, energy ≤ the rule's) or, given the
+    validation ``units`` (per stream), when the paired 95 % intervals say neither "worse"
+    nor "more energy" (the test's verdict); ties: higher mean effective accuracy, then the
+    smaller weight, tolerance and anchor margin (off first). Returns it and the table of
+    every setting."""
     rows = []
     m = val.groupby(["scenario", "sla_ms", "policy"])[["effective_accuracy", "energy_mj"]].mean()
     u = None if units is None else units.set_index(["scenario", "sla_ms", "policy"]).sort_index()
@@ -724,7 +731,8 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         for a in anchor_margins(sel)
     ]
     try:
-        anchors = tuple(str(a) for a in sel.get("anchors", DEFAULT_ANCHORS))
+        raw = sel.get("anchors", DEFAULT_ANCHORS)
+        anchors = (raw,) if isinstance(raw, str) else tuple(str(a) for a in raw)
         anchor_indices(anchors)
     except (DeviceScorerError, TypeError) as e:
         raise ConfigError(f"env.select.{e}") from None
@@ -1000,7 +1008,9 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         units.to_csv(out_dir / "units.csv", index=False)
         results = aggregate(per_seed, units)
         results.to_csv(out_dir / "results.csv", index=False)
-        paired = paired_table(units, best, rules)
+        # the anchor alone beside the learned row, where one rule is the anchor
+        anchor_rule = ANCHOR_RULE if a_chosen is not None and anchors == ("offload",) else None
+        paired = paired_table(units, best, rules, anchor_rule=anchor_rule)
         if len(paired):
             paired.insert(
                 3,

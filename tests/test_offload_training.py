@@ -98,12 +98,25 @@ def test_tiny_run_writes_the_served_learned_row_beside_every_tuned_rule(
     paired = pd.read_csv(out / "paired.csv")
     assert len(paired) == 4 and (paired.diff_lo <= paired["diff"]).all()
     assert set(paired.best_rule) <= {"static_local", "pieslicer", "mdinference"}
-    # the anchor alone (static_local: the same action and server side) beside the learned row
+    # the anchor alone (static_local: the same action and server side) beside the learned row,
+    # where the exported policy is anchored on it
+    assert ("anchor_eff_acc" in paired) == (not np.isnan(metrics["anchor_margin"]))
+    from modi.experiments.train_offload import paired_table
+
+    points = zip(paired.scenario, paired.sla_ms, strict=True)
+    best = dict(zip(points, paired.best_rule, strict=True))
+    units = pd.read_csv(out / "units.csv")
+    rules = ["static_local", "pieslicer", "mdinference"]
+    assert "anchor_eff_acc" not in paired_table(units, best, rules, anchor_rule=None)
+    anchored = paired_table(units, best, rules, anchor_rule="static_local")
     sl = res[res.policy == "static_local"].set_index(["scenario", "sla_ms"]).effective_accuracy
-    for _, r in paired.iterrows():
+    for _, r in anchored.iterrows():
         assert np.isclose(r.anchor_eff_acc, sl[r.scenario, r.sla_ms])
         assert np.isclose(r.anchor_diff, r.anchor_eff_acc - r.best_rule_eff_acc)
-    assert paired.anchor_ge_at_le_energy.dtype == bool
+    assert anchored.anchor_ge_at_le_energy.dtype == bool
+    # static_local against itself where it is the best rule: at least as good, same energy
+    own = anchored[anchored.best_rule == "static_local"]
+    assert own.anchor_ge_at_le_energy.all() and np.allclose(own.anchor_diff, 0.0)
     front = pd.read_csv(out / "frontier.csv")
     assert set(front.kind) == {"learned", "rule"}
     assert metrics["w_energy_per_j"] in (0.0, 1.0)
