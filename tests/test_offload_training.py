@@ -271,10 +271,11 @@ def test_anchor_margin_is_checked() -> None:
     for bad in ([-0.1], ["x"], [float("nan")], [], [True]):
         with pytest.raises(ConfigError, match=r"env\.select\.anchor_margin"):
             anchor_margins({"anchor_margin": bad})
-    with pytest.raises(ConfigError, match=r"env\.select\.anchors: expected one or more of"):
-        run_offload_training(
-            _cfg("env.select.anchors=[offload,local]"), Path("/nonexistent/never-written")
-        )
+    for bad in ("[offload,local]", "local"):  # a list, or one name (not its letters)
+        with pytest.raises(ConfigError, match=r"env\.select\.anchors: .*got \[.*'local'\]"):
+            run_offload_training(
+                _cfg(f"env.select.anchors={bad}"), Path("/nonexistent/never-written")
+            )
     with pytest.raises(ConfigError, match=r"env\.select\.anchor_margin"):
         run_offload_training(
             _cfg("env.select.anchor_margin=[-1]"), Path("/nonexistent/never-written")
