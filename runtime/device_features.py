@@ -194,7 +194,11 @@ def encode_device_models(
 # ============================================================================ placement options
 #: Schema of the per-option vectors a device policy scores (one row per placement option).
 OPTION_SCHEMA_NAME = "modi.device_option"
-OPTION_SCHEMA_VERSION = 1
+#: Version 2 zeroes the network columns (``net_latency_s`` .. ``log_uplink_last``) of the
+#: local options: a run on the phone sends nothing, so its outcome does not depend on the link,
+#: and a scorer that saw the link there extrapolated from it (issue 14: on LTE a low-end phone's
+#: large models scored 0.5 above offloading at a 300 ms SLA and realised 0.2 below).
+OPTION_SCHEMA_VERSION = 2
 
 #: Option kinds, in option order after the ``L`` local models: offload with on-device
 #: preprocessing, offload with in-cloud preprocessing, then both again with the backup on.
@@ -212,11 +216,11 @@ OPTION_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("tier_low", "flag", "low-end device"),
     ("tier_mid", "flag", "mid-range device"),
     ("tier_high", "flag", "high-end device"),
-    ("net_latency_s", "s", "EWMA of the one-way latency measured"),
-    ("log_uplink", "ln Mbit/s", "log of the EWMA of the uplink bandwidth measured"),
-    ("uplink_cv", "ratio", "EW std / EWMA of the uplink bandwidth (capped at 10)"),
-    ("log_age", "ln(1 + s)", "age of the newest network measurement"),
-    ("log_uplink_last", "ln Mbit/s", "log of the newest uplink bandwidth measurement"),
+    ("net_latency_s", "s", "EWMA of the one-way latency measured (0: local options)"),
+    ("log_uplink", "ln Mbit/s", "log of the EWMA of the uplink bandwidth (0: local)"),
+    ("uplink_cv", "ratio", "EW std / EWMA of the uplink bandwidth, capped at 10 (0: local)"),
+    ("log_age", "ln(1 + s)", "age of the newest network measurement (0: local)"),
+    ("log_uplink_last", "ln Mbit/s", "log of the newest uplink measurement (0: local)"),
     ("is_local", "flag", "run an on-device model"),
     ("prep_server", "flag", "offload the raw image (preprocess in the cloud)"),
     ("backup", "flag", "offload with the on-device backup model in parallel"),
@@ -230,6 +234,8 @@ OPTION_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("offload_slack_s", "s", "SLA - device preprocessing - upload - 2 x latency (offload)"),
 )
 F = len(OPTION_FEATURES)
+#: The network columns of an option vector: 0 in the local options' vectors (schema v2).
+NET_COLUMNS = slice(7, 12)
 _MAX_CV = 10.0
 _MAX_Z = 10.0
 _PACK_SHARED = struct.Struct("=12f").pack
@@ -289,6 +295,7 @@ def option_features(obs: ArrayLike) -> NDArray[np.float32]:
         axis=1,
     )
     out[:, :, :12] = shared[:, None, :]
+    out[:, :big_l, NET_COLUMNS] = 0.0  # a local run does not use the link
     # the on-device model of each option: the local model, or the backup (offload + backup)
     backup_idx = np.argmax(models[:, :, IS_BACKUP], axis=1)
     idx = np.concatenate(
@@ -422,12 +429,16 @@ class OptionBuilder:
             math.log1p(age / 1e3),
             math.log(bw_last),
         )
+        sh_local = _PACK_SHARED(
+            sla / 1e3, r[MEGAPIXELS] / 10.0, raw_kb / 1e3, prep / 1e3, r[TIER_LOW], r[TIER_MID],
+            r[TIER_HIGH], 0.0, 0.0, 0.0, 0.0, 0.0,
+        )  # fmt: skip
         base = sla - prep
         args: list[bytes | float] = []
         for stat, load, mu, sigma1 in self._local:
             slack = base - load - mu
             z = slack / sigma1
-            args += (sh, stat, slack / 1e3,
+            args += (sh_local, stat, slack / 1e3,
                      -_MAX_Z if z < -_MAX_Z else (_MAX_Z if z > _MAX_Z else z))  # fmt: skip
         load, mu, sigma1 = self._backup_model
         slack = base - load - mu
@@ -487,6 +498,7 @@ class OptionBuilder:
             math.log1p(max(r[NET_AGE], 0.0) / 1e3),
             math.log(bw_last),
         )
+        x[: self.num_models, NET_COLUMNS] = 0.0
         # the involved rows: the local models (0..L-1) and the backup of L+2, L+3
         slack = sla - prep - self._load_inv - self._mu_inv
         z = slack / self._sigma1_inv

@@ -100,6 +100,34 @@ def test_option_features_see_only_the_observation() -> None:
     np.testing.assert_array_equal(dfeat.option_features(sim.obs), before)
 
 
+def test_local_options_do_not_see_the_link(trained: tuple[DeviceScorerPolicy, Path]) -> None:
+    """Option schema v2: a local run sends nothing, so a local option's vector (and so a
+    scorer's prediction for it) is the same whatever the device's network history says; the
+    offload options do see it."""
+    sim = _sim(4, 3)
+    obs = sim.reset(5)
+    for _ in range(5):
+        sim.step(np.tile([0, 3, 0], (4, 1)))
+    obs = sim.obs.copy()
+    other = obs.copy()
+    net = [dfeat.NET_LATENCY, dfeat.NET_UPLINK, dfeat.NET_UPLINK_STD, dfeat.NET_AGE,
+           dfeat.NET_UPLINK_LAST]  # fmt: skip
+    other[:, net] = other[:, net] * 7.0 + 3.0
+    x, y = dfeat.option_features(obs), dfeat.option_features(other)
+    np.testing.assert_array_equal(x[:, :3], y[:, :3])
+    assert (x[:, :3, dfeat.NET_COLUMNS] == 0).all()
+    assert not np.array_equal(x[:, 3:], y[:, 3:])
+    pol = trained[0]
+    np.testing.assert_array_equal(pol.predict(x)[:, :3], pol.predict(y)[:, :3])
+    for i in range(4):
+        rows = other[i, dfeat.R :].reshape(3, dfeat.P)
+        b = dfeat.OptionBuilder(rows)
+        np.testing.assert_array_equal(b.build(other[i, : dfeat.R])[0], y[i])
+        buf = np.zeros((1, 7, dfeat.F), np.float32)
+        b.pack(buf, other[i, : dfeat.R].tolist())
+        np.testing.assert_array_equal(buf[0], y[i])
+
+
 def test_the_runtime_option_builder_equals_option_features() -> None:
     """The device runtime's batch-1 path (:class:`OptionBuilder`) gives the same float32
     vectors as :func:`option_features` on env observations (models loaded and unloaded,
