@@ -378,6 +378,29 @@ def choose_best_rule(val: pd.DataFrame, rules: Sequence[str], tol: float) -> dic
     return out
 
 
+def choose_budget_rule(
+    val: pd.DataFrame, rules: Sequence[str], learned: str, tol: float
+) -> dict[Any, str | None]:
+    """Per (scenario, SLA): the most accurate rule on validation among those whose validation
+    energy is at most the learned policy's (``learned``: its validation name), ties within
+    ``tol`` to less energy; ``None`` where every rule spends more. The other reading of "at
+    equal or lower energy": the best rule an engineer could run within the learned policy's
+    energy budget (the frontier question at the exported setting)."""
+    out: dict[Any, str | None] = {}
+    for (scen, sla), g in val.groupby(["scenario", "sla_ms"]):
+        m = g.groupby("policy")[["effective_accuracy", "energy_mj"]].mean()
+        if learned not in m.index:
+            continue
+        budget = float(m.energy_mj[learned]) * (1 + 1e-9) + 1e-9
+        r = m[m.index.isin(rules) & (m.energy_mj <= budget)]
+        if r.empty:
+            out[scen, sla] = None
+            continue
+        top = r[r.effective_accuracy >= r.effective_accuracy.max() - tol]
+        out[scen, sla] = str(top.energy_mj.idxmin())
+    return out
+
+
 def _verdict(lo: float, hi: float, up: str, down: str) -> str:
     if lo > 0:
         return up
@@ -401,12 +424,15 @@ def paired_table(
     rules: Sequence[str],
     matters_points: float = 0.005,
     anchor_rule: str | None = ANCHOR_RULE,
+    budget: dict[Any, str | None] | None = None,
 ) -> pd.DataFrame:
     """Learned − the best tuned rule (chosen on validation) per scenario × SLA, paired over
     the same streams, with the ceilings and gaps closed. ``choice_matters``: the device
     oracle beats the best tuned rule by at least ``matters_points`` of effective accuracy on
     test (room for a better decision; where a rule already reaches the ceiling, only energy
-    is left to gain)."""
+    is left to gain). With ``budget`` (:func:`choose_budget_rule`), also learned − the best
+    rule within the learned policy's validation energy (``budget_*``; ``budget_not_worse``:
+    the accuracy interval is not below zero, or no rule fits the budget)."""
     out = []
     for (scen, sla), g in units.groupby(["scenario", "sla_ms"], sort=False):
         rule = best.get((scen, sla))
@@ -454,6 +480,18 @@ def paired_table(
             row["anchor_eff_acc"] = float(aa.mean())
             row["anchor_diff"] = a_d
             row["anchor_ge_at_le_energy"] = _ge_at_le_energy(a_lo, a_hi, ae_lo, ae_hi)
+        if budget is not None:
+            brule = budget.get((scen, sla), "")  # "": not chosen (no validation row)
+            row["budget_rule"] = brule or ""
+            b_acc = b_en = b_d = b_lo = b_hi = math.nan
+            if brule:
+                ba = col(brule, "effective_accuracy")
+                b_acc, b_en = float(ba.mean()), float(col(brule, "energy_mj").mean())
+                b_d, b_lo, b_hi = paired_ci(la, ba)
+            row |= {"budget_rule_eff_acc": b_acc, "budget_rule_energy_mj": b_en,
+                    "budget_diff": b_d, "budget_diff_lo": b_lo, "budget_diff_hi": b_hi,
+                    # None: no rule within the budget, nothing to be worse than
+                    "budget_not_worse": brule is None or bool(brule and not b_hi < 0)}  # fmt: skip
         for ceil in ("prep_ceiling", "oracle"):
             row[f"{ceil}_eff_acc"] = float(means[ceil]) if ceil in means.index else math.nan
         if "oracle" in means.index:
@@ -1010,7 +1048,8 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         results.to_csv(out_dir / "results.csv", index=False)
         # the anchor alone beside the learned row, where one rule is the anchor
         anchor_rule = ANCHOR_RULE if a_chosen is not None and anchors == ("offload",) else None
-        paired = paired_table(units, best, rules, anchor_rule=anchor_rule)
+        budget = choose_budget_rule(keep, rules, learned_name(w_chosen, t_chosen, a_chosen), tol)
+        paired = paired_table(units, best, rules, anchor_rule=anchor_rule, budget=budget)
         if len(paired):
             paired.insert(
                 3,
@@ -1135,6 +1174,14 @@ def summary_text(out: Path) -> str:
                 f"{int(p[p.choice_matters].anchor_ge_at_le_energy.sum())}; mean difference "
                 f"{100 * p.anchor_diff.mean():+.2f} points (learned: {100 * p['diff'].mean():+.2f})"
             )
+        if "budget_not_worse" in p:
+            cm = p[p.choice_matters]
+            lines.append(
+                "learned as accurate as the best rule within its energy (chosen on validation): "
+                f"{int(p.budget_not_worse.sum())} of {len(p)} points; where the choice "
+                f"matters: {int(cm.budget_not_worse.sum())} of {len(cm)}; mean difference "
+                f"{100 * p.budget_diff.mean():+.2f} points"
+            )
     lines.append(f"files: {out / 'results.csv'}, paired.csv, frontier.csv, device_policy.onnx")
     return "\n".join(lines)
 
@@ -1146,6 +1193,7 @@ __all__ = [
     "build_scenarios",
     "check_parity",
     "choose_best_rule",
+    "choose_budget_rule",
     "choose_setting",
     "dominated_by",
     "learned_name",

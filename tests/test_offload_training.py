@@ -117,6 +117,16 @@ def test_tiny_run_writes_the_served_learned_row_beside_every_tuned_rule(
     # static_local against itself where it is the best rule: at least as good, same energy
     own = anchored[anchored.best_rule == "static_local"]
     assert own.anchor_ge_at_le_energy.all() and np.allclose(own.anchor_diff, 0.0)
+    # the best rule within the learned policy's validation energy, beside it
+    assert paired.budget_not_worse.dtype == bool
+    named = paired[paired.budget_rule.notna()]
+    assert set(named.budget_rule) <= set(rules)
+    for _, r in named.iterrows():
+        b = res[(res.scenario == r.scenario) & (res.sla_ms == r.sla_ms)]
+        b = b.set_index("policy")
+        assert np.isclose(r.budget_rule_eff_acc, b.effective_accuracy[r.budget_rule])
+        assert np.isclose(r.budget_diff, r.learned_eff_acc - r.budget_rule_eff_acc)
+        assert r.budget_not_worse == (not r.budget_diff_hi < 0)
     front = pd.read_csv(out / "frontier.csv")
     assert set(front.kind) == {"learned", "rule"}
     assert metrics["w_energy_per_j"] in (0.0, 1.0)
@@ -206,6 +216,25 @@ def test_best_rule_ties_go_to_less_energy_and_the_setting_to_most_wins() -> None
     assert (w, t, a) == (0.1, 0.0, None)
     assert list(table.points_ge_at_le_energy) == [0.0, 1.0, 0.0]
     assert np.isclose(table.mean_eff_acc.iloc[0], 0.801)
+
+
+def test_the_budget_rule_is_the_best_rule_within_the_learned_energy() -> None:
+    from modi.experiments.train_offload import choose_budget_rule
+
+    val = pd.DataFrame(
+        [
+            ("s", 500.0, "a", 0.800, 900.0),  # most accurate, over the budget
+            ("s", 500.0, "b", 0.700, 500.0),  # within it
+            ("s", 500.0, "c", 0.7003, 400.0),  # tied with b within 0.0005, cheaper
+            ("s", 500.0, "learned_w0", 0.750, 500.0),
+            ("t", 500.0, "a", 0.800, 900.0),
+            ("t", 500.0, "learned_w0", 0.750, 100.0),  # no rule fits
+        ],
+        columns=["scenario", "sla_ms", "policy", "effective_accuracy", "energy_mj"],
+    )
+    got = choose_budget_rule(val, ["a", "b", "c"], "learned_w0", 0.0005)
+    assert got == {("s", 500.0): "c", ("t", 500.0): None}
+    assert choose_budget_rule(val, ["a", "b", "c"], "learned_w1", 0.0005) == {}
 
 
 def test_tie_tolerance_trades_no_more_than_it_allows() -> None:
