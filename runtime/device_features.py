@@ -374,8 +374,9 @@ class OptionBuilder:
         # the scalar path (:meth:`pack`): every option's model-only columns 12..18 as float32
         # bytes, the (bytes, load, mu, max(sigma, 1)) of each on-device model as Python
         # values, and one struct for the whole (K, F) buffer: per option the shared columns
-        # 0..11 (bytes), 12..18 (bytes), then 19..22 (a local model: slack, z, zero padding;
-        # offload: zeros or the backup's slack, z, then the upload's two columns)
+        # 0..11 (bytes; a local model: 0..6, then the link columns 7..11 as zero padding),
+        # 12..18 (bytes), then 19..22 (a local model: slack, z, zero padding; offload: zeros
+        # or the backup's slack, z, then the upload's two columns)
         row_bytes = [struct.pack("=7f", *row[12:19].tolist()) for row in static]
         self._local = list(zip(row_bytes[:big_l], self._load[:big_l].tolist(),
                                self._mu[:big_l].tolist(), self._sigma1[:big_l].tolist(),
@@ -386,7 +387,7 @@ class OptionBuilder:
             float(self._mu[big_l + 2]),
             float(self._sigma1[big_l + 2]),
         )
-        layout = "48s28s2f8x" * big_l + "48s28s8x2f" * 2 + "48s28s4f" * 2
+        layout = "28s20x28s2f8x" * big_l + "48s28s8x2f" * 2 + "48s28s4f" * 2
         self._pack_all = struct.Struct("=" + layout)
         self._packed_into: NDArray[np.float32] | None = None
         self._packed_view = memoryview(bytearray(0))
@@ -429,10 +430,7 @@ class OptionBuilder:
             math.log1p(age / 1e3),
             math.log(bw_last),
         )
-        sh_local = _PACK_SHARED(
-            sla / 1e3, r[MEGAPIXELS] / 10.0, raw_kb / 1e3, prep / 1e3, r[TIER_LOW], r[TIER_MID],
-            r[TIER_HIGH], 0.0, 0.0, 0.0, 0.0, 0.0,
-        )  # fmt: skip
+        sh_local = sh[:28]  # columns 0..6; the link columns 7..11 are the layout's zero pad
         base = sla - prep
         args: list[bytes | float] = []
         for stat, load, mu, sigma1 in self._local:
