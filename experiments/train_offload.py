@@ -389,8 +389,8 @@ def choose_budget_rule(
     out: dict[Any, str | None] = {}
     for (scen, sla), g in val.groupby(["scenario", "sla_ms"]):
         m = g.groupby("policy")[["effective_accuracy", "energy_mj"]].mean()
-        if learned not in m.index:
-            continue
+        if learned not in m.index or not math.isfinite(float(m.energy_mj[learned])):
+            continue  # no budget: not chosen (paired_table reports the point as not judged)
         budget = float(m.energy_mj[learned]) * (1 + 1e-9) + 1e-9
         r = m[m.index.isin(rules) & (m.energy_mj <= budget)]
         if r.empty:
@@ -431,8 +431,9 @@ def paired_table(
     oracle beats the best tuned rule by at least ``matters_points`` of effective accuracy on
     test (room for a better decision; where a rule already reaches the ceiling, only energy
     is left to gain). With ``budget`` (:func:`choose_budget_rule`), also learned − the best
-    rule within the learned policy's validation energy (``budget_*``; ``budget_not_worse``:
-    the accuracy interval is not below zero, or no rule fits the budget)."""
+    rule within the learned policy's validation energy (``budget_*``; ``budget_rule`` "none"
+    where no rule fits the budget, "" where the point has no validation budget;
+    ``budget_not_worse``: the accuracy interval is not below zero, or no rule fits)."""
     out = []
     for (scen, sla), g in units.groupby(["scenario", "sla_ms"], sort=False):
         rule = best.get((scen, sla))
@@ -481,8 +482,9 @@ def paired_table(
             row["anchor_diff"] = a_d
             row["anchor_ge_at_le_energy"] = _ge_at_le_energy(a_lo, a_hi, ae_lo, ae_hi)
         if budget is not None:
-            brule = budget.get((scen, sla), "")  # "": not chosen (no validation row)
-            row["budget_rule"] = brule or ""
+            brule = budget.get((scen, sla), "")  # "": not chosen (no validation budget)
+            # "none": every rule spends more than the learned policy (nothing to be worse than)
+            row["budget_rule"] = "none" if brule is None else brule
             b_acc = b_en = b_d = b_lo = b_hi = math.nan
             if brule:
                 ba = col(brule, "effective_accuracy")
@@ -490,7 +492,6 @@ def paired_table(
                 b_d, b_lo, b_hi = paired_ci(la, ba)
             row |= {"budget_rule_eff_acc": b_acc, "budget_rule_energy_mj": b_en,
                     "budget_diff": b_d, "budget_diff_lo": b_lo, "budget_diff_hi": b_hi,
-                    # None: no rule within the budget, nothing to be worse than
                     "budget_not_worse": brule is None or bool(brule and not b_hi < 0)}  # fmt: skip
         for ceil in ("prep_ceiling", "oracle"):
             row[f"{ceil}_eff_acc"] = float(means[ceil]) if ceil in means.index else math.nan
@@ -1177,7 +1178,8 @@ def summary_text(out: Path) -> str:
         if "budget_not_worse" in p:
             cm = p[p.choice_matters]
             lines.append(
-                "learned as accurate as the best rule within its energy (chosen on validation): "
+                "learned not less accurate than the best rule within its energy (chosen on "
+                "validation): "
                 f"{int(p.budget_not_worse.sum())} of {len(p)} points; where the choice "
                 f"matters: {int(cm.budget_not_worse.sum())} of {len(cm)}; mean difference "
                 f"{100 * p.budget_diff.mean():+.2f} points"

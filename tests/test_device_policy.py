@@ -123,7 +123,7 @@ def test_local_options_do_not_see_the_link(trained: tuple[DeviceScorerPolicy, Pa
         rows = other[i, dfeat.R :].reshape(3, dfeat.P)
         b = dfeat.OptionBuilder(rows)
         np.testing.assert_array_equal(b.build(other[i, : dfeat.R])[0], y[i])
-        buf = np.zeros((1, 7, dfeat.F), np.float32)
+        buf = np.full((1, 7, dfeat.F), np.nan, np.float32)  # the padding must write zeros
         b.pack(buf, other[i, : dfeat.R].tolist())
         np.testing.assert_array_equal(buf[0], y[i])
 
