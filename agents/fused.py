@@ -464,6 +464,12 @@ def plausible_inputs(
         # the client's download history, unknown (NaN) for about one request in five
         np.where(rng.random(n) < 0.2, F.UNKNOWN_HISTORY, rng.uniform(2, 600, n)),
         rng.uniform(0, 300, n),
+        # its download/upload mismatch: unknown, exactly 0 (the gate open), or around the gate
+        np.select(
+            [rng.random(n) < 0.2, rng.random(n) < 0.3],
+            [F.UNKNOWN_HISTORY, 0.0],
+            rng.uniform(0.0, 0.2, n),
+        ),
     )
     layout = F.ObsLayout(k)
     req = torch.as_tensor(np.ascontiguousarray(layout.request(obs)), dtype=dtype)

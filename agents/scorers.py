@@ -97,11 +97,13 @@ class ImputeRequest(nn.Module):
     """``request (N, R) -> (N, RX)``: the client's download history where it is unknown
     (:data:`~modi.runtime.features.UNKNOWN_HISTORY` or NaN: a client's first request) replaced
     by TCP's view (``srtt/2``, ``rttvar``), then whether it was known and the client's
-    download/upload ratio (0 when unknown). The only non-affine step of the pair features;
-    column gathers only (no ``Slice`` in the exported graph)."""
+    download/upload ratio (0 when unknown). ``client_dl_mismatch`` passes through as sent
+    (below 0 or NaN: unknown; :class:`RelativeSquash` reads it). The only non-affine step of the
+    pair features; column gathers only (no ``Slice`` in the exported graph)."""
 
     head: torch.Tensor
     hist: torch.Tensor
+    tail: torch.Tensor
     tcp: torch.Tensor
     tcp_scale: torch.Tensor
     dl: torch.Tensor
@@ -110,9 +112,10 @@ class ImputeRequest(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        assert (F.CLIENT_DL, F.CLIENT_DLVAR) == (F.R - 2, F.R - 1)
+        assert (F.CLIENT_DL, F.CLIENT_DLVAR, F.CLIENT_MISMATCH) == (F.R - 3, F.R - 2, F.R - 1)
         self.register_buffer("head", torch.arange(F.CLIENT_DL), persistent=False)
         self.register_buffer("hist", torch.tensor([F.CLIENT_DL, F.CLIENT_DLVAR]), persistent=False)
+        self.register_buffer("tail", torch.tensor([F.CLIENT_MISMATCH]), persistent=False)
         self.register_buffer("tcp", torch.tensor([F.SRTT, F.RTTVAR]), persistent=False)
         self.register_buffer("tcp_scale", torch.tensor([0.5, 1.0]), persistent=False)
         self.register_buffer("dl", torch.tensor([F.CLIENT_DL]), persistent=False)
@@ -128,7 +131,8 @@ class ImputeRequest(nn.Module):
         ratio = torch.clamp(filled.index_select(1, self.first) / up, 0.0, MAX_DL_PER_UPLOAD)
         ratio = torch.where(known, ratio, 0.0)
         head = request.index_select(1, self.head)
-        return torch.cat([head, filled, known.to(request.dtype), ratio], dim=1)
+        tail = request.index_select(1, self.tail)
+        return torch.cat([head, filled, tail, known.to(request.dtype), ratio], dim=1)
 
 
 class AffinePairFeatures(nn.Module):
@@ -181,11 +185,11 @@ class AffinePairFeatures(nn.Module):
 #: Scale-free pair features (issue 13, item 2) of :class:`RelativePairFeatures`, each a ratio
 #: clipped to a fixed range, so a pool or a network on another time scale maps onto the range
 #: the scorer trained on: (name, range, meaning). ``ms = mu*slowdown``, ``ss = sigma*slowdown``,
-#: ``rem = max(remaining_ms, 1)``; ``gate = g(dl_per_upload) * g(client_net_mean / (srtt / 2))``
-#: with ``g(x) = clip(1 - 3 |x - 1|, 0, 1)``: near 1 only for a client whose downloads take as
-#: long as its uploads *and* whose uploads take as long as the connection's one-way delay (no
-#: transmission time: this request's upload time then predicts its download, as on the papers'
-#: networks), 0 where either differs by a third or more, or is unknown.
+#: ``rem = max(remaining_ms, 1)``; ``gate = clip(1 - client_dl_mismatch / GATE_WIDTH, 0, 1)``
+#: (feature schema v4): 1 for a client each of whose downloads took as long as its own request's
+#: upload (this request's upload time then predicts its download, as on the papers' networks),
+#: 0 where they differed by a factor of ``e^GATE_WIDTH`` (5 %) or more on average, or where the
+#: client has sent no such history yet.
 RELATIVE_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("mu_rel", "[0, 4]", "ms / rem: the mean run's share of the time left"),
     ("sigma_rel", "[0, 1]", "ss / rem: the run's spread against the time left"),
@@ -212,8 +216,11 @@ RELATIVE_FEATURES: tuple[tuple[str, str, str], ...] = (
         "net_headroom / max(2 rttvar + ss, 1 ms): in TCP's RTT variation and the run's spread",
     ),
 )
-#: Slope of the gate's two factors (see :data:`RELATIVE_FEATURES`).
-GATE_SHARPNESS = 3.0
+#: ``client_dl_mismatch`` at which the gate of :data:`RELATIVE_FEATURES` closes. On the
+#: networks of the mixture the client's smoothed mismatch is 0 on the papers' Gaussian
+#: networks (one draw for both directions) and at least 0.09 (1st percentile, validation
+#: streams) on LTE at twice its round-trip time, the closest other regime.
+GATE_WIDTH = 0.05
 RELATIVE_NAMES: tuple[str, ...] = tuple(name for name, _, _ in RELATIVE_FEATURES)
 #: Per relative feature: denominator floor (ms), lower and upper clip, whether gated.
 _REL_FLOOR = dict(zip(RELATIVE_NAMES, (1.0, 1.0, 1.0, 0.05, 1.0, 1.0, 1.0), strict=True))
@@ -292,9 +299,7 @@ class RelativeSquash(nn.Module):
     lo: torch.Tensor
     hi: torch.Tensor
     gated: torch.Tensor
-    ratio_col: torch.Tensor
-    up_col: torch.Tensor
-    srtt_col: torch.Tensor
+    mismatch_col: torch.Tensor
 
     def __init__(self, names: Sequence[str] = DEFAULT_RELATIVE) -> None:
         super().__init__()
@@ -306,9 +311,7 @@ class RelativeSquash(nn.Module):
         self.register_buffer("lo", vec(_REL_LO), persistent=False)
         self.register_buffer("hi", vec(_REL_HI), persistent=False)
         self.register_buffer("gated", vec(_REL_GATED), persistent=False)
-        self.register_buffer("ratio_col", torch.tensor([DL_RATIO_COL]), persistent=False)
-        self.register_buffer("up_col", torch.tensor([F.NET_MEAN]), persistent=False)
-        self.register_buffer("srtt_col", torch.tensor([F.SRTT]), persistent=False)
+        self.register_buffer("mismatch_col", torch.tensor([F.CLIENT_MISMATCH]), persistent=False)
         self.any_gated = any(_REL_GATED[x] for x in names)
 
     def forward(self, terms: torch.Tensor, request: torch.Tensor) -> torch.Tensor:
@@ -319,13 +322,9 @@ class RelativeSquash(nn.Module):
         clipped = torch.minimum(torch.maximum(ratio, self.lo.to(dt)), self.hi.to(dt))
         if not self.any_gated:
             return clipped
-        dl_up = request.index_select(1, self.ratio_col)  # (N, 1); 0 when unknown
-        up = request.index_select(1, self.up_col)
-        one_way = torch.clamp(0.5 * request.index_select(1, self.srtt_col), min=1.0)
-        gate = torch.clamp(1.0 - GATE_SHARPNESS * torch.abs(dl_up - 1.0), 0.0, 1.0) * torch.clamp(
-            1.0 - GATE_SHARPNESS * torch.abs(up / one_way - 1.0), 0.0, 1.0
-        )
-        gate = torch.where(gate == gate, gate, 0.0)  # TCP's RTT unknown (NaN): closed
+        mis = request.index_select(1, self.mismatch_col)  # (N, 1); < 0 or NaN: unknown
+        gate = torch.clamp(1.0 - mis * (1.0 / GATE_WIDTH), 0.0, 1.0)
+        gate = torch.where(mis >= 0.0, gate, 0.0)  # no history yet (or NaN): closed
         return torch.where(self.gated > 0.5, clipped * gate.unsqueeze(1), clipped)
 
 

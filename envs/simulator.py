@@ -282,7 +282,8 @@ class ModelSelectionSim:
         self._net_var = np.zeros((num_envs, num_clients))
         #: The server's TCP view of each (stream, client) connection's RTT.
         self._srtt = SmoothedRtt(num_envs, num_clients)
-        #: Each client's measured download history (``client_dl_ms``/``client_dlvar_ms``).
+        #: Each client's measured download history (``client_dl_ms``/``client_dlvar_ms``/
+        #: ``client_dl_mismatch``).
         self._downloads = ClientDownloads(num_envs, num_clients)
         self._slowest_ms = np.zeros(num_envs)
         self._warned_rtt = False
@@ -368,13 +369,20 @@ class ModelSelectionSim:
                 if self._blk_slow is not None:
                     self._l_slow = self._blk_slow[:, 0].tolist()
         # The client's download history: responses count once they surely arrived.
-        dl, dlvar = self._downloads.block(
-            time_ms, client, self._response_known_ms(time_ms, t_in, t_out), t_out, self._clock_ms
+        # The client pairs each download with the same request's upload (client_dl_mismatch).
+        dl, dlvar, dl_mis = self._downloads.block(
+            time_ms,
+            client,
+            self._response_known_ms(time_ms, t_in, t_out),
+            t_out,
+            self._clock_ms,
+            upload_ms=t_in,
         )
         # Request features; queue length and slowdown are filled per step by the server.
         self._blk_req = encode_requests(
-            sla, t_in, t_in, self.payload_kb, net_mean, net_std, 0.0, 1.0, srtt, rttvar, dl, dlvar
-        )
+            sla, t_in, t_in, self.payload_kb, net_mean, net_std, 0.0, 1.0, srtt, rttvar, dl, dlvar,
+            dl_mis,
+        )  # fmt: skip
         self._blk_budget = self._blk_req[..., BUDGET].astype(np.float64)
         if self.num_envs == 1:  # Python lists for the scalar fast path of a single stream
             self._l_sla = self._blk_sla[:, 0].tolist()

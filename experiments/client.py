@@ -52,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from modi.experiments.imaging import PIXELS_CONTENT_TYPE, encode_image, resize
-from modi.runtime.features import client_dl_update
+from modi.runtime.features import client_dl_update, client_mismatch_update
 
 log = logging.getLogger(__name__)
 
@@ -142,14 +142,18 @@ class NetworkReplay:
 
 @dataclass
 class DownloadHistory:
-    """One client's own measurement of its answers' downloads (feature schema v3).
+    """One client's own measurement of its answers' downloads (feature schema v4).
 
     ``dl_ms``/``dlvar_ms``: the smoothed download time and its mean deviation
     (:func:`modi.runtime.features.client_dl_update`; NaN before the first answer);
+    ``mismatch``: the smoothed ``|ln(download / upload)|``, each download against the upload
+    time the client sent with the same request
+    (:func:`modi.runtime.features.client_mismatch_update`; NaN before the first answer);
     ``last_ms``: the last measured download (``None`` before the first answer)."""
 
     dl_ms: float = math.nan
     dlvar_ms: float = math.nan
+    mismatch: float = math.nan
     last_ms: float | None = None
 
     def fields(self) -> dict[str, float]:
@@ -159,15 +163,18 @@ class DownloadHistory:
         return {
             "client_dl_ms": round(self.dl_ms, 3),
             "client_dlvar_ms": round(self.dlvar_ms, 3),
+            "client_dl_mismatch": round(self.mismatch, 6),
             "prev_download_ms": round(self.last_ms, 3),
         }
 
-    def record(self, response_ms: float, server_ms: float) -> float:
+    def record(self, response_ms: float, server_ms: float, upload_ms: float) -> float:
         """Fold one answer's download, measured as the request's response time (sent to the
         answer received, the download included) minus the server's time, which the answer
-        reports (``timings_ms.server``); returns the download (ms, >= 0)."""
+        reports (``timings_ms.server``), and ``upload_ms``, the upload time the request carried;
+        returns the download (ms, >= 0)."""
         download = max(float(response_ms) - float(server_ms), 0.0)
         self.dl_ms, self.dlvar_ms = client_dl_update(self.dl_ms, self.dlvar_ms, download)
+        self.mismatch = client_mismatch_update(self.mismatch, download, float(upload_ms))
         self.last_ms = download
         return download
 
@@ -248,7 +255,9 @@ async def _one(
         row["error"] = f"HTTP {r.status_code}"
         return row
     d = r.json()
-    row["download_ms"] = history.record((t_done - t_sent) * 1e3, d["timings_ms"]["server"])
+    row["download_ms"] = history.record(
+        (t_done - t_sent) * 1e3, d["timings_ms"]["server"], params["upload_ms"]
+    )
     row.update(
         ok=True, model_id=d["model_id"], source=d["source"], accuracy=d["accuracy"],
         request_id=d.get("request_id"),

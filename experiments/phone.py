@@ -228,7 +228,9 @@ async def phone_request(
         if r.status_code == 200:
             d = r.json()
             response_ms = (time.perf_counter() - t_sent) * 1e3
-            row["download_ms"] = phone.downloads.record(response_ms, d["timings_ms"]["server"])
+            row["download_ms"] = phone.downloads.record(
+                response_ms, d["timings_ms"]["server"], round(t_in, 3)
+            )
             remote_acc = float(d["correct"] if d.get("correct") is not None else d["accuracy"])
             row["model_id"] = d["model_id"]
         else:

@@ -5,7 +5,8 @@ Endpoints (the OpenAPI schema at ``/openapi.json`` documents each completely):
 
 * ``POST /v1/infer?sla_ms=..&upload_ms=..[&capture_ts_ms=..|&elapsed_ms=..][&client_id=..]``
   ``[&label=..][&shape=HxWx3][&srtt_ms=..&rttvar_ms=..][&prev_download_ms=..]``
-  ``[&client_dl_ms=..&client_dlvar_ms=..]`` (the client's download history): the body is an
+  ``[&client_dl_ms=..&client_dlvar_ms=..&client_dl_mismatch=..]`` (the client's download
+  history): the body is an
   encoded image (``image/jpeg``, ``image/png``,
   ``image/webp``, ``image/bmp``; decoded as the declared format only) or device-preprocessed
   pixels (``application/x-modi-pixels``: raw ``uint8`` RGB, ``shape`` given). The selector
@@ -81,7 +82,7 @@ from modi.serving import (
     ServerConfigError,
     read_body,
 )
-from modi.serving.core import CLIENT_DL_HEADER, CLIENT_DLVAR_HEADER
+from modi.serving.core import CLIENT_DL_HEADER, CLIENT_DLVAR_HEADER, CLIENT_MISMATCH_HEADER
 from modi.serving.errors import clean
 from modi.serving.images import DecodeLimits
 from modi.serving.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -143,6 +144,10 @@ class InferAnswer(BaseModel):
     )
     client_dlvar_ms: float | None = Field(
         description="its mean deviation the selector saw (ms; null: none sent)"
+    )
+    client_dl_mismatch: float | None = Field(
+        description="the client's smoothed |ln(download / upload)| the selector saw (null: none "
+        "sent)"
     )
     timings_ms: Timings
 
@@ -213,10 +218,17 @@ INFER_PARAMETERS: list[dict[str, Any]] = [
     {"name": "client_dlvar_ms", "in": "query", "required": False,
      "description": "the mean deviation of those download times (ms; with client_dl_ms)",
      "schema": _NUM},
+    {"name": "client_dl_mismatch", "in": "query", "required": False,
+     "description": "the client's smoothed |ln(download / upload)| of its previous answers, each "
+     "download against the upload_ms it sent with the same request (modi.runtime.features."
+     "client_mismatch_update; omit before the first answer)", "schema": _NUM},
     {"name": CLIENT_DL_HEADER, "in": "header", "required": False,
      "description": "client_dl_ms as a header instead of the field (not both)", "schema": _NUM},
     {"name": CLIENT_DLVAR_HEADER, "in": "header", "required": False,
      "description": "client_dlvar_ms as a header instead of the field (not both)",
+     "schema": _NUM},
+    {"name": CLIENT_MISMATCH_HEADER, "in": "header", "required": False,
+     "description": "client_dl_mismatch as a header instead of the field (not both)",
      "schema": _NUM},
     {"name": SRTT_HEADER, "in": "header", "required": False,
      "description": "the client connection's smoothed RTT as a proxy in front measures it (ms; "

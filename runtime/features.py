@@ -28,9 +28,10 @@ from numpy.typing import ArrayLike, NDArray
 SCHEMA_NAME = "modi.model_selection"
 #: Version 2 (issue 13) appended ``srtt_ms`` and ``rttvar_ms`` to the request block; version 3
 #: appended ``client_dl_ms`` and ``client_dlvar_ms`` (the client's own measurement of its past
-#: downloads). Selectors exported for an older version are refused with the reason
-#: (:mod:`modi.runtime.metadata`).
-SCHEMA_VERSION = 3
+#: downloads); version 4 ``client_dl_mismatch`` (how far each of the client's downloads was
+#: from its own request's upload). Selectors exported for an older version are refused with the
+#: reason (:mod:`modi.runtime.metadata`).
+SCHEMA_VERSION = 4
 
 #: Request block columns: (name, unit, description).
 REQUEST_FEATURES: tuple[tuple[str, str, str], ...] = (
@@ -62,6 +63,14 @@ REQUEST_FEATURES: tuple[tuple[str, str, str], ...] = (
         "ms",
         "the mean deviation of those download times (EWMA, gain CLIENT_DLVAR_GAIN); -1: none",
     ),
+    (
+        "client_dl_mismatch",
+        "ln ratio",
+        "the client's smoothed |ln(download / upload)| of its previous requests, each download "
+        "paired with the upload time of the same request (its t_input_ms, which the client "
+        "sends as upload_ms; EWMA, gain CLIENT_MISMATCH_GAIN): 0 where each download takes as "
+        "long as its upload; -1: none received yet",
+    ),
 )
 #: Model block columns, one row per model: (name, unit, description).
 MODEL_FEATURES: tuple[tuple[str, str, str], ...] = (
@@ -74,12 +83,12 @@ MODEL_FEATURES: tuple[tuple[str, str, str], ...] = (
 #: Request columns a request may leave unknown (NaN): the connection's RTT estimates, which a
 #: server reads from its TCP stack where the platform exposes them (Linux ``TCP_INFO``), and
 #: the client's download history (none before its first response arrives).
-OPTIONAL_COLUMNS: tuple[int, ...] = (10, 11, 12, 13)
+OPTIONAL_COLUMNS: tuple[int, ...] = (10, 11, 12, 13, 14)
 #: Optional columns a scorer handles itself when unknown (a client's first request has no
 #: download history): a NaN there never makes a selector fall back. The encoders write an
 #: unknown value there as :data:`UNKNOWN_HISTORY` (-1, not NaN: a Gymnasium observation must
 #: compare equal to itself), and scorers read any value below 0, NaN included, as unknown.
-SELF_IMPUTED_COLUMNS: tuple[int, ...] = (12, 13)
+SELF_IMPUTED_COLUMNS: tuple[int, ...] = (12, 13, 14)
 #: The encoded "no download history yet" of :data:`SELF_IMPUTED_COLUMNS`.
 UNKNOWN_HISTORY = -1.0
 
@@ -91,6 +100,12 @@ CLIENT_NET_ALPHA = 0.2
 #: the first sets ``dl = d``, ``dlvar = d / 2`` (:func:`client_dl_update`).
 CLIENT_DL_GAIN = 0.25
 CLIENT_DLVAR_GAIN = 0.25
+#: Gain of ``client_dl_mismatch``'s EWMA: per answer with download ``d`` of a request whose
+#: upload took ``u``, ``m <- m + G (|ln(d / u)| - m)``, the first sets ``m = |ln(d / u)|``
+#: (:func:`client_mismatch_update`).
+CLIENT_MISMATCH_GAIN = 0.25
+#: Times below this (ms) count as this in ``client_dl_mismatch``'s ratio (no log of 0).
+MISMATCH_FLOOR_MS = 0.01
 #: EWMA weight of the server's ``slowdown`` (realised / profiled execution time).
 SLOWDOWN_ALPHA = 0.2
 
@@ -99,7 +114,7 @@ P = len(MODEL_FEATURES)
 
 # Column indices (request block).
 (SLA, ELAPSED, T_INPUT, REMAINING, BUDGET, PAYLOAD, NET_MEAN, NET_STD, QUEUE, SLOWDOWN, SRTT,
- RTTVAR, CLIENT_DL, CLIENT_DLVAR) = range(R)  # fmt: skip
+ RTTVAR, CLIENT_DL, CLIENT_DLVAR, CLIENT_MISMATCH) = range(R)  # fmt: skip
 # Column indices (model block).
 MU, SIGMA, ACC, SLACK = range(P)
 
@@ -111,6 +126,25 @@ def client_dl_update(dl_ms: float, dlvar_ms: float, download_ms: float) -> tuple
         return download_ms, 0.5 * download_ms
     var = dlvar_ms + CLIENT_DLVAR_GAIN * (abs(dl_ms - download_ms) - dlvar_ms)
     return dl_ms + CLIENT_DL_GAIN * (download_ms - dl_ms), var
+
+
+def mismatch(download_ms: ArrayLike, upload_ms: ArrayLike) -> NDArray[np.float64]:
+    """``|ln(download / upload)|`` of answers (each time floored at :data:`MISMATCH_FLOOR_MS`):
+    what one answer adds to ``client_dl_mismatch``."""
+    d = np.maximum(np.asarray(download_ms, dtype=np.float64), MISMATCH_FLOOR_MS)
+    u = np.maximum(np.asarray(upload_ms, dtype=np.float64), MISMATCH_FLOOR_MS)
+    return np.asarray(np.abs(np.log(d / u)))
+
+
+def client_mismatch_update(mismatch_ms: float, download_ms: float, upload_ms: float) -> float:
+    """Fold one answer into a client's ``client_dl_mismatch`` (NaN: none yet): its download
+    and the upload time of the same request (its ``t_input_ms``, sent as ``upload_ms``)."""
+    x = math.fabs(
+        math.log(max(download_ms, MISMATCH_FLOOR_MS) / max(upload_ms, MISMATCH_FLOOR_MS))
+    )
+    if math.isnan(mismatch_ms):
+        return x
+    return mismatch_ms + CLIENT_MISMATCH_GAIN * (x - mismatch_ms)
 
 
 def obs_dim(num_models: int) -> int:
@@ -175,12 +209,14 @@ def encode_requests(
     rttvar_ms: ArrayLike = np.nan,
     client_dl_ms: ArrayLike = np.nan,
     client_dlvar_ms: ArrayLike = np.nan,
+    client_dl_mismatch: ArrayLike = np.nan,
 ) -> NDArray[np.float32]:
     """Request blocks for arrays of requests of any shape ``S``: returns ``S + (R,)`` float32.
 
     ``srtt_ms``/``rttvar_ms`` default to NaN (unknown): a selector that reads them then falls
     back to its rule with the reason (its calibrated shield refuses a NaN).
-    ``client_dl_ms``/``client_dlvar_ms`` default to NaN too (no download history), written as
+    ``client_dl_ms``/``client_dlvar_ms``/``client_dl_mismatch`` default to NaN too (no download
+    history), written as
     :data:`UNKNOWN_HISTORY`, which scorers impute (:data:`SELF_IMPUTED_COLUMNS`)."""
     sla = np.asarray(sla_ms, dtype=np.float64)
     elapsed = np.asarray(elapsed_ms, dtype=np.float64)
@@ -202,6 +238,7 @@ def encode_requests(
     out[..., RTTVAR] = rttvar_ms
     out[..., CLIENT_DL] = client_dl_ms
     out[..., CLIENT_DLVAR] = client_dlvar_ms
+    out[..., CLIENT_MISMATCH] = client_dl_mismatch
     hist = out[..., CLIENT_DL:]
     hist[np.isnan(hist)] = UNKNOWN_HISTORY
     return out
@@ -212,8 +249,8 @@ def encode_requests(
 _PACK_REQUEST = struct.Struct(f"={R}f").pack_into
 assert (SLA, ELAPSED, T_INPUT, REMAINING, BUDGET) == (0, 1, 2, 3, 4)
 assert (PAYLOAD, NET_MEAN, NET_STD, QUEUE, SLOWDOWN, SRTT, RTTVAR) == (5, 6, 7, 8, 9, 10, 11)
-assert OPTIONAL_COLUMNS == (SRTT, RTTVAR, CLIENT_DL, CLIENT_DLVAR)
-assert SELF_IMPUTED_COLUMNS == (CLIENT_DL, CLIENT_DLVAR)
+assert OPTIONAL_COLUMNS == (SRTT, RTTVAR, CLIENT_DL, CLIENT_DLVAR, CLIENT_MISMATCH)
+assert SELF_IMPUTED_COLUMNS == (CLIENT_DL, CLIENT_DLVAR, CLIENT_MISMATCH) == tuple(range(12, R))
 
 
 def pack_request(
@@ -230,6 +267,7 @@ def pack_request(
     rttvar_ms: float = math.nan,
     client_dl_ms: float = math.nan,
     client_dlvar_ms: float = math.nan,
+    client_dl_mismatch: float = math.nan,
 ) -> None:
     """Scalar fast path of :func:`encode_requests` for one request: its block written into a
     writable buffer of at least ``R`` native float32 (e.g. ``row.data`` of a C-contiguous
@@ -241,14 +279,16 @@ def pack_request(
         client_dl_ms = UNKNOWN_HISTORY
     if client_dlvar_ms != client_dlvar_ms:
         client_dlvar_ms = UNKNOWN_HISTORY
+    if client_dl_mismatch != client_dl_mismatch:
+        client_dl_mismatch = UNKNOWN_HISTORY
     try:
         _PACK_REQUEST(buffer, 0, sla_ms, elapsed_ms, t_input_ms, remaining, budget, payload_kb,
                       net_mean_ms, net_std_ms, queue_len, slowdown, srtt_ms, rttvar_ms,
-                      client_dl_ms, client_dlvar_ms)  # fmt: skip
+                      client_dl_ms, client_dlvar_ms, client_dl_mismatch)  # fmt: skip
     except (OverflowError, struct.error):  # beyond float32: numpy's cast stores inf
         values = [sla_ms, elapsed_ms, t_input_ms, remaining, budget, payload_kb, net_mean_ms,
                   net_std_ms, queue_len, slowdown, srtt_ms, rttvar_ms, client_dl_ms,
-                  client_dlvar_ms]  # fmt: skip
+                  client_dlvar_ms, client_dl_mismatch]  # fmt: skip
         with np.errstate(over="ignore", invalid="ignore"):
             np.frombuffer(buffer, dtype=np.float32, count=R)[:] = np.array(values, np.float64)
 
@@ -285,6 +325,7 @@ def encode(
     rttvar_ms: ArrayLike = np.nan,
     client_dl_ms: ArrayLike = np.nan,
     client_dlvar_ms: ArrayLike = np.nan,
+    client_dl_mismatch: ArrayLike = np.nan,
 ) -> NDArray[np.float32]:
     """Build a batch of observations.
 
@@ -294,6 +335,7 @@ def encode(
     req, models = encode_blocks(
         sla_ms, elapsed_ms, t_input_ms, payload_kb, net_mean_ms, net_std_ms, queue_len, slowdown,
         mu_ms, sigma_ms, accuracy, srtt_ms, rttvar_ms, client_dl_ms, client_dlvar_ms,
+        client_dl_mismatch,
     )  # fmt: skip
     return np.concatenate([req, models.reshape(req.shape[0], -1)], axis=1)
 
@@ -314,13 +356,14 @@ def encode_blocks(
     rttvar_ms: ArrayLike = np.nan,
     client_dl_ms: ArrayLike = np.nan,
     client_dlvar_ms: ArrayLike = np.nan,
+    client_dl_mismatch: ArrayLike = np.nan,
 ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
     """:func:`encode`'s two blocks as separate C-contiguous arrays, request ``(N, R)`` and
     models ``(N, K, P)`` (the inputs of an exported selector); the same values bit for bit."""
     req = np.atleast_2d(
         encode_requests(
             sla_ms, elapsed_ms, t_input_ms, payload_kb, net_mean_ms, net_std_ms, queue_len,
-            slowdown, srtt_ms, rttvar_ms, client_dl_ms, client_dlvar_ms,
+            slowdown, srtt_ms, rttvar_ms, client_dl_ms, client_dlvar_ms, client_dl_mismatch,
         )
     )
     n = req.shape[0]

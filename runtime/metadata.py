@@ -41,8 +41,9 @@ from modi.runtime.features import (
 #: Length of the request block of each feature schema version of :data:`SCHEMA_NAME`: each
 #: version appended columns to the request block (the model block never changed), so version
 #: ``v`` has the first ``SCHEMA_REQUEST_DIMS[v]`` columns of :data:`REQUEST_FEATURES`. Version 2
-#: (issue 13) added ``srtt_ms``, ``rttvar_ms``; version 3 ``client_dl_ms``, ``client_dlvar_ms``.
-SCHEMA_REQUEST_DIMS: dict[int, int] = {1: 10, 2: 12, 3: 14}
+#: (issue 13) added ``srtt_ms``, ``rttvar_ms``; version 3 ``client_dl_ms``, ``client_dlvar_ms``;
+#: version 4 ``client_dl_mismatch``.
+SCHEMA_REQUEST_DIMS: dict[int, int] = {1: 10, 2: 12, 3: 14, 4: 15}
 assert SCHEMA_REQUEST_DIMS[SCHEMA_VERSION] == R == len(REQUEST_FEATURES)
 assert max(SCHEMA_REQUEST_DIMS) == SCHEMA_VERSION
 

@@ -7,9 +7,11 @@ selector uses what the server last set), the connection's smoothed RTT / RTT var
 server's TCP stack reports them (``srtt_ms``/``rttvar_ms``; absent: unknown, NaN in the
 features, which a policy that reads them answers with its fallback and the reason) and the
 client's own download history (``client_dl_ms``/``client_dlvar_ms``: its smoothed download
-time of its previous answers and their mean deviation, sent with the next request; absent: none
-yet, :data:`~modi.runtime.features.UNKNOWN_HISTORY` in the features, which scorers impute
-themselves: never a fallback).
+time of its previous answers and their mean deviation; ``client_dl_mismatch``: its smoothed
+``|ln(download / upload)|`` of them, each answer's download against the upload time of the
+same request; all sent with the next request; absent: none yet,
+:data:`~modi.runtime.features.UNKNOWN_HISTORY` in the features, which scorers impute themselves:
+never a fallback).
 :class:`RequestBatch` is the columnar form for :meth:`modi.runtime.Selector.select_batch`.
 Values outside :class:`RequestLimits` (NaN, inf, negative, absurd) make the request invalid; the
 selector then answers with the ModiPick rule and says which field was wrong.
@@ -34,7 +36,7 @@ REQUIRED_FIELDS = ("sla_ms", "elapsed_ms", "upload_ms", "payload_bytes")
 #: Fields a request may carry.
 OPTIONAL_FIELDS = (
     "client_id", "queue_len", "slowdown", "srtt_ms", "rttvar_ms", "client_dl_ms",
-    "client_dlvar_ms",
+    "client_dlvar_ms", "client_dl_mismatch",
 )  # fmt: skip
 
 
@@ -57,6 +59,9 @@ class Request:
             measured them (ms; :func:`modi.runtime.features.client_dl_update`); ``None``: no
             history yet (a client's first request).
         client_dlvar_ms: the mean deviation of those download times (ms); ``None``: unknown.
+        client_dl_mismatch: the client's smoothed ``|ln(download / upload)|`` of its previous
+            answers, each download against the upload time of the same request
+            (:func:`modi.runtime.features.client_mismatch_update`); ``None``: none yet.
     """
 
     sla_ms: float
@@ -70,6 +75,7 @@ class Request:
     rttvar_ms: float | None = None
     client_dl_ms: float | None = None
     client_dlvar_ms: float | None = None
+    client_dl_mismatch: float | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,8 @@ class RequestLimits:
     max_rtt_ms: float = 60_000.0
     #: Of ``client_dl_ms``/``client_dlvar_ms`` (a download as long as the longest upload).
     max_download_ms: float = 600_000.0
+    #: Of ``client_dl_mismatch`` (``ln`` of the longest download over the shortest upload).
+    max_dl_mismatch: float = 20.0
 
 
 class InvalidRequest(ValueError):
@@ -166,13 +174,15 @@ ParsedRequest = tuple[
     float,
     float,
     float,
+    float,
 ]
 
 
 def parse_request(request: Request | Mapping[str, Any], limits: RequestLimits) -> ParsedRequest:
     """Validate one request; return ``(sla, elapsed, upload, payload_kb, client, queue,
-    slowdown, srtt, rttvar, client_dl, client_dlvar)`` with ``client``/``queue``/``slowdown``
-    ``None`` when absent and the last four NaN when absent (unknown). Raises
+    slowdown, srtt, rttvar, client_dl, client_dlvar, client_dl_mismatch)`` with
+    ``client``/``queue``/``slowdown`` ``None`` when absent and the last five NaN when absent
+    (unknown). Raises
     :class:`InvalidRequest`, also for a hostile object that breaks reading it (a mapping whose
     ``get`` raises, ...)."""
     try:
@@ -195,6 +205,7 @@ def _parse_request(request: Any, limits: RequestLimits) -> ParsedRequest:
     var_v: Any
     dl_v: Any
     dlvar_v: Any
+    mis_v: Any
     if isinstance(request, Request):
         sla_v, el_v, up_v, pay_v = (
             request.sla_ms,
@@ -205,9 +216,12 @@ def _parse_request(request: Any, limits: RequestLimits) -> ParsedRequest:
         client, q_v, s_v = request.client_id, request.queue_len, request.slowdown
         rtt_v, var_v = request.srtt_ms, request.rttvar_ms
         dl_v, dlvar_v = request.client_dl_ms, request.client_dlvar_ms
+        mis_v = request.client_dl_mismatch
     elif isinstance(request, Mapping):
         sla_v, el_v, up_v, pay_v = (request.get(f) for f in REQUIRED_FIELDS)
-        client, q_v, s_v, rtt_v, var_v, dl_v, dlvar_v = (request.get(f) for f in OPTIONAL_FIELDS)
+        client, q_v, s_v, rtt_v, var_v, dl_v, dlvar_v, mis_v = (
+            request.get(f) for f in OPTIONAL_FIELDS
+        )
     else:
         raise InvalidRequest(
             f"a request must be a modi.runtime.Request or a mapping with fields "
@@ -246,6 +260,7 @@ def _parse_request(request: Any, limits: RequestLimits) -> ParsedRequest:
     rttvar = _optional_ms(var_v, "rttvar_ms", lim.max_rtt_ms, "max_rtt_ms")
     dl = _optional_ms(dl_v, "client_dl_ms", lim.max_download_ms, "max_download_ms")
     dlvar = _optional_ms(dlvar_v, "client_dlvar_ms", lim.max_download_ms, "max_download_ms")
+    mis = _optional_ms(mis_v, "client_dl_mismatch", lim.max_dl_mismatch, "max_dl_mismatch")
     if client is not None:
         try:
             hash(client)
@@ -255,7 +270,7 @@ def _parse_request(request: Any, limits: RequestLimits) -> ParsedRequest:
             ) from None
     return (
         sla, elapsed, upload, payload / BYTES_PER_KB, client, queue, slowdown, srtt, rttvar, dl,
-        dlvar,
+        dlvar, mis,
     )  # fmt: skip
 
 
@@ -286,11 +301,12 @@ class RequestBatch:
     values per field (see :class:`Request`); ``client_id`` is a sequence of ``N`` ids (``None``
     entries: no history) or ``None``; ``queue_len``/``slowdown`` ``None`` (or NaN entries) use
     the selector's current values; ``srtt_ms``/``rttvar_ms`` and ``client_dl_ms``/
-    ``client_dlvar_ms`` ``None`` (or NaN entries): unknown.
+    ``client_dlvar_ms``/``client_dl_mismatch`` ``None`` (or NaN entries): unknown.
     Raises ``ValueError`` at construction if the columns do not line up (a programming error,
     caught before serving)."""
 
     __slots__ = (
+        "client_dl_mismatch",
         "client_dl_ms",
         "client_dlvar_ms",
         "client_id",
@@ -317,6 +333,7 @@ class RequestBatch:
         rttvar_ms: ArrayLike | None = None,
         client_dl_ms: ArrayLike | None = None,
         client_dlvar_ms: ArrayLike | None = None,
+        client_dl_mismatch: ArrayLike | None = None,
     ) -> None:
         sla = _column(sla_ms, "sla_ms", None)
         assert sla is not None
@@ -344,6 +361,7 @@ class RequestBatch:
         self.rttvar_ms = _column(rttvar_ms, "rttvar_ms", n)
         self.client_dl_ms = _column(client_dl_ms, "client_dl_ms", n)
         self.client_dlvar_ms = _column(client_dlvar_ms, "client_dlvar_ms", n)
+        self.client_dl_mismatch = _column(client_dl_mismatch, "client_dl_mismatch", n)
 
     def __len__(self) -> int:
         return int(self.sla_ms.shape[0])
@@ -382,6 +400,7 @@ class RequestBatch:
             opt("rttvar_ms"),
             opt("client_dl_ms"),
             opt("client_dlvar_ms"),
+            opt("client_dl_mismatch"),
         )
 
     def row(self, i: int) -> Request:
@@ -398,6 +417,7 @@ class RequestBatch:
             _optional(self.rttvar_ms, i),
             _optional(self.client_dl_ms, i),
             _optional(self.client_dlvar_ms, i),
+            _optional(self.client_dl_mismatch, i),
         )
 
     def valid_rows(self, limits: RequestLimits) -> NDArray[np.bool_]:
@@ -421,4 +441,7 @@ class RequestBatch:
         for col in (self.client_dl_ms, self.client_dlvar_ms):  # NaN: no history (allowed)
             if col is not None:
                 ok &= ((col >= 0.0) & (col <= lim.max_download_ms)) | np.isnan(col)
+        mis = self.client_dl_mismatch
+        if mis is not None:
+            ok &= ((mis >= 0.0) & (mis <= lim.max_dl_mismatch)) | np.isnan(mis)
         return np.asarray(ok, dtype=np.bool_)

@@ -868,6 +868,7 @@ class Selector:
         rttvar: float = math.nan,
         dl: float = math.nan,
         dlvar: float = math.nan,
+        mis: float = math.nan,
     ) -> float:
         """Write one request's features into the batch-1 buffers (exactly what
         :func:`modi.runtime.features.encode` computes); return the float32-rounded budget as a
@@ -876,7 +877,7 @@ class Selector:
         s = self._slowdown if slowdown is None else slowdown
         F.pack_request(
             self._req_buf, sla, elapsed, upload, payload_kb, net_mean, net_std, q, s, srtt, rttvar,
-            dl, dlvar,
+            dl, dlvar, mis,
         )  # fmt: skip
         budget = self._req_f[F.BUDGET]
         if self._k <= _SCALAR_SLACK_MODELS:
@@ -891,11 +892,11 @@ class Selector:
         """The observation vector ``(R + P*K,)`` the selector builds for ``request`` (what the
         envs would observe). ``record=True`` also folds the upload time into the client's
         history, as :meth:`select` does. Raises :class:`InvalidRequest` for a bad request."""
-        sla, el, up, pkb, client, q, s, rtt, var, dl, dlv = parse_request(request, self.limits)
+        sla, el, up, pkb, client, q, s, rtt, var, dl, dlv, mis = parse_request(request, self.limits)
         with self._lock:
             c = self._clients
             mean, std = c.update_one(client, up) if record else c.peek(client, up)
-            self._write_features(sla, el, up, pkb, mean, std, q, s, rtt, var, dl, dlv)
+            self._write_features(sla, el, up, pkb, mean, std, q, s, rtt, var, dl, dlv, mis)
             return np.concatenate([self._req[0], self._mod[0].reshape(-1)])
 
     # ------------------------------------------------------------------ decisions
@@ -903,14 +904,16 @@ class Selector:
         """Choose the model for one request. Never raises."""
         try:
             try:
-                sla, el, up, pkb, client, q, s, rtt, var, dl, dlv = parse_request(
+                sla, el, up, pkb, client, q, s, rtt, var, dl, dlv, mis = parse_request(
                     request, self.limits
                 )
             except InvalidRequest as e:
                 return self._invalid(request, e)
             with self._lock:
                 mean, std = self._clients.update_one(client, up)
-                budget = self._write_features(sla, el, up, pkb, mean, std, q, s, rtt, var, dl, dlv)
+                budget = self._write_features(
+                    sla, el, up, pkb, mean, std, q, s, rtt, var, dl, dlv, mis
+                )
                 model = self._model
                 if model is None:
                     self._counts["no_model"] += 1
@@ -1062,6 +1065,7 @@ class Selector:
                 np.nan if batch.rttvar_ms is None else batch.rttvar_ms,
                 np.nan if batch.client_dl_ms is None else batch.client_dl_ms,
                 np.nan if batch.client_dlvar_ms is None else batch.client_dlvar_ms,
+                np.nan if batch.client_dl_mismatch is None else batch.client_dl_mismatch,
             )  # fmt: skip
         return self._decide(req, mod, valid, reasons, prof, u, model, no_model_reason, prof_reason)
 
@@ -1397,29 +1401,30 @@ def _as_batch(
     if isinstance(requests, RequestBatch):
         return requests, None
     reasons: list[str] = []
-    cols: list[list[Any]] = [[] for _ in range(11)]
+    cols: list[list[Any]] = [[] for _ in range(12)]
     nan = float("nan")
     for r in requests:
         try:
-            sla, el, up, pkb, client, q_r, s_r, rtt, var, dl, dlv = parse_request(r, limits)
+            sla, el, up, pkb, client, q_r, s_r, rtt, var, dl, dlv, mis = parse_request(r, limits)
             reasons.append("")
             row: tuple[Any, ...] = (
-                sla, el, up, pkb * BYTES_PER_KB, client, q_r, s_r, rtt, var, dl, dlv,
+                sla, el, up, pkb * BYTES_PER_KB, client, q_r, s_r, rtt, var, dl, dlv, mis,
             )  # fmt: skip
         except InvalidRequest as e:
             reasons.append(f"invalid request: {e}")
             b = _budget_of(r)
             # Keep the budget for ModiPick's fallback: sla = budget, elapsed = upload = 0.
-            row = (b, 0.0, 0.0, nan, None, None, None, nan, nan, nan, nan)
+            row = (b, 0.0, 0.0, nan, None, None, None, nan, nan, nan, nan, nan)
         for c, v in zip(cols, row, strict=True):
             c.append(v)
     queue = None if all(v is None for v in cols[5]) else [nan if v is None else v for v in cols[5]]
     slow = None if all(v is None for v in cols[6]) else [nan if v is None else v for v in cols[6]]
     clients = None if all(v is None for v in cols[4]) else cols[4]
-    rtts, rttvars, dls, dlvars = (
-        None if all(math.isnan(v) for v in c) else c for c in cols[7:11]
+    rtts, rttvars, dls, dlvars, mismatches = (
+        None if all(math.isnan(v) for v in c) else c for c in cols[7:12]
     )  # unknown everywhere: no column
     batch = RequestBatch(
-        cols[0], cols[1], cols[2], cols[3], clients, queue, slow, rtts, rttvars, dls, dlvars
-    )
+        cols[0], cols[1], cols[2], cols[3], clients, queue, slow, rtts, rttvars, dls, dlvars,
+        mismatches,
+    )  # fmt: skip
     return batch, reasons

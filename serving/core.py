@@ -11,8 +11,10 @@ other server (e.g. a Ray Serve deployment) can embed it the same way::
     text = server.metrics.render(); health = server.health()
 
 The client's download history (feature schema v3: ``client_dl_ms``, ``client_dlvar_ms``, its
-smoothed download time of its previous answers and their mean deviation) always comes from the
-request, as query fields or the ``X-Modi-Client-Dl-Ms``/``X-Modi-Client-Dlvar-Ms`` headers: the
+smoothed download time of its previous answers and their mean deviation; v4:
+``client_dl_mismatch``, its smoothed ``|ln(download / upload)|`` of them, each download against
+the upload time of the same request) always comes from the request, as query fields or the
+``X-Modi-Client-Dl-Ms``/``X-Modi-Client-Dlvar-Ms``/``X-Modi-Client-Dl-Mismatch`` headers: the
 server cannot see when its answer reaches the client. Absent (a client's first request): unknown,
 which scorers impute (never a fallback). Requests with and without it are counted
 (:class:`DownloadHistoryCounts`).
@@ -78,11 +80,13 @@ log = logging.getLogger(__name__)
 #: Query fields of ``POST /v1/infer``.
 INFER_FIELDS = frozenset(
     {"sla_ms", "upload_ms", "capture_ts_ms", "elapsed_ms", "client_id", "label", "shape",
-     "srtt_ms", "rttvar_ms", "prev_download_ms", "client_dl_ms", "client_dlvar_ms"}
+     "srtt_ms", "rttvar_ms", "prev_download_ms", "client_dl_ms", "client_dlvar_ms",
+     "client_dl_mismatch"}
 )  # fmt: skip
 #: Headers that may carry the client's download history instead of its query fields.
 CLIENT_DL_HEADER = "x-modi-client-dl-ms"
 CLIENT_DLVAR_HEADER = "x-modi-client-dlvar-ms"
+CLIENT_MISMATCH_HEADER = "x-modi-client-dl-mismatch"
 #: Request features of the client's download history (always sent by the client).
 DOWNLOAD_FEATURES: tuple[str, str] = ("client_dl_ms", "client_dlvar_ms")
 #: Content types ``POST /v1/infer`` accepts.
@@ -475,8 +479,9 @@ class InferenceServer:
         (``elapsed_ms``, ``label``, ``preprocessed``, ``content_type``, ``rtt_header`` and
         ``rtt_field``: the ``(srtt_ms, rttvar_ms)`` a proxy's headers / the client's fields
         carry, ``None`` where absent, and ``prev_download_ms``). The request carries the
-        client's download history (``client_dl_ms``/``client_dlvar_ms``, from its fields or
-        :data:`CLIENT_DL_HEADER`/:data:`CLIENT_DLVAR_HEADER`; ``None`` where absent).
+        client's download history (``client_dl_ms``/``client_dlvar_ms``/``client_dl_mismatch``,
+        from its fields or :data:`CLIENT_DL_HEADER`/:data:`CLIENT_DLVAR_HEADER`/
+        :data:`CLIENT_MISMATCH_HEADER`; ``None`` where absent).
         """
         unknown = sorted(set(params) - INFER_FIELDS)
         if unknown:
@@ -527,6 +532,8 @@ class InferenceServer:
             client_id=client,
             client_dl_ms=_download(params, hdr, "client_dl_ms", CLIENT_DL_HEADER, dl_lim),
             client_dlvar_ms=_download(params, hdr, "client_dlvar_ms", CLIENT_DLVAR_HEADER, dl_lim),
+            client_dl_mismatch=_download(params, hdr, "client_dl_mismatch", CLIENT_MISMATCH_HEADER,
+                                         self.limits.max_dl_mismatch, unit=""),
         )  # fmt: skip
         try:
             parse_request(req, self.limits)
@@ -801,6 +808,7 @@ class InferenceServer:
             "rtt_source": rtt_src,
             "client_dl_ms": req.client_dl_ms,
             "client_dlvar_ms": req.client_dlvar_ms,
+            "client_dl_mismatch": req.client_dl_mismatch,
             "timings_ms": {
                 "decode": decode_ms, "queue": queue_ms, "select": choice.select_ms,
                 "preprocess": pre_ms, "exec": exec_ms, "server": server_ms,
@@ -813,6 +821,7 @@ class InferenceServer:
                 "rtt_source": rtt_src, "srtt_ms": srtt, "rttvar_ms": rttvar,
                 "prev_download_ms": extras["prev_download_ms"],
                 "client_dl_ms": req.client_dl_ms, "client_dlvar_ms": req.client_dlvar_ms,
+                "client_dl_mismatch": req.client_dl_mismatch,
             }  # fmt: skip
             self.log.submit(rec, meta=req.sla_ms)
         return out
@@ -830,8 +839,8 @@ class InferenceServer:
         for the log's writer thread to fill). ``latency_ms`` is the time from capture to the
         answer leaving the server (the download of the answer is not observed); ``met`` is
         ``latency_ms <= sla_ms``. Unknown optional features (``srtt_ms``/``rttvar_ms``,
-        ``client_dl_ms``/``client_dlvar_ms``) are ``null``; :meth:`infer` adds ``connection``:
-        the RTT's source, the client's download history as it sent it and its
+        ``client_dl_ms``/``client_dlvar_ms``/``client_dl_mismatch``) are ``null``; :meth:`infer`
+        adds ``connection``: the RTT's source, the client's download history as it sent it and its
         ``prev_download_ms`` (the last download it measured: not a feature)."""
         d = choice.decision
         return {
@@ -1135,11 +1144,16 @@ def _rtt(params: Mapping[str, str], name: str, limit: float) -> float | None:
 
 
 def _download(
-    params: Mapping[str, str], headers: Mapping[str, str], name: str, header: str, limit: float
+    params: Mapping[str, str],
+    headers: Mapping[str, str],
+    name: str,
+    header: str,
+    limit: float,
+    unit: str = " ms",
 ) -> float | None:
-    """One value of the client's download history (ms) from its query field or its header
-    (``None`` when neither); :class:`HTTPProblem` 400 naming it when both are given or it is
-    not a number in ``[0, limit]``."""
+    """One value of the client's download history (in ``unit``) from its query field or its
+    header (``None`` when neither); :class:`HTTPProblem` 400 naming it when both are given or it
+    is not a number in ``[0, limit]``."""
     x = _number(params, name, required=False)
     h = _number(headers, header, required=False)
     if x is not None and h is not None:
@@ -1147,7 +1161,7 @@ def _download(
     x = x if h is None else h
     src = name if h is None else header
     if x is not None and x > limit:
-        raise HTTPProblem(400, f"{src} = {x:g} ms exceeds {limit:g} ms: not plausible")
+        raise HTTPProblem(400, f"{src} = {x:g}{unit} exceeds {limit:g}{unit}: not plausible")
     return x
 
 

@@ -20,7 +20,16 @@ from modi.agents.evaluation import rollout
 from modi.envs.networks import BlockContext, GaussianOneWay, truncated_normal
 from modi.envs.pools import ModelPool, ModelSpec
 from modi.envs.simulator import CLIENT_NET_ALPHA, ModelSelectionSim, StepOutcome
-from modi.runtime.features import CLIENT_DL, CLIENT_DLVAR, QUEUE, RTTVAR, SLOWDOWN, SRTT, encode
+from modi.runtime.features import (
+    CLIENT_DL,
+    CLIENT_DLVAR,
+    CLIENT_MISMATCH,
+    QUEUE,
+    RTTVAR,
+    SLOWDOWN,
+    SRTT,
+    encode,
+)
 from modi.runtime.profiles import ProfileTracker
 
 PROPERTY_SETTINGS = settings(deadline=None, max_examples=50)
@@ -255,6 +264,7 @@ def test_observation_is_encode_of_what_the_server_knows(spec: SimSpec, fast_path
             obs[:, RTTVAR],
             obs[:, CLIENT_DL],  # the client's past downloads: tests/test_downloads.py
             obs[:, CLIENT_DLVAR],
+            obs[:, CLIENT_MISMATCH],  # and how far they were from their uploads (schema v4)
         )
         np.testing.assert_array_equal(obs, expected, err_msg=f"step {t}")
 
@@ -285,7 +295,7 @@ def test_observations_ignore_downloads_and_unused_models_realised_times(
     """Two servers see identical requests; they differ only in what the decision cannot know:
     every download time, and the true execution times of a model that is never run. Their
     observations must be identical at every step although outcomes differ, except for the
-    client's history of its *past* downloads (schema v3), whose timing tests/test_downloads.py
+    client's history of its *past* downloads (schema v3, v4), whose timing tests/test_downloads.py
     checks."""
     fast_path = fast_path and spec.num_envs == 1
     k = len(spec.models)
@@ -296,7 +306,7 @@ def test_observations_ignore_downloads_and_unused_models_realised_times(
     a_sim = spec.build(network=a_net, reprofile_every=0)
     b_net = SplitDownloadNetwork(spec.net_mean_ms, spec.net_std_ms, 2)
     b_sim = spec.build(network=b_net, reprofile_every=0, true_pool=spec.pool(scale_model=unused))
-    hist = [CLIENT_DL, CLIENT_DLVAR]
+    hist = [CLIENT_DL, CLIENT_DLVAR, CLIENT_MISMATCH]
 
     def now(obs: np.ndarray) -> np.ndarray:
         return np.delete(obs, hist, axis=1)

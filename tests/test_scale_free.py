@@ -24,6 +24,7 @@ from modi.agents.scorers import (
     _REL_HI,
     _REL_LO,
     DEFAULT_RELATIVE,
+    GATE_WIDTH,
     NUM_PAIR_FEATURES,
     RELATIVE_FEATURES,
     RELATIVE_NAMES,
@@ -100,36 +101,36 @@ def test_exec_z_is_a_sharp_step_at_the_papers_budget_where_the_upload_predicts_t
     m[0, :, F.SIGMA] = 0.2
     r[0, F.SLOWDOWN] = 1.0
     m[0, :, F.MU] = torch.tensor([budget - 0.4, budget, budget + 0.4])
-    # ... a client whose past downloads took as long as its uploads, and those as long as the
-    # connection's one-way delay: the gate is open
-    r[0, F.CLIENT_DL] = r[0, F.NET_MEAN] = 60.0
-    r[0, F.SRTT] = 120.0
+    # ... a client each of whose downloads took as long as its own request's upload
+    # (client_dl_mismatch 0, feature schema v4): the gate is open
+    r[0, F.CLIENT_MISMATCH] = 0.0
     pairs = PairFeatures(relative=RELATIVE_NAMES).double()
     z = pairs(r, m)[0, :, NUM_PAIR_FEATURES + EXEC_Z]
     assert z.tolist() == pytest.approx([2.0, 0.0, -2.0], abs=1e-4)
-    # a client whose downloads are much shorter than its uploads (a 330 KB image up, 1 KB
-    # back): the upload says nothing about the download, and the gated features are neutral
-    r[0, F.CLIENT_DL] = 15.0
-    f = pairs(r, m)[0, :, NUM_PAIR_FEATURES:]
-    assert (f[:, EXEC_Z] == 0).all() and (f[:, BUDGET_REL] == 0).all()
-    assert (f[:, MU_REL] > 0).all()  # the ungated ones are unchanged
-    # nor where the uploads take much longer than the one-way delay (a transmission time)
-    r[0, F.CLIENT_DL] = 60.0
-    r[0, F.SRTT] = 60.0
-    assert (pairs(r, m)[0, :, NUM_PAIR_FEATURES + EXEC_Z] == 0).all()
-    r[0, F.SRTT] = 120.0
+    # half open halfway to GATE_WIDTH
+    r[0, F.CLIENT_MISMATCH] = 0.5 * GATE_WIDTH
     z = pairs(r, m)[0, :, NUM_PAIR_FEATURES + EXEC_Z]
-    assert z.tolist() == pytest.approx([2.0, 0.0, -2.0], abs=1e-4)
-    # nor is it open for a client's first request (no download history)
-    r[0, F.CLIENT_DL] = F.UNKNOWN_HISTORY
+    assert z.tolist() == pytest.approx([1.0, 0.0, -1.0], abs=1e-4)
+    # a client whose downloads differ from their uploads (LTE at twice its RTT, a 30 KB image
+    # up, 1 KB back: a mismatch of 0.1 or more): the upload says nothing exact about the
+    # download, and the gated features are neutral
+    for closed in (GATE_WIDTH, 0.1, 3.0):
+        r[0, F.CLIENT_MISMATCH] = closed
+        f = pairs(r, m)[0, :, NUM_PAIR_FEATURES:]
+        assert (f[:, EXEC_Z] == 0).all() and (f[:, BUDGET_REL] == 0).all()
+        assert (f[:, MU_REL] > 0).all()  # the ungated ones are unchanged
+    # whatever the means say: downloads as long as uploads on average and uploads as long as
+    # the one-way delay (what the v3 gate read) do not open it
+    r[0, F.CLIENT_DL] = r[0, F.NET_MEAN] = 60.0
+    r[0, F.SRTT] = 120.0
     assert (pairs(r, m)[0, :, NUM_PAIR_FEATURES + EXEC_Z] == 0).all()
-    # nor where the server's TCP stack does not report the RTT (NaN): closed, not NaN, and the
-    # features that do not read it stay as they were
-    r[0, F.CLIENT_DL] = 60.0
-    r[0, F.SRTT] = float("nan")
-    f = pairs(r, m)[0, :, NUM_PAIR_FEATURES:]
-    assert (f[:, EXEC_Z] == 0).all() and (f[:, BUDGET_REL] == 0).all()
-    assert torch.isfinite(f[:, MU_REL]).all() and (f[:, MU_REL] > 0).all()
+    # nor is it open for a client's first request (no download history yet: -1 or NaN), and
+    # NaN never reaches the features
+    for unknown in (F.UNKNOWN_HISTORY, float("nan")):
+        r[0, F.CLIENT_MISMATCH] = unknown
+        f = pairs(r, m)[0, :, NUM_PAIR_FEATURES:]
+        assert (f[:, EXEC_Z] == 0).all() and (f[:, BUDGET_REL] == 0).all()
+        assert torch.isfinite(f).all() and (f[:, MU_REL] > 0).all()
 
 
 @pytest.mark.parametrize("relative", [True, list(RELATIVE_NAMES), ["sigma_rel", "dl_z"]])
@@ -145,18 +146,16 @@ def test_relative_scorer_fuses_exactly(
     fused, what = fuse_selector(sel)
     assert what == ["MetNet"]
     assert same_scores(sel, fused)
-    # and where the gate is open or half open (rare among random inputs): clients whose
-    # downloads take about as long as their uploads, and those as long as the one-way delay
+    # and where the gate is open or partly open: clients whose downloads took about as long as
+    # their own uploads
     r, m = plausible_inputs(256, 4, seed=7)
     g = torch.Generator().manual_seed(7)
-    up = r[:, F.NET_MEAN]
-    r[:, F.CLIENT_DL] = up * (1 + 0.2 * (torch.rand(256, generator=g) - 0.5))
-    r[:, F.SRTT] = 2 * up * (1 + 0.2 * (torch.rand(256, generator=g) - 0.5))
+    r[:, F.CLIENT_MISMATCH] = GATE_WIDTH * torch.rand(256, generator=g) * (r[:, 0] > 100)
     with torch.no_grad():
         a, b = sel(r, m)[1], fused(r, m)[1]
         assert torch.allclose(a, b, rtol=SCORE_RTOL, atol=SCORE_ATOL)
         if relative is True:  # these rows do open it: closing it (same inputs) changes scores
-            monkeypatch.setattr(scorers, "GATE_SHARPNESS", 1e9)
+            monkeypatch.setattr(scorers, "GATE_WIDTH", 1e-12)
             closed = sel(r, m)[1]
             assert torch.isfinite(closed).all()
             assert not torch.allclose(a, closed, rtol=SCORE_RTOL, atol=SCORE_ATOL)

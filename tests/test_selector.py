@@ -588,10 +588,12 @@ def test_selector_features_equal_the_env_observation_for_the_same_requests() -> 
         assert math.isfinite(srtt) and srtt > 0.0 and rttvar >= 0.0, (srtt, rttvar)
         # the client's download history as the env's client sent it (< 0: none yet)
         dl, dlvar = float(obs[F.CLIENT_DL]), float(obs[F.CLIENT_DLVAR])
+        mis = float(obs[F.CLIENT_MISMATCH])
         req = Request(
             info["sla_ms"], info["t_input_ms"], info["t_input_ms"], sim.payload_kb * 1000, "c",
             srtt_ms=srtt, rttvar_ms=rttvar, client_dl_ms=dl if dl >= 0.0 else None,
             client_dlvar_ms=dlvar if dlvar >= 0.0 else None,
+            client_dl_mismatch=mis if mis >= 0.0 else None,
         )  # fmt: skip
         got = sel.features(req, record=True)
         np.testing.assert_array_equal(got, obs, err_msg=f"request {step}")

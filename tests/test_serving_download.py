@@ -227,8 +227,9 @@ def test_training_ranges_keep_the_features_seen_known() -> None:
 
 # ---------------------------------------------------------------- schema v2 selectors
 def test_a_v2_selector_is_refused_with_what_changed(tiny: dict[str, Path]) -> None:
-    why = (r"v2, this runtime builds modi.model_selection v3 \(v3 added client_dl_ms, "
-           r"client_dlvar_ms to the request block\): retrain it")  # fmt: skip
+    why = (r"v2, this runtime builds modi.model_selection v4 \(v3 added client_dl_ms, "
+           r"client_dlvar_ms; v4 added client_dl_mismatch to the request block\): "
+           r"retrain it")  # fmt: skip
     with pytest.raises(SelectorLoadError, match=why):
         Selector.load(tiny["sel"] / "v2.onnx", POOL, strict=True)
     sel = Selector.load(tiny["sel"] / "v2.onnx", POOL)
@@ -375,11 +376,16 @@ def test_v1_and_v2_decision_logs_read_with_the_history_unknown(
 def test_download_history_folds_what_the_client_measures() -> None:
     h = DownloadHistory()
     assert h.fields() == {}  # a first request carries none
-    assert h.record(130.0, 30.0) == 100.0
-    assert h.fields() == {"client_dl_ms": 100.0, "client_dlvar_ms": 50.0, "prev_download_ms": 100.0}
-    assert h.record(20.0, 30.0) == 0.0  # a server time beyond the response time: no download
+    assert h.record(130.0, 30.0, 100.0) == 100.0
+    # the download took as long as the request's upload: mismatch 0
+    assert h.fields() == {"client_dl_ms": 100.0, "client_dlvar_ms": 50.0,
+                          "client_dl_mismatch": 0.0, "prev_download_ms": 100.0}  # fmt: skip
+    assert h.record(20.0, 30.0, 5.0) == 0.0  # a server time beyond the response time: no download
     dl, var = F.client_dl_update(*F.client_dl_update(math.nan, math.nan, 100.0), 0.0)
     assert (h.dl_ms, h.dlvar_ms, h.last_ms) == (dl, var, 0.0)
+    # a download of 0 against an upload of 5 ms: ln(5 / 0.01) (the floor), folded with gain 1/4
+    want = F.CLIENT_MISMATCH_GAIN * math.log(5.0 / F.MISMATCH_FLOOR_MS)
+    assert h.mismatch == pytest.approx(want) and h.fields()["client_dl_mismatch"] == round(want, 6)
 
 
 def test_modi_client_sends_its_history_from_its_second_request_on(

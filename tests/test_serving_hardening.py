@@ -369,10 +369,10 @@ def test_the_openapi_schema_documents_infer_completely(tiny: Any) -> None:
     op = doc["paths"]["/v1/infer"]["post"]
     names = {p["name"] for p in op["parameters"]}
     headers = {"x-modi-srtt-ms", "x-modi-rttvar-ms", "x-modi-client-dl-ms",
-               "x-modi-client-dlvar-ms"}  # fmt: skip
+               "x-modi-client-dlvar-ms", "x-modi-client-dl-mismatch"}  # fmt: skip
     assert names == {"sla_ms", "upload_ms", "elapsed_ms", "capture_ts_ms", "client_id", "label",
                      "shape", "srtt_ms", "rttvar_ms", "prev_download_ms", "client_dl_ms",
-                     "client_dlvar_ms"} | headers  # fmt: skip
+                     "client_dlvar_ms", "client_dl_mismatch"} | headers  # fmt: skip
     assert names - headers == INFER_FIELDS  # every field
     assert {p["in"] for p in op["parameters"] if p["name"] in headers} == {"header"}
     assert set(op["requestBody"]["content"]) == {
