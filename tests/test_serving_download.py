@@ -45,7 +45,7 @@ from modi.runtime.metadata import RANGE_FEATURES, FeatureRanges, RangeRecorder
 from modi.runtime.requests import RequestLimits
 from modi.runtime.selector import SelectorLoadError
 from modi.serving import InferenceServer, ServerConfigError
-from modi.serving.core import CLIENT_DL_HEADER, CLIENT_DLVAR_HEADER
+from modi.serving.core import CLIENT_DL_HEADER, CLIENT_DLVAR_HEADER, CLIENT_MISMATCH_HEADER
 
 POOL = PoolProfile.from_lists(["tiny_fast", "tiny_slow"], [0.6, 0.9], [5.0, 40.0], [1.0, 5.0])
 GOOD = {"sla_ms": 200.0, "elapsed_ms": 10.0, "upload_ms": 5.0, "payload_bytes": 1000.0}
@@ -87,6 +87,9 @@ def test_the_request_block_carries_the_download_history_and_none_is_encoded() ->
     assert f[F.CLIENT_DL] == NONE_YET and f[F.CLIENT_DLVAR] == NONE_YET and NONE_YET < 0
     f = sel.features({**GOOD, "client_dl_ms": 12, "client_dlvar_ms": None})
     assert f[F.CLIENT_DL] == 12.0 and f[F.CLIENT_DLVAR] == NONE_YET
+    assert f[F.CLIENT_MISMATCH] == NONE_YET  # schema v4: none sent
+    f = sel.features({**GOOD, "client_dl_ms": 12, "client_dl_mismatch": 0.25})
+    assert f[F.CLIENT_MISMATCH] == np.float32(0.25)
     # the scalar fast path writes what encode() computes, bit for bit
     mu, sigma = sel.profiles
     want = F.encode(200.0, 10.0, 5.0, 1.0, 5.0, 0.0, 0.0, 1.0, mu, sigma, POOL.accuracy,
@@ -97,11 +100,14 @@ def test_the_request_block_carries_the_download_history_and_none_is_encoded() ->
     np.testing.assert_array_equal(Selector(POOL).features(_req()), want[0])
     # the columnar form and a sequence of requests build the same block
     cols = RequestBatch([200.0] * 2, [10.0] * 2, [5.0] * 2, [1000.0] * 2,
-                        client_dl_ms=[np.nan, 20.0], client_dlvar_ms=[np.nan, 3.0])  # fmt: skip
+                        client_dl_ms=[np.nan, 20.0], client_dlvar_ms=[np.nan, 3.0],
+                        client_dl_mismatch=[np.nan, 0.0])  # fmt: skip
     assert cols.row(0).client_dl_ms is None and cols.row(1).client_dl_ms == 20.0
+    assert cols.row(0).client_dl_mismatch is None and cols.row(1).client_dl_mismatch == 0.0
     back = RequestBatch.from_requests([cols.row(0), cols.row(1)])
     assert back.client_dl_ms is not None and back.client_dl_ms[1] == 20.0
     assert np.isnan(back.client_dl_ms[0]) and back.client_dlvar_ms is not None
+    assert back.client_dl_mismatch is not None and back.client_dl_mismatch[1] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -111,7 +117,10 @@ def test_the_request_block_carries_the_download_history_and_none_is_encoded() ->
      ("client_dl_ms", math.inf, "client_dl_ms is infinite"),
      ("client_dlvar_ms", 1e9, "client_dlvar_ms = 1000000000.0 exceeds the limit"),
      ("client_dl_ms", "slow", "client_dl_ms must be a number"),
-     ("client_dlvar_ms", -0.5, "client_dlvar_ms must be >= 0")],
+     ("client_dlvar_ms", -0.5, "client_dlvar_ms must be >= 0"),
+     ("client_dl_mismatch", -0.1, "client_dl_mismatch must be >= 0"),
+     ("client_dl_mismatch", 25.0, "client_dl_mismatch = 25.0 exceeds the limit 20.0 "
+                                  "(RequestLimits.max_dl_mismatch)")],
 )  # fmt: skip
 def test_a_bad_download_history_makes_the_request_invalid_naming_the_field(
     field: str, value: Any, why: str
@@ -251,8 +260,10 @@ def test_the_server_takes_the_history_from_fields_or_headers_counts_and_logs_it(
         assert r["source"] == "learned" and r["client_dl_ms"] is None
         r = _infer(c, client_dl_ms=40.0, client_dlvar_ms=8.0).json()
         assert (r["client_dl_ms"], r["client_dlvar_ms"], r["source"]) == (40.0, 8.0, "learned")
-        r = _infer(c, headers={CLIENT_DL_HEADER: "60", CLIENT_DLVAR_HEADER: "9.5"}).json()
+        r = _infer(c, headers={CLIENT_DL_HEADER: "60", CLIENT_DLVAR_HEADER: "9.5",
+                               CLIENT_MISMATCH_HEADER: "0.5"}).json()  # fmt: skip
         assert (r["client_dl_ms"], r["client_dlvar_ms"]) == (60.0, 9.5)
+        assert r["client_dl_mismatch"] == 0.5
         r = _infer(c, client_dl_ms=900.0, client_dlvar_ms=8.0).json()  # plausible, untrained
         assert r["source"] == "fallback" and r["reason"].startswith("shield: client_dl_ms = 900")
         for params, hdr, name in (
@@ -262,6 +273,9 @@ def test_the_server_takes_the_history_from_fields_or_headers_counts_and_logs_it(
             ({"client_dl_ms": "1e9"}, {}, "client_dl_ms"),
             ({}, {CLIENT_DLVAR_HEADER: "later"}, CLIENT_DLVAR_HEADER),
             ({"client_dl_ms": 5}, {CLIENT_DL_HEADER: "5"}, "not both"),
+            ({"client_dl_mismatch": 21}, {}, "client_dl_mismatch = 21 exceeds 20: not plausible"),
+            ({"client_dl_mismatch": -1}, {}, "client_dl_mismatch"),
+            ({"client_dl_mismatch": 1}, {CLIENT_MISMATCH_HEADER: "1"}, "not both"),
         ):  # fmt: skip
             bad = _infer(c, headers=hdr, **params)
             assert bad.status_code == 400 and name in bad.json()["error"], bad.text
@@ -278,6 +292,9 @@ def test_the_server_takes_the_history_from_fields_or_headers_counts_and_logs_it(
     assert lines[0]["features"][F.CLIENT_DLVAR] is None
     assert (lines[1]["features"][F.CLIENT_DL], lines[1]["features"][F.CLIENT_DLVAR]) == (40.0, 8.0)
     assert lines[2]["connection"]["client_dl_ms"] == 60.0
+    assert lines[2]["connection"]["client_dl_mismatch"] == 0.5
+    assert lines[2]["features"][F.CLIENT_MISMATCH] == 0.5
+    assert lines[1]["features"][F.CLIENT_MISMATCH] is None  # none sent
     assert lines[0]["connection"]["client_dl_ms"] is None
     lg = read_decision_log(logf)
     # null reads back as the encoded unknown: the logged vector is the one the selector saw
@@ -407,7 +424,7 @@ def test_modi_client_sends_its_history_from_its_second_request_on(
     assert [r["request_id"] for r in recs] == [r["request_id"] for r in rows]
     assert recs[0]["features"][F.CLIENT_DL] is None and rows[0]["client_dl_ms"] is None
     assert recs[0]["connection"]["prev_download_ms"] is None
-    dl = dlvar = math.nan
+    dl = dlvar = mis = math.nan
     for i in (1, 2):
         prev = rows[i - 1]
         # the download contains the emulated download leg, not the server's time
@@ -416,6 +433,9 @@ def test_modi_client_sends_its_history_from_its_second_request_on(
         conn = recs[i]["connection"]
         assert conn["client_dl_ms"] == round(dl, 3) and conn["client_dlvar_ms"] == round(dlvar, 3)
         assert conn["prev_download_ms"] == round(prev["download_ms"], 3)
+        # each download against the upload_ms the same request carried
+        mis = F.client_mismatch_update(mis, prev["download_ms"], round(prev["t_in_ms"], 3))
+        assert conn["client_dl_mismatch"] == round(mis, 6)
         assert recs[i]["features"][F.CLIENT_DL] == float(np.float32(round(dl, 3)))
     assert server.downloads.counts == {"carried": 2, "none": 1}
 
