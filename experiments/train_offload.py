@@ -196,10 +196,14 @@ def _network(name: str, split: str, splits: Splits) -> Any:
 
 
 def build_scenarios(
-    env: DictConfig, devices: Sequence[str], networks: Sequence[str], splits: Splits
+    env: DictConfig,
+    devices: Sequence[str],
+    networks: Sequence[str],
+    splits: Splits,
+    key: str = "env.networks",
 ) -> list[Scenario]:
     """Load every device and network preset (per split: trace segments) before anything runs,
-    so an unknown tier or network fails first, naming it."""
+    so an unknown tier or network fails first, naming it (and ``key``, the list it is in)."""
     profiles: dict[str, DeviceProfile] = {}
     for d in devices:
         try:
@@ -217,7 +221,7 @@ def build_scenarios(
             try:
                 nets[n, split] = _network(n, split, splits)
             except (PresetError, ValueError, TypeError) as e:
-                raise ConfigError(f"env.networks: {e}") from None
+                raise ConfigError(f"{key}: {e}") from None
     for d in devices:
         for n in networks:
             sc = Scenario(d, n, profiles[d], str(table.get(n, table.get("default", "wifi"))))
@@ -728,8 +732,16 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     env = cfg.env
     devices = _names(env, "devices")
     networks = _names(env, "networks")
+    # networks the scorer trains on beside env.networks, never evaluated (their own traces)
+    extra = _names(env, "train_networks") if env.get("train_networks") else []
+    both = sorted(set(networks) & set(extra))
+    if both:
+        raise ConfigError(
+            f"env.train_networks {both} are in env.networks too: list each network once (a "
+            "network of env.networks is trained on and evaluated)"
+        )
     w_dev = mixture_weights(env, "devices", devices)
-    w_net = mixture_weights(env, "networks", networks)
+    w_net = mixture_weights(env, "networks", networks + extra)
     tr, ev = env.train, env.eval
     seed = as_int(tr.seed, "env.train.seed", minimum=0)
     streams = as_int(tr.streams, "env.train.streams")
@@ -782,7 +794,10 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     if not isinstance(pool, ModelPool):
         raise ConfigError(f"pool must build a ModelPool, got {type(pool).__name__}")
     scenarios = build_scenarios(env, devices, networks, splits)
-    for sc in scenarios:
+    train_scenarios = scenarios + (
+        build_scenarios(env, devices, extra, splits, key="env.train_networks") if extra else []
+    )
+    for sc in train_scenarios:
         if sc.profile.tier not in ("low", "mid", "high"):
             raise ConfigError(
                 f"env.devices: {sc.device!r} has tier {sc.profile.tier!r}; the device feature "
@@ -791,14 +806,14 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     joint_server = _joint_server(env, pool)
     out_dir.mkdir(parents=True, exist_ok=True)
     server_name = str(env.get("server_policy", "modipick"))
-    mean_w = float(np.mean([w_dev[s.device] * w_net[s.network] for s in scenarios]))
+    mean_w = float(np.mean([w_dev[s.device] * w_net[s.network] for s in train_scenarios]))
 
     ctx, mlflow = _tracking(cfg, env, seed)
     with ctx:
         t0 = time.perf_counter()
         # ---------------------------------------------------------------- train split
         sims = []
-        for sc in scenarios:
+        for sc in train_scenarios:
             k = max(1, round(streams * w_dev[sc.device] * w_net[sc.network] / mean_w))
             sim = make_sim(env, sc, "train", pool, k, objective, sla_range_ms=tuple(sla_range))
             sim.set_server_policy(_server_policy(env, server_name))
@@ -813,7 +828,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                     mlflow.log_metric("train_diff_mse", h["train_diff_mse"], step=step)
 
         def train_keys(r: int) -> list[list[int]]:
-            return [[*stream_key(sc.name, "train", seed, 0.0), r] for sc in scenarios]
+            return [[*stream_key(sc.name, "train", seed, 0.0), r] for sc in train_scenarios]
 
         load = tr.get("load")
         try:
@@ -837,7 +852,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                     w_bytes_per_mb=objective[1],
                     trained_on={
                         "devices": devices,
-                        "networks": networks,
+                        "networks": networks + extra,
                         "sla_range_ms": sla_range,
                         "mixture": {"devices": w_dev, "networks": w_net},
                     },

@@ -29,6 +29,7 @@ TINY = [
     "tracking=none",
     "env.devices=[mid]",
     "env.networks=[link_wifi,lte_tmobile]",
+    "env.train_networks=[lte_att]",  # trained on, never evaluated
     "env.train.streams=4",
     "env.train.steps=15",
     "env.train.epochs=1",
@@ -148,6 +149,14 @@ def test_tiny_run_writes_the_served_learned_row_beside_every_tuned_rule(
     weights = pd.read_csv(out / "weights.csv")
     assert len(weights) == 8 and set(weights.anchor_margin.dropna()) == {0.05}
     assert (out / "device_policy.onnx").stat().st_size > 0
+    # the training-only network was trained on (the mixture) and is evaluated nowhere
+    from modi.agents.device_scorer import DeviceScorerPolicy
+
+    trained = DeviceScorerPolicy.load(out / "device_policy.pt").trained_on
+    assert trained["networks"] == ["link_wifi", "lte_tmobile", "lte_att"]
+    assert set(trained["mixture"]["networks"]) == {"link_wifi", "lte_tmobile", "lte_att"}
+    for f in ("results.csv", "validation.csv", "paired.csv", "units.csv"):
+        assert not pd.read_csv(out / f).scenario.str.contains("lte_att").any(), f
 
 
 def test_every_policy_meets_the_same_test_streams(
@@ -186,6 +195,8 @@ def test_trace_networks_read_only_their_split_segment() -> None:
     [
         ("env.devices=[mid,ultra]", "env.devices.*ultra"),
         ("env.networks=[link_wifi,moon_link]", "env.networks.*moon_link"),
+        ("env.train_networks=[moon_link]", "env.train_networks.*moon_link"),
+        ("env.train_networks=[lte_tmobile]", r"env.train_networks \['lte_tmobile'\] are in env"),
         ("+env.mixture.devices.mid=0", "env.mixture.devices.mid must be a number > 0"),
         ("+env.mixture.networks.link_5g=1", "not in env.networks"),
         ("+env.tuning.oracle.x=[1]", "env.tuning"),
