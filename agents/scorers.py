@@ -227,7 +227,7 @@ _REL_FLOOR = dict(zip(RELATIVE_NAMES, (1.0, 1.0, 1.0, 0.05, 1.0, 1.0, 1.0), stri
 _REL_LO = dict(zip(RELATIVE_NAMES, (0.0, 0.0, -4.0, -10.0, -4.0, -4.0, -4.0), strict=True))
 _REL_HI = dict(zip(RELATIVE_NAMES, (4.0, 1.0, 1.0, 10.0, 1.0, 4.0, 4.0), strict=True))
 _REL_GATED = dict(zip(RELATIVE_NAMES, (0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0), strict=True))
-#: What ``relative=True`` means: the two gated features (``agent.relative`` is off by default;
+#: What ``relative=True`` means: the two gated features (``agent.relative`` is on by default;
 #: docs/results.md, "Scale-free features", has what each choice measured).
 DEFAULT_RELATIVE: tuple[str, ...] = ("budget_rel", "exec_z")
 
