@@ -73,11 +73,14 @@ def test_select_features_on_env_observations_equals_select_batch_on_the_requests
         d_fed = fed.select_features(obs)
         o = sim.step(d_fed.index)
         up = float(o.t_input_ms[0])
-        dl, dlvar = (float(obs[0, c]) for c in (F.CLIENT_DL, F.CLIENT_DLVAR))
+        dl, dlvar, mis = (
+            float(obs[0, c]) for c in (F.CLIENT_DL, F.CLIENT_DLVAR, F.CLIENT_MISMATCH)
+        )
         req = Request(float(o.sla_ms[0]), up, up, sim.payload_kb * 1000.0, "c",
                       srtt_ms=float(obs[0, F.SRTT]), rttvar_ms=float(obs[0, F.RTTVAR]),
                       client_dl_ms=dl if dl >= 0.0 else None,
-                      client_dlvar_ms=dlvar if dlvar >= 0.0 else None)  # fmt: skip
+                      client_dlvar_ms=dlvar if dlvar >= 0.0 else None,
+                      client_dl_mismatch=mis if mis >= 0.0 else None)  # fmt: skip
         np.testing.assert_array_equal(own.features(req), obs[0], err_msg=f"step {step}")
         d_own = own.select_batch([req])
         _same(d_own, d_fed, f"step {step}")
