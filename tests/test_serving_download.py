@@ -41,7 +41,7 @@ from modi.runtime.decision_log import (
     V2_REQUEST_DIM,
     read_decision_log,
 )
-from modi.runtime.metadata import RANGE_FEATURES, FeatureRanges, RangeRecorder
+from modi.runtime.metadata import RANGE_FEATURES, SCHEMA_REQUEST_DIMS, FeatureRanges, RangeRecorder
 from modi.runtime.requests import RequestLimits
 from modi.runtime.selector import SelectorLoadError
 from modi.serving import InferenceServer, ServerConfigError
@@ -342,7 +342,7 @@ def test_a_selector_that_ignores_the_history_is_unaffected(tiny: dict[str, Path]
     server.close()
 
 
-# ---------------------------------------------------------------- logs of schema v1 and v2
+# ---------------------------------------------------------------- logs of schema v1, v2, v3
 def test_v1_and_v2_decision_logs_read_with_the_history_unknown(
     tiny: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -357,7 +357,8 @@ def test_v1_and_v2_decision_logs_read_with_the_history_unknown(
     recs = [json.loads(x) for x in logf.read_text().splitlines()]
     new = read_decision_log(logf)
     assert (new.features[:, F.CLIENT_DL] == [20.0, 30.0]).all()
-    for schema, dim in ((SCHEMA_V2, V2_REQUEST_DIM), (SCHEMA_V1, V1_REQUEST_DIM)):
+    v3 = (f"{F.SCHEMA_NAME} v3", SCHEMA_REQUEST_DIMS[3])  # before client_dl_mismatch
+    for schema, dim in (v3, (SCHEMA_V2, V2_REQUEST_DIM), (SCHEMA_V1, V1_REQUEST_DIM)):
         old = [{**r, "schema": schema, "features": r["features"][:dim] + r["features"][F.R :]}
                for r in recs]  # fmt: skip
         if schema == SCHEMA_V2:  # a v2 server wrote an unknown RTT as null
