@@ -106,7 +106,7 @@ def test_select_and_select_batch_see_the_same_rtt(tiny: dict[str, Path]) -> None
 
 def test_a_v1_selector_is_refused_at_load_with_the_reason(tiny: dict[str, Path]) -> None:
     with pytest.raises(
-        SelectorLoadError, match=r"v1, this runtime builds .* v3 \(v2 added srtt_ms"
+        SelectorLoadError, match=r"v1, this runtime builds .* v4 \(v2 added srtt_ms"
     ):
         Selector.load(tiny["sel"] / "v1.onnx", POOL, strict=True)
     sel = Selector.load(tiny["sel"] / "v1.onnx", POOL)
