@@ -305,7 +305,9 @@ class LinearThompson(_LinearBandit):
 
 class NeuralBandit(LearnedPolicy):
     """A shared per-model MLP predicting ``P(met)``; ε-greedy while training. ``relative``: the
-    MLP also reads the scale-free pair features (:data:`~modi.agents.scorers.RELATIVE_FEATURES`).
+    MLP also reads the scale-free pair features (:data:`~modi.agents.scorers.RELATIVE_FEATURES`);
+    ``pair_accuracy=False``: it does not read the model's accuracy
+    (:class:`~modi.agents.scorers.AffinePairFeatures`).
     """
 
     name = "neural"
@@ -326,6 +328,7 @@ class NeuralBandit(LearnedPolicy):
         seed: int | None = None,
         norm_samples: int = 1024,
         relative: bool | Sequence[str] = False,
+        pair_accuracy: bool = True,
     ) -> None:
         super().__init__(miss_penalty, seed)
         for name, v in (
@@ -353,8 +356,9 @@ class NeuralBandit(LearnedPolicy):
             "updates_per_step": updates_per_step,
             "norm_samples": norm_samples,
             "relative": list(relative_names(relative)),
+            "pair_accuracy": bool(pair_accuracy),
         }
-        self.net = MetNet(hidden, layers, miss_penalty, relative_names(relative))
+        self.net = MetNet(hidden, layers, miss_penalty, relative_names(relative), pair_accuracy)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=lr)
         self._buf_req = np.zeros((buffer_size, F.R), dtype=np.float32)
         self._buf_mod = np.zeros((buffer_size, 1, F.P), dtype=np.float32)

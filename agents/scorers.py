@@ -137,7 +137,22 @@ class ImputeRequest(nn.Module):
 
 class AffinePairFeatures(nn.Module):
     """``(imputed request (N, RX), models (N, K, P)) -> (N, K, NUM_PAIR_FEATURES)``: affine in
-    each block (one product, ``mu * slowdown``), so it fuses (:mod:`modi.agents.fused`)."""
+    each block (one product, ``mu * slowdown``), so it fuses (:mod:`modi.agents.fused`).
+
+    ``accuracy=False`` leaves out the model's accuracy (``accuracy``): whether a request meets its
+    SLA depends on the model's execution time, not on its accuracy, and a scorer that reads the
+    accuracy can learn the training pools' link between the two instead of the time."""
+
+    def __init__(self, accuracy: bool = True) -> None:
+        super().__init__()
+        self.accuracy = bool(accuracy)
+        keep = [i for i in range(NUM_PAIR_FEATURES) if accuracy or i != PAIR_INDEX["accuracy"]]
+        self.register_buffer("keep", torch.tensor(keep, dtype=torch.long), persistent=False)
+
+    @property
+    def width(self) -> int:
+        """Number of features returned."""
+        return NUM_PAIR_FEATURES - (0 if self.accuracy else 1)
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """Build the pair features."""
@@ -157,7 +172,7 @@ class AffinePairFeatures(nn.Module):
         net_headroom = headroom - 0.5 * request[:, F.SRTT : F.SRTT + 1]
         dl_headroom = headroom - request[:, F.CLIENT_DL : F.CLIENT_DL + 1]
         dlvar = request[:, F.CLIENT_DLVAR : F.CLIENT_DLVAR + 1]
-        return torch.stack(
+        out = torch.stack(
             [
                 headroom / 100.0,
                 (budget - (mu + sigma) * slow) / 100.0,
@@ -180,6 +195,7 @@ class AffinePairFeatures(nn.Module):
             ],
             dim=-1,
         )
+        return out if self.accuracy else out.index_select(-1, self.keep)  # type: ignore[arg-type]
 
 
 #: Scale-free pair features (issue 13, item 2) of :class:`RelativePairFeatures`, each a ratio
@@ -349,10 +365,10 @@ class PairFeatures(nn.Module):
     ``relative`` (see :func:`relative_names`) the chosen scale-free :data:`RELATIVE_FEATURES`
     after them."""
 
-    def __init__(self, relative: bool | Sequence[str] = False) -> None:
+    def __init__(self, relative: bool | Sequence[str] = False, accuracy: bool = True) -> None:
         super().__init__()
         self.impute = ImputeRequest()
-        self.affine = AffinePairFeatures()
+        self.affine = AffinePairFeatures(accuracy)
         names = relative_names(relative)
         self.relative = RelativePairFeatures(names) if names else None
 
@@ -360,7 +376,7 @@ class PairFeatures(nn.Module):
     def num_features(self) -> int:
         """Width of the pair features."""
         rel = len(self.relative.names) if self.relative is not None else 0
-        return NUM_PAIR_FEATURES + rel
+        return self.affine.width + rel
 
     def forward(self, request: torch.Tensor, models: torch.Tensor) -> torch.Tensor:
         """Build the pair features."""
@@ -472,7 +488,8 @@ class MetNet(nn.Module):
 
     ``norm_mean``/``norm_std`` standardise the pair features inside the module, so the
     normalisation travels with the saved and exported policy. ``relative``: scale-free
-    :data:`RELATIVE_FEATURES` too (issue 13; :func:`relative_names`).
+    :data:`RELATIVE_FEATURES` too (issue 13; :func:`relative_names`); ``accuracy=False``: the
+    pair features leave out the model's accuracy (:class:`AffinePairFeatures`).
     """
 
     def __init__(
@@ -481,9 +498,10 @@ class MetNet(nn.Module):
         layers: int = 2,
         miss_penalty: float = 0.0,
         relative: bool | Sequence[str] = False,
+        accuracy: bool = True,
     ) -> None:
         super().__init__()
-        self.pairs = PairFeatures(relative)
+        self.pairs = PairFeatures(relative, accuracy)
         self.miss_penalty = float(miss_penalty)
         width = self.pairs.num_features
         dims = [width, *([hidden] * layers)]

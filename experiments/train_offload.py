@@ -110,10 +110,14 @@ def _names(node: DictConfig, key: str) -> list[str]:
     return items
 
 
-def mixture_weights(env: DictConfig, key: str, names: Sequence[str]) -> dict[str, float]:
+def mixture_weights(
+    env: DictConfig, key: str, names: Sequence[str], where: str | None = None
+) -> dict[str, float]:
     """Relative training weight of each device tier / network (``env.mixture.<key>``; missing:
     1). Every weight must be a finite number > 0 (drop a component from the list instead of
-    giving it weight 0), and only listed names may have one."""
+    giving it weight 0), and only listed names may have one; ``where`` names the lists the
+    names come from in messages (default ``env.<key>``)."""
+    where = where or f"env.{key}"
     node = (env.get("mixture") or {}).get(key)
     raw: Any = {} if node is None else OmegaConf.to_container(node, resolve=True)
     if not isinstance(raw, dict):
@@ -121,7 +125,7 @@ def mixture_weights(env: DictConfig, key: str, names: Sequence[str]) -> dict[str
     extra = sorted(set(raw) - set(names))
     if extra:
         raise ConfigError(
-            f"env.mixture.{key} weights {extra}, which are not in env.{key} {list(names)}"
+            f"env.mixture.{key} weights {extra}, which are not in {where} {list(names)}"
         )
     out = {}
     for n in names:
@@ -129,7 +133,7 @@ def mixture_weights(env: DictConfig, key: str, names: Sequence[str]) -> dict[str
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
             raise ConfigError(
                 f"env.mixture.{key}.{n} must be a number > 0, got {w!r} (a mixture component "
-                f"with zero weight: remove {n!r} from env.{key} instead)"
+                f"with zero weight: remove {n!r} from {where} instead)"
             )
         out[n] = float(w)
     return out
@@ -741,7 +745,9 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             "network of env.networks is trained on and evaluated)"
         )
     w_dev = mixture_weights(env, "devices", devices)
-    w_net = mixture_weights(env, "networks", networks + extra)
+    w_net = mixture_weights(
+        env, "networks", networks + extra, "env.networks + env.train_networks" if extra else None
+    )
     tr, ev = env.train, env.eval
     seed = as_int(tr.seed, "env.train.seed", minimum=0)
     streams = as_int(tr.streams, "env.train.streams")

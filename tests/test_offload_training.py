@@ -215,6 +215,12 @@ def test_mixture_weights_and_grids() -> None:
     cfg = _cfg("+env.mixture.networks.lte_tmobile=3")
     w = mixture_weights(cfg.env, "networks", ["link_wifi", "lte_tmobile"])
     assert w == {"link_wifi": 1.0, "lte_tmobile": 3.0}
+    both = "env.networks + env.train_networks"
+    with pytest.raises(ConfigError, match=r"not in env\.networks \+ env\.train_networks"):
+        mixture_weights(cfg.env, "networks", ["link_wifi", "lte_att"], both)
+    bad = _cfg("+env.mixture.networks.lte_att=0")
+    with pytest.raises(ConfigError, match=r"remove 'lte_att' from env\.networks \+ env\.train"):
+        mixture_weights(bad.env, "networks", ["link_wifi", "lte_att"], both)
     grid = tuning_grid(cfg.env, "pieslicer")
     assert grid == [{"margin_ms": 0.0}, {"margin_ms": 50.0}]
     assert tuning_grid(cfg.env, "static_local") == [{}]
