@@ -10,8 +10,9 @@ have met the SLA (the simulator's counterfactual outcome of the same request). T
 driven by the informed ceiling's choices, so every selector is checked on the same requests.
 
 Writes ``calibration.csv`` (``split, sla_ms, model, n, realised, predicted, ceiling, gap``: the
-mean of each over the split's requests; ``gap = predicted - realised``) in the run folder and
-prints the models that meet the SLA at least 2 % of the time::
+mean of each over the split's requests; ``gap = predicted - realised``) and its reliability
+figure ``calibration.png`` in the run folder, and prints the models that meet the SLA at least
+2 % of the time::
 
     modi-calibration scenario=lte_trace 'sla_ms=[115,200,300]' split=test learned=[POLICY.pt]
 
@@ -39,6 +40,7 @@ from tqdm.auto import tqdm
 from modi.agents.references import InformedCeiling
 from modi.agents.scorers import split_obs
 from modi.envs.pools import ModelPool
+from modi.experiments import plots
 from modi.experiments.common import ConfigError, instantiate_node
 from modi.experiments.compare import _point_sims, eval_setup, resolve_policy_path
 from modi.experiments.splits import stream_key
@@ -125,9 +127,19 @@ def main(cfg: DictConfig) -> None:
         log.error("%s", e)
         sys.exit(2)
     table.to_csv(out / "calibration.csv", index=False)
+    split = str(table.split.iloc[0]) if len(table) else ""
+    fig = plots.calibration(
+        table, out / "calibration.png", f"P(met) against what happens ({cfg.scenario}, {split})"
+    )
     shown = table[table.realised >= PRINT_MIN_REALISED]
-    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"\ncalibration: {out / 'calibration.csv'}")
+    print(
+        shown.to_string(
+            index=False,
+            formatters={"sla_ms": "{:g}".format},
+            float_format=lambda v: f"{v:.4f}",
+        )
+    )
+    print(f"\ncalibration: {out / 'calibration.csv'}, {fig}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ units. Where a results frame carries ``<metric>_lo`` / ``<metric>_hi`` columns (
 same units as ``<metric>``), the points get error bars; without them the plain points are drawn.
 
 Callers: ``modi-compare`` (:func:`latency_accuracy`, :func:`usage`, :func:`cv_sweep`),
+``modi-calibration`` (:func:`calibration`),
 ``modi-train`` (:func:`training_curve`), ``modi-compare-offload`` (:func:`offload_scenario`,
 :func:`offload_preexec`), ``modi-reproduce`` (through ``modi-compare``).
 """
@@ -29,6 +30,7 @@ from matplotlib.figure import Figure
 
 __all__ = [
     "STYLE",
+    "calibration",
     "cv_sweep",
     "device_frontier",
     "effective_accuracy",
@@ -254,6 +256,44 @@ def effective_accuracy(results: pd.DataFrame, out: Path, title: str = "") -> Pat
         _sla_lines(ax1, results, "effective_accuracy", title="(a) effective accuracy")
         _sla_lines(ax2, results, "attainment", title="(b) SLA attainment")
         return _save(fig, out, title, [ax1], "policy")
+
+
+def calibration(table: pd.DataFrame, out: Path, title: str = "") -> Path:
+    """Reliability of a selector's ``P(met)``: per model and SLA (one colour per SLA), the mean
+    predicted ``P(met)`` (filled) and the informed ceiling's (hollow, grey edge) against the
+    realised rate on the same requests; points on the diagonal are calibrated. ``table``: the
+    ``calibration.csv`` of ``modi-calibration`` (one split)."""
+    with _styled():
+        fig, ax = plt.subplots(figsize=(5.2, 4.6))
+        ax.plot([0, 100], [0, 100], color="#999999", linewidth=0.8, linestyle=":")
+        for i, (sla, df) in enumerate(table.groupby("sla_ms", sort=True)):
+            color = _COLORS[i % len(_COLORS)]
+            ax.scatter(
+                100 * df.realised,
+                100 * df.predicted,
+                color=color,
+                marker=_MARKERS[i % len(_MARKERS)],
+                s=22,
+                label=f"{sla:g} ms: selector",
+            )
+            ax.scatter(
+                100 * df.realised,
+                100 * df.ceiling,
+                facecolors="none",
+                edgecolors=color,
+                marker=_MARKERS[i % len(_MARKERS)],
+                s=40,
+                linewidths=0.9,
+                label=f"{sla:g} ms: informed ceiling",
+            )
+        ax.set(
+            xlabel="realised: the model met the SLA (%)",
+            ylabel="predicted P(met) (%)",
+            xlim=(-2, 102),
+            ylim=(-2, 102),
+        )
+        ax.set_aspect("equal")
+        return _save(fig, out, title, [ax], "SLA")
 
 
 def latency_accuracy(results: pd.DataFrame, out: Path, title: str = "") -> Path:

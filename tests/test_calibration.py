@@ -13,6 +13,7 @@ from omegaconf import DictConfig
 from modi.agents.bandits import NeuralBandit
 from modi.agents.sb3_agents import PPOAgent
 from modi.envs.model_selection import build_sim
+from modi.experiments import plots
 from modi.experiments.calibration import COLUMNS, calibration
 from modi.experiments.common import ConfigError
 
@@ -39,6 +40,8 @@ def test_every_model_and_sla_has_a_row_and_the_ceiling_is_calibrated(tmp_path: P
     by = table.pivot(index="model", columns="sla_ms", values="realised")
     assert (by[300.0] >= by[115.0]).all()
     assert (table.ceiling - table.realised).abs().max() < 0.06
+    png = plots.calibration(table, tmp_path / "calibration.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_needs_one_bandit_selector(tmp_path: Path) -> None:
