@@ -226,9 +226,19 @@ def build_scenarios(
                 nets[n, split] = _network(n, split, splits)
             except (PresetError, ValueError, TypeError) as e:
                 raise ConfigError(f"{key}: {e}") from None
+    default = str(table.get("default", "wifi"))
+    unlisted = [n for n in networks if n not in table]
+    if unlisted:
+        log.warning(
+            "%s %s: no entry in env.radio, priced with its default radio %r (set "
+            "env.radio.<network>=wifi|lte|3g)",
+            key,
+            unlisted,
+            default,
+        )
     for d in devices:
         for n in networks:
-            sc = Scenario(d, n, profiles[d], str(table.get(n, table.get("default", "wifi"))))
+            sc = Scenario(d, n, profiles[d], str(table.get(n, default)))
             sc.networks = {s: nets[n, s] for s in ("train", "val", "test")}
             out.append(sc)
     return out

@@ -190,6 +190,29 @@ def test_trace_networks_read_only_their_split_segment() -> None:
     assert not hasattr(sc_link.networks["test"], "segment")
 
 
+def test_every_network_is_priced_with_its_radio_or_named_in_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from modi.experiments.splits import Splits
+    from modi.experiments.train_offload import build_scenarios
+
+    cfg = _cfg()
+    splits = Splits.from_cfg(cfg, train_seeds=[0])
+    with caplog.at_level("WARNING", logger="modi.experiments.train_offload"):
+        nets = ["wifi_university", "wifi_residential", "lte_tmobile", "link_wifi", "link_5g"]
+        nets += ["link_5g_mmwave", "lte_tmobile_driving"]
+        scs = build_scenarios(cfg.env, ["mid"], nets, splits)
+    radio = {sc.network: sc.radio for sc in scs}
+    assert radio["lte_tmobile"] == radio["lte_tmobile_driving"] == radio["link_5g"] == "lte"
+    assert radio["wifi_university"] == radio["link_wifi"] == "wifi"
+    assert not caplog.records  # the default networks and the training-only T-Mobile are listed
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="modi.experiments.train_offload"):
+        (sc,) = build_scenarios(cfg.env, ["mid"], ["campus"], splits)
+    assert sc.radio == "wifi"
+    assert "['campus']" in caplog.text and "env.radio" in caplog.text
+
+
 @pytest.mark.parametrize(
     ("override", "match"),
     [
