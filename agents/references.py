@@ -191,12 +191,13 @@ class InformedCeiling:
         p_met[state["dropped"]] = 0.0
         return p_met
 
-    def select_informed(self, obs: Obs, sim: Any) -> Actions:
-        """The model with the highest expected effective accuracy; ties → the faster one."""
+    def select_informed(self, obs: Obs, sim: Any, p_met: F64 | None = None) -> Actions:
+        """The model with the highest expected effective accuracy; ties → the faster one.
+        ``p_met``: :meth:`p_met` of these requests, when the caller has it already."""
         obs = np.atleast_2d(obs)
         layout = ObsLayout.from_obs_dim(obs.shape[1])
         acc = layout.models(obs)[:, :, ACC].astype(np.float64)
-        p = self.p_met(obs, sim)
+        p = self.p_met(obs, sim) if p_met is None else p_met
         value = acc * p
         mu, _ = sim.true_profiles()
         best = value.max(axis=1, keepdims=True)

@@ -52,7 +52,7 @@ COLUMNS = ["split", "sla_ms", "model", "n", "realised", "predicted", "ceiling", 
 PRINT_MIN_REALISED = 0.02
 
 
-def _scorer(item: Any) -> tuple[str, Any]:
+def _scorer(item: Any) -> Any:
     """The ``p_met`` module of the saved selector named by ``learned``."""
     from modi.agents.bandits import load_learned
 
@@ -67,7 +67,7 @@ def _scorer(item: Any) -> tuple[str, Any]:
             f"learned: {item!r} is a {type(policy).__name__}, whose scorer has no P(met); "
             "modi-calibration checks the bandit selectors (neural, linucb, lints)"
         )
-    return str(policy.name), scorer
+    return scorer
 
 
 def calibration(cfg: DictConfig) -> pd.DataFrame:
@@ -76,7 +76,7 @@ def calibration(cfg: DictConfig) -> pd.DataFrame:
     items = [learned] if isinstance(learned, str) else list(learned)
     if len(items) != 1:
         raise ConfigError(f"learned must name one saved selector (policy.pt), got {items!r}")
-    _, scorer = _scorer(items[0])
+    scorer = _scorer(items[0])
     pool = instantiate_node(cfg, "pool")
     if not isinstance(pool, ModelPool):
         raise ConfigError(f"pool must build a ModelPool, got {type(pool).__name__}")
@@ -94,9 +94,10 @@ def calibration(cfg: DictConfig) -> pd.DataFrame:
                 with torch.no_grad():
                     r, m = split_obs(torch.as_tensor(obs, dtype=torch.float32))
                     pred.append(scorer.p_met(r, m).double().numpy())
-                info.append(ceiling.p_met(obs, sim))
+                q = ceiling.p_met(obs, sim)
+                info.append(q)
                 met.append(sim.current_e2e_ms() <= sim.current_sla_ms()[:, None])
-                sim.step(ceiling.select_informed(obs, sim))
+                sim.step(ceiling.select_informed(obs, sim, q))
                 obs = sim.obs
             bar.update(1)
         p, q, y = (np.concatenate(x) for x in (pred, info, met))

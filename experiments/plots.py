@@ -260,7 +260,7 @@ def effective_accuracy(results: pd.DataFrame, out: Path, title: str = "") -> Pat
 
 def calibration(table: pd.DataFrame, out: Path, title: str = "") -> Path:
     """Reliability of a selector's ``P(met)``: per model and SLA (one colour per SLA), the mean
-    predicted ``P(met)`` (filled) and the informed ceiling's (hollow, grey edge) against the
+    predicted ``P(met)`` (filled) and the informed ceiling's (hollow) against the
     realised rate on the same requests; points on the diagonal are calibrated. ``table``: the
     ``calibration.csv`` of ``modi-calibration`` (one split)."""
     with _styled():
