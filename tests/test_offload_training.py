@@ -4,6 +4,7 @@ the accuracy-energy frontier, and bad input named before training."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,12 @@ def test_tiny_run_writes_the_served_learned_row_beside_every_tuned_rule(
     # the anchor alone (static_local: the same action and server side) beside the learned row,
     # where the exported policy is anchored on it
     assert ("anchor_eff_acc" in paired) == (not np.isnan(metrics["anchor_margin"]))
+    # the PieSlicer-gap counts logged are those of paired.csv's points where the choice matters
+    m = paired[paired.choice_matters]
+    for key, name in (("pieslicer_gap_closed", "oracle"), ("pieslicer_gap_closed_prep", "prep")):
+        closed = m[key].dropna() if key in m else pd.Series(dtype=float)
+        assert metrics[f"pieslicer_gap_points_{name}"] == len(closed)
+        assert metrics[f"pieslicer_half_closed_{name}"] == (closed >= 0.5).sum()
     from modi.experiments.train_offload import paired_table
 
     points = zip(paired.scenario, paired.sla_ms, strict=True)
@@ -440,3 +447,36 @@ def test_onnx_with_a_tie_tolerance_chooses_like_the_policy(
     rows = np.arange(len(obs))
     assert (objective[rows, tied] >= objective[rows, plain] - 0.01 - 1e-12).all()
     assert (pred[rows, tied, 1] <= pred[rows, plain, 1] + 1e-12).all()
+
+
+def test_pieslicer_gap_closed_to_the_oracle_and_to_the_informed_prep_ceiling() -> None:
+    """``pieslicer_gap_closed`` is measured to the clairvoyant oracle, ``..._prep`` to
+    prep_ceiling (the informed reference); no gap (the ceiling not above PieSlicer) → NaN."""
+    from modi.experiments.train_offload import paired_table
+
+    def units(acc: dict[str, float]) -> pd.DataFrame:
+        rows = []
+        for pol, a in acc.items():
+            for seed, stream in itertools.product(range(2), range(3)):
+                jitter = 0.001 * (stream - 1)  # the same per stream for every policy: paired
+                rows.append({"scenario": "mid_link_5g", "sla_ms": 300.0, "policy": pol,
+                             "seed": seed, "stream": stream,
+                             "effective_accuracy": a + jitter, "energy_mj": 100.0})  # fmt: skip
+        return pd.DataFrame(rows)
+
+    rules = ["static_local", "pieslicer"]
+    best = {("mid_link_5g", 300.0): "pieslicer"}
+    acc = {"learned": 0.53, "pieslicer": 0.50, "static_local": 0.49, "prep_ceiling": 0.54,
+           "oracle": 0.60}  # fmt: skip
+    r = paired_table(units(acc), best, rules, anchor_rule=None).iloc[0]
+    assert np.isclose(r.pieslicer_eff_acc, 0.50)
+    assert np.isclose(r.pieslicer_gap_closed, 0.03 / 0.10)
+    assert np.isclose(r.pieslicer_gap_closed_prep, 0.03 / 0.04)
+    # prep_ceiling below PieSlicer (it minimises expected time, not the objective): no gap
+    r = paired_table(units(acc | {"prep_ceiling": 0.48}), best, rules, anchor_rule=None).iloc[0]
+    assert np.isnan(r.pieslicer_gap_closed_prep) and np.isclose(r.pieslicer_gap_closed, 0.3)
+    # a network prep_ceiling cannot run on (traces): no column value, the oracle's kept
+    no_prep = {k: v for k, v in acc.items() if k != "prep_ceiling"}
+    r = paired_table(units(no_prep), best, rules, anchor_rule=None).iloc[0]
+    assert np.isnan(r.get("pieslicer_gap_closed_prep", np.nan))
+    assert np.isclose(r.pieslicer_gap_closed, 0.3)
