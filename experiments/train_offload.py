@@ -447,13 +447,14 @@ def paired_table(
     """Learned − the best tuned rule (chosen on validation) per scenario × SLA, paired over
     the same streams, with the ceilings and gaps closed (PieSlicer's gap closed to the
     clairvoyant ``oracle``, ``pieslicer_gap_closed``, and to the informed ``prep_ceiling``,
-    ``pieslicer_gap_closed_prep``; NaN where PieSlicer is within 0.1 point of it or above). ``choice_matters``: the device
-    oracle beats the best tuned rule by at least ``matters_points`` of effective accuracy on
-    test (room for a better decision; where a rule already reaches the ceiling, only energy
-    is left to gain). With ``budget`` (:func:`choose_budget_rule`), also learned − the best
-    rule within the learned policy's validation energy (``budget_*``; ``budget_rule`` "none"
-    where no rule fits the budget, "" where the point has no validation budget;
-    ``budget_not_worse``: the accuracy interval is not below zero, or no rule fits)."""
+    ``pieslicer_gap_closed_prep``; NaN where PieSlicer is within 0.1 point of it or above).
+    ``choice_matters``: the device oracle beats the best tuned rule by at least
+    ``matters_points`` of effective accuracy on test (room for a better decision; where a rule
+    already reaches the ceiling, only energy is left to gain). With ``budget``
+    (:func:`choose_budget_rule`), also learned − the best rule within the learned policy's
+    validation energy (``budget_*``; ``budget_rule`` "none" where no rule fits the budget, ""
+    where the point has no validation budget; ``budget_not_worse``: the accuracy interval is
+    not below zero, or no rule fits)."""
     out = []
     for (scen, sla), g in units.groupby(["scenario", "sla_ms"], sort=False):
         rule = best.get((scen, sla))
