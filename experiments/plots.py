@@ -551,7 +551,8 @@ def device_frontier(frontier: pd.DataFrame, out_dir: Path) -> list[Path]:
     and optionally ``w_energy_per_j`` and ``dominated_by``: the learned points (``kind ==
     "learned"``, one per energy weight) are joined in energy order; every rule (``kind ==
     "rule"``) is one point in its fixed style; learned points a rule strictly dominates are
-    ringed in red."""
+    ringed in red (with ``dominated_by_ci``: by the paired intervals; those dominated on the
+    means only, in grey)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for scen, g in frontier.groupby("scenario", sort=False):
@@ -570,16 +571,25 @@ def device_frontier(frontier: pd.DataFrame, out_dir: Path) -> list[Path]:
                     label="learned (energy weight sweep)",
                     zorder=4,
                 )
-                if "dominated_by" in lr.columns:
-                    dom = lr[lr.dominated_by.fillna("").astype(str) != ""]
+                # red: a rule dominates the point (paired 95 % intervals where the frontier
+                # has them, dominated_by_ci); grey: on the means only, within the noise
+                rings = [("dominated_by_ci", "red", "dominated by a rule (paired 95 %)")]
+                if "dominated_by_ci" not in lr.columns:
+                    rings = [("dominated_by", "red", "learned point dominated by a rule")]
+                elif "dominated_by" in lr.columns:
+                    rings.insert(0, ("dominated_by", "0.6", "dominated on the means only"))
+                for col, color, label in rings:
+                    if col not in lr.columns:
+                        continue
+                    dom = lr[lr[col].fillna("").astype(str) != ""]
                     ax.plot(
                         dom.energy_mj,
                         100 * dom.effective_accuracy,
                         "o",
                         ms=9.0,
                         mfc="none",
-                        mec="red",
-                        label="learned point dominated by a rule",
+                        mec=color,
+                        label=label,
                         zorder=5,
                     )
                 rules = part[part.kind == "rule"]

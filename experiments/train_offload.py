@@ -557,6 +557,48 @@ def dominated_by(frontier: pd.DataFrame) -> list[str]:
     return out
 
 
+def dominated_by_paired(frontier: pd.DataFrame, front_units: pd.DataFrame,
+                        units: pd.DataFrame) -> list[str]:  # fmt: skip
+    """:func:`dominated_by` with paired 95 % intervals over the same streams: for each learned
+    frontier point, the rules whose paired verdict against it is "at least as accurate at no
+    more energy" (neither interval against the rule) with one of the two significantly better
+    (accuracy interval above zero or energy interval below). A rule equal to the learned
+    point up to the streams' noise does not dominate it. ``front_units``: the learned
+    frontier's per-stream rows (``scenario, policy, sla_ms, seed, stream, effective_accuracy,
+    energy_mj``); ``units``: the test split's (the rules' rows are taken on the same seeds and
+    streams)."""
+    out = []
+    keys = ["seed", "stream"]
+    for _, r in frontier.iterrows():
+        if r.kind != "learned":
+            out.append("")
+            continue
+        mine = front_units[
+            (front_units.scenario == r.scenario)
+            & (front_units.policy == r.policy)
+            & (front_units.sla_ms == r.sla_ms)
+        ]
+        rules = frontier[
+            (frontier.kind == "rule")
+            & (frontier.scenario == r.scenario)
+            & (frontier.sla_ms == r.sla_ms)
+        ]
+        dom = []
+        for rule in rules.policy:
+            theirs = units[
+                (units.scenario == r.scenario) & (units.policy == rule) & (units.sla_ms == r.sla_ms)
+            ]
+            both = mine.merge(theirs, on=keys, suffixes=("", "_rule"))
+            if both.empty:
+                continue
+            _, a_lo, a_hi = paired_ci(both.effective_accuracy_rule, both.effective_accuracy)
+            _, e_lo, e_hi = paired_ci(both.energy_mj_rule, both.energy_mj)
+            if _ge_at_le_energy(a_lo, a_hi, e_lo, e_hi) and (a_lo > 0 or e_hi < 0):
+                dom.append(str(rule))
+        out.append(";".join(dom))
+    return out
+
+
 def learned_name(
     w_energy_per_j: float, tie_tolerance: float = 0.0, anchor_margin: float | None = None
 ) -> str:
@@ -1005,6 +1047,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         steps_test = math.ceil(n_req / per_point)
         rec = _Recorder()
         front: list[dict[str, Any]] = []
+        front_units: list[dict[str, Any]] = []  # the learned frontier's per-stream rows
         agree_same = agree_total = fallbacks = decisions = 0
         for sc in scenarios:
             sim = make_sim(env, sc, "test", pool, per_point, objective, block_len=steps_test + 1)
@@ -1066,16 +1109,19 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                         r = run_point(
                             pol_w, sim, sla, stream_key(sc.name, "test", s, sla), steps_test
                         )
-                        front.append(
-                            {
-                                "scenario": sc.name,
-                                "policy": learned_name(w, t_chosen, a_chosen),
-                                "kind": "learned",
-                                "w_energy_per_j": w,
-                                "sla_ms": sla,
-                                "seed": s,
-                            }
-                            | r.summary(sim.num_local)
+                        meta = {
+                            "scenario": sc.name,
+                            "policy": learned_name(w, t_chosen, a_chosen),
+                            "kind": "learned",
+                            "w_energy_per_j": w,
+                            "sla_ms": sla,
+                            "seed": s,
+                        }
+                        front.append(meta | r.summary(sim.num_local))
+                        u = unit_metrics(r)
+                        front_units.extend(
+                            meta | {"stream": k} | {c: float(u[c][k]) for c in CI_COLUMNS}
+                            for k in range(sim.num_envs)
                         )
             log.info("test: %s evaluated", sc.name)
         per_seed = pd.DataFrame(rec.rows)
@@ -1116,6 +1162,9 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             .reset_index()
         )
         frontier["dominated_by"] = dominated_by(frontier)
+        frontier["dominated_by_ci"] = dominated_by_paired(
+            frontier, pd.DataFrame(front_units), units
+        )
         frontier.to_csv(out_dir / "frontier.csv", index=False)
         figures: list[Path] = []
         if cfg.get("figures", True):
@@ -1143,6 +1192,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             if len(matters)
             else 0.0,
             "frontier_points_dominated": float((lf.dominated_by != "").sum()),
+            "frontier_points_dominated_ci": float((lf.dominated_by_ci != "").sum()),
             "frontier_points": float(len(lf)),
             "mean_diff_vs_best_rule": float(paired["diff"].mean()) if len(paired) else math.nan,
         }

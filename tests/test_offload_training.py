@@ -150,6 +150,12 @@ def test_tiny_run_writes_the_served_learned_row_beside_every_tuned_rule(
         assert r.budget_diff_lo <= r.budget_diff <= r.budget_diff_hi
     front = pd.read_csv(out / "frontier.csv")
     assert set(front.kind) == {"learned", "rule"}
+    # dominance on the paired intervals beside the one on the means; the counts logged
+    lf = front[front.kind == "learned"]
+    for col, key in (("dominated_by", "frontier_points_dominated"),
+                     ("dominated_by_ci", "frontier_points_dominated_ci")):  # fmt: skip
+        assert metrics[key] == (lf[col].fillna("") != "").sum()
+    assert (front[front.kind == "rule"].dominated_by_ci.fillna("") == "").all()
     assert metrics["w_energy_per_j"] in (0.0, 1.0)
     assert metrics["tie_tolerance"] in (0.0, 0.01)
     assert metrics["anchor_margin"] == 0.05 or np.isnan(metrics["anchor_margin"])
@@ -480,3 +486,48 @@ def test_pieslicer_gap_closed_to_the_oracle_and_to_the_informed_prep_ceiling() -
     r = paired_table(units(no_prep), best, rules, anchor_rule=None).iloc[0]
     assert np.isnan(r.get("pieslicer_gap_closed_prep", np.nan))
     assert np.isclose(r.pieslicer_gap_closed, 0.3)
+
+
+def test_frontier_dominance_with_paired_intervals_ignores_noise_level_differences() -> None:
+    """A rule dominates a learned frontier point on the paired intervals only where it is
+    significantly better in one of accuracy/energy and not worse in the other; on the means,
+    a rule equal up to the streams' noise can "dominate" too."""
+    from modi.experiments.train_offload import dominated_by, dominated_by_paired
+
+    rng = np.random.default_rng(0)
+    n = 20
+    base_acc = 0.6 + 0.02 * rng.standard_normal(n)  # per stream, shared: common random numbers
+    base_e = 200.0 + 5.0 * rng.standard_normal(n)
+
+    def rows(policy: str, acc: np.ndarray, energy: np.ndarray) -> list[dict[str, Any]]:
+        return [{"scenario": "mid_link_5g", "policy": policy, "sla_ms": 300.0, "seed": 1000,
+                 "stream": k, "effective_accuracy": float(acc[k]), "energy_mj": float(energy[k])}
+                for k in range(n)]  # fmt: skip
+
+    noise = 1e-3 * rng.standard_normal(n)
+    noise += 1e-5 - noise.mean()  # a hair more accurate on the mean
+    e_noise = 0.5 * rng.standard_normal(n)
+    e_noise -= 0.01 + e_noise.mean()  # 0.01 mJ less on the mean
+    rules = {
+        # the learned point up to noise: dominates on the means only
+        "static_local": (base_acc + noise, base_e + e_noise),
+        # 2 points more accurate on every stream at the same energy: dominates
+        "mdinference": (base_acc + 0.02, base_e),
+        # more accurate but more energy: never dominates
+        "on_device": (base_acc + 0.05, base_e + 50.0),
+    }
+    units = pd.DataFrame([r for p, (a, e) in rules.items() for r in rows(p, a, e)])
+    front_units = pd.DataFrame(rows("learned_w0.01", base_acc, base_e))
+    means = pd.concat([units, front_units]).groupby("policy")[["effective_accuracy", "energy_mj"]]
+    frontier = means.mean().reset_index()
+    frontier["scenario"], frontier["sla_ms"] = "mid_link_5g", 300.0
+    frontier["kind"] = np.where(frontier.policy.str.startswith("learned"), "learned", "rule")
+    learned = frontier.kind == "learned"
+    on_means = dict(zip(frontier.policy, dominated_by(frontier), strict=True))["learned_w0.01"]
+    paired = dict(
+        zip(frontier.policy, dominated_by_paired(frontier, front_units, units), strict=True)
+    )
+    assert paired["learned_w0.01"] == "mdinference"
+    assert set(on_means.split(";")) == {"static_local", "mdinference"}
+    assert all(v == "" for p, v in paired.items() if p in rules)  # rules' own rows
+    assert learned.sum() == 1

@@ -158,3 +158,35 @@ def test_offload_scenario_shows_every_policy(tmp_path: Path, saved: list[Figure]
     titles = {ax.get_title() for ax in fig.axes}
     assert set(pols) <= titles, "a policy has no panel of its own"
     _legend_right_of_axes(fig)
+
+
+def test_device_frontier_rings_dominated_points_by_interval_and_by_mean(
+    tmp_path: Path, saved: list[Figure]
+) -> None:
+    """Learned points a rule dominates on the paired intervals ringed red, those dominated on
+    the means only grey; without the interval column, the means' dominance in red as before."""
+    rows = [
+        {"scenario": "mid_link_5g", "policy": f"learned_w{w}", "kind": "learned", "sla_ms": 300.0,
+         "effective_accuracy": 0.6 - w / 10, "energy_mj": 300.0 - 100 * w, "w_energy_per_j": w,
+         "dominated_by": dom, "dominated_by_ci": ci}
+        for w, dom, ci in ((0.0, "", ""), (0.3, "static_local", ""), (1.0, "pieslicer", "pieslicer"))
+    ] + [
+        {"scenario": "mid_link_5g", "policy": p, "kind": "rule", "sla_ms": 300.0,
+         "effective_accuracy": a, "energy_mj": e, "w_energy_per_j": np.nan,
+         "dominated_by": "", "dominated_by_ci": ""}
+        for p, a, e in (("static_local", 0.58, 260.0), ("pieslicer", 0.55, 190.0))
+    ]  # fmt: skip
+    frontier = pd.DataFrame(rows)
+    (path,) = plots.device_frontier(frontier, tmp_path)
+    assert path.is_file()
+    (ax,) = saved[-1].axes
+    rings = {str(ln.get_label()): ln for ln in ax.get_lines() if ln.get_markerfacecolor() == "none"}
+    red = rings["dominated by a rule (paired 95 %)"]
+    grey = rings["dominated on the means only"]
+    assert list(red.get_xdata()) == [200.0] and red.get_markeredgecolor() == "red"
+    assert sorted(grey.get_xdata()) == [200.0, 270.0]
+    plots.device_frontier(frontier.drop(columns="dominated_by_ci"), tmp_path)
+    (ax,) = saved[-1].axes
+    labels = [str(ln.get_label()) for ln in ax.get_lines()]
+    assert "learned point dominated by a rule" in labels
+    assert "dominated on the means only" not in labels
