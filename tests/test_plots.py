@@ -169,7 +169,8 @@ def test_device_frontier_rings_dominated_points_by_interval_and_by_mean(
         {"scenario": "mid_link_5g", "policy": f"learned_w{w}", "kind": "learned", "sla_ms": 300.0,
          "effective_accuracy": 0.6 - w / 10, "energy_mj": 300.0 - 100 * w, "w_energy_per_j": w,
          "dominated_by": dom, "dominated_by_ci": ci}
-        for w, dom, ci in ((0.0, "", ""), (0.3, "static_local", ""), (1.0, "pieslicer", "pieslicer"))
+        for w, dom, ci in ((0.0, "", ""), (0.3, "static_local", ""),
+                           (1.0, "pieslicer", "pieslicer"))
     ] + [
         {"scenario": "mid_link_5g", "policy": p, "kind": "rule", "sla_ms": 300.0,
          "effective_accuracy": a, "energy_mj": e, "w_energy_per_j": np.nan,
