@@ -51,10 +51,20 @@ from modi.envs.devices import DeviceError, DeviceProfile, Preprocessing, RadioEn
 from modi.envs.images import INPUT_MEGAPIXELS, ImageModel
 from modi.envs.networks import BlockContext, GaussianOneWay, NetworkModel
 from modi.envs.pools import ModelPool
+from modi.envs.rtt import fold_upload
 from modi.envs.trace_networks import MahimahiNetwork, ThroughputNetwork
 from modi.envs.vector import StreamVectorEnv
 from modi.runtime import device_features as dfeat
-from modi.runtime.features import ACC, BUDGET, CLIENT_NET_ALPHA, MU, SIGMA, ObsLayout, encode
+from modi.runtime.features import (
+    ACC,
+    BUDGET,
+    CLIENT_NET_ALPHA,
+    MU,
+    SIGMA,
+    ObsLayout,
+    client_history_update,
+    encode,
+)
 from modi.runtime.features import MODEL_FEATURES as SERVER_MODEL_FEATURES
 from modi.runtime.features import REQUEST_FEATURES as SERVER_REQUEST_FEATURES
 from modi.runtime.modipick import modipick_select
@@ -446,6 +456,7 @@ class OffloadSim:
         self._rng = np.random.default_rng()
         self._net_rng = np.random.default_rng()
         self._profile_rng = np.random.default_rng()
+        self._rtt_rng = np.random.default_rng()
         self._warned_flat_network = False
         self.step_count = 0
         self._cursor = 0
@@ -463,6 +474,14 @@ class OffloadSim:
             self.loaded[:, self.backup_index] = True
         self._srv_mean = np.full(n, np.nan)
         self._srv_var = np.zeros(n)
+        # what the server's TCP stack knows of each device's connection (modi.envs.rtt), and
+        # the download history the phone sends with each request (schema v4's client_dl_*):
+        # the server selector's features, as in the model-selection simulator
+        self._tcp_srtt = np.full(n, np.nan)
+        self._tcp_rttvar = np.zeros(n)
+        self._client_dl = np.full(n, np.nan)
+        self._client_dlvar = np.full(n, np.nan)
+        self._client_mismatch = np.full(n, np.nan)
         self._dev_lat = np.zeros(n)
         self._dev_bw = np.zeros(n)
         self._dev_bw_var = np.zeros(n)
@@ -475,16 +494,19 @@ class OffloadSim:
         self._pend_lat = np.zeros((n, k))
         self._pend_bw = np.zeros((n, k))
         self._pend_time = np.zeros((n, k))
+        self._pend_up = np.full((n, k), np.nan)  # the answer's upload time (NaN: a probe)
         self._probing = np.zeros(n, dtype=np.bool_)
 
     def reset(self, seed: int | Sequence[int] | None = None) -> NDArray[np.float32]:
         """Start every device afresh from ``seed`` (an integer or a sequence of them, e.g. a
         stream key); return the first observations ``(N, D)``."""
         ss = np.random.SeedSequence(seed)
-        req_ss, net_ss, prof_ss, pol_ss = ss.spawn(4)
+        # the fifth child leaves the first four (and so every stream drawn before it) as they were
+        req_ss, net_ss, prof_ss, pol_ss, rtt_ss = ss.spawn(5)
         self._rng = np.random.default_rng(req_ss)
         self._net_rng = np.random.default_rng(net_ss)
         self._profile_rng = np.random.default_rng(prof_ss)
+        self._rtt_rng = np.random.default_rng(rtt_ss)
         self.server_policy.reset(2 * self.num_envs, int(pol_ss.generate_state(1)[0]))
         self.network.reset(self._net_rng, self.num_envs, 1)
         self.tracker.reset()
@@ -501,6 +523,8 @@ class OffloadSim:
         self.tracker.reset(rows)
         self._srv_mean[rows] = np.nan
         self._srv_var[rows] = 0.0
+        self._tcp_srtt[rows] = np.nan  # a new connection
+        self._tcp_rttvar[rows] = 0.0
         self.loaded[rows] = self._pinned
         self._last_used[rows] = 0
         self._arrive()
@@ -548,11 +572,30 @@ class OffloadSim:
             self._dev_bw_last[r] = bw
             self._dev_last_ms[r] = self._pend_time[r, jj]
             self._pend_done[r, jj] = np.inf
+            # an answer (not a probe) also enters the download history the phone sends
+            up = self._pend_up[r, jj]
+            ans = ~np.isnan(up)
+            if ans.any():
+                ra = r[ans]
+                self._client_dl[ra], self._client_dlvar[ra], self._client_mismatch[ra] = (
+                    client_history_update(
+                        self._client_dl[ra], self._client_dlvar[ra], self._client_mismatch[ra],
+                        lat[ans], up[ans],
+                    )
+                )  # fmt: skip
 
     def _push_measurements(
-        self, rows: NDArray[np.intp], done_ms: F64, lat: F64, bw: F64, time_ms: F64
+        self,
+        rows: NDArray[np.intp],
+        done_ms: F64,
+        lat: F64,
+        bw: F64,
+        time_ms: F64,
+        upload_ms: F64 | None = None,
     ) -> None:
-        """Queue measurements of ``rows`` (distinct) that complete at ``done_ms``."""
+        """Queue measurements of ``rows`` (distinct) that complete at ``done_ms``; with
+        ``upload_ms`` (the request's upload time), answers that also enter the phone's download
+        history (``None``: probes)."""
         if rows.size == 0:
             return
         free = np.isinf(self._pend_done[rows])
@@ -562,12 +605,14 @@ class OffloadSim:
             self._pend_done = np.concatenate([self._pend_done, np.full((n, k), np.inf)], axis=1)
             for name in ("_pend_lat", "_pend_bw", "_pend_time"):
                 setattr(self, name, np.concatenate([getattr(self, name), np.zeros((n, k))], axis=1))
+            self._pend_up = np.concatenate([self._pend_up, np.full((n, k), np.nan)], axis=1)
             free = np.isinf(self._pend_done[rows])
         slot = free.argmax(axis=1)
         self._pend_done[rows, slot] = done_ms
         self._pend_lat[rows, slot] = lat
         self._pend_bw[rows, slot] = bw
         self._pend_time[rows, slot] = time_ms
+        self._pend_up[rows, slot] = np.nan if upload_ms is None else upload_ms
 
     def _probe_contexts(self, client: I64, time_ms: F64) -> tuple[BlockContext, BlockContext]:
         """A small and a large bandwidth probe at the given times (what the device measures)."""
@@ -617,6 +662,15 @@ class OffloadSim:
             self.network, self._net_rng, ctx_pre, [ctx_raw, probe_small, probe_large]
         )
         (t_in_raw, t_out_raw), (t_small, t_out_probe), (t_large, _) = twins
+        # the RTT the upload saw (the same latent link for either payload) and the noise of the
+        # server's RTT samples (their own generator: every earlier draw stays as it was)
+        up_rtt = getattr(self.network, "upload_rtt_ms", None)
+        self._blk_up_rtt = (
+            np.asarray(up_rtt, dtype=np.float64)
+            if up_rtt is not None and np.shape(up_rtt) == shape
+            else np.full(shape, np.nan)
+        )
+        self._blk_rtt_z = self._rtt_rng.standard_normal(shape)
         if not self._warned_flat_network and np.allclose(t_in_pre, t_in_raw):
             log.warning(
                 "network %r gives the same upload time for the raw image and the preprocessed "
@@ -695,9 +749,20 @@ class OffloadSim:
         sla = np.tile(self._blk_sla[i], 2)
         mu = np.tile(self.tracker.mu, (2, 1))
         sigma = np.tile(self.tracker.sigma, (2, 1))
+        # the connection's RTT as TCP reports it on arrival: this request's upload folded in
+        # (for either payload; committed in step for the one sent)
+        rtt, z = self._blk_up_rtt[i], self._blk_rtt_z[i]
+        s_pre, v_pre = fold_upload(
+            self._tcp_srtt, self._tcp_rttvar, rtt, self._blk_tin_pre[i], z
+        )  # fmt: skip
+        s_raw, v_raw = fold_upload(self._tcp_srtt, self._tcp_rttvar, rtt, self._blk_tin_raw[i], z)
+        self._arr_rtt = (s_pre, v_pre, s_raw, v_raw)
         self.server_obs = encode(
-            sla, elapsed, t_in, payload_kb, net_mean, net_std, 0.0, 1.0, mu, sigma, self.server_acc
-        )
+            sla, elapsed, t_in, payload_kb, net_mean, net_std, 0.0, 1.0, mu, sigma,
+            self.server_acc, np.concatenate([s_pre, s_raw]), np.concatenate([v_pre, v_raw]),
+            np.tile(self._client_dl, 2), np.tile(self._client_dlvar, 2),
+            np.tile(self._client_mismatch, 2),
+        )  # fmt: skip
         choice = np.asarray(self.server_policy.select(self.server_obs)).reshape(-1)
         if choice.shape != (2 * n,) or choice.min() < 0 or choice.max() >= self.num_models:
             raise OffloadError(
@@ -950,6 +1015,11 @@ class OffloadSim:
             a_ = CLIENT_NET_ALPHA
             self._srv_mean[r] = np.where(first, x, m0 + a_ * d)
             self._srv_var[r] = np.where(first, 0.0, (1 - a_) * (self._srv_var[r] + a_ * d * d))
+            # the connection's RTT estimators after the upload actually sent
+            s_pre, v_pre, s_raw, v_raw = self._arr_rtt
+            pre = o.prep[off] == PREP_DEVICE
+            self._tcp_srtt[r] = np.where(pre, s_pre[r], s_raw[r])
+            self._tcp_rttvar[r] = np.where(pre, v_pre[r], v_raw[r])
         # the device's own network measurements: an offloaded request's response latency and
         # its upload's bandwidth, known when the response arrives; a probe's when it completes
         i = self._cursor
@@ -957,8 +1027,9 @@ class OffloadSim:
             r = rows[off]
             t0 = self._blk_time[i][r]
             self._push_measurements(
-                r, t0 + o.remote_e2e_ms[off], o.t_output_ms[off], self._blk_bw[i][r], t0
-            )
+                r, t0 + o.remote_e2e_ms[off], o.t_output_ms[off], self._blk_bw[i][r], t0,
+                upload_ms=o.t_input_ms[off],
+            )  # fmt: skip
         probe = self._probing & ~off
         if probe.any():
             r = rows[probe]

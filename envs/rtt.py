@@ -44,6 +44,28 @@ def _folded(m: F64) -> tuple[F64, F64, F64]:
     return 1.0 - a, 1.0 - (1.0 - RTTVAR_GAIN) ** m, sigma
 
 
+def fold_upload(
+    srtt_ms: F64, rttvar_ms: F64, upload_rtt_ms: F64, t_input_ms: F64, z: F64
+) -> tuple[F64, F64]:
+    """One upload folded into connections' ``(srtt, rttvar)`` (NaN srtt: the connection's
+    first), elementwise: :class:`SmoothedRtt`'s update with the sample noise given as standard
+    normals ``z`` (so a caller can fold the same upload twice, e.g. tentatively for a server
+    observation and for good once the request is sent)."""
+    rtt = np.asarray(upload_rtt_ms, dtype=np.float64)
+    t_in = np.asarray(t_input_ms, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = np.clip(np.floor(t_in / rtt), 1.0, float(MAX_SAMPLES))
+    m = np.where(np.isfinite(m), m, 1.0)
+    g_s, g_v, sigma = _folded(m)
+    r = rtt * np.exp(sigma * np.asarray(z, dtype=np.float64))
+    s = np.asarray(srtt_ms, dtype=np.float64)
+    v = np.asarray(rttvar_ms, dtype=np.float64)
+    first = np.isnan(s)
+    v_new = np.where(first, 0.5 * r, v + g_v * (np.abs(s - r) - v))
+    s_new = np.where(first, r, s + g_s * (r - s))
+    return s_new, v_new
+
+
 class SmoothedRtt:
     """RFC 6298 estimators per (stream, client) connection, updated by each request's upload.
 

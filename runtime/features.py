@@ -147,6 +147,29 @@ def client_mismatch_update(mismatch_ms: float, download_ms: float, upload_ms: fl
     return mismatch_ms + CLIENT_MISMATCH_GAIN * (x - mismatch_ms)
 
 
+def client_history_update(
+    dl_ms: ArrayLike,
+    dlvar_ms: ArrayLike,
+    mismatch_ms: ArrayLike,
+    download_ms: ArrayLike,
+    upload_ms: ArrayLike,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]:
+    """:func:`client_dl_update` and :func:`client_mismatch_update` for arrays of clients, one
+    answer each: ``(client_dl_ms, client_dlvar_ms, client_dl_mismatch)`` after folding each
+    client's ``download_ms`` (and its request's ``upload_ms``). Same recurrences (a test
+    checks them against the scalar ones)."""
+    m0 = np.asarray(dl_ms, dtype=np.float64)
+    v0 = np.asarray(dlvar_ms, dtype=np.float64)
+    x0 = np.asarray(mismatch_ms, dtype=np.float64)
+    d = np.asarray(download_ms, dtype=np.float64)
+    x = mismatch(d, upload_ms)
+    new_m, new_x = np.isnan(m0), np.isnan(x0)
+    var = np.where(new_m, 0.5 * d, v0 + CLIENT_DLVAR_GAIN * (np.abs(m0 - d) - v0))
+    mean = np.where(new_m, d, m0 + CLIENT_DL_GAIN * (d - m0))
+    mis = np.where(new_x, x, x0 + CLIENT_MISMATCH_GAIN * (x - x0))
+    return mean, var, mis
+
+
 def obs_dim(num_models: int) -> int:
     """Length of the observation vector for a pool of ``num_models`` models."""
     if num_models < 1:

@@ -198,3 +198,22 @@ def test_a_policy_saved_for_an_older_schema_is_refused_with_what_changed(tmp_pat
     torch.save(st, path)
     with pytest.raises(ValueError, match=r"v2.*v3 added client_dl_ms, client_dlvar_ms"):
         load_learned(path)
+
+
+def test_client_history_update_is_the_scalar_estimators_elementwise() -> None:
+    """The array fold the offload env uses equals the runtime's scalar ones (what
+    ``modi-client`` sends), from a client's first answer on."""
+    rng = np.random.default_rng(7)
+    n, steps = 5, 40
+    m, v, x = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
+    ref = [(math.nan, math.nan, math.nan)] * n
+    for _ in range(steps):
+        d = rng.lognormal(3.0, 1.0, n)
+        u = rng.lognormal(3.0, 1.0, n)
+        m, v, x = F.client_history_update(m, v, x, d, u)
+        for k in range(n):
+            dl, var = F.client_dl_update(ref[k][0], ref[k][1], float(d[k]))
+            ref[k] = (dl, var, client_mismatch_update(ref[k][2], float(d[k]), float(u[k])))
+        np.testing.assert_allclose(m, [r[0] for r in ref], rtol=1e-12)
+        np.testing.assert_allclose(v, [r[1] for r in ref], rtol=1e-12)
+        np.testing.assert_allclose(x, [r[2] for r in ref], rtol=1e-12)

@@ -544,3 +544,89 @@ def test_other_bad_arguments_are_named() -> None:
         OffloadEnv(radio="satellite")
     with pytest.raises(OffloadError, match="cache_models must be an integer >= 0"):
         OffloadEnv(cache_models=-1)
+
+
+# --------------------------------------------------------------------------- the server's view
+def test_server_observation_carries_the_tcp_rtt_and_the_phones_download_history() -> None:
+    """What the server selector reads (feature schema v4), as in the model-selection simulator:
+    the connection's smoothed RTT on arrival (this request's upload folded in, committed only
+    for the payload actually sent), and the download history the phone sends, unknown before
+    its first answer arrives and then the runtime's estimators over its answers."""
+    from modi.runtime import features as F
+
+    sim = _hand_sim(2000.0, arrival_rate_hz=0.5)
+    sim.reset(0)
+    srv = sim.server_obs.astype(np.float64)  # rows: device preprocessing, then raw upload
+    assert np.all((srv[:, F.SRTT] > 14.0) & (srv[:, F.SRTT] < 28.0))  # RTT 20 ms, noisy samples
+    np.testing.assert_allclose(srv[:, F.RTTVAR], 0.5 * srv[:, F.SRTT], rtol=1e-5)  # first sample
+    assert np.all(srv[:, F.CLIENT_DL : F.R] == F.UNKNOWN_HISTORY)
+    # running locally sends nothing: the connection has no sample yet and the history stays
+    for _ in range(3):
+        sim.step(np.array([[0, 0, 0]]))
+        assert np.isnan(sim._tcp_srtt).all()
+        assert np.all(sim.server_obs[:, F.CLIENT_DL : F.R] == F.UNKNOWN_HISTORY)
+    dl = dlvar = mis = float("nan")
+    inflight: list[tuple[float, float, float]] = []  # (arrival, download, upload)
+    for _ in range(12):
+        srv = sim.server_obs.astype(np.float64)
+        sent = srv[0, F.SRTT]  # the tentative estimate of the payload about to be sent
+        t0 = float(sim._blk_time[sim._cursor][0])
+        o = sim.step(np.array([[0, 2, 0]]))  # offload, preprocessed on the device
+        assert sim._tcp_srtt[0] == pytest.approx(sent, rel=1e-6)
+        # an answer is folded in at the first capture after it has arrived, in arrival order
+        inflight.append((t0 + float(o.remote_e2e_ms[0]), float(o.t_output_ms[0]),
+                         float(o.t_input_ms[0])))  # fmt: skip
+        now = float(sim._blk_time[sim._cursor][0])
+        for _, d, u in sorted(x for x in inflight if x[0] <= now):
+            dl, dlvar = F.client_dl_update(dl, dlvar, d)
+            mis = F.client_mismatch_update(mis, d, u)
+        inflight = [x for x in inflight if x[0] > now]
+        nxt = sim.server_obs.astype(np.float64)
+        if not np.isnan(dl):
+            np.testing.assert_allclose(nxt[:, F.CLIENT_DL], dl, rtol=1e-5)
+            np.testing.assert_allclose(nxt[:, F.CLIENT_DLVAR], dlvar, rtol=1e-5)
+            np.testing.assert_allclose(nxt[:, F.CLIENT_MISMATCH], mis, rtol=1e-5)
+    assert dl == pytest.approx(T_OUT) and mis == pytest.approx(abs(np.log(T_OUT / T_IN_PRE)))
+
+
+def test_an_answer_enters_the_phones_download_history_only_once_it_has_arrived() -> None:
+    """Perturbing the previous answer's download time changes the next server observation's
+    download history only when that answer arrived before the next capture (DESIGN.md §1)."""
+    from modi.runtime import features as F
+
+    sim = _noisy_sim(num_envs=4, arrival_rate_hz=1.0, sla_ms=2000.0)
+    sim.reset(3)
+    late = early = 0
+    hist = slice(F.CLIENT_DL, F.R)
+    for step in range(200):
+        i = sim._cursor
+        other = copy.deepcopy(sim)
+        for name in ("_blk_tout_pre", "_blk_tout_raw"):
+            getattr(other, name)[i] *= 7.0
+        act = np.tile([step % 2, 2, 0], (4, 1))
+        o = sim.step(act)
+        other.step(act)
+        arrival = sim._blk_time[i] + o.remote_e2e_ms
+        pending = np.tile(arrival > sim._blk_time[sim._cursor], 2)  # both payload rows
+        mine, theirs = sim.server_obs, other.server_obs
+        np.testing.assert_array_equal(theirs[pending, hist], mine[pending, hist])
+        assert np.all(theirs[~pending, F.CLIENT_DL] != mine[~pending, F.CLIENT_DL])
+        late += int(pending.sum())
+        early += int((~pending).sum())
+    assert late > 0 and early > 0
+
+
+def test_the_server_view_leaves_every_other_draw_as_it_was() -> None:
+    """The RTT samples' noise has its own generator: the device's observations and outcomes of
+    a stream are those of a sim whose server view is never read."""
+    a, b = _noisy_sim(num_envs=3), _noisy_sim(num_envs=3)
+    a.reset(11)
+    b.reset(11)
+    b._rtt_rng = np.random.default_rng(999)  # another noise for the server's RTT samples
+    b._blk_rtt_z = b._rtt_rng.standard_normal(b._blk_rtt_z.shape)
+    for step in range(300):
+        act = np.tile([step % 2, (step // 2) % 3, step % 3 == 0], (3, 1))
+        oa, ob = a.step(act), b.step(act)
+        np.testing.assert_array_equal(a.obs, b.obs)
+        np.testing.assert_array_equal(oa.e2e_ms, ob.e2e_ms)
+    assert not np.array_equal(a._tcp_srtt, b._tcp_srtt)

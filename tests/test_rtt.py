@@ -9,7 +9,7 @@ import pytest
 from modi.envs.catalog import load_preset
 from modi.envs.links import LinkModel
 from modi.envs.networks import BlockContext, GaussianOneWay
-from modi.envs.rtt import SmoothedRtt
+from modi.envs.rtt import SmoothedRtt, fold_upload
 from modi.envs.simulator import ModelSelectionSim
 from modi.runtime import features as F
 
@@ -120,3 +120,26 @@ def test_a_network_without_upload_rtts_leaves_the_features_unknown() -> None:
     sim = ModelSelectionSim(load_preset("pool", "modipick_table2"), Bare(), num_envs=2)
     obs = sim.reset(0)
     assert np.isnan(obs[:, F.SRTT]).all() and np.isnan(obs[:, F.RTTVAR]).all()
+
+
+def test_fold_upload_is_smoothed_rtts_update_with_the_noise_given() -> None:
+    """The elementwise fold (the offload env's) and :class:`SmoothedRtt` agree sample by
+    sample, from a connection's first upload on."""
+    rng = np.random.default_rng(4)
+    b, n = 30, 3
+    rtt = rng.uniform(10.0, 200.0, (b, n))
+    t_in = rng.uniform(5.0, 900.0, (b, n))
+    z = rng.standard_normal((b, n))
+
+    class Fixed:  # a generator that returns the given normals
+        def standard_normal(self, shape: tuple[int, ...]) -> np.ndarray:
+            assert shape == z.shape
+            return z
+
+    ref = SmoothedRtt(n, 1)
+    srtt, rttvar = ref.update(Fixed(), np.zeros((b, n), dtype=np.int64), rtt, t_in)  # type: ignore[arg-type]
+    s, v = np.full(n, np.nan), np.zeros(n)
+    for j in range(b):
+        s, v = fold_upload(s, v, rtt[j], t_in[j], z[j])
+        np.testing.assert_allclose(s, srtt[j], rtol=1e-12)
+        np.testing.assert_allclose(v, rttvar[j], rtol=1e-12)
