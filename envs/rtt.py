@@ -44,6 +44,18 @@ def _folded(m: F64) -> tuple[F64, F64, F64]:
     return 1.0 - a, 1.0 - (1.0 - RTTVAR_GAIN) ** m, sigma
 
 
+def _upload_gains(upload_rtt_ms: F64, t_input_ms: F64) -> tuple[F64, F64, F64, F64]:
+    """The RTT and, for the samples an upload of ``t_input_ms`` yields (about one per round
+    trip, 1 to :data:`MAX_SAMPLES`), the folded gains and noise sigma (:func:`_folded`)."""
+    rtt = np.asarray(upload_rtt_ms, dtype=np.float64)
+    t_in = np.asarray(t_input_ms, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        m = np.clip(np.floor(t_in / rtt), 1.0, float(MAX_SAMPLES))
+    m = np.where(np.isfinite(m), m, 1.0)
+    g_s, g_v, sigma = _folded(m)
+    return rtt, g_s, g_v, sigma
+
+
 def fold_upload(
     srtt_ms: F64, rttvar_ms: F64, upload_rtt_ms: F64, t_input_ms: F64, z: F64
 ) -> tuple[F64, F64]:
@@ -51,12 +63,7 @@ def fold_upload(
     first), elementwise: :class:`SmoothedRtt`'s update with the sample noise given as standard
     normals ``z`` (so a caller can fold the same upload twice, e.g. tentatively for a server
     observation and for good once the request is sent)."""
-    rtt = np.asarray(upload_rtt_ms, dtype=np.float64)
-    t_in = np.asarray(t_input_ms, dtype=np.float64)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        m = np.clip(np.floor(t_in / rtt), 1.0, float(MAX_SAMPLES))
-    m = np.where(np.isfinite(m), m, 1.0)
-    g_s, g_v, sigma = _folded(m)
+    rtt, g_s, g_v, sigma = _upload_gains(upload_rtt_ms, t_input_ms)
     r = rtt * np.exp(sigma * np.asarray(z, dtype=np.float64))
     s = np.asarray(srtt_ms, dtype=np.float64)
     v = np.asarray(rttvar_ms, dtype=np.float64)
@@ -94,12 +101,7 @@ class SmoothedRtt:
         """Fold each request's upload into its connection, in row order; return the
         ``(srtt, rttvar)`` the server reads when each request arrives, shaped like ``client``
         ``(B, N)`` (a scan over rows, vectorised over streams)."""
-        rtt = np.asarray(upload_rtt_ms, dtype=np.float64)
-        t_in = np.asarray(t_input_ms, dtype=np.float64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            m = np.clip(np.floor(t_in / rtt), 1.0, float(MAX_SAMPLES))
-        m = np.where(np.isfinite(m), m, 1.0)
-        g_s, g_v, sigma = _folded(m)
+        rtt, g_s, g_v, sigma = _upload_gains(upload_rtt_ms, t_input_ms)
         sample = rtt * np.exp(sigma * rng.standard_normal(rtt.shape))
         b, n = np.shape(client)
         if n == 1:
