@@ -479,6 +479,12 @@ class OffloadSim:
         # the server selector's features, as in the model-selection simulator
         self._tcp_srtt = np.full(n, np.nan)
         self._tcp_rttvar = np.zeros(n)
+        # uploads sent but not yet folded into the connection's estimators: when each reaches
+        # the server (inf: free slot), its upload time, RTT and sample noise, ``(N, K)``
+        self._up_done = np.full((n, _PENDING_SLOTS), np.inf)
+        self._up_tin = np.zeros((n, _PENDING_SLOTS))
+        self._up_rtt = np.zeros((n, _PENDING_SLOTS))
+        self._up_z = np.zeros((n, _PENDING_SLOTS))
         self._client_dl = np.full(n, np.nan)
         self._client_dlvar = np.full(n, np.nan)
         self._client_mismatch = np.full(n, np.nan)
@@ -523,8 +529,6 @@ class OffloadSim:
         self.tracker.reset(rows)
         self._srv_mean[rows] = np.nan
         self._srv_var[rows] = 0.0
-        self._tcp_srtt[rows] = np.nan  # a new connection
-        self._tcp_rttvar[rows] = 0.0
         self.loaded[rows] = self._pinned
         self._last_used[rows] = 0
         self._arrive()
@@ -613,6 +617,46 @@ class OffloadSim:
         self._pend_bw[rows, slot] = bw
         self._pend_time[rows, slot] = time_ms
         self._pend_up[rows, slot] = np.nan if upload_ms is None else upload_ms
+
+    def _tcp_state_at(self, time_ms: F64, commit: bool = False) -> tuple[F64, F64]:
+        """Each connection's ``(srtt, rttvar)`` with the uploads that reached the server by
+        ``time_ms`` (per device) folded in, in arrival order; ``commit``: free their slots (the
+        caller stores the state)."""
+        s, v = self._tcp_srtt.copy(), self._tcp_rttvar.copy()
+        done = self._up_done
+        if not np.isfinite(done).any():
+            return s, v
+        rows = self._rows
+        order = np.argsort(done, axis=1, kind="stable")
+        for k in range(done.shape[1]):
+            j = order[:, k]
+            use = done[rows, j] <= time_ms
+            if not use.any():
+                break  # sorted: no later slot of any row is due either
+            r, jj = rows[use], j[use]
+            s[r], v[r] = fold_upload(
+                s[r], v[r], self._up_rtt[r, jj], self._up_tin[r, jj], self._up_z[r, jj]
+            )
+            if commit:
+                done[r, jj] = np.inf
+        return s, v
+
+    def _push_upload(self, rows: NDArray[np.intp], done_ms: F64, t_input_ms: F64) -> None:
+        """Queue the uploads of ``rows`` (distinct, the current request's) reaching the server at
+        ``done_ms``, with the current request's RTT and sample noise."""
+        free = np.isinf(self._up_done[rows])
+        if not free.any(axis=1).all():
+            n, k = self._up_done.shape
+            self._up_done = np.concatenate([self._up_done, np.full((n, k), np.inf)], axis=1)
+            for name in ("_up_tin", "_up_rtt", "_up_z"):
+                setattr(self, name, np.concatenate([getattr(self, name), np.zeros((n, k))], axis=1))
+            free = np.isinf(self._up_done[rows])
+        slot = free.argmax(axis=1)
+        i = self._cursor
+        self._up_done[rows, slot] = done_ms
+        self._up_tin[rows, slot] = t_input_ms
+        self._up_rtt[rows, slot] = self._blk_up_rtt[i][rows]
+        self._up_z[rows, slot] = self._blk_rtt_z[i][rows]
 
     def _probe_contexts(self, client: I64, time_ms: F64) -> tuple[BlockContext, BlockContext]:
         """A small and a large bandwidth probe at the given times (what the device measures)."""
@@ -751,12 +795,16 @@ class OffloadSim:
         sigma = np.tile(self.tracker.sigma, (2, 1))
         # the connection's RTT as TCP reports it on arrival: this request's upload folded in
         # (for either payload; committed in step for the one sent)
+        # (earlier uploads count once they have reached the server, in that order; every later
+        # request reaches it after this capture, so those done by now are folded for good)
+        self._tcp_srtt, self._tcp_rttvar = self._tcp_state_at(now, commit=True)
         rtt, z = self._blk_up_rtt[i], self._blk_rtt_z[i]
+        t_pre = self._blk_tin_pre[i]
         s_pre, v_pre = fold_upload(
-            self._tcp_srtt, self._tcp_rttvar, rtt, self._blk_tin_pre[i], z
+            *self._tcp_state_at(now + self._blk_tdp[i] + t_pre), rtt, t_pre, z
         )  # fmt: skip
-        s_raw, v_raw = fold_upload(self._tcp_srtt, self._tcp_rttvar, rtt, self._blk_tin_raw[i], z)
-        self._arr_rtt = (s_pre, v_pre, s_raw, v_raw)
+        t_raw = self._blk_tin_raw[i]
+        s_raw, v_raw = fold_upload(*self._tcp_state_at(now + t_raw), rtt, t_raw, z)
         self.server_obs = encode(
             sla, elapsed, t_in, payload_kb, net_mean, net_std, 0.0, 1.0, mu, sigma,
             self.server_acc, np.concatenate([s_pre, s_raw]), np.concatenate([v_pre, v_raw]),
@@ -1015,11 +1063,11 @@ class OffloadSim:
             a_ = CLIENT_NET_ALPHA
             self._srv_mean[r] = np.where(first, x, m0 + a_ * d)
             self._srv_var[r] = np.where(first, 0.0, (1 - a_) * (self._srv_var[r] + a_ * d * d))
-            # the connection's RTT estimators after the upload actually sent
-            s_pre, v_pre, s_raw, v_raw = self._arr_rtt
+            # the upload actually sent: folded into the connection once it reaches the server
             pre = o.prep[off] == PREP_DEVICE
-            self._tcp_srtt[r] = np.where(pre, s_pre[r], s_raw[r])
-            self._tcp_rttvar[r] = np.where(pre, v_pre[r], v_raw[r])
+            t0 = self._blk_time[self._cursor][r]
+            done = t0 + np.where(pre, o.device_prep_ms[off], 0.0) + o.t_input_ms[off]
+            self._push_upload(r, done, o.t_input_ms[off])
         # the device's own network measurements: an offloaded request's response latency and
         # its upload's bandwidth, known when the response arrives; a probe's when it completes
         i = self._cursor

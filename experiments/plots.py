@@ -571,17 +571,26 @@ def device_frontier(frontier: pd.DataFrame, out_dir: Path) -> list[Path]:
                     label="learned (energy weight sweep)",
                     zorder=4,
                 )
+
                 # red: a rule dominates the point (paired 95 % intervals where the frontier
                 # has them, dominated_by_ci); grey: on the means only, within the noise
-                rings = [("dominated_by_ci", "red", "dominated by a rule (paired 95 %)")]
-                if "dominated_by_ci" not in lr.columns:
-                    rings = [("dominated_by", "red", "learned point dominated by a rule")]
-                elif "dominated_by" in lr.columns:
-                    rings.insert(0, ("dominated_by", "0.6", "dominated on the means only"))
-                for col, color, label in rings:
+                def hit(col: str, lr: pd.DataFrame = lr) -> pd.Series:
                     if col not in lr.columns:
+                        return pd.Series(False, index=lr.index)
+                    return lr[col].fillna("").astype(str) != ""
+
+                if "dominated_by_ci" in lr.columns:
+                    rings = [
+                        (hit("dominated_by") & ~hit("dominated_by_ci"), "0.6",
+                         "dominated on the means only"),
+                        (hit("dominated_by_ci"), "red", "dominated by a rule (paired 95 %)"),
+                    ]  # fmt: skip
+                else:
+                    rings = [(hit("dominated_by"), "red", "learned point dominated by a rule")]
+                for mask, color, label in rings:
+                    if not mask.any():
                         continue
-                    dom = lr[lr[col].fillna("").astype(str) != ""]
+                    dom = lr[mask]
                     ax.plot(
                         dom.energy_mj,
                         100 * dom.effective_accuracy,
