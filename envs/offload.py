@@ -618,28 +618,36 @@ class OffloadSim:
         self._pend_time[rows, slot] = time_ms
         self._pend_up[rows, slot] = np.nan if upload_ms is None else upload_ms
 
-    def _tcp_state_at(self, time_ms: F64, commit: bool = False) -> tuple[F64, F64]:
-        """Each connection's ``(srtt, rttvar)`` with the uploads that reached the server by
-        ``time_ms`` (per device) folded in, in arrival order; ``commit``: free their slots (the
-        caller stores the state)."""
+    def _server_state_at(self, time_ms: F64, commit: bool = False) -> tuple[F64, F64, F64, F64]:
+        """What the server knows of each device's uploads at ``time_ms`` (per device): the
+        connection's ``(srtt, rttvar)`` and the EWMA of the upload times ``(mean, var)``, with
+        the uploads that reached the server by then folded in, in arrival order; ``commit``:
+        free their slots and store the state."""
         s, v = self._tcp_srtt.copy(), self._tcp_rttvar.copy()
+        m, w = self._srv_mean.copy(), self._srv_var.copy()
         done = self._up_done
-        if not np.isfinite(done).any():
-            return s, v
-        rows = self._rows
-        order = np.argsort(done, axis=1, kind="stable")
-        for k in range(done.shape[1]):
-            j = order[:, k]
-            use = done[rows, j] <= time_ms
-            if not use.any():
-                break  # sorted: no later slot of any row is due either
-            r, jj = rows[use], j[use]
-            s[r], v[r] = fold_upload(
-                s[r], v[r], self._up_rtt[r, jj], self._up_tin[r, jj], self._up_z[r, jj]
-            )
-            if commit:
-                done[r, jj] = np.inf
-        return s, v
+        if np.isfinite(done).any():
+            rows = self._rows
+            order = np.argsort(done, axis=1, kind="stable")
+            for k in range(done.shape[1]):
+                j = order[:, k]
+                use = done[rows, j] <= time_ms
+                if not use.any():
+                    break  # sorted: no later slot of any row is due either
+                r, jj = rows[use], j[use]
+                x = self._up_tin[r, jj]
+                s[r], v[r] = fold_upload(s[r], v[r], self._up_rtt[r, jj], x, self._up_z[r, jj])
+                m0 = m[r]
+                first = np.isnan(m0)
+                d = np.where(first, 0.0, x - m0)
+                a_ = CLIENT_NET_ALPHA
+                m[r] = np.where(first, x, m0 + a_ * d)
+                w[r] = np.where(first, 0.0, (1 - a_) * (w[r] + a_ * d * d))
+                if commit:
+                    done[r, jj] = np.inf
+        if commit:
+            self._tcp_srtt, self._tcp_rttvar, self._srv_mean, self._srv_var = s, v, m, w
+        return s, v, m, w
 
     def _push_upload(self, rows: NDArray[np.intp], done_ms: F64, t_input_ms: F64) -> None:
         """Queue the uploads of ``rows`` (distinct, the current request's) reaching the server at
@@ -786,25 +794,24 @@ class OffloadSim:
             ]
         )
         payload_kb = np.concatenate([self._blk_pre[i], self._blk_raw[i]]) / 1e3
-        hist = np.tile(self._srv_mean, 2)
+        # what the server knows on this request's arrival (for either payload): the device's
+        # earlier uploads that reached it before (upload-time history, the connection's RTT),
+        # in arrival order, and the RTT samples of this upload itself. Every later request
+        # arrives after this capture, so the uploads done by now are folded for good.
+        self._server_state_at(now, commit=True)
+        rtt, z = self._blk_up_rtt[i], self._blk_rtt_z[i]
+        t_pre, t_raw = self._blk_tin_pre[i], self._blk_tin_raw[i]
+        s_pre, v_pre, m_pre, w_pre = self._server_state_at(now + self._blk_tdp[i] + t_pre)
+        s_raw, v_raw, m_raw, w_raw = self._server_state_at(now + t_raw)
+        s_pre, v_pre = fold_upload(s_pre, v_pre, rtt, t_pre, z)
+        s_raw, v_raw = fold_upload(s_raw, v_raw, rtt, t_raw, z)
+        hist = np.concatenate([m_pre, m_raw])
         first = np.isnan(hist)
         net_mean = np.where(first, t_in, hist)
-        net_std = np.where(first, 0.0, np.sqrt(np.tile(self._srv_var, 2)))
+        net_std = np.where(first, 0.0, np.sqrt(np.concatenate([w_pre, w_raw])))
         sla = np.tile(self._blk_sla[i], 2)
         mu = np.tile(self.tracker.mu, (2, 1))
         sigma = np.tile(self.tracker.sigma, (2, 1))
-        # the connection's RTT as TCP reports it on arrival: this request's upload folded in
-        # (for either payload; committed in step for the one sent)
-        # (earlier uploads count once they have reached the server, in that order; every later
-        # request reaches it after this capture, so those done by now are folded for good)
-        self._tcp_srtt, self._tcp_rttvar = self._tcp_state_at(now, commit=True)
-        rtt, z = self._blk_up_rtt[i], self._blk_rtt_z[i]
-        t_pre = self._blk_tin_pre[i]
-        s_pre, v_pre = fold_upload(
-            *self._tcp_state_at(now + self._blk_tdp[i] + t_pre), rtt, t_pre, z
-        )  # fmt: skip
-        t_raw = self._blk_tin_raw[i]
-        s_raw, v_raw = fold_upload(*self._tcp_state_at(now + t_raw), rtt, t_raw, z)
         self.server_obs = encode(
             sla, elapsed, t_in, payload_kb, net_mean, net_std, 0.0, 1.0, mu, sigma,
             self.server_acc, np.concatenate([s_pre, s_raw]), np.concatenate([v_pre, v_raw]),
@@ -1051,19 +1058,13 @@ class OffloadSim:
             self.loaded[r, mm] = True
             self._last_used[r, mm] = self.step_count
             self._evict(r)
-        # server: learn the execution time, and this device's upload time
+        # server: learn the execution time, and (once it arrives) this device's upload
         off = o.server_model >= 0
         if off.any():
             r = rows[off]
             self.tracker.update(r, o.server_model[off], o.exec_ms[off], self.step_count)
-            x = o.t_input_ms[off]
-            m0 = self._srv_mean[r]
-            first = np.isnan(m0)
-            d = np.where(first, 0.0, x - m0)
-            a_ = CLIENT_NET_ALPHA
-            self._srv_mean[r] = np.where(first, x, m0 + a_ * d)
-            self._srv_var[r] = np.where(first, 0.0, (1 - a_) * (self._srv_var[r] + a_ * d * d))
-            # the upload actually sent: folded into the connection once it reaches the server
+            # the upload actually sent: it enters the server's upload-time history and the
+            # connection's RTT once it has reached the server (_server_state_at)
             pre = o.prep[off] == PREP_DEVICE
             t0 = self._blk_time[self._cursor][r]
             done = t0 + np.where(pre, o.device_prep_ms[off], 0.0) + o.t_input_ms[off]

@@ -38,6 +38,7 @@ from modi.envs.offload import (
 )
 from modi.envs.pools import ModelPool, ModelSpec
 from modi.runtime import device_features as dfeat
+from modi.runtime.features import CLIENT_NET_ALPHA
 
 ENV_ID = "modi/Offload-v0"
 PIESLICER_RUNS = (
@@ -661,3 +662,40 @@ def test_an_upload_enters_the_servers_rtt_only_once_it_has_reached_the_server() 
         # an upload seen counts (in float32 unless later folds have all but overwritten it)
         changed += int((theirs[seen] != mine[seen]).sum())
     assert before > 0 and after > 0 and changed > 0.9 * after
+
+
+def test_the_servers_upload_history_holds_the_uploads_that_have_reached_it() -> None:
+    """``net_mean_ms``/``net_std_ms`` of the server's observation: the EWMA of the device's
+    earlier upload times over the uploads that reached the server before this request does (per
+    payload row), in arrival order; this request's own upload before the first."""
+    from modi.runtime import features as F
+
+    n = 2
+    sim = _noisy_sim(num_envs=n, arrival_rate_hz=5.0, sla_ms=5000.0)
+    sim.reset(21)
+    sent: list[list[tuple[float, float]]] = [[] for _ in range(n)]  # (at the server, t_input)
+    a = CLIENT_NET_ALPHA
+    checked = 0
+    for step in range(120):
+        j = sim._cursor
+        t = sim._blk_time[j]
+        arrive = np.concatenate([t + sim._blk_tdp[j] + sim._blk_tin_pre[j],
+                                 t + sim._blk_tin_raw[j]])  # fmt: skip
+        own = np.concatenate([sim._blk_tin_pre[j], sim._blk_tin_raw[j]])
+        srv = sim.server_obs.astype(np.float64)
+        for row in range(2 * n):
+            m, v = float("nan"), 0.0
+            for _, x in sorted(u for u in sent[row % n] if u[0] <= arrive[row]):
+                if np.isnan(m):
+                    m = x
+                else:
+                    d = x - m
+                    m, v = m + a * d, (1 - a) * (v + a * d * d)
+            exp_m, exp_s = (own[row], 0.0) if np.isnan(m) else (m, np.sqrt(v))
+            assert srv[row, F.NET_MEAN] == pytest.approx(exp_m, rel=1e-5)
+            assert srv[row, F.NET_STD] == pytest.approx(exp_s, rel=1e-4, abs=1e-3)
+            checked += 1
+        o = sim.step(np.tile([step % 2, 2, 0], (n, 1)))
+        for k in range(n):
+            sent[k].append((t[k] + o.device_prep_ms[k] + o.t_input_ms[k], o.t_input_ms[k]))
+    assert checked == 120 * 2 * n
