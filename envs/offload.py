@@ -51,7 +51,7 @@ from modi.envs.devices import DeviceError, DeviceProfile, Preprocessing, RadioEn
 from modi.envs.images import INPUT_MEGAPIXELS, ImageModel
 from modi.envs.networks import BlockContext, GaussianOneWay, NetworkModel
 from modi.envs.pools import ModelPool
-from modi.envs.rtt import fold_upload
+from modi.envs.rtt import fold_sample, upload_samples
 from modi.envs.trace_networks import MahimahiNetwork, ThroughputNetwork
 from modi.envs.vector import StreamVectorEnv
 from modi.runtime import device_features as dfeat
@@ -479,12 +479,14 @@ class OffloadSim:
         # the server selector's features, as in the model-selection simulator
         self._tcp_srtt = np.full(n, np.nan)
         self._tcp_rttvar = np.zeros(n)
-        # uploads sent but not yet folded into the connection's estimators: when each reaches
-        # the server (inf: free slot), its upload time, RTT and sample noise, ``(N, K)``
+        # uploads sent but not yet folded into the server's view: when each reaches the server
+        # (inf: free slot), its upload time, and its RTT sample and gains (upload_samples),
+        # ``(N, K)``
         self._up_done = np.full((n, _PENDING_SLOTS), np.inf)
         self._up_tin = np.zeros((n, _PENDING_SLOTS))
-        self._up_rtt = np.zeros((n, _PENDING_SLOTS))
-        self._up_z = np.zeros((n, _PENDING_SLOTS))
+        self._up_sample = np.zeros((n, _PENDING_SLOTS))
+        self._up_gs = np.zeros((n, _PENDING_SLOTS))
+        self._up_gv = np.zeros((n, _PENDING_SLOTS))
         self._client_dl = np.full(n, np.nan)
         self._client_dlvar = np.full(n, np.nan)
         self._client_mismatch = np.full(n, np.nan)
@@ -602,69 +604,79 @@ class OffloadSim:
         history (``None``: probes)."""
         if rows.size == 0:
             return
-        free = np.isinf(self._pend_done[rows])
-        if not free.any(axis=1).all():
-            k = self._pend_done.shape[1]
-            n = self.num_envs
-            self._pend_done = np.concatenate([self._pend_done, np.full((n, k), np.inf)], axis=1)
-            for name in ("_pend_lat", "_pend_bw", "_pend_time"):
-                setattr(self, name, np.concatenate([getattr(self, name), np.zeros((n, k))], axis=1))
-            self._pend_up = np.concatenate([self._pend_up, np.full((n, k), np.nan)], axis=1)
-            free = np.isinf(self._pend_done[rows])
-        slot = free.argmax(axis=1)
+        fills = {"_pend_lat": 0.0, "_pend_bw": 0.0, "_pend_time": 0.0, "_pend_up": np.nan}
+        slot = self._free_slots("_pend_done", fills, rows)
         self._pend_done[rows, slot] = done_ms
         self._pend_lat[rows, slot] = lat
         self._pend_bw[rows, slot] = bw
         self._pend_time[rows, slot] = time_ms
         self._pend_up[rows, slot] = np.nan if upload_ms is None else upload_ms
 
+    def _free_slots(
+        self, done: str, fills: Mapping[str, float], rows: NDArray[np.intp]
+    ) -> NDArray[np.intp]:
+        """A free slot per row of ``rows`` in the pending arrays ``done`` (completion times,
+        inf: free) and ``fills`` (name: fill value), all of them widened when a row has none."""
+        free = np.isinf(getattr(self, done)[rows])
+        if not free.any(axis=1).all():
+            n, k = getattr(self, done).shape
+            for name, fill in {done: np.inf, **fills}.items():
+                grown = np.concatenate([getattr(self, name), np.full((n, k), fill)], axis=1)
+                setattr(self, name, grown)
+            free = np.isinf(getattr(self, done)[rows])
+        return np.asarray(free.argmax(axis=1), dtype=np.intp)
+
     def _server_state_at(self, time_ms: F64, commit: bool = False) -> tuple[F64, F64, F64, F64]:
-        """What the server knows of each device's uploads at ``time_ms`` (per device): the
-        connection's ``(srtt, rttvar)`` and the EWMA of the upload times ``(mean, var)``, with
-        the uploads that reached the server by then folded in, in arrival order; ``commit``:
-        free their slots and store the state."""
-        s, v = self._tcp_srtt.copy(), self._tcp_rttvar.copy()
-        m, w = self._srv_mean.copy(), self._srv_var.copy()
-        done = self._up_done
-        if np.isfinite(done).any():
-            rows = self._rows
-            order = np.argsort(done, axis=1, kind="stable")
-            for k in range(done.shape[1]):
-                j = order[:, k]
-                use = done[rows, j] <= time_ms
-                if not use.any():
-                    break  # sorted: no later slot of any row is due either
-                r, jj = rows[use], j[use]
-                x = self._up_tin[r, jj]
-                s[r], v[r] = fold_upload(s[r], v[r], self._up_rtt[r, jj], x, self._up_z[r, jj])
-                m0 = m[r]
-                first = np.isnan(m0)
-                d = np.where(first, 0.0, x - m0)
-                a_ = CLIENT_NET_ALPHA
-                m[r] = np.where(first, x, m0 + a_ * d)
-                w[r] = np.where(first, 0.0, (1 - a_) * (w[r] + a_ * d * d))
-                if commit:
-                    done[r, jj] = np.inf
+        """What the server knows of each device's uploads at ``time_ms``: the connection's
+        ``(srtt, rttvar)`` and the EWMA of the upload times ``(mean, var)``, with the uploads
+        that reached the server by then folded in, in arrival order. ``time_ms`` has one entry
+        per device, or per device for each of several views (``(V * N,)``, device ``i % N``);
+        ``commit`` (one per device): free the folded slots and store the state."""
+        t = np.asarray(time_ms, dtype=np.float64)
+        n = self.num_envs
+        reps = t.size // n
+        done = self._up_done if reps == 1 else np.tile(self._up_done, (reps, 1))
+        state = (self._tcp_srtt, self._tcp_rttvar, self._srv_mean, self._srv_var)
+        if reps > 1:
+            state = tuple(np.tile(x, reps) for x in state)  # type: ignore[assignment]
+        due = done <= t[:, None]
+        if not due.any():
+            return state
+        s, v, m, w = (x.copy() for x in state)
+        rows = np.arange(t.size)
+        order = np.argsort(np.where(due, done, np.inf), axis=1, kind="stable")
+        for k in range(int(due.sum(axis=1).max())):
+            j = order[:, k]
+            use = due[rows, j]
+            r, jj = rows[use], j[use]
+            src = r % n  # the device whose pending upload this is
+            s[r], v[r] = fold_sample(
+                s[r], v[r], self._up_sample[src, jj], self._up_gs[src, jj], self._up_gv[src, jj]
+            )
+            x = self._up_tin[src, jj]
+            m0 = m[r]
+            first = np.isnan(m0)
+            d = np.where(first, 0.0, x - m0)
+            m[r] = np.where(first, x, m0 + CLIENT_NET_ALPHA * d)
+            w[r] = np.where(first, 0.0, (1 - CLIENT_NET_ALPHA) * (w[r] + CLIENT_NET_ALPHA * d * d))
         if commit:
+            self._up_done[due] = np.inf
             self._tcp_srtt, self._tcp_rttvar, self._srv_mean, self._srv_var = s, v, m, w
         return s, v, m, w
 
-    def _push_upload(self, rows: NDArray[np.intp], done_ms: F64, t_input_ms: F64) -> None:
-        """Queue the uploads of ``rows`` (distinct, the current request's) reaching the server at
-        ``done_ms``, with the current request's RTT and sample noise."""
-        free = np.isinf(self._up_done[rows])
-        if not free.any(axis=1).all():
-            n, k = self._up_done.shape
-            self._up_done = np.concatenate([self._up_done, np.full((n, k), np.inf)], axis=1)
-            for name in ("_up_tin", "_up_rtt", "_up_z"):
-                setattr(self, name, np.concatenate([getattr(self, name), np.zeros((n, k))], axis=1))
-            free = np.isinf(self._up_done[rows])
-        slot = free.argmax(axis=1)
+    def _push_upload(self, rows: NDArray[np.intp], done_ms: F64, pre: NDArray[np.bool_]) -> None:
+        """Queue the current request's uploads of ``rows`` (distinct; ``pre``: the preprocessed
+        payload, else the raw image) reaching the server at ``done_ms``."""
+        fills = {"_up_tin": 0.0, "_up_sample": 0.0, "_up_gs": 0.0, "_up_gv": 0.0}
+        slot = self._free_slots("_up_done", fills, rows)
         i = self._cursor
         self._up_done[rows, slot] = done_ms
-        self._up_tin[rows, slot] = t_input_ms
-        self._up_rtt[rows, slot] = self._blk_up_rtt[i][rows]
-        self._up_z[rows, slot] = self._blk_rtt_z[i][rows]
+        self._up_tin[rows, slot] = np.where(
+            pre, self._blk_tin_pre[i][rows], self._blk_tin_raw[i][rows]
+        )
+        for name, a, b in zip(("_up_sample", "_up_gs", "_up_gv"), self._blk_rtt_pre,
+                              self._blk_rtt_raw, strict=True):  # fmt: skip
+            getattr(self, name)[rows, slot] = np.where(pre, a[i][rows], b[i][rows])
 
     def _probe_contexts(self, client: I64, time_ms: F64) -> tuple[BlockContext, BlockContext]:
         """A small and a large bandwidth probe at the given times (what the device measures)."""
@@ -717,12 +729,15 @@ class OffloadSim:
         # the RTT the upload saw (the same latent link for either payload) and the noise of the
         # server's RTT samples (their own generator: every earlier draw stays as it was)
         up_rtt = getattr(self.network, "upload_rtt_ms", None)
-        self._blk_up_rtt = (
+        rtt = (
             np.asarray(up_rtt, dtype=np.float64)
             if up_rtt is not None and np.shape(up_rtt) == shape
             else np.full(shape, np.nan)
         )
-        self._blk_rtt_z = self._rtt_rng.standard_normal(shape)
+        z = self._rtt_rng.standard_normal(shape)
+        # each payload's RTT sample and gains (modi.envs.rtt.upload_samples), for the block
+        self._blk_rtt_pre = upload_samples(rtt, t_in_pre, z)
+        self._blk_rtt_raw = upload_samples(rtt, t_in_raw, z)
         if not self._warned_flat_network and np.allclose(t_in_pre, t_in_raw):
             log.warning(
                 "network %r gives the same upload time for the raw image and the preprocessed "
@@ -799,22 +814,21 @@ class OffloadSim:
         # in arrival order, and the RTT samples of this upload itself. Every later request
         # arrives after this capture, so the uploads done by now are folded for good.
         self._server_state_at(now, commit=True)
-        rtt, z = self._blk_up_rtt[i], self._blk_rtt_z[i]
-        t_pre, t_raw = self._blk_tin_pre[i], self._blk_tin_raw[i]
-        s_pre, v_pre, m_pre, w_pre = self._server_state_at(now + self._blk_tdp[i] + t_pre)
-        s_raw, v_raw, m_raw, w_raw = self._server_state_at(now + t_raw)
-        s_pre, v_pre = fold_upload(s_pre, v_pre, rtt, t_pre, z)
-        s_raw, v_raw = fold_upload(s_raw, v_raw, rtt, t_raw, z)
-        hist = np.concatenate([m_pre, m_raw])
+        arrive = np.concatenate([now + self._blk_tdp[i], now]) + t_in
+        srtt, rttvar, hist, hist_var = self._server_state_at(arrive)
+        srtt, rttvar = fold_sample(
+            srtt, rttvar, *(np.concatenate([a[i], b[i]]) for a, b in
+                            zip(self._blk_rtt_pre, self._blk_rtt_raw, strict=True))
+        )  # fmt: skip
         first = np.isnan(hist)
         net_mean = np.where(first, t_in, hist)
-        net_std = np.where(first, 0.0, np.sqrt(np.concatenate([w_pre, w_raw])))
+        net_std = np.where(first, 0.0, np.sqrt(hist_var))
         sla = np.tile(self._blk_sla[i], 2)
         mu = np.tile(self.tracker.mu, (2, 1))
         sigma = np.tile(self.tracker.sigma, (2, 1))
         self.server_obs = encode(
             sla, elapsed, t_in, payload_kb, net_mean, net_std, 0.0, 1.0, mu, sigma,
-            self.server_acc, np.concatenate([s_pre, s_raw]), np.concatenate([v_pre, v_raw]),
+            self.server_acc, srtt, rttvar,
             np.tile(self._client_dl, 2), np.tile(self._client_dlvar, 2),
             np.tile(self._client_mismatch, 2),
         )  # fmt: skip
@@ -1065,10 +1079,11 @@ class OffloadSim:
             self.tracker.update(r, o.server_model[off], o.exec_ms[off], self.step_count)
             # the upload actually sent: it enters the server's upload-time history and the
             # connection's RTT once it has reached the server (_server_state_at)
-            pre = o.prep[off] == PREP_DEVICE
             t0 = self._blk_time[self._cursor][r]
+            pre = o.prep[off] == PREP_DEVICE
+            # a raw upload starts at capture (the phone may still preprocess, for its backup)
             done = t0 + np.where(pre, o.device_prep_ms[off], 0.0) + o.t_input_ms[off]
-            self._push_upload(r, done, o.t_input_ms[off])
+            self._push_upload(r, done, pre)
         # the device's own network measurements: an offloaded request's response latency and
         # its upload's bandwidth, known when the response arrives; a probe's when it completes
         i = self._cursor

@@ -44,33 +44,37 @@ def _folded(m: F64) -> tuple[F64, F64, F64]:
     return 1.0 - a, 1.0 - (1.0 - RTTVAR_GAIN) ** m, sigma
 
 
-def _upload_gains(upload_rtt_ms: F64, t_input_ms: F64) -> tuple[F64, F64, F64, F64]:
-    """The RTT and, for the samples an upload of ``t_input_ms`` yields (about one per round
-    trip, 1 to :data:`MAX_SAMPLES`), the folded gains and noise sigma (:func:`_folded`)."""
+def upload_samples(upload_rtt_ms: F64, t_input_ms: F64, z: F64) -> tuple[F64, F64, F64]:
+    """What an upload of ``t_input_ms`` at RTT ``upload_rtt_ms`` gives the connection's
+    estimators: its samples folded into one (``rtt · exp(σ z)``, ``z`` standard normals; about
+    one sample per round trip, 1 to :data:`MAX_SAMPLES`) and their gains ``(sample, g_srtt,
+    g_rttvar)`` for :func:`fold_sample` (:func:`_folded`)."""
     rtt = np.asarray(upload_rtt_ms, dtype=np.float64)
     t_in = np.asarray(t_input_ms, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         m = np.clip(np.floor(t_in / rtt), 1.0, float(MAX_SAMPLES))
     m = np.where(np.isfinite(m), m, 1.0)
     g_s, g_v, sigma = _folded(m)
-    return rtt, g_s, g_v, sigma
+    return rtt * np.exp(sigma * np.asarray(z, dtype=np.float64)), g_s, g_v
+
+
+def fold_sample(srtt_ms: F64, rttvar_ms: F64, sample: F64, g_s: F64, g_v: F64) -> tuple[F64, F64]:
+    """RFC 6298's update of connections' ``(srtt, rttvar)`` (NaN srtt: the connection's
+    first) by one folded sample of :func:`upload_samples`, elementwise."""
+    s = np.asarray(srtt_ms, dtype=np.float64)
+    v = np.asarray(rttvar_ms, dtype=np.float64)
+    first = np.isnan(s)
+    v_new = np.where(first, 0.5 * sample, v + g_v * (np.abs(s - sample) - v))
+    s_new = np.where(first, sample, s + g_s * (sample - s))
+    return s_new, v_new
 
 
 def fold_upload(
     srtt_ms: F64, rttvar_ms: F64, upload_rtt_ms: F64, t_input_ms: F64, z: F64
 ) -> tuple[F64, F64]:
-    """One upload folded into connections' ``(srtt, rttvar)`` (NaN srtt: the connection's
-    first), elementwise: :class:`SmoothedRtt`'s update with the sample noise given as standard
-    normals ``z`` (so a caller can fold the same upload twice, e.g. tentatively for a server
-    observation and for good once the request is sent)."""
-    rtt, g_s, g_v, sigma = _upload_gains(upload_rtt_ms, t_input_ms)
-    r = rtt * np.exp(sigma * np.asarray(z, dtype=np.float64))
-    s = np.asarray(srtt_ms, dtype=np.float64)
-    v = np.asarray(rttvar_ms, dtype=np.float64)
-    first = np.isnan(s)
-    v_new = np.where(first, 0.5 * r, v + g_v * (np.abs(s - r) - v))
-    s_new = np.where(first, r, s + g_s * (r - s))
-    return s_new, v_new
+    """One upload folded into connections' ``(srtt, rttvar)``, elementwise: :class:`SmoothedRtt`'s
+    update with the sample noise given as standard normals ``z``."""
+    return fold_sample(srtt_ms, rttvar_ms, *upload_samples(upload_rtt_ms, t_input_ms, z))
 
 
 class SmoothedRtt:
@@ -101,8 +105,8 @@ class SmoothedRtt:
         """Fold each request's upload into its connection, in row order; return the
         ``(srtt, rttvar)`` the server reads when each request arrives, shaped like ``client``
         ``(B, N)`` (a scan over rows, vectorised over streams)."""
-        rtt, g_s, g_v, sigma = _upload_gains(upload_rtt_ms, t_input_ms)
-        sample = rtt * np.exp(sigma * rng.standard_normal(rtt.shape))
+        shape = np.shape(upload_rtt_ms)
+        sample, g_s, g_v = upload_samples(upload_rtt_ms, t_input_ms, rng.standard_normal(shape))
         b, n = np.shape(client)
         if n == 1:
             return self._update_scalar(
@@ -117,12 +121,7 @@ class SmoothedRtt:
         s_all, v_all = self.srtt, self.rttvar
         for j in range(b):
             c = client[j]
-            r = sample[j]
-            s = s_all[rows, c]
-            v = v_all[rows, c]
-            first = np.isnan(s)
-            v = np.where(first, 0.5 * r, v + g_v[j] * (np.abs(s - r) - v))
-            s = np.where(first, r, s + g_s[j] * (r - s))
+            s, v = fold_sample(s_all[rows, c], v_all[rows, c], sample[j], g_s[j], g_v[j])
             s_all[rows, c] = s
             v_all[rows, c] = v
             srtt_out[j] = s

@@ -524,7 +524,7 @@ def paired_table(
             row["pieslicer_eff_acc"] = ps
             # PieSlicer's gap closed to each device ceiling: the clairvoyant oracle, and
             # prep_ceiling (the informed one: the location of lower expected pre-execution time
-            # under the simulator's laws; "none" to close where PieSlicer is not below it)
+            # under the simulator's laws); NaN where PieSlicer is not below the ceiling
             for ceil, key in (("oracle", "pieslicer_gap_closed"),
                               ("prep_ceiling", "pieslicer_gap_closed_prep")):  # fmt: skip
                 if ceil in means.index:

@@ -622,7 +622,8 @@ def test_the_server_view_leaves_every_other_draw_as_it_was() -> None:
     a.reset(11)
     b.reset(11)
     b._rtt_rng = np.random.default_rng(999)  # another noise for the server's RTT samples
-    b._blk_rtt_z = b._rtt_rng.standard_normal(b._blk_rtt_z.shape)
+    for samples in (b._blk_rtt_pre, b._blk_rtt_raw):
+        samples[0][:] *= np.exp(0.1 * b._rtt_rng.standard_normal(samples[0].shape))
     for step in range(300):
         act = np.tile([step % 2, (step // 2) % 3, step % 3 == 0], (3, 1))
         oa, ob = a.step(act), b.step(act)
@@ -644,7 +645,8 @@ def test_an_upload_enters_the_servers_rtt_only_once_it_has_reached_the_server() 
     for step in range(150):
         i = sim._cursor
         other = copy.deepcopy(sim)
-        other._blk_rtt_z[i] += 3.0
+        for samples in (other._blk_rtt_pre, other._blk_rtt_raw):
+            samples[0][i] *= 1.3  # this request's RTT samples
         act = np.tile([step % 2, 2, 0], (n, 1))
         o = sim.step(act)
         other.step(act)
@@ -695,7 +697,10 @@ def test_the_servers_upload_history_holds_the_uploads_that_have_reached_it() -> 
             assert srv[row, F.NET_MEAN] == pytest.approx(exp_m, rel=1e-5)
             assert srv[row, F.NET_STD] == pytest.approx(exp_s, rel=1e-4, abs=1e-3)
             checked += 1
-        o = sim.step(np.tile([step % 2, 2, 0], (n, 1)))
+        # with the backup on, the phone preprocesses (for the backup) even for a raw upload,
+        # which starts at capture
+        o = sim.step(np.tile([step % 2, 2, int(step % 3 == 0)], (n, 1)))
         for k in range(n):
-            sent[k].append((t[k] + o.device_prep_ms[k] + o.t_input_ms[k], o.t_input_ms[k]))
+            prep_ms = o.device_prep_ms[k] if o.prep[k] == 0 else 0.0
+            sent[k].append((t[k] + prep_ms + o.t_input_ms[k], o.t_input_ms[k]))
     assert checked == 120 * 2 * n
