@@ -487,6 +487,12 @@ class OffloadSim:
         self._up_sample = np.zeros((n, _PENDING_SLOTS))
         self._up_gs = np.zeros((n, _PENDING_SLOTS))
         self._up_gv = np.zeros((n, _PENDING_SLOTS))
+        # executions not yet folded into the server's profiles (DESIGN.md §1: a profile
+        # learns an execution once it has finished): when each finishes (inf: free slot), the
+        # model and its execution time, ``(N, K)``
+        self._ex_done = np.full((n, _PENDING_SLOTS), np.inf)
+        self._ex_model = np.zeros((n, _PENDING_SLOTS), dtype=np.intp)
+        self._ex_ms = np.zeros((n, _PENDING_SLOTS))
         self._client_dl = np.full(n, np.nan)
         self._client_dlvar = np.full(n, np.nan)
         self._client_mismatch = np.full(n, np.nan)
@@ -529,6 +535,7 @@ class OffloadSim:
         """Forget what the servers learned and unload on-device models for the given streams
         (at episode boundaries; the request streams go on)."""
         self.tracker.reset(rows)
+        self._ex_done[rows] = np.inf  # what the servers were still executing is forgotten too
         self._srv_mean[rows] = np.nan
         self._srv_var[rows] = 0.0
         self.loaded[rows] = self._pinned
@@ -664,6 +671,28 @@ class OffloadSim:
             self._tcp_srtt, self._tcp_rttvar, self._srv_mean, self._srv_var = s, v, m, w
         return s, v, m, w
 
+    def _push_execution(
+        self, rows: NDArray[np.intp], done_ms: F64, models: NDArray[np.intp], exec_ms: F64
+    ) -> None:
+        """Queue the server executions of ``rows`` (distinct) finishing at ``done_ms``."""
+        slot = self._free_slots("_ex_done", {"_ex_model": 0, "_ex_ms": 0.0}, rows)
+        self._ex_done[rows, slot] = done_ms
+        self._ex_model[rows, slot] = models
+        self._ex_ms[rows, slot] = exec_ms
+
+    def _fold_executions(self, now: F64) -> None:
+        """Fold every execution finished by ``now`` (per device) into the server's profiles,
+        in completion order."""
+        while True:
+            done = self._ex_done
+            j = done.argmin(axis=1)
+            ready = done[self._rows, j] <= now
+            if not ready.any():
+                return
+            r, jj = self._rows[ready], j[ready]
+            self.tracker.update(r, self._ex_model[r, jj], self._ex_ms[r, jj], self.step_count)
+            self._ex_done[r, jj] = np.inf
+
     def _push_upload(self, rows: NDArray[np.intp], done_ms: F64, pre: NDArray[np.bool_]) -> None:
         """Queue the current request's uploads of ``rows`` (distinct; ``pre``: the preprocessed
         payload, else the raw image) reaching the server at ``done_ms``."""
@@ -786,6 +815,7 @@ class OffloadSim:
         obs = self.obs
         now = self._blk_time[i]
         self._fold_measurements(now)
+        self._fold_executions(now)
         if self.probe_every_ms is not None:
             # a device whose newest measurement is older than probe_every_ms, with nothing in
             # flight, probes the uplink at this capture (costs charged to this request)
@@ -1072,11 +1102,13 @@ class OffloadSim:
             self.loaded[r, mm] = True
             self._last_used[r, mm] = self.step_count
             self._evict(r)
-        # server: learn the execution time, and (once it arrives) this device's upload
+        # server: learn the execution time once it has finished, and this device's upload
+        # once it has arrived (_fold_executions, _server_state_at)
         off = o.server_model >= 0
         if off.any():
             r = rows[off]
-            self.tracker.update(r, o.server_model[off], o.exec_ms[off], self.step_count)
+            t_end = self._blk_time[self._cursor][r] + o.preexec_ms[off] + o.exec_ms[off]
+            self._push_execution(r, t_end, o.server_model[off], o.exec_ms[off])
             # the upload actually sent: it enters the server's upload-time history and the
             # connection's RTT once it has reached the server (_server_state_at)
             t0 = self._blk_time[self._cursor][r]

@@ -704,3 +704,37 @@ def test_the_servers_upload_history_holds_the_uploads_that_have_reached_it() -> 
             prep_ms = o.device_prep_ms[k] if o.prep[k] == 0 else 0.0
             sent[k].append((t[k] + prep_ms + o.t_input_ms[k], o.t_input_ms[k]))
     assert checked == 120 * 2 * n
+
+
+def test_the_servers_profiles_learn_an_execution_once_it_has_finished() -> None:
+    """The μ/σ the server decides with (its observation's model block) are the EWMA of the
+    executions that finished before the capture, in completion order: at 20 captures per
+    second many are still running at the next capture and must not be in yet."""
+    from modi.runtime import features as F
+
+    n = 3
+    sim = _noisy_sim(num_envs=n, arrival_rate_hz=20.0, sla_ms=5000.0, reprofile_every=0)
+    sim.reset(5)
+    a = sim.tracker.alpha
+    mu0, var0 = np.array([5.0, 50.0]), np.array([1.0, 9.0])
+    runs: list[list[tuple[float, int, float]]] = [[] for _ in range(n)]  # (finished, model, ms)
+    pending = checked = 0
+    for step in range(200):
+        t = sim._blk_time[sim._cursor]
+        srv = sim.server_obs.astype(np.float64)
+        for row in range(n):
+            mu, var = mu0.copy(), var0.copy()
+            for _, k, x in sorted(r for r in runs[row] if r[0] <= t[row]):
+                d = x - mu[k]
+                mu[k], var[k] = mu[k] + a * d, (1 - a) * (var[k] + a * d * d)
+            pending += sum(r[0] > t[row] for r in runs[row])
+            for payload in (row, row + n):  # the server's view for either payload
+                got = srv[payload, F.R :].reshape(2, F.P)
+                np.testing.assert_allclose(got[:, F.MU], mu, rtol=1e-6, err_msg=f"step {step}")
+                np.testing.assert_allclose(got[:, F.SIGMA], np.sqrt(var), rtol=1e-5)
+                checked += 1
+        o = sim.step(np.tile([step % 2, 2, 0], (n, 1)))
+        for k in range(n):
+            end = t[k] + o.preexec_ms[k] + o.exec_ms[k]
+            runs[k].append((end, int(o.server_model[k]), float(o.exec_ms[k])))
+    assert checked == 200 * 2 * n and pending > 50
