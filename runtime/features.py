@@ -13,6 +13,14 @@ Every value is known to the server when the request arrives (DESIGN.md §1): the
 elapsed since capture, the measured upload time, the payload, the client's past network
 measurements, the server's queue and recent slowdown, and the *profiled* (not realised) model
 execution times. The download time and the realised execution time are never features.
+
+A request's SLA and elapsed time are counted from the start of its upload: time spent before
+it (preprocessing on the phone, decoding at the server: ``elapsed - t_input`` where positive)
+is taken off both, which leaves ``remaining_ms`` and ``budget_ms`` as they are. The server's
+choice depends on the time left, not on where the rest went, and a selector trained where
+nothing precedes the upload (``ModelSelection-v0``, where ``elapsed = t_input``) then sees a
+request behind a preprocessing phone as the request it is: a tighter SLA, not a combination of
+SLA and elapsed time it never saw.
 """
 
 from __future__ import annotations
@@ -35,8 +43,19 @@ SCHEMA_VERSION = 4
 
 #: Request block columns: (name, unit, description).
 REQUEST_FEATURES: tuple[tuple[str, str, str], ...] = (
-    ("sla_ms", "ms", "end-to-end latency SLA of the request"),
-    ("elapsed_ms", "ms", "time since capture when the request reached the server"),
+    (
+        "sla_ms",
+        "ms",
+        "end-to-end latency SLA of the request, counted from the start of its upload: less the "
+        "time spent before it (elapsed_ms - t_input_ms where positive: preprocessing or "
+        "queueing on the phone, decoding at the server)",
+    ),
+    (
+        "elapsed_ms",
+        "ms",
+        "time since capture when the request reached the server, counted from the start of its "
+        "upload as sla_ms is (t_input_ms where more time had passed)",
+    ),
     ("t_input_ms", "ms", "measured upload time of this request"),
     ("remaining_ms", "ms", "sla_ms - elapsed_ms"),
     ("budget_ms", "ms", "ModiPick's hard limit T_U = sla - elapsed - t_input (download ~ upload)"),
@@ -139,9 +158,7 @@ def mismatch(download_ms: ArrayLike, upload_ms: ArrayLike) -> NDArray[np.float64
 def client_mismatch_update(mismatch_ms: float, download_ms: float, upload_ms: float) -> float:
     """Fold one answer into a client's ``client_dl_mismatch`` (NaN: none yet): its download
     and the upload time of the same request (its ``t_input_ms``, sent as ``upload_ms``)."""
-    x = math.fabs(
-        math.log(max(download_ms, MISMATCH_FLOOR_MS) / max(upload_ms, MISMATCH_FLOOR_MS))
-    )
+    x = math.fabs(math.log(max(download_ms, MISMATCH_FLOOR_MS) / max(upload_ms, MISMATCH_FLOOR_MS)))
     if math.isnan(mismatch_ms):
         return x
     return mismatch_ms + CLIENT_MISMATCH_GAIN * (x - mismatch_ms)
@@ -247,8 +264,10 @@ def encode_requests(
     shape = np.broadcast_shapes(sla.shape, elapsed.shape, t_in.shape)
     out = np.empty((*shape, R), dtype=np.float32)
     remaining = sla - elapsed
-    out[..., SLA] = sla
-    out[..., ELAPSED] = elapsed
+    # counted from the upload's start (see REQUEST_FEATURES): the time spent before it
+    before = np.fmax(elapsed - t_in, 0.0)
+    out[..., SLA] = sla - before
+    out[..., ELAPSED] = elapsed - before
     out[..., T_INPUT] = t_in
     out[..., REMAINING] = remaining
     out[..., BUDGET] = remaining - t_in
@@ -298,6 +317,10 @@ def pack_request(
     is beyond float32's range (stored as inf, as numpy does)."""
     remaining = sla_ms - elapsed_ms
     budget = remaining - t_input_ms
+    before = elapsed_ms - t_input_ms  # encode_requests' fmax(elapsed - t_input, 0)
+    if before > 0.0:
+        sla_ms = sla_ms - before
+        elapsed_ms = elapsed_ms - before
     if client_dl_ms != client_dl_ms:  # NaN: no history (UNKNOWN_HISTORY)
         client_dl_ms = UNKNOWN_HISTORY
     if client_dlvar_ms != client_dlvar_ms:
@@ -385,8 +408,19 @@ def encode_blocks(
     models ``(N, K, P)`` (the inputs of an exported selector); the same values bit for bit."""
     req = np.atleast_2d(
         encode_requests(
-            sla_ms, elapsed_ms, t_input_ms, payload_kb, net_mean_ms, net_std_ms, queue_len,
-            slowdown, srtt_ms, rttvar_ms, client_dl_ms, client_dlvar_ms, client_dl_mismatch,
+            sla_ms,
+            elapsed_ms,
+            t_input_ms,
+            payload_kb,
+            net_mean_ms,
+            net_std_ms,
+            queue_len,
+            slowdown,
+            srtt_ms,
+            rttvar_ms,
+            client_dl_ms,
+            client_dlvar_ms,
+            client_dl_mismatch,
         )
     )
     n = req.shape[0]

@@ -553,6 +553,27 @@ def test_pack_request_writes_what_encode_requests_writes() -> None:
         np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32), err_msg=str(v))
 
 
+def test_time_before_the_upload_is_taken_off_the_sla(files: dict[str, Path]) -> None:
+    """A request that spent d ms before its upload (preprocessing on the phone) is encoded as
+    the request with SLA - d that spent none: the time left (remaining, budget) is unchanged,
+    and a selector decides the same for both."""
+    req = F.encode_requests(300.0, 260.0, 50.0, 330.0, 50.0, 0.0, 0.0, 1.0)
+    same = F.encode_requests(90.0, 50.0, 50.0, 330.0, 50.0, 0.0, 0.0, 1.0)
+    raw = F.encode_requests(300.0, 50.0, 50.0, 330.0, 50.0, 0.0, 0.0, 1.0)
+    np.testing.assert_array_equal(req, same)
+    assert req[F.SLA] == 90.0 and req[F.ELAPSED] == 50.0 and req[F.REMAINING] == 40.0
+    assert raw[F.SLA] == 300.0 and raw[F.ELAPSED] == 50.0, "nothing before the upload: as given"
+    # an upload reported longer than the time since capture (clocks): nothing is taken off
+    early = F.encode_requests(300.0, 20.0, 50.0, 330.0, 50.0, 0.0, 0.0, 1.0)
+    assert early[F.SLA] == 300.0 and early[F.ELAPSED] == 20.0 and early[F.BUDGET] == 230.0
+    sel = Selector.load(files["linucb"], TABLE2, strict=True)
+    for sla, before, up in [(300.0, 210.0, 40.0), (500.0, 120.0, 15.0), (250.0, 30.0, 80.0)]:
+        a = Request(sla, before + up, up, 330_000.0, client_id=None)
+        b = Request(sla - before, up, up, 330_000.0, client_id=None)
+        np.testing.assert_array_equal(sel.features(a), sel.features(b))
+        assert sel.select(a).index == sel.select(b).index
+
+
 @pytest.mark.parametrize("k", [1, 40], ids=["one-model", "40-models"])
 def test_fast_path_features_of_other_pool_sizes_and_beyond_float32(k: int) -> None:
     """Pools past the item-by-item slack path, and values only raised limits admit (float32
@@ -692,7 +713,14 @@ def _core_only_venv(tmp: Path) -> tuple[Path, str]:
     src = tmp / "src"
     src.mkdir()
     for name in (
-        "pyproject.toml", "README.md", "src", "runtime", "envs", "agents", "experiments", "serving"
+        "pyproject.toml",
+        "README.md",
+        "src",
+        "runtime",
+        "envs",
+        "agents",
+        "experiments",
+        "serving",
     ):
         if (REPO / name).is_dir():
             shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
