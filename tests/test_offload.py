@@ -738,3 +738,27 @@ def test_the_servers_profiles_learn_an_execution_once_it_has_finished() -> None:
             end = t[k] + o.preexec_ms[k] + o.exec_ms[k]
             runs[k].append((end, int(o.server_model[k]), float(o.exec_ms[k])))
     assert checked == 200 * 2 * n and pending > 50
+
+
+def test_the_servers_view_counts_the_request_from_its_uploads_start() -> None:
+    """The phone's preprocessing (and the server's own) comes off the SLA the server selector
+    sees, as it does in every encoder: elapsed = the upload, the time left as it is."""
+    from modi.runtime import features as F
+
+    n = 3
+    sim = _noisy_sim(num_envs=n, sla_ms=700.0)
+    sim.reset(4)
+    for step in range(30):
+        i = sim._cursor
+        srv = sim.server_obs.astype(np.float64)
+        t_in = np.concatenate([sim._blk_tin_pre[i], sim._blk_tin_raw[i]])
+        gone = np.concatenate(  # from capture to the server's decision, for either payload
+            [sim._blk_tdp[i] + sim._blk_tin_pre[i] + sim._blk_tsp_pre[i],
+             sim._blk_tin_raw[i] + sim._blk_tsp_raw[i]]
+        )  # fmt: skip
+        np.testing.assert_allclose(srv[:, F.ELAPSED], t_in, rtol=1e-6)
+        np.testing.assert_allclose(srv[:, F.SLA], 700.0 - (gone - t_in), rtol=1e-6)
+        np.testing.assert_allclose(srv[:, F.REMAINING], 700.0 - gone, rtol=1e-5, atol=1e-3)
+        np.testing.assert_allclose(srv[:, F.BUDGET], 700.0 - gone - t_in, rtol=1e-5, atol=1e-3)
+        assert np.all(gone[:n] > t_in[:n] + 1.0), "the phone's preprocessing comes first"
+        sim.step(np.tile([step % 2, 2, 0], (n, 1)))
