@@ -1,7 +1,8 @@
 """The published heuristics as batched policies over the feature vector.
 
 * ``static_greedy`` — most accurate model with profiled μ ≤ SLA, fixed at development time
-  (ModiPick §3.2.1).
+  (ModiPick §3.2.1); the SLA column, so less any time before the upload
+  (:mod:`modi.runtime.features`: none in ``ModelSelection-v0``).
 * ``dynamic_greedy`` — most accurate model with μ ≤ T_budget = SLA − 2·T_input (§3.2.2).
 * ``modipick`` — the three stages of §3.3 (:mod:`modi.runtime.modipick`).
 * ``related_random`` / ``related_accurate`` — §4.4 ablations: uniform / most accurate over M_E.
@@ -290,7 +291,9 @@ class Oracle(_Base):
     ) -> Actions:
         """Most accurate model meeting the SLA in reality; the fastest in reality if none.
 
-        ``sla_ms`` (exact, float64) avoids the float32 rounding of the observation's SLA column.
+        ``sla_ms`` (exact, float64) avoids the float32 rounding of the observation's SLA column,
+        which is also less any time since capture that is not the upload (none in
+        ``ModelSelection-v0``): give it where ``e2e_ms`` counts from capture and more came first.
         """
         req, models = self._split(obs)
         sla = req[:, SLA] if sla_ms is None else np.asarray(sla_ms, dtype=np.float64)

@@ -534,8 +534,8 @@ class OffloadSim:
     def reset_state(self, rows: NDArray[np.bool_]) -> None:
         """Forget what the servers learned and unload on-device models for the given streams
         (at episode boundaries; the request streams go on)."""
-        self.tracker.reset(rows)
-        self._ex_done[rows] = np.inf  # what the servers were still executing is forgotten too
+        self.tracker.reset(rows)  # executions still running are learned when they finish,
+        # as uploads still on the way enter the upload history when they arrive
         self._srv_mean[rows] = np.nan
         self._srv_var[rows] = 0.0
         self.loaded[rows] = self._pinned
@@ -1242,8 +1242,9 @@ class OffloadEnv(gym.Env[NDArray[np.float32], NDArray[np.int64]]):
         ## Server side
         An offloaded request is seen by the server policy exactly as the serving runtime would
         encode it (:func:`modi.runtime.features.encode`, schema ``modi.model_selection``), on
-        arrival after in-cloud preprocessing: ``elapsed_ms`` is the device preprocessing +
-        upload + server preprocessing, ``t_input_ms`` the measured upload, ``payload_kb`` what
+        arrival after in-cloud preprocessing: ``t_input_ms`` the measured upload, ``sla_ms`` the
+        SLA less the device and the server preprocessing (what every encoder takes off: the
+        time that is not the upload; ``elapsed_ms`` is then the upload), ``payload_kb`` what
         was sent, the client history this device's past upload times (offloaded requests only),
         ``queue_len`` 0 and ``slowdown`` 1 (no queue in v0). Request block:
 

@@ -27,7 +27,10 @@ read back as the features encode an unknown value there: NaN for the RTT, and
 write for "none yet", so a logged vector equals what the selector saw). Records of an older
 version (v1: before the RTT columns, v2: before the download history) are read as current
 records whose missing columns are unknown, which is what they are, so old logs stay readable
-beside new ones.
+beside new ones. The arrays of :func:`read_decision_log` hold a record written before the
+encoders left the time that is not the upload out of ``sla_ms`` and ``elapsed_ms``
+(:mod:`modi.runtime.features`) as the encoders now write it
+(:func:`~modi.runtime.features.upload_relative`); a current record's features as they are.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ from modi.runtime.features import (
     SELF_IMPUTED_COLUMNS,
     UNKNOWN_HISTORY,
     ObsLayout,
+    upload_relative,
 )
 from modi.runtime.metadata import SCHEMA_REQUEST_DIMS, pool_hash
 
@@ -624,6 +628,16 @@ def _opt(x: bool | float | None) -> float:
     return math.nan if x is None else float(x)
 
 
+def _as_encoded(schema: str, features: NDArray[np.float64]) -> NDArray[np.float64]:
+    """A log's features as the encoders write them now: a ``modi.model_selection`` record
+    written before ``sla_ms``/``elapsed_ms`` left out the time that is not the upload is
+    converted (:func:`~modi.runtime.features.upload_relative`); a current one is unchanged."""
+    layout = LAYOUTS[schema]
+    if layout is ObsLayout:
+        upload_relative(features[:, : layout.request_dim])
+    return features
+
+
 def decision_log_from_records(
     records: Sequence[DecisionRecord], path: str = "", line_numbers: Sequence[int] | None = None
 ) -> DecisionLog:
@@ -655,7 +669,7 @@ def decision_log_from_records(
         schema=first.schema,
         pool=first.pool,
         pool_hash=first.pool_hash,
-        features=np.array([r.features for r in records], dtype=np.float64),
+        features=_as_encoded(first.schema, np.array([r.features for r in records], np.float64)),
         actions=np.array([r.action for r in records], dtype=np.intp),
         probabilities=np.array([r.probabilities for r in records], dtype=np.float64),
         rewards=np.array([_opt(r.outcome.reward) for r in records]),

@@ -14,9 +14,11 @@ elapsed since capture, the measured upload time, the payload, the client's past 
 measurements, the server's queue and recent slowdown, and the *profiled* (not realised) model
 execution times. The download time and the realised execution time are never features.
 
-A request's SLA and elapsed time are counted from the start of its upload: time spent before
-it (preprocessing on the phone, decoding at the server: ``elapsed - t_input`` where positive)
-is taken off both, which leaves ``remaining_ms`` and ``budget_ms`` as they are. The server's
+A request's SLA and elapsed time are counted as if its upload had started at capture: the time
+since capture that is not the upload (``elapsed - t_input`` where positive: preprocessing or
+queueing on the phone before it, decoding at the server after it) is taken off both, which
+leaves ``remaining_ms`` and ``budget_ms`` as they are; ``elapsed_ms`` is then ``t_input_ms``
+(so encoding an encoded request again changes nothing: :func:`upload_relative`). The server's
 choice depends on the time left, not on where the rest went, and a selector trained where
 nothing precedes the upload (``ModelSelection-v0``, where ``elapsed = t_input``) then sees a
 request behind a preprocessing phone as the request it is: a tighter SLA, not a combination of
@@ -46,15 +48,15 @@ REQUEST_FEATURES: tuple[tuple[str, str, str], ...] = (
     (
         "sla_ms",
         "ms",
-        "end-to-end latency SLA of the request, counted from the start of its upload: less the "
-        "time spent before it (elapsed_ms - t_input_ms where positive: preprocessing or "
-        "queueing on the phone, decoding at the server)",
+        "end-to-end latency SLA of the request, less the time since capture that is not its "
+        "upload (elapsed - t_input where positive: preprocessing or queueing on the phone, "
+        "decoding at the server)",
     ),
     (
         "elapsed_ms",
         "ms",
-        "time since capture when the request reached the server, counted from the start of its "
-        "upload as sla_ms is (t_input_ms where more time had passed)",
+        "time since capture when the request reached the server, less what sla_ms leaves out "
+        "(so t_input_ms where more time had passed)",
     ),
     ("t_input_ms", "ms", "measured upload time of this request"),
     ("remaining_ms", "ms", "sla_ms - elapsed_ms"),
@@ -264,10 +266,10 @@ def encode_requests(
     shape = np.broadcast_shapes(sla.shape, elapsed.shape, t_in.shape)
     out = np.empty((*shape, R), dtype=np.float32)
     remaining = sla - elapsed
-    # counted from the upload's start (see REQUEST_FEATURES): the time spent before it
-    before = np.fmax(elapsed - t_in, 0.0)
-    out[..., SLA] = sla - before
-    out[..., ELAPSED] = elapsed - before
+    # counted from the upload's start (see REQUEST_FEATURES; pack_request's arithmetic)
+    other = elapsed - t_in
+    out[..., SLA] = sla - np.where(other > 0.0, other, 0.0)
+    out[..., ELAPSED] = np.where(other > 0.0, t_in, elapsed)
     out[..., T_INPUT] = t_in
     out[..., REMAINING] = remaining
     out[..., BUDGET] = remaining - t_in
@@ -284,6 +286,19 @@ def encode_requests(
     hist = out[..., CLIENT_DL:]
     hist[np.isnan(hist)] = UNKNOWN_HISTORY
     return out
+
+
+def upload_relative(req: NDArray[np.floating]) -> NDArray[np.floating]:
+    """Request blocks ``(..., R)`` (or whole observations) with the SLA and elapsed time counted
+    as :func:`encode_requests` counts them (the time that is not the upload taken off both), in
+    place: a block already encoded so is left as it is; one written before the encoders did this
+    (a decision log's features) is converted."""
+    sla, elapsed, t_in = req[..., SLA], req[..., ELAPSED], req[..., T_INPUT]
+    other = elapsed - t_in
+    later = other > 0.0
+    sla[later] = sla[later] - other[later]
+    elapsed[later] = t_in[later]
+    return req
 
 
 #: ``pack_into`` of one request block as ``R`` native float32 (the column order of
@@ -315,12 +330,12 @@ def pack_request(
     writable buffer of at least ``R`` native float32 (e.g. ``row.data`` of a C-contiguous
     float32 row) in one C call; the same values bit for bit (a test checks), also where a value
     is beyond float32's range (stored as inf, as numpy does)."""
-    remaining = sla_ms - elapsed_ms
+    remaining = float(sla_ms) - elapsed_ms  # float64 arithmetic as numpy's, ints included
     budget = remaining - t_input_ms
-    before = elapsed_ms - t_input_ms  # encode_requests' fmax(elapsed - t_input, 0)
-    if before > 0.0:
-        sla_ms = sla_ms - before
-        elapsed_ms = elapsed_ms - before
+    other = float(elapsed_ms) - t_input_ms  # time that is not the upload (encode_requests)
+    if other > 0.0:
+        sla_ms = sla_ms - other
+        elapsed_ms = t_input_ms
     if client_dl_ms != client_dl_ms:  # NaN: no history (UNKNOWN_HISTORY)
         client_dl_ms = UNKNOWN_HISTORY
     if client_dlvar_ms != client_dlvar_ms:

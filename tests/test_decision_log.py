@@ -182,3 +182,24 @@ def test_runtime_module_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_a_log_written_before_the_upload_relative_sla_reads_as_the_encoders_write_now(
+    tmp_path: Path,
+) -> None:
+    """A record whose elapsed time counts from capture (``elapsed > t_input``, as logs were
+    written before) reads with the time that is not the upload off the SLA; a current record
+    (``elapsed == t_input``, or nothing before the upload) reads as it is."""
+    from modi.runtime import features as F
+
+    recs = [record(i) for i in range(3)]
+    rows = [(300.0, 260.0, 50.0), (300.0, 50.0, 50.0), (200.0, 10.0, 40.0)]
+    for r, (sla, el, up) in zip(recs, rows, strict=True):
+        r["features"][F.SLA], r["features"][F.ELAPSED], r["features"][F.T_INPUT] = sla, el, up
+    lg = read_decision_log(write(tmp_path / "old.jsonl", recs))
+    np.testing.assert_array_equal(lg.features[:, F.SLA], [90.0, 300.0, 200.0])
+    np.testing.assert_array_equal(lg.features[:, F.ELAPSED], [50.0, 50.0, 10.0])
+    kept = [*range(F.T_INPUT, F.QUEUE), *range(F.R, lg.features.shape[1])]
+    np.testing.assert_array_equal(lg.features[:, kept], [[r["features"][c] for c in kept]
+                                                         for r in recs])  # fmt: skip
+    assert DecisionRecord.from_dict(recs[0]).to_dict() == recs[0], "the record itself as logged"

@@ -787,3 +787,38 @@ def test_runtime_benchmark_reports_every_figure_and_the_machine() -> None:
     gaps, spanned = _hiccups(0.01)
     assert gaps.dtype == np.int64 and np.all(gaps > 20_000)
     assert spanned >= 0.01 * 1e9 * 0.9 and gaps.sum() <= spanned
+
+
+def test_encoding_an_encoded_request_again_changes_nothing() -> None:
+    """``upload_relative`` leaves an encoded block as it is (so reading a current decision log
+    changes nothing) and converts one written before (elapsed from capture)."""
+    rng = np.random.default_rng(9)
+    n = 500
+    sla, up = rng.uniform(20, 900, n), rng.uniform(1, 300, n)
+    el = up + np.where(rng.random(n) < 0.5, rng.uniform(0, 400, n), 0.0)
+    enc = F.encode_requests(sla, el, up, 30.0, up, 0.0, 0.0, 1.0).astype(np.float64)
+    np.testing.assert_array_equal(F.upload_relative(enc.copy()), enc)
+    old = enc.copy()  # as the encoders wrote it before: the SLA and elapsed time from capture
+    old[:, F.SLA], old[:, F.ELAPSED] = np.float32(sla), np.float32(el)
+    np.testing.assert_allclose(F.upload_relative(old), enc, rtol=1e-6, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "sla, elapsed, upload",
+    [
+        (150.0, -0.0, 0.0),
+        (-0.0, -0.0, 0.0),
+        (300, 10**39, 7),
+        (10**39, 250, 50),
+        (0.0, 5e-324, 0.0),
+    ],
+)
+def test_pack_request_counts_the_upload_as_encode_requests_does(
+    sla: float, elapsed: float, upload: float
+) -> None:
+    got = np.zeros(F.R, np.float32)
+    F.pack_request(got.data, sla, elapsed, upload, 30.0, 1.0, 0.0, 0.0, 1.0)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = F.encode_requests(*(np.float64(x) for x in (sla, elapsed, upload)), 30.0, 1.0,
+                                 0.0, 0.0, 1.0)  # fmt: skip
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
