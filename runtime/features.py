@@ -330,9 +330,9 @@ def pack_request(
     writable buffer of at least ``R`` native float32 (e.g. ``row.data`` of a C-contiguous
     float32 row) in one C call; the same values bit for bit (a test checks), also where a value
     is beyond float32's range (stored as inf, as numpy does)."""
-    remaining = float(sla_ms) - elapsed_ms  # float64 arithmetic as numpy's, ints included
+    remaining = sla_ms - elapsed_ms
     budget = remaining - t_input_ms
-    other = float(elapsed_ms) - t_input_ms  # time that is not the upload (encode_requests)
+    other = elapsed_ms - t_input_ms  # the time that is not the upload (encode_requests)
     if other > 0.0:
         sla_ms = sla_ms - other
         elapsed_ms = t_input_ms
