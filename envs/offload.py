@@ -1156,12 +1156,18 @@ class OffloadSim:
             self.loaded[r, drop] = False
 
     def _reprofile(self) -> None:
+        """One profiling run of every model the server has not learned within
+        ``reprofile_every`` requests, started at the current capture and learned once it has
+        finished, as a request's execution is."""
         stale = self.tracker.stale(self.step_count, self.reprofile_every)
         r, k = np.nonzero(stale)
         if r.size:
             z = self._profile_rng.standard_normal(r.size)
             ex = np.maximum(self._true_mu[k] + self._true_sigma[k] * z, MIN_EXEC_MS)
-            self.tracker.update(r, k, ex, self.step_count)
+            done = self._blk_time[self._cursor][r] + ex
+            for m in np.unique(k):  # the rows of one model are distinct
+                sel = k == m
+                self._push_execution(r[sel], done[sel], k[sel], ex[sel])
 
 
 # ============================================================================ Gymnasium

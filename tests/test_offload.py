@@ -762,3 +762,27 @@ def test_the_servers_view_counts_the_request_from_its_uploads_start() -> None:
         np.testing.assert_allclose(srv[:, F.BUDGET], 700.0 - gone - t_in, rtol=1e-5, atol=1e-3)
         assert np.all(gone[:n] > t_in[:n] + 1.0), "the phone's preprocessing comes first"
         sim.step(np.tile([step % 2, 2, 0], (n, 1)))
+
+
+def test_a_reprofiling_run_is_learned_once_it_has_finished() -> None:
+    """Re-profiling a model the server has not run lately is an execution too: its time enters
+    the profile at the first capture after it finishes, not at once."""
+    from modi.runtime import features as F
+
+    sim = _noisy_sim(num_envs=2, arrival_rate_hz=40.0, sla_ms=5000.0, reprofile_every=5)
+    sim.reset(2)
+    mu0 = sim.tracker.mu.copy()
+    for _ in range(5):  # run locally: the server learns nothing but the re-profiling
+        t = sim._blk_time[sim._cursor].copy()
+        sim.step(np.tile([0, 0, 0], (2, 1)))
+    assert np.isinf(sim._ex_done).sum() < sim._ex_done.size, "re-profiling runs are pending"
+    pend = sim._ex_done[~np.isinf(sim._ex_done)]
+    assert np.all(pend > t.min()), "they started at the fifth capture"
+    now = sim._blk_time[sim._cursor]
+    srv = sim.server_obs.astype(np.float64)[:2, F.R :].reshape(2, 2, F.P)
+    for row in range(2):
+        done = sim._ex_done[row]
+        for slot in np.flatnonzero(np.isfinite(done)):
+            k = sim._ex_model[row, slot]
+            assert done[slot] > now[row]  # still running at this capture: not in the profile
+            assert srv[row, k, F.MU] == pytest.approx(mu0[row, k], rel=1e-6)
