@@ -101,9 +101,7 @@ class ModelPool:
         ok = isinstance(factor, (int, float)) and not isinstance(factor, bool)
         f = float(factor) if ok else 0.0
         if not np.isfinite(f) or f <= 0:
-            raise PoolError(
-                f"pool {self.name!r}: time_scale must be a number > 0, got {factor!r}"
-            )
+            raise PoolError(f"pool {self.name!r}: time_scale must be a number > 0, got {factor!r}")
         models = tuple(
             replace(
                 m,

@@ -77,6 +77,8 @@ def sim_workers(cfg: DictConfig) -> int:
     sim = cfg.get("sim")
     w = sim.get("workers") if sim is not None else None
     return int(w) if w else 1
+
+
 KNOWN_POLICIES: tuple[str, ...] = (*POLICY_NAMES, "modipick_tuned", "mdinference_tuned")
 
 

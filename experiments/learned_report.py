@@ -329,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         "(default for linucb: agent=linucb,linucb_fine, i.e. the coarse and the fine step "
         "basis)",
     )
-    p.add_argument(
-        "--n-requests", type=int, default=None, help="test requests per SLA and seed"
-    )
+    p.add_argument("--n-requests", type=int, default=None, help="test requests per SLA and seed")
     p.add_argument("--val-requests", type=int, default=None, help="validation requests per SLA")
     p.add_argument("--train-requests", type=int, default=None)
     p.add_argument("--sla", nargs="+", type=float, default=None, help="SLAs (default: scenario's)")
@@ -360,8 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--penalties must be >= 0")
     if a.seed < 0 or (a.sla and any(s <= 0 for s in a.sla)):
         p.error("--seed must be >= 0 and --sla > 0")
-    grid_items = a.grid if a.grid is not None else (
-        ["agent=linucb,linucb_fine"] if a.agent == "linucb" else []
+    grid_items = (
+        a.grid
+        if a.grid is not None
+        else (["agent=linucb,linucb_fine"] if a.agent == "linucb" else [])
     )
     try:
         grid = parse_grid(grid_items)
@@ -383,9 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for sc in a.scenarios:
             parts.append(
-                report_scenario(
-                    a.out, sc, a.agent, grid, a.seed, extra, not a.quiet, a.penalties
-                )
+                report_scenario(a.out, sc, a.agent, grid, a.seed, extra, not a.quiet, a.penalties)
             )
             pd.concat(parts).to_csv(a.out / "report.csv", index=False)
     except ConfigError as e:

@@ -197,12 +197,8 @@ def _family(name: str, v: Any) -> Family:
     if not isinstance(args, dict):
         raise ConfigError(f"mix.families.{name}.network_args must be a mapping")
     data = str(default_data_dir())
-    args = {
-        k: x.replace("${data_dir}", data) if isinstance(x, str) else x for k, x in args.items()
-    }
-    return Family(
-        name, weight, str(network), dict(args), (lo, hi), float(payload or 330.0)
-    )
+    args = {k: x.replace("${data_dir}", data) if isinstance(x, str) else x for k, x in args.items()}
+    return Family(name, weight, str(network), dict(args), (lo, hi), float(payload or 330.0))
 
 
 class MixtureSim:

@@ -216,9 +216,9 @@ def test_training_ranges_are_recorded_saved_and_exported(
     r = pol.feature_ranges
     assert r is not None
     reads = pol.reads
-    assert r.names == (RANGE_FEATURES if reads is None else tuple(
-        n for n in RANGE_FEATURES if n in reads
-    ))
+    assert r.names == (
+        RANGE_FEATURES if reads is None else tuple(n for n in RANGE_FEATURES if n in reads)
+    )
     assert r.get("slowdown") == (1.0, 1.0)
     mu = load_preset("pool", "modipick_table2").mean_ms
     lo, hi = r.get("mu_ms")  # type: ignore[misc]
