@@ -58,12 +58,12 @@ from modi.runtime import device_features as dfeat
 from modi.runtime.features import (
     ACC,
     BUDGET,
-    CLIENT_NET_ALPHA,
     MU,
     SIGMA,
     ObsLayout,
     client_history_update,
     encode,
+    upload_history_update,
 )
 from modi.runtime.features import MODEL_FEATURES as SERVER_MODEL_FEATURES
 from modi.runtime.features import REQUEST_FEATURES as SERVER_REQUEST_FEATURES
@@ -660,12 +660,7 @@ class OffloadSim:
             s[r], v[r] = fold_sample(
                 s[r], v[r], self._up_sample[src, jj], self._up_gs[src, jj], self._up_gv[src, jj]
             )
-            x = self._up_tin[src, jj]
-            m0 = m[r]
-            first = np.isnan(m0)
-            d = np.where(first, 0.0, x - m0)
-            m[r] = np.where(first, x, m0 + CLIENT_NET_ALPHA * d)
-            w[r] = np.where(first, 0.0, (1 - CLIENT_NET_ALPHA) * (w[r] + CLIENT_NET_ALPHA * d * d))
+            m[r], w[r] = upload_history_update(m[r], w[r], self._up_tin[src, jj])
         if commit:
             self._up_done[due] = np.inf
             self._tcp_srtt, self._tcp_rttvar, self._srv_mean, self._srv_var = s, v, m, w

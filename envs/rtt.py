@@ -69,14 +69,6 @@ def fold_sample(srtt_ms: F64, rttvar_ms: F64, sample: F64, g_s: F64, g_v: F64) -
     return s_new, v_new
 
 
-def fold_upload(
-    srtt_ms: F64, rttvar_ms: F64, upload_rtt_ms: F64, t_input_ms: F64, z: F64
-) -> tuple[F64, F64]:
-    """One upload folded into connections' ``(srtt, rttvar)``, elementwise: :class:`SmoothedRtt`'s
-    update with the sample noise given as standard normals ``z``."""
-    return fold_sample(srtt_ms, rttvar_ms, *upload_samples(upload_rtt_ms, t_input_ms, z))
-
-
 class SmoothedRtt:
     """RFC 6298 estimators per (stream, client) connection, updated by each request's upload.
 

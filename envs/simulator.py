@@ -53,6 +53,7 @@ from modi.runtime.features import (
     encode_requests,
     model_slack,
     obs_dim,
+    upload_history_update,
 )
 from modi.runtime.profiles import ProfileTracker
 
@@ -420,18 +421,14 @@ class ModelSelectionSim:
         var_out = np.empty((b, n))
         rows = self._rows
         nm, nv = self._net_mean, self._net_var
-        a = CLIENT_NET_ALPHA
         for j in range(b):
             c = client[j]
             x = t_in[j]
             m = nm[rows, c]
             v = nv[rows, c]
-            first = np.isnan(m)
-            mean_out[j] = np.where(first, x, m)
+            mean_out[j] = np.where(np.isnan(m), x, m)
             var_out[j] = v
-            d = np.where(first, 0.0, x - m)
-            nm[rows, c] = np.where(first, x, m + a * d)
-            nv[rows, c] = np.where(first, 0.0, (1 - a) * (v + a * d * d))
+            nm[rows, c], nv[rows, c] = upload_history_update(m, v, x)
         return mean_out, np.sqrt(var_out)
 
     def _client_history_scalar(self, client: list[int], t_in: list[float]) -> tuple[F64, F64]:

@@ -23,8 +23,9 @@ from itertools import repeat
 import numpy as np
 from numpy.typing import NDArray
 
-#: EWMA weight of a client's upload-time history (the simulator's ``CLIENT_NET_ALPHA``).
-CLIENT_NET_ALPHA = 0.2
+from modi.runtime.features import CLIENT_NET_ALPHA
+
+__all__ = ["CLIENT_NET_ALPHA", "ClientNetworkHistory"]
 
 
 class ClientNetworkHistory:

@@ -189,6 +189,22 @@ def client_history_update(
     return mean, var, mis
 
 
+def upload_history_update(
+    mean_ms: ArrayLike, var_ms: ArrayLike, upload_ms: ArrayLike
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The server's upload-time history of clients after one upload each (NaN mean: a client's
+    first): the EWMA (weight :data:`CLIENT_NET_ALPHA`) of
+    :class:`~modi.runtime.clients.ClientNetworkHistory`, for arrays; ``(mean, var)``, whose
+    ``mean`` and ``sqrt(var)`` are the next request's ``client_net_mean_ms``/``_std_ms``."""
+    m = np.asarray(mean_ms, dtype=np.float64)
+    v = np.asarray(var_ms, dtype=np.float64)
+    x = np.asarray(upload_ms, dtype=np.float64)
+    a = CLIENT_NET_ALPHA
+    first = np.isnan(m)
+    d = np.where(first, 0.0, x - m)
+    return np.where(first, x, m + a * d), np.where(first, 0.0, (1 - a) * (v + a * d * d))
+
+
 def obs_dim(num_models: int) -> int:
     """Length of the observation vector for a pool of ``num_models`` models."""
     if num_models < 1:

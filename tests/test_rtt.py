@@ -9,7 +9,7 @@ import pytest
 from modi.envs.catalog import load_preset
 from modi.envs.links import LinkModel
 from modi.envs.networks import BlockContext, GaussianOneWay
-from modi.envs.rtt import SmoothedRtt, fold_upload
+from modi.envs.rtt import SmoothedRtt, fold_sample, upload_samples
 from modi.envs.simulator import ModelSelectionSim
 from modi.runtime import features as F
 
@@ -122,9 +122,9 @@ def test_a_network_without_upload_rtts_leaves_the_features_unknown() -> None:
     assert np.isnan(obs[:, F.SRTT]).all() and np.isnan(obs[:, F.RTTVAR]).all()
 
 
-def test_fold_upload_is_smoothed_rtts_update_with_the_noise_given() -> None:
-    """The elementwise fold (the offload env's) and :class:`SmoothedRtt` agree sample by
-    sample, from a connection's first upload on."""
+def test_the_offload_envs_fold_is_smoothed_rtts_update_with_the_noise_given() -> None:
+    """The elementwise fold (the offload env's: an upload's samples, then RFC 6298) and
+    :class:`SmoothedRtt` agree sample by sample, from a connection's first upload on."""
     rng = np.random.default_rng(4)
     b, n = 30, 3
     rtt = rng.uniform(10.0, 200.0, (b, n))
@@ -140,6 +140,6 @@ def test_fold_upload_is_smoothed_rtts_update_with_the_noise_given() -> None:
     srtt, rttvar = ref.update(Fixed(), np.zeros((b, n), dtype=np.int64), rtt, t_in)  # type: ignore[arg-type]
     s, v = np.full(n, np.nan), np.zeros(n)
     for j in range(b):
-        s, v = fold_upload(s, v, rtt[j], t_in[j], z[j])
+        s, v = fold_sample(s, v, *upload_samples(rtt[j], t_in[j], z[j]))
         np.testing.assert_allclose(s, srtt[j], rtol=1e-12)
         np.testing.assert_allclose(v, rttvar[j], rtol=1e-12)
