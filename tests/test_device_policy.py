@@ -316,8 +316,9 @@ def test_device_selector_imports_no_training_stack(
         """
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
     )
+    assert out.returncode == 0, f"the subprocess failed:\n{out.stderr}"
     assert out.stdout.strip() == "", f"DeviceSelector imported {out.stdout.strip()}"
 
 
