@@ -50,7 +50,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -567,28 +567,28 @@ def dominated_by_paired(frontier: pd.DataFrame, front_units: pd.DataFrame,
     frontier's per-stream rows (``scenario, policy, sla_ms, seed, stream, effective_accuracy,
     energy_mj``); ``units``: the test split's (the rules' rows are taken on the same seeds and
     streams)."""
-    out = []
     keys = ["seed", "stream"]
-    for _, r in frontier.iterrows():
-        if r.kind != "learned":
+    cols = ["effective_accuracy", "energy_mj"]
+
+    def by_point(df: pd.DataFrame) -> dict[tuple[Any, ...], pd.DataFrame]:
+        groups = df.groupby(["scenario", "policy", "sla_ms"], sort=False)
+        return {k: g.set_index(keys)[cols] for k, g in groups}
+
+    mine_at, theirs_at = by_point(front_units), by_point(units)
+    rules = frontier[frontier.kind == "rule"]
+    rules_at = rules.groupby(["scenario", "sla_ms"], sort=False).policy.apply(list).to_dict()
+    out = []
+    for r in frontier.itertuples():
+        mine = mine_at.get((r.scenario, r.policy, r.sla_ms))
+        if r.kind != "learned" or mine is None:
             out.append("")
             continue
-        mine = front_units[
-            (front_units.scenario == r.scenario)
-            & (front_units.policy == r.policy)
-            & (front_units.sla_ms == r.sla_ms)
-        ]
-        rules = frontier[
-            (frontier.kind == "rule")
-            & (frontier.scenario == r.scenario)
-            & (frontier.sla_ms == r.sla_ms)
-        ]
         dom = []
-        for rule in rules.policy:
-            theirs = units[
-                (units.scenario == r.scenario) & (units.policy == rule) & (units.sla_ms == r.sla_ms)
-            ]
-            both = mine.merge(theirs, on=keys, suffixes=("", "_rule"))
+        for rule in rules_at.get((r.scenario, r.sla_ms), []):
+            theirs = theirs_at.get((r.scenario, rule, r.sla_ms))
+            if theirs is None:
+                continue
+            both = mine.join(theirs, how="inner", rsuffix="_rule")
             if both.empty:
                 continue
             _, a_lo, a_hi = paired_ci(both.effective_accuracy_rule, both.effective_accuracy)
@@ -692,6 +692,75 @@ def choose_setting(
     top = order.iloc[0]
     a = None if top._a < 0 else float(top._a)
     return (float(top.w_energy_per_j), float(top.tie_tolerance), a), table
+
+
+def frontier_settings(
+    val: pd.DataFrame,
+    weights: Sequence[float],
+    settings: Sequence[Setting],
+    shipped: Setting,
+    w_bytes_per_mb: float = 0.0,
+    dominated: Mapping[str, int] | None = None,
+) -> tuple[dict[float, Setting], pd.DataFrame]:
+    """The learned frontier's choice setting per energy weight, chosen on validation: at each
+    weight ``w`` of the frontier, the (tie tolerance, anchor margin) of ``settings`` with the
+    fewest validation points a rule dominates (``dominated``: the count per learned name, from
+    :func:`validation_frontier`; the criterion the frontier is judged by, as the shipped
+    setting is chosen by its points against the rules), then the highest validation objective
+    *at that weight* (mean of effective accuracy − ``w`` × energy (J) − ``w_bytes_per_mb`` × MB
+    sent), then the smaller tolerance and the smaller margin (off first); at the shipped
+    weight, the shipped setting (the exported policy is a point of its frontier). Returns the
+    choice per weight and the table of every candidate."""
+    m = val.groupby("policy")[["effective_accuracy", "energy_mj", "kb_sent"]].mean()
+    rows: list[dict[str, Any]] = []
+    out: dict[float, Setting] = {}
+    for w in weights:
+        cands: list[tuple[int, float, float, float | None]] = []
+        for ww, t, a in settings:
+            if ww != w:
+                continue
+            r = m.loc[learned_name(w, t, a)]
+            obj = float(
+                r.effective_accuracy - w * r.energy_mj / 1e3 - w_bytes_per_mb * r.kb_sent / 1e3
+            )
+            dom = 0 if dominated is None else int(dominated.get(learned_name(w, t, a), 0))
+            cands.append((-dom, obj, t, a))
+            rows.append(
+                {"w_energy_per_j": w, "tie_tolerance": t, "anchor_margin": a,
+                 "val_dominated": dom, "val_objective": obj}
+            )  # fmt: skip
+        if not cands:
+            raise ConfigError(f"env.frontier: no validation setting at energy weight {w:g}")
+        if w == shipped[0]:
+            out[w] = shipped
+            continue
+        best = max(cands, key=lambda c: (c[0], c[1], -c[2], -(-1.0 if c[3] is None else c[3])))
+        out[w] = (w, best[2], best[3])
+    for r in rows:
+        r["chosen"] = out[r["w_energy_per_j"]][1:] == (r["tie_tolerance"], r["anchor_margin"])
+    return out, pd.DataFrame(rows)
+
+
+def validation_frontier(
+    val: pd.DataFrame, val_units: pd.DataFrame, rules: Sequence[str], names: Sequence[str]
+) -> pd.DataFrame:
+    """The frontier of the learned policies ``names`` (one per energy weight) against every
+    tuned rule on the *validation* split (``val``/``val_units``: the tuned rules' and the
+    learned settings' rows), with :func:`dominated_by_paired` on the validation streams: what
+    a frontier choice is judged by before the test split."""
+    keep = val[val.policy.isin([*rules, *names])]
+    fr = (
+        keep.groupby(["scenario", "policy", "sla_ms"], sort=False)[
+            ["effective_accuracy", "energy_mj"]
+        ]
+        .mean()
+        .reset_index()
+    )
+    fr["kind"] = np.where(fr.policy.isin(list(names)), "learned", "rule")
+    fr["dominated_by_ci"] = dominated_by_paired(
+        fr, val_units[val_units.policy.isin(list(names))], val_units
+    )
+    return fr
 
 
 # ============================================================================ parity
@@ -853,6 +922,18 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     except (DeviceScorerError, TypeError) as e:
         raise ConfigError(f"env.select.{e}") from None
     frontier_seeds = as_int(env.frontier.get("test_seeds", 2), "env.frontier.test_seeds")
+    per_weight = env.frontier.get("per_weight_setting", False)
+    if not isinstance(per_weight, bool):
+        raise ConfigError(
+            f"env.frontier.per_weight_setting: expected true or false, got {per_weight!r}"
+        )
+    # the frontier's own settings, validated too when each weight gets its own (per_weight)
+    front_settings: list[Setting] = (
+        [(w, t, a) for w in weights for t in sorted({x[1] for x in settings})
+         for a in dict.fromkeys(x[2] for x in settings)]
+        if per_weight else []
+    )  # fmt: skip
+    val_settings = list(dict.fromkeys([*settings, *front_settings]))
     splits = Splits.from_cfg(cfg, train_seeds=[seed])
     val_seeds, test_seeds = splits.seeds("val"), splits.seeds("test")
     pool = instantiate_node(cfg, "pool")
@@ -979,7 +1060,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                     }
                 )
             sim.set_server_policy(_server_policy(env, server_name))
-            for w, t, a in settings:
+            for w, t, a in val_settings:
                 pol_w = policy.with_weights(w, tie_tolerance=t, anchor_margin=a, anchors=anchors)
                 for v in val_seeds:
                     for sla in slas:
@@ -1023,6 +1104,48 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             t_chosen,
             a_chosen,
         )
+        # the frontier's setting per energy weight: the shipped one at every weight, or (with
+        # env.frontier.per_weight_setting) each weight's own, chosen on validation
+        front_choice: dict[float, Setting] = {w: (w, t_chosen, a_chosen) for w in weights}
+        if per_weight:
+            shipped = (w_chosen, t_chosen, a_chosen)
+            names_all = [learned_name(*x) for x in front_settings]
+
+            def dominated_counts(sub: pd.DataFrame) -> dict[str, int]:
+                vf = validation_frontier(keep, sub, rules, names_all)
+                vl = vf[vf.kind == "learned"]
+                return {str(k): int(v) for k, v in
+                        (vl.dominated_by_ci != "").groupby(vl.policy).sum().items()}  # fmt: skip
+
+            def choose_front(sub: pd.DataFrame) -> tuple[dict[float, Setting], pd.DataFrame]:
+                # per-stream rows: the objective's tie-break leaves out the bytes (no
+                # kb_sent per stream; env.objective.w_bytes_per_mb is 0 by default)
+                means = sub if "kb_sent" in sub else sub.assign(kb_sent=0.0)
+                return frontier_settings(
+                    means, weights, front_settings, shipped, objective[1],
+                    dominated=dominated_counts(sub),
+                )  # fmt: skip
+
+            # a check of the method inside validation: choose on the even streams, count the
+            # points a rule dominates on the odd ones (the shipped setting's and the choice's)
+            even, odd = vu[vu.stream % 2 == 0], vu[vu.stream % 2 == 1]
+            choice_even, _ = choose_front(even)
+            held_out = dominated_counts(odd)
+            counts = {
+                label: int(sum(held_out.get(learned_name(*x), 0) for x in choice))
+                for label, choice in (
+                    ("shipped setting", [(w, t_chosen, a_chosen) for w in weights]),
+                    ("per weight", [choice_even[w] for w in weights]),
+                )
+            }
+            front_choice, f_table = choose_front(vu)  # the choice: every validation stream
+            f_table.to_csv(out_dir / "frontier_settings.csv", index=False)
+            log.info(
+                "frontier, validation's odd streams (chosen on the even ones), points a rule "
+                "dominates (paired intervals): %s",
+                ", ".join(f"{k} {v} of {len(weights) * len(scenarios) * len(slas)}"
+                          for k, v in counts.items()),
+            )  # fmt: skip
 
         # ---------------------------------------------------------------- export + parity
         policy = policy.with_weights(
@@ -1103,7 +1226,8 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             # the learned frontier: the scorer under each energy weight, same streams
             sim.set_server_policy(_server_policy(env, server_name))
             for w in weights:
-                pol_w = policy.with_weights(w, tie_tolerance=t_chosen, anchor_margin=a_chosen)
+                _, t_w, a_w = front_choice[w]
+                pol_w = policy.with_weights(w, tie_tolerance=t_w, anchor_margin=a_w)
                 for s in test_seeds[:frontier_seeds]:
                     for sla in slas:
                         r = run_point(
@@ -1111,7 +1235,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                         )
                         meta = {
                             "scenario": sc.name,
-                            "policy": learned_name(w, t_chosen, a_chosen),
+                            "policy": learned_name(w, t_w, a_w),
                             "kind": "learned",
                             "w_energy_per_j": w,
                             "sla_ms": sla,

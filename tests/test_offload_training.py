@@ -239,6 +239,7 @@ def test_every_network_is_priced_with_its_radio_or_named_in_a_warning(
         ("splits.test.seeds=[100,1000]", "val and test"),
         ("splits.val.seeds=[0]", "train and val"),
         ("env.eval.rules=[static_local,magic]", "unknown policies"),
+        ("env.frontier.per_weight_setting=maybe", "per_weight_setting"),
     ],
 )
 def test_bad_input_is_named_before_training(tmp_path: Path, override: str, match: str) -> None:
@@ -531,3 +532,58 @@ def test_frontier_dominance_with_paired_intervals_ignores_noise_level_difference
     assert set(on_means.split(";")) == {"static_local", "mdinference"}
     assert all(v == "" for p, v in paired.items() if p in rules)  # rules' own rows
     assert learned.sum() == 1
+
+
+def test_each_frontier_weight_gets_the_setting_best_for_its_own_objective() -> None:
+    """``frontier_settings``: at each weight the (tie, margin) of highest validation objective
+    at that weight (ties: smaller tolerance, then margin off first); the shipped weight keeps
+    the shipped setting even where another scores higher."""
+    from modi.experiments.train_offload import frontier_settings
+
+    # (w, t, a): (effective accuracy, energy mJ)
+    vals = {
+        (0.0, 0.0, None): (0.60, 900.0),
+        (0.0, 0.0, 0.05): (0.61, 950.0),  # the shipped setting (w = 0)
+        (0.0, 0.01, None): (0.62, 990.0),  # the best at w = 0, not chosen: shipped weight
+        (0.0, 0.01, 0.05): (0.60, 900.0),
+        (1.0, 0.0, None): (0.58, 800.0),  # objective 0.58 - 0.8 = -0.22
+        (1.0, 0.0, 0.05): (0.61, 900.0),  # -0.29
+        (1.0, 0.01, None): (0.59, 790.0),  # -0.20: the best at w = 1
+        (1.0, 0.01, 0.05): (0.55, 780.0),  # -0.23
+    }
+    val = pd.DataFrame(
+        [
+            {"policy": learned_name(*k), "effective_accuracy": a, "energy_mj": e, "kb_sent": 20.0}
+            for k, (a, e) in vals.items()
+        ]
+    )
+    choice, table = frontier_settings(val, [0.0, 1.0], list(vals), (0.0, 0.0, 0.05))
+    assert choice == {0.0: (0.0, 0.0, 0.05), 1.0: (1.0, 0.01, None)}
+    assert table.chosen.sum() == 2 and len(table) == 8
+    w1 = table[table.w_energy_per_j == 1.0].set_index(["tie_tolerance", "anchor_margin"])
+    assert w1.val_objective.max() == pytest.approx(0.59 - 0.79)
+    # a tie in objective goes to the smaller tolerance, then to the margin off
+    # fewer validation points dominated by a rule come first, the objective breaks ties
+    dom = {learned_name(*k): 3 for k in vals} | {learned_name(1.0, 0.0, 0.05): 1}
+    choice, table = frontier_settings(val, [0.0, 1.0], list(vals), (0.0, 0.0, 0.05), dominated=dom)
+    assert choice[1.0] == (1.0, 0.0, 0.05) and table.val_dominated.min() == 1
+    flat = val.assign(effective_accuracy=0.6, energy_mj=900.0)
+    choice, _ = frontier_settings(flat, [0.0, 1.0], list(vals), (0.0, 0.01, 0.05))
+    assert choice[1.0] == (1.0, 0.0, None)
+
+
+def test_per_weight_frontier_run_uses_each_weights_validation_choice(tmp_path: Path) -> None:
+    """With ``env.frontier.per_weight_setting=true`` the test frontier's learned point at each
+    weight is the setting ``frontier_settings.csv`` chose for it on validation; the exported
+    policy's verdicts are those of the same run's shipped setting."""
+    metrics = run_offload_training(_cfg("env.frontier.per_weight_setting=true"), tmp_path)
+    table = pd.read_csv(tmp_path / "frontier_settings.csv")
+    chosen = table[table.chosen]
+    assert sorted(chosen.w_energy_per_j) == [0.0, 1.0]
+    front = pd.read_csv(tmp_path / "frontier.csv")
+    learned = front[front.kind == "learned"]
+    for r in chosen.itertuples():
+        margin = None if pd.isna(r.anchor_margin) else r.anchor_margin
+        name = learned_name(r.w_energy_per_j, r.tie_tolerance, margin)
+        assert set(learned[learned.w_energy_per_j == r.w_energy_per_j].policy) == {name}
+    assert metrics["frontier_points"] == len(learned)
