@@ -572,15 +572,16 @@ def test_each_frontier_weight_gets_the_setting_best_for_its_own_objective() -> N
     assert choice[1.0] == (1.0, 0.0, None)
 
 
-def test_per_weight_frontier_run_uses_each_weights_validation_choice(tmp_path: Path) -> None:
-    """With ``env.frontier.per_weight_setting=true`` the test frontier's learned point at each
-    weight is the setting ``frontier_settings.csv`` chose for it on validation; the exported
-    policy's verdicts are those of the same run's shipped setting."""
-    metrics = run_offload_training(_cfg("env.frontier.per_weight_setting=true"), tmp_path)
-    table = pd.read_csv(tmp_path / "frontier_settings.csv")
+def test_per_weight_frontier_run_uses_each_weights_validation_choice(
+    tiny_run: tuple[dict[str, float], Path],
+) -> None:
+    """With ``env.frontier.per_weight_setting`` (the default) the test frontier's learned point
+    at each weight is the setting ``frontier_settings.csv`` chose for it on validation."""
+    metrics, out = tiny_run
+    table = pd.read_csv(out / "frontier_settings.csv")
     chosen = table[table.chosen]
     assert sorted(chosen.w_energy_per_j) == [0.0, 1.0]
-    front = pd.read_csv(tmp_path / "frontier.csv")
+    front = pd.read_csv(out / "frontier.csv")
     learned = front[front.kind == "learned"]
     for r in chosen.itertuples():
         margin = None if pd.isna(r.anchor_margin) else r.anchor_margin
