@@ -799,6 +799,7 @@ class OffloadSim:
             0.0,
             0.0,
             0.0,
+            self.radio.active_mw / 1e3,  # the phone knows which radio it is on
         )
         self._cursor = 0
 

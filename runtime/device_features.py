@@ -10,7 +10,11 @@ followed by ``L`` rows of :data:`DEVICE_MODEL_FEATURES`, one per on-device model
 
 Version 2 added ``net_uplink_last_mbps``, the most recent bandwidth measurement itself: on a
 link whose bandwidth is a Markov process that measurement (with its age) says everything the
-past says about this request's bandwidth, while the EWMA mixes in older ones.
+past says about this request's bandwidth, while the EWMA mixes in older ones. Version 3 added
+``radio_active_w``, the active power of the radio the phone is on (WiFi or cellular, from its
+power profile): an offload's radio energy is that power times the transfer time, which differs
+tenfold between WiFi and LTE at the same bandwidth, so a scorer that cannot see the radio
+mis-predicts the energy of every offload from the link's speed alone.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from numpy.typing import ArrayLike, NDArray
 from modi.runtime.features import ObsLayout
 
 SCHEMA_NAME = "modi.device_decision"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 #: Request block columns: (name, unit, description).
 DEVICE_REQUEST_FEATURES: tuple[tuple[str, str, str], ...] = (
@@ -43,6 +47,11 @@ DEVICE_REQUEST_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("net_uplink_std_mbps", "Mbit/s", "EW standard deviation of those uplink measurements"),
     ("net_age_ms", "ms", "time since the most recent of those measurements"),
     ("net_uplink_last_mbps", "Mbit/s", "uplink bandwidth of that most recent measurement"),
+    (
+        "radio_active_w",
+        "W",
+        "active power of the radio the device is on (its power profile: WiFi or cellular)",
+    ),
 )
 #: On-device model rows: (name, unit, description).
 DEVICE_MODEL_FEATURES: tuple[tuple[str, str, str], ...] = (
@@ -53,6 +62,11 @@ DEVICE_MODEL_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("loaded", "flag", "1 if the model is in memory now (no load needed)"),
     ("is_backup", "flag", "1 for the model that serves as the on-device backup"),
 )
+
+#: Active power (W) of each radio while transferring (Huang et al., MobiSys 2012: the beta
+#: of their power models, as :data:`modi.envs.devices.RADIO_PROFILES` prices the radio; a
+#: test checks they agree). A phone reads its own from its power profile.
+RADIO_ACTIVE_POWER_W: dict[str, float] = {"wifi": 0.13286, "lte": 1.28804, "3g": 0.81788}
 
 #: EWMA weight of the device's network measurements.
 DEVICE_NET_ALPHA = 0.5
@@ -111,6 +125,7 @@ P = len(DEVICE_MODEL_FEATURES)
     NET_UPLINK_STD,
     NET_AGE,
     NET_UPLINK_LAST,
+    RADIO_ACTIVE_W,
 ) = range(R)
 # Column indices (model rows).
 MU, SIGMA, ACC, LOAD, LOADED, IS_BACKUP = range(P)
@@ -143,6 +158,7 @@ def encode_device_requests(
     net_uplink_std_mbps: ArrayLike,
     net_age_ms: ArrayLike,
     net_uplink_last_mbps: ArrayLike,
+    radio_active_w: ArrayLike,
 ) -> NDArray[np.float32]:
     """Request blocks for arrays of requests of any shape ``S``: returns ``S + (R,)`` float32.
 
@@ -164,6 +180,7 @@ def encode_device_requests(
     out[..., NET_UPLINK_STD] = net_uplink_std_mbps
     out[..., NET_AGE] = net_age_ms
     out[..., NET_UPLINK_LAST] = net_uplink_last_mbps
+    out[..., RADIO_ACTIVE_W] = radio_active_w
     return out
 
 
@@ -198,7 +215,9 @@ OPTION_SCHEMA_NAME = "modi.device_option"
 #: local options: a run on the phone sends nothing, so its outcome does not depend on the link,
 #: and a scorer that saw the link there extrapolated from it (issue 14: on LTE a low-end phone's
 #: large models scored 0.5 above offloading at a 300 ms SLA and realised 0.2 below).
-OPTION_SCHEMA_VERSION = 2
+#: Version 3 appends the radio (``radio_active_w`` and the active radio energy it implies for
+#: the option's transfers, ``radio_active_j``; 0 in the local options).
+OPTION_SCHEMA_VERSION = 3
 
 #: Option kinds, in option order after the ``L`` local models: offload with on-device
 #: preprocessing, offload with in-cloud preprocessing, then both again with the backup on.
@@ -232,10 +251,18 @@ OPTION_FEATURES: tuple[tuple[str, str, str], ...] = (
     ("local_z", "sigmas", "that slack in the model's standard deviations (capped at +-10)"),
     ("upload_est_s", "s", "payload size / newest uplink measurement (offload options)"),
     ("offload_slack_s", "s", "SLA - device preprocessing - upload - 2 x latency (offload)"),
+    ("radio_active_w", "W", "active power of the device's radio (0: local options)"),
+    (
+        "radio_active_j",
+        "J",
+        "radio_active_w x (upload_est + 2 x latency): the transfer's estimated active energy",
+    ),
 )
 F = len(OPTION_FEATURES)
 #: The network columns of an option vector: 0 in the local options' vectors (schema v2).
 NET_COLUMNS = slice(7, 12)
+#: The radio's columns (schema v3; 0 in the local options' vectors).
+RADIO_COLUMNS = slice(23, 25)
 _MAX_CV = 10.0
 _MAX_Z = 10.0
 _PACK_SHARED = struct.Struct("=12f").pack
@@ -328,6 +355,9 @@ def option_features(obs: ArrayLike) -> NDArray[np.float32]:
     dev_prep = np.where(np.array([p for p, _ in OFFLOAD_OPTIONS])[None, :] == 0, prep[:, None], 0.0)
     out[:, big_l:, 21] = upload_ms / 1e3
     out[:, big_l:, 22] = (sla[:, None] - dev_prep - upload_ms - 2.0 * lat[:, None]) / 1e3
+    rw = req[:, RADIO_ACTIVE_W, None]
+    out[:, big_l:, 23] = rw
+    out[:, big_l:, 24] = rw * ((upload_ms + 2.0 * lat[:, None]) / 1e3)
     return out.astype(np.float32)
 
 
@@ -375,8 +405,8 @@ class OptionBuilder:
         # bytes, the (bytes, load, mu, max(sigma, 1)) of each on-device model as Python
         # values, and one struct for the whole (K, F) buffer: per option the shared columns
         # 0..11 (bytes; a local model: 0..6, then the link columns 7..11 as zero padding),
-        # 12..18 (bytes), then 19..22 (a local model: slack, z, zero padding; offload: zeros
-        # or the backup's slack, z, then the upload's two columns)
+        # 12..18 (bytes), then 19..24 (a local model: slack, z, zero padding; offload: zeros
+        # or the backup's slack, z, then the upload's two columns and the radio's two)
         row_bytes = [struct.pack("=7f", *row[12:19].tolist()) for row in static]
         self._local = list(zip(row_bytes[:big_l], self._load[:big_l].tolist(),
                                self._mu[:big_l].tolist(), self._sigma1[:big_l].tolist(),
@@ -387,7 +417,7 @@ class OptionBuilder:
             float(self._mu[big_l + 2]),
             float(self._sigma1[big_l + 2]),
         )
-        layout = "28s20x28s2f8x" * big_l + "48s28s8x2f" * 2 + "48s28s4f" * 2
+        layout = "28s20x28s2f16x" * big_l + "48s28s8x4f" * 2 + "48s28s6f" * 2
         self._pack_all = struct.Struct("=" + layout)
         self._packed_into: NDArray[np.float32] | None = None
         self._packed_view = memoryview(bytearray(0))
@@ -446,6 +476,8 @@ class OptionBuilder:
         up_raw = 8.0 * raw_kb / bw_last
         pre_up, pre_slack = up_pre / 1e3, (sla - prep - up_pre - 2.0 * lat) / 1e3
         raw_up, raw_slack = up_raw / 1e3, (sla - 0.0 - up_raw - 2.0 * lat) / 1e3
+        rw = r[RADIO_ACTIVE_W]
+        pre_j, raw_j = rw * ((up_pre + 2.0 * lat) / 1e3), rw * ((up_raw + 2.0 * lat) / 1e3)
         s0, s1, s2, s3 = self._offload_bytes
         if buffer is not self._packed_into:  # the bytes view of the buffer, made once
             view = buffer.data.cast("B")
@@ -459,10 +491,10 @@ class OptionBuilder:
         # one C call writes every option (the padding as zeros)
         self._pack_all.pack_into(
             self._packed_view, 0, *args,
-            sh, s0, pre_up, pre_slack,
-            sh, s1, raw_up, raw_slack,
-            sh, s2, bk_slack, bk_z, pre_up, pre_slack,
-            sh, s3, bk_slack, bk_z, raw_up, raw_slack,
+            sh, s0, pre_up, pre_slack, rw, pre_j,
+            sh, s1, raw_up, raw_slack, rw, raw_j,
+            sh, s2, bk_slack, bk_z, pre_up, pre_slack, rw, pre_j,
+            sh, s3, bk_slack, bk_z, raw_up, raw_slack, rw, raw_j,
         )  # fmt: skip
 
     def build(
@@ -516,4 +548,7 @@ class OptionBuilder:
             (up_pre / 1e3, (sla - prep - up_pre - 2.0 * lat) / 1e3),
             (up_raw / 1e3, (sla - 0.0 - up_raw - 2.0 * lat) / 1e3),
         )
+        rw = r[RADIO_ACTIVE_W]
+        pre_j, raw_j = rw * ((up_pre + 2.0 * lat) / 1e3), rw * ((up_raw + 2.0 * lat) / 1e3)
+        x[big_l:, 23:25] = ((rw, pre_j), (rw, raw_j), (rw, pre_j), (rw, raw_j))
         return out

@@ -87,7 +87,8 @@ FALLBACK_SERVER_PREP = (2.0, 8.0)
 _REQUEST32 = struct.Struct(f"={dfeat.R}f")
 _ORDER = (dfeat.SLA, dfeat.MEGAPIXELS, dfeat.RAW_KB, dfeat.PREP_EST, dfeat.TIER_LOW,
           dfeat.TIER_MID, dfeat.TIER_HIGH, dfeat.NET_LATENCY, dfeat.NET_UPLINK,
-          dfeat.NET_UPLINK_STD, dfeat.NET_AGE, dfeat.NET_UPLINK_LAST)  # fmt: skip
+          dfeat.NET_UPLINK_STD, dfeat.NET_AGE, dfeat.NET_UPLINK_LAST,
+          dfeat.RADIO_ACTIVE_W)  # fmt: skip
 if tuple(range(dfeat.R)) != _ORDER:  # pragma: no cover - a schema change must update decide()
     raise ImportError("the device request block's column order changed: update DeviceSelector")
 _INF = math.inf
@@ -159,6 +160,7 @@ class DeviceSelector:
         model_path: str | Path | None = None,
         range_margin: float = 0.25,
         alpha: float = dfeat.DEVICE_NET_ALPHA,
+        radio: str | float = "wifi",
     ) -> None:
         self.spec = spec
         self.range_margin = float(range_margin)
@@ -180,6 +182,8 @@ class DeviceSelector:
         self._bw_var = 0.0
         self._bw_last = math.nan
         self._last_ms = math.nan
+        self._radio_w = math.nan
+        self._radio32 = math.nan
         self._history_ok = False
         #: Measurements :meth:`record` refused (NaN, inf, negative or not a number).
         self.ignored_measurements = 0
@@ -214,7 +218,7 @@ class DeviceSelector:
         if model_path is not None:
             self._load(Path(model_path))
         self._models_changed()
-        self._check_history()
+        self.set_radio(radio)
 
     @classmethod
     def load(cls, path: str | Path, spec: DeviceSpec, **kwargs: Any) -> DeviceSelector:
@@ -377,6 +381,17 @@ class DeviceSelector:
                 return
 
     # ------------------------------------------------------------------ network history
+    def set_radio(self, radio: str | float) -> None:
+        """The radio the phone is on now: ``"wifi"``, ``"lte"``, ``"3g"`` or its active power in
+        W (the phone's power profile). An unknown name or an invalid power makes every decision
+        fall back, with the radio in the reason, until a valid one is set (never raises)."""
+        try:
+            w = dfeat.RADIO_ACTIVE_POWER_W[radio] if isinstance(radio, str) else float(radio)
+        except (KeyError, TypeError, ValueError):
+            w = math.nan
+        self._radio_w = w
+        self._check_history()
+
     def start(self, latency_ms: float, uplink_mbps: float, time_ms: float) -> None:
         """The start-up probe: the history starts from this measurement."""
         self.set_history(latency_ms, uplink_mbps, 0.0, uplink_mbps, time_ms)
@@ -403,17 +418,24 @@ class DeviceSelector:
         self._check_history()
 
     def _check_history(self) -> None:
-        vals = (self._lat, self._bw, self._bw_var, self._bw_last, self._last_ms)
-        self._history_ok = all(math.isfinite(v) for v in vals) and min(vals[:4]) >= 0
+        vals = (self._lat, self._bw, self._bw_var, self._bw_last, self._last_ms, self._radio_w)
+        self._history_ok = (
+            all(math.isfinite(v) for v in vals) and min(vals[:4]) >= 0 and self._radio_w >= 0
+        )
         if self._history_ok:
             try:  # the history's columns as the float32 observation holds them
-                lat, bw, std, bw_last = struct.unpack(
-                    "=4f",
-                    struct.pack("=4f", self._lat, self._bw, math.sqrt(self._bw_var), self._bw_last),
-                )
-                # columns TIER_LOW .. NET_UPLINK_STD, then NET_UPLINK_LAST (see _ORDER)
+                lat, bw, std, bw_last, radio = struct.unpack(
+                    "=5f",
+                    struct.pack(
+                        "=5f",
+                        self._lat, self._bw, math.sqrt(self._bw_var), self._bw_last, self._radio_w,
+                    ),
+                )  # fmt: skip
+                # columns TIER_LOW .. NET_UPLINK_STD, then NET_UPLINK_LAST, RADIO_ACTIVE_W
+                # (see _ORDER)
                 self._hist32 = (*self._tier_flags, lat, bw, std)
                 self._last32 = bw_last
+                self._radio32 = radio
             except (OverflowError, struct.error):  # beyond float32: not a usable history
                 self._history_ok = False
         self._update_fast()
@@ -474,6 +496,7 @@ class DeviceSelector:
             math.sqrt(self._bw_var),
             time_ms - self._last_ms,
             self._bw_last,
+            self._radio_w,
         )
         return np.concatenate([req, self._model_rows().reshape(-1)])
 
@@ -527,6 +550,7 @@ class DeviceSelector:
                             *self._hist32,
                             time_ms - self._last_ms,
                             self._last32,
+                            self._radio32,
                         )
                     )
                     self._builder.pack(self._x, req)  # type: ignore[union-attr]
@@ -591,7 +615,8 @@ class DeviceSelector:
             if not self._history_ok:
                 hist = (self._lat, self._bw, self._bw_last, self._last_ms)
                 return self._fallback(
-                    f"invalid input: network history {hist} (no measurement yet?)",
+                    f"invalid input: network history {hist}, radio {self._radio_w} W (no "
+                    "measurement yet?)",
                     sla_ms,
                     megapixels,
                     raw_bytes,
@@ -611,6 +636,7 @@ class DeviceSelector:
             req[dfeat.NET_UPLINK_STD] = math.sqrt(self._bw_var)
             req[dfeat.NET_AGE] = time_ms - self._last_ms
             req[dfeat.NET_UPLINK_LAST] = self._bw_last
+            req[dfeat.RADIO_ACTIVE_W] = self._radio_w
             if self._run_bound is not None:
                 x = self._builder.build(req, self._x)
                 self._scores.fill(np.nan)

@@ -785,3 +785,20 @@ def test_a_reprofiling_run_is_learned_once_it_has_finished() -> None:
         sim.step(local)
     srv = sim.server_obs.astype(np.float64)[:2, F.R :].reshape(2, 2, F.P)
     assert np.all(srv[rows, models, F.MU] != np.float32(mu0[rows, models])), "learned once done"
+
+
+def test_the_radio_is_in_the_observation_and_the_offload_options_only() -> None:
+    """The phone knows which radio it is on: its active power is in every observation, and in
+    the offload options' vectors (with the transfer's estimated active energy), never in a local
+    option's (a local run sends nothing)."""
+    for radio in ("wifi", "lte"):
+        sim = _noisy_sim(num_envs=2, radio=radio)
+        obs = sim.reset(0)
+        want = dfeat.RADIO_ACTIVE_POWER_W[radio]
+        assert np.allclose(obs[:, dfeat.RADIO_ACTIVE_W], want)
+        x = dfeat.option_features(obs)
+        big_l = sim.num_local
+        assert np.all(x[:, :big_l, dfeat.RADIO_COLUMNS] == 0.0)
+        assert np.allclose(x[:, big_l:, 23], want)
+        up_s, lat_s = x[:, big_l:, 21], obs[:, dfeat.NET_LATENCY, None] / 1e3
+        assert np.allclose(x[:, big_l:, 24], want * (up_s + 2.0 * lat_s), rtol=1e-5)
