@@ -119,6 +119,7 @@ class NetworkReplay:
     def __init__(self, name: str, num_clients: int, seed: int = 0) -> None:
         from modi.envs.catalog import load_preset
 
+        self.name = name
         self.model = load_preset("network", name)
         self.rng = np.random.default_rng(seed)
         self.model.reset(self.rng, 1, num_clients)

@@ -74,6 +74,18 @@ def device_spec(profile: Any) -> DeviceSpec:
     return DeviceSpec.from_profile(profile)
 
 
+def radio_of(network: str) -> str:
+    """The radio a phone on network preset ``network`` is on: the device env's table
+    (``conf/env/offload.yaml``, ``radio``; its ``default`` for a preset not listed)."""
+    from importlib import resources
+
+    import yaml
+
+    table = yaml.safe_load((resources.files("modi.conf") / "env" / "offload.yaml").read_text())
+    radios = table.get("radio") or {}
+    return str(radios.get(network, radios.get("default", "wifi")))
+
+
 class Phone:
     """One emulated phone of ``tier`` (a ``conf/device`` preset) deciding with ``policy``."""
 
@@ -96,7 +108,9 @@ class Phone:
         self.net = network
         self.rng = np.random.default_rng([seed, client])
         path = policy_path if policy == "learned" else None
-        self.selector = DeviceSelector(device_spec(self.profile), path)
+        self.selector = DeviceSelector(
+            device_spec(self.profile), path, radio=radio_of(getattr(network, "name", ""))
+        )
         self.rule: Any = None if policy == "learned" else make_device_policy(policy)
         self.models = self.profile.models
         self.backup = self.profile.backup_index

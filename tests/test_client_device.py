@@ -89,6 +89,15 @@ def test_the_phone_measures_only_completed_offloads() -> None:
     assert obs[dfeat.NET_AGE] == pytest.approx(2000.0 - 1234.0)
 
 
+@pytest.mark.parametrize(("network", "radio"), [("link_wifi", "wifi"), ("link_5g", "lte")])
+def test_the_phone_is_on_its_networks_radio(network: str, radio: str) -> None:
+    """A phone's observation carries the radio of its network preset (the device env's
+    ``radio`` table), as the env's does."""
+    ph = Phone("mid", "static_remote", None, client.NetworkReplay(network, 1, 0), 0)
+    obs = ph.selector.observation(0.0, 500.0, 2.0, 4e5)
+    assert obs[dfeat.RADIO_ACTIVE_W] == pytest.approx(dfeat.RADIO_ACTIVE_POWER_W[radio])
+
+
 def test_compare_runs_every_tier_and_policy_on_the_same_server(url: str, policy: Path) -> None:
     reports = asyncio.run(
         compare_device_policies(
