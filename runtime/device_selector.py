@@ -16,8 +16,9 @@ backup) and says why when:
   model: ..."``);
 * the device is invalid: an unknown tier, no on-device models, a bad profile (``"invalid
   device: ..."``);
-* an input is bad: NaN / inf / negative / non-numeric request fields or a network history
-  (start-up probe, :meth:`~DeviceSelector.set_history`) holding such values (``"invalid input:
+* an input is bad: NaN / inf / negative / non-numeric request fields, a network history
+  (start-up probe, :meth:`~DeviceSelector.set_history`) holding such values, or a radio
+  (:meth:`~DeviceSelector.set_radio`) of unknown name or invalid power (``"invalid input:
   ..."``). A bad *measurement* given to :meth:`~DeviceSelector.record` never gets that far: it
   is refused (``False``, counted in ``ignored_measurements``) and the history stays as it was;
 * an on-device model's option columns (its μ, σ, accuracy, load time) leave the range seen in
@@ -41,8 +42,9 @@ Usage on a phone::
     spec = DeviceSpec(tier="mid", models=[DeviceModel("mobilenet_0.25_128", 0.41, 66.3, 6.0,
                       12.0), ...], backup="mobilenet_0.25_128", prep_intercept_ms=15.0,
                       prep_ms_per_mp=36.4)
-    sel = DeviceSelector.load("device_policy.onnx", spec)
+    sel = DeviceSelector.load("device_policy.onnx", spec, radio="wifi")
     sel.start(latency_ms=12.0, uplink_mbps=20.0, time_ms=0.0)        # the start-up probe
+    sel.set_radio("lte")                                              # when the phone switches
     d = sel.decide(time_ms=t, sla_ms=500, megapixels=12.0, raw_bytes=3.1e6)
     ...                                                               # act on d.prep, d.placement
     sel.record(latency_ms=..., uplink_mbps=..., time_ms=t_capture)    # when the response is back
