@@ -154,7 +154,11 @@ class DeviceDecision(NamedTuple):
 
 
 class DeviceSelector:
-    """Device-side decisions from an exported device policy, with a PieSlicer fallback."""
+    """Device-side decisions from an exported device policy, with a PieSlicer fallback.
+
+    ``radio``: the radio the phone is on (``"wifi"``, ``"lte"``, ``"3g"`` or its active power in
+    W, from the phone's power profile; WiFi unless given); :meth:`set_radio` when it changes.
+    """
 
     def __init__(
         self,
