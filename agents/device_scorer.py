@@ -758,7 +758,7 @@ class ServedDevicePolicy:
                 r[dfeat.NET_UPLINK_LAST],
                 0.0,
             )
-            if r[dfeat.RADIO_ACTIVE_W] != sel._radio32:
+            if r[dfeat.RADIO_ACTIVE_W] != sel.radio_active_w:
                 sel.set_radio(float(r[dfeat.RADIO_ACTIVE_W]))
             for j in np.flatnonzero(sel.loaded != loaded[i]):
                 sel.set_loaded(self._ids[j], bool(loaded[i, j]))

@@ -398,6 +398,12 @@ class DeviceSelector:
         self._radio_w = w
         self._check_history()
 
+    @property
+    def radio_active_w(self) -> float:
+        """The active power (W) of the radio the phone is on, as :meth:`set_radio` set it
+        (NaN: an invalid radio)."""
+        return self._radio_w
+
     def start(self, latency_ms: float, uplink_mbps: float, time_ms: float) -> None:
         """The start-up probe: the history starts from this measurement."""
         self.set_history(latency_ms, uplink_mbps, 0.0, uplink_mbps, time_ms)

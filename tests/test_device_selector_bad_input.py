@@ -246,5 +246,7 @@ def test_an_unknown_radio_falls_back_naming_it(policy: Path, radio: Any) -> None
     sel = _sel(policy)
     sel.set_radio(radio)
     _falls_back(sel, "radio")
+    assert math.isnan(sel.radio_active_w) or sel.radio_active_w < 0
     sel.set_radio("lte")  # a valid radio again: the learned decision
+    assert sel.radio_active_w == dfeat.RADIO_ACTIVE_POWER_W["lte"]
     assert sel.decide(*ARGS).source == "learned"
