@@ -38,6 +38,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from modi.envs.images import ImageError, ImageModel
+from modi.runtime.device_features import RADIO_ACTIVE_POWER_W
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +196,13 @@ class RadioEnergy:
         )
 
 
-#: Huang et al. (MobiSys 2012) power models: alpha_u, alpha_d (mW per Mbit/s) x 8 per MB, beta.
+#: Huang et al. (MobiSys 2012) power models: alpha_u, alpha_d (mW per Mbit/s) x 8 per MB, beta
+#: (the active power, :data:`modi.runtime.device_features.RADIO_ACTIVE_POWER_W`: what the phone
+#: itself knows of its radio, the device policy's feature).
 RADIO_PROFILES: dict[str, RadioEnergy] = {
-    "wifi": RadioEnergy("wifi", 8 * 283.17, 8 * 137.01, 132.86),
-    "lte": RadioEnergy("lte", 8 * 438.39, 8 * 51.97, 1288.04),
-    "3g": RadioEnergy("3g", 8 * 868.98, 8 * 122.12, 817.88),
+    "wifi": RadioEnergy("wifi", 8 * 283.17, 8 * 137.01, 1e3 * RADIO_ACTIVE_POWER_W["wifi"]),
+    "lte": RadioEnergy("lte", 8 * 438.39, 8 * 51.97, 1e3 * RADIO_ACTIVE_POWER_W["lte"]),
+    "3g": RadioEnergy("3g", 8 * 868.98, 8 * 122.12, 1e3 * RADIO_ACTIVE_POWER_W["3g"]),
 }
 
 

@@ -64,8 +64,8 @@ DEVICE_MODEL_FEATURES: tuple[tuple[str, str, str], ...] = (
 )
 
 #: Active power (W) of each radio while transferring (Huang et al., MobiSys 2012: the beta
-#: of their power models, as :data:`modi.envs.devices.RADIO_PROFILES` prices the radio; a
-#: test checks they agree). A phone reads its own from its power profile.
+#: of their power models; :data:`modi.envs.devices.RADIO_PROFILES` prices the radio with it).
+#: A phone reads its own from its power profile.
 RADIO_ACTIVE_POWER_W: dict[str, float] = {"wifi": 0.13286, "lte": 1.28804, "3g": 0.81788}
 
 #: EWMA weight of the device's network measurements.

@@ -230,17 +230,6 @@ def test_a_core_only_install_decides_with_a_device_policy(policy: Path, tmp_path
     assert out.stdout.startswith("ok") and out.stdout.strip().endswith("present: []"), out.stdout
 
 
-def test_radio_powers_are_the_envs_radio_profiles() -> None:
-    """The runtime's radio table (what a phone reads from its power profile) prices each radio
-    as the simulator does."""
-    from modi.envs.devices import RADIO_PROFILES
-    from modi.runtime import device_features as dfeat
-
-    assert set(dfeat.RADIO_ACTIVE_POWER_W) == set(RADIO_PROFILES)
-    for name, prof in RADIO_PROFILES.items():
-        assert dfeat.RADIO_ACTIVE_POWER_W[name] * 1e3 == pytest.approx(prof.active_mw, rel=1e-9)
-
-
 @pytest.mark.parametrize("radio", ["bluetooth", math.nan, -1.0, "x", None])
 def test_an_unknown_radio_falls_back_naming_it(policy: Path, radio: Any) -> None:
     sel = _sel(policy)
