@@ -613,10 +613,12 @@ def learned_name(
 Setting = tuple[float, float, float | None]
 
 
-def anchor_margins(select: Any) -> list[float | None]:
-    """``env.select.anchor_margin``: a list of margins >= 0 or ``null`` (off); default
-    ``[null]``."""
-    raw = select.get("anchor_margin", [None]) if select else [None]
+def anchor_margins(
+    select: Any, where: str = "env.select.anchor_margin", default: Any = (None,)
+) -> list[float | None]:
+    """``env.select.anchor_margin`` (or the node's ``anchor_margin`` named ``where``): a list
+    of margins >= 0 or ``null`` (off); default ``[null]``."""
+    raw = select.get("anchor_margin", list(default)) if select else list(default)
     if raw is None or isinstance(raw, (int, float)):
         raw = [raw]
     out: list[float | None] = []
@@ -629,10 +631,12 @@ def anchor_margins(select: Any) -> list[float | None]:
         except (TypeError, ValueError):
             f = math.nan
         if not (math.isfinite(f) and f >= 0) or isinstance(v, bool):
-            raise ConfigError(f"env.select.anchor_margin: expected null or numbers >= 0, got {v!r}")
+            raise ConfigError(f"{where}: expected null or numbers >= 0, got {v!r}")
         out.append(f)
+    if not out and not default:
+        return out
     if not out:
-        raise ConfigError("env.select.anchor_margin: empty list (use [null] for off)")
+        raise ConfigError(f"{where}: empty list (use [null] for off)")
     return out
 
 
@@ -927,10 +931,19 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         raise ConfigError(
             f"env.frontier.per_weight_setting: expected true or false, got {per_weight!r}"
         )
-    # the frontier's own settings, validated too when each weight gets its own (per_weight)
+    # the frontier's own settings, validated too when each weight gets its own (per_weight):
+    # the shipped grid's tie tolerances and anchor margins, and env.frontier.anchor_margin's
+    front_margins = list(
+        dict.fromkeys(
+            [
+                *(x[2] for x in settings),
+                *anchor_margins(env.frontier, "env.frontier.anchor_margin", default=()),
+            ]
+        )
+    )
     front_settings: list[Setting] = (
         [(w, t, a) for w in weights for t in sorted({x[1] for x in settings})
-         for a in dict.fromkeys(x[2] for x in settings)]
+         for a in front_margins]
         if per_weight else []
     )  # fmt: skip
     val_settings = list(dict.fromkeys([*settings, *front_settings]))

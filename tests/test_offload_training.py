@@ -372,6 +372,12 @@ def test_anchor_margin_is_checked() -> None:
     for bad in ([-0.1], ["x"], [float("nan")], [], [True]):
         with pytest.raises(ConfigError, match=r"env\.select\.anchor_margin"):
             anchor_margins({"anchor_margin": bad})
+    # the frontier's extra margins: none by default, checked and named like the shipped grid's
+    front = "env.frontier.anchor_margin"
+    assert anchor_margins({}, front, default=()) == []
+    assert anchor_margins({"anchor_margin": [0.5, 1]}, front, default=()) == [0.5, 1.0]
+    with pytest.raises(ConfigError, match=r"env\.frontier\.anchor_margin: .*-1"):
+        anchor_margins({"anchor_margin": [-1]}, front, default=())
     for bad in ("[offload,local]", "local"):  # a list, or one name (not its letters)
         with pytest.raises(ConfigError, match=r"env\.select\.anchors: .*got \[.*'local'\]"):
             run_offload_training(
