@@ -588,7 +588,7 @@ def dominated_by_paired(frontier: pd.DataFrame, front_units: pd.DataFrame,
             theirs = theirs_at.get((r.scenario, rule, r.sla_ms))
             if theirs is None:
                 continue
-            both = mine.join(theirs, how="inner", rsuffix="_rule")
+            both = mine.join(theirs.add_suffix("_rule"), how="inner")
             if both.empty:
                 continue
             _, a_lo, a_hi = paired_ci(both.effective_accuracy_rule, both.effective_accuracy)

@@ -594,3 +594,7 @@ def test_per_weight_frontier_run_uses_each_weights_validation_choice(
         name = learned_name(r.w_energy_per_j, r.tie_tolerance, margin)
         assert set(learned[learned.w_energy_per_j == r.w_energy_per_j].policy) == {name}
     assert metrics["frontier_points"] == len(learned)
+    # the frontier validates env.frontier.anchor_margin's margins too; the shipped grid does not
+    margins = {m for m in pd.read_csv(out / "weights.csv").anchor_margin if not pd.isna(m)}
+    front_margins = {m for m in table.anchor_margin if not pd.isna(m)}
+    assert margins == {0.05} and front_margins == {0.05, 0.3, 0.5, 1.0}
