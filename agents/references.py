@@ -180,8 +180,8 @@ class InformedCeiling:
         room = left - d  # time the execution may take, (N, 1, S)
         m = mu[None, :, None] * slow
         s = sd[None, :, None] * slow
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = (room - m) / s
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            z = (room - m) / s  # a tiny sigma overflows to +-inf: P(met) 1 or 0, as it should
         p = np.where(s > 0, _norm_cdf(np.where(s > 0, z, 0.0)), (m <= room).astype(np.float64))
         for k, samples in getattr(sim, "_empirical", []):
             ex = samples[None, None, :]  # empirical law: P(sample * slow <= room)
