@@ -616,8 +616,9 @@ Setting = tuple[float, float, float | None]
 def anchor_margins(
     select: Any, where: str = "env.select.anchor_margin", default: Any = (None,)
 ) -> list[float | None]:
-    """``env.select.anchor_margin`` (or the node's ``anchor_margin`` named ``where``): a list
-    of margins >= 0 or ``null`` (off); default ``[null]``."""
+    """``env.select.anchor_margin`` (or the node's ``anchor_margin``, named ``where`` in
+    errors): a list of margins >= 0 or ``null`` (off). Missing: ``default`` (``[null]``); an
+    empty list is refused unless ``default`` is empty too."""
     raw = select.get("anchor_margin", list(default)) if select else list(default)
     if raw is None or isinstance(raw, (int, float)):
         raw = [raw]
