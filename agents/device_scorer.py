@@ -44,6 +44,7 @@ import torch
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
+from modi.agents.device_graph import INPUT as INPUT_OPTIONS
 from modi.agents.device_graph import fold_layers, scorer_graph
 from modi.envs.devices import DeviceProfile
 from modi.envs.offload import OffloadSim
@@ -136,6 +137,55 @@ def anchor_indices(names: Sequence[str]) -> tuple[int, ...]:
     return tuple(sorted({ANCHORS[n] for n in names}))
 
 
+#: The decision contexts of per-context settings (:attr:`DeviceScorerPolicy.contexts`):
+#: the device's tier × its radio's class, what the phone knows of itself at every capture.
+#: Their index is ``tier × 2 + cellular``, as :func:`option_contexts` and the exported graph
+#: compute it.
+CONTEXT_TIERS: tuple[str, ...] = ("low", "mid", "high")
+CONTEXT_RADIOS: tuple[str, ...] = ("wifi", "cellular")
+CONTEXTS: tuple[str, ...] = tuple(f"{t}/{r}" for t in CONTEXT_TIERS for r in CONTEXT_RADIOS)
+#: A radio whose active power is at least this (W) is cellular: 3G 0.82 W and LTE 1.29 W
+#: against WiFi's 0.13 W (:data:`modi.runtime.device_features.RADIO_ACTIVE_POWER_W`).
+CELLULAR_MIN_W = 0.5
+#: One choice setting: (energy weight per J, tie tolerance, anchor margin or ``None``).
+ContextSetting = tuple[float, float, float | None]
+
+
+def radio_class(active_w: float) -> str:
+    """The context radio (``wifi`` or ``cellular``) of a radio's active power (W)."""
+    return CONTEXT_RADIOS[int(active_w >= CELLULAR_MIN_W)]
+
+
+def option_contexts(options: NDArray[np.floating]) -> NDArray[np.intp]:
+    """The context index (:data:`CONTEXTS`) of each row of option vectors ``(N, K, F)``: its
+    tier flag (the first option's) and the radio power of its last (offload) option."""
+    x = np.asarray(options)
+    tier = x[:, 0, dfeat.OPTION_TIER_COLUMNS].argmax(axis=1)
+    cell = x[:, -1, dfeat.OPTION_RADIO_W] >= CELLULAR_MIN_W
+    return np.asarray(tier * 2 + cell, dtype=np.intp)
+
+
+def _check_contexts(contexts: dict[str, ContextSetting] | None) -> None:
+    if contexts is None:
+        return
+    if not isinstance(contexts, dict) or set(contexts) != set(CONTEXTS):
+        got = sorted(contexts) if isinstance(contexts, dict) else contexts
+        raise DeviceScorerError(
+            f"contexts: expected a setting for each of {list(CONTEXTS)}, got {got!r}"
+        )
+    for key, setting in contexts.items():
+        try:
+            w, t, a = setting
+        except (TypeError, ValueError):
+            raise DeviceScorerError(
+                f"contexts[{key!r}]: expected (energy weight, tie tolerance, anchor margin), "
+                f"got {setting!r}"
+            ) from None
+        _weights_vector(w, 0.0)
+        _check_tolerance(t)
+        _check_anchor(a)
+
+
 def _check_tolerance(tol: float, name: str = "tie_tolerance") -> None:
     if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
         raise DeviceScorerError(f"{name} must be a finite number >= 0, got {tol!r}")
@@ -201,6 +251,10 @@ class DeviceScorerPolicy:
     anchor_margin: float | None = None
     #: Names of the anchor options (:data:`ANCHORS`).
     anchors: tuple[str, ...] = DEFAULT_ANCHORS
+    #: Per decision context (:data:`CONTEXTS`: tier × radio class), its own (energy weight,
+    #: tie tolerance, anchor margin), which replace the three above in that context's rows
+    #: (``None``: the three above everywhere). See :meth:`with_contexts`.
+    contexts: dict[str, ContextSetting] | None = None
     _net64: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -208,6 +262,12 @@ class DeviceScorerPolicy:
         _check_anchor(self.anchor_margin)
         anchor_indices(self.anchors)  # refuses unknown names
         self.anchors = tuple(self.anchors)
+        _check_contexts(self.contexts)
+        if self.contexts is not None:
+            self.contexts = {
+                k: (float(w), float(t), None if a is None else float(a))
+                for k, (w, t, a) in self.contexts.items()
+            }
 
     def reset(self, num_envs: int, seed: int | None = None) -> None:
         """Deterministic: nothing to reset."""
@@ -222,7 +282,7 @@ class DeviceScorerPolicy:
     ) -> DeviceScorerPolicy:
         """The same scorer under other objective weights (a point of the frontier), tie
         tolerance, anchor margin and anchors (default, or ``...`` for the margin: this
-        policy's; ``anchor_margin=None``: off)."""
+        policy's; ``anchor_margin=None``: off), in every context (no per-context settings)."""
         _weights_vector(
             w_energy_per_j, self.w_bytes_per_mb if w_bytes_per_mb is None else w_bytes_per_mb
         )
@@ -241,6 +301,14 @@ class DeviceScorerPolicy:
             anchors=self.anchors if anchors is None else tuple(anchors),
             _net64=self._net64,
         )
+
+    def with_contexts(self, contexts: dict[str, ContextSetting] | None) -> DeviceScorerPolicy:
+        """The same policy with a setting per decision context (:data:`CONTEXTS`; ``None``:
+        none); the policy's own setting stays what it reports as its weights."""
+        out = self.with_weights(self.w_energy_per_j)
+        out.contexts = None if contexts is None else dict(contexts)
+        out.__post_init__()
+        return out
 
     def predict(self, options: NDArray[np.float32]) -> NDArray[np.float64]:
         """Predicted (accuracy, energy J, MB sent) of option vectors ``(..., F)`` (float32
@@ -274,14 +342,27 @@ class DeviceScorerPolicy:
         the options whose objective is within δ of the best, ``TIE_OUT`` for the others; with
         an ``anchor_margin``, kept anchors score ``ANCHOR_BONUS`` more
         (:func:`choice_scores`; the exported graph computes the same)."""
-        pred = self.predict(dfeat.option_features(obs))
-        return choice_scores(
-            pred,
-            _weights_vector(self.w_energy_per_j, self.w_bytes_per_mb),
-            self.tie_tolerance,
-            self.anchor_margin,
-            anchor_indices(self.anchors),
-        )
+        options = dfeat.option_features(obs)
+        pred = self.predict(options)
+        anchors = anchor_indices(self.anchors)
+        if self.contexts is None:
+            return choice_scores(
+                pred,
+                _weights_vector(self.w_energy_per_j, self.w_bytes_per_mb),
+                self.tie_tolerance,
+                self.anchor_margin,
+                anchors,
+            )
+        ctx = option_contexts(options)
+        out = np.empty(pred.shape[:2], dtype=np.float64)
+        for i, key in enumerate(CONTEXTS):
+            rows = ctx == i
+            if rows.any():
+                w, t, a = self.contexts[key]
+                out[rows] = choice_scores(
+                    pred[rows], _weights_vector(w, self.w_bytes_per_mb), t, a, anchors
+                )
+        return out
 
     def select(self, obs: NDArray[np.float32]) -> NDArray[np.int64]:
         """One action ``(preprocessing, placement, backup)`` per observation row."""
@@ -306,6 +387,9 @@ class DeviceScorerPolicy:
                 "tie_tolerance": self.tie_tolerance,
                 "anchor_margin": self.anchor_margin,
                 "anchors": list(self.anchors),
+                "contexts": None
+                if self.contexts is None
+                else {k: list(v) for k, v in self.contexts.items()},
                 "option_schema": f"{dfeat.OPTION_SCHEMA_NAME} v{dfeat.OPTION_SCHEMA_VERSION}",
             },
             path,
@@ -334,6 +418,9 @@ class DeviceScorerPolicy:
             tie_tolerance=float(d.get("tie_tolerance", 0.0)),
             anchor_margin=None if d.get("anchor_margin") is None else float(d["anchor_margin"]),
             anchors=tuple(d.get("anchors", DEFAULT_ANCHORS)),
+            contexts=None
+            if d.get("contexts") is None
+            else {k: tuple(v) for k, v in d["contexts"].items()},
         )
 
 
@@ -601,9 +688,13 @@ def export_device_onnx(policy: DeviceScorerPolicy, path: str | Path) -> Path:
         net.y_std.numpy(),
         _weights_vector(policy.w_energy_per_j, policy.w_bytes_per_mb),
     )
-    if policy.tie_tolerance > 0:
+    if policy.contexts is not None:
+        _add_context_choice(
+            graph, policy.contexts, policy.w_bytes_per_mb, anchor_indices(policy.anchors)
+        )
+    elif policy.tie_tolerance > 0:
         _add_tie_choice(graph, policy.tie_tolerance)
-    if policy.anchor_margin is not None:
+    if policy.contexts is None and policy.anchor_margin is not None:
         _add_anchor_choice(
             graph, policy.anchor_margin, anchor_indices(policy.anchors), policy.tie_tolerance > 0
         )
@@ -613,6 +704,9 @@ def export_device_onnx(policy: DeviceScorerPolicy, path: str | Path) -> Path:
         "tie_tolerance": policy.tie_tolerance,
         "anchor_margin": policy.anchor_margin,
         "anchors": list(policy.anchors),
+        "contexts": None
+        if policy.contexts is None
+        else {k: list(v) for k, v in policy.contexts.items()},
     }
     meta = DeviceModelMeta(
         w_energy_per_j=policy.w_energy_per_j,
@@ -704,6 +798,112 @@ def _add_anchor_choice(
         helper.make_node("Add", [base, "anchor_add"], ["scores"]),
     ]
     graph.node.extend(nodes)
+
+
+def _add_context_choice(
+    graph: onnx.GraphProto,
+    contexts: dict[str, ContextSetting],
+    w_bytes_per_mb: float,
+    anchors: Sequence[int],
+) -> None:
+    """Replace the graph's ``scores`` by the per-context choice of
+    :meth:`DeviceScorerPolicy.scores`: each row's context (:func:`option_contexts`) picks its
+    objective weights, tie tolerance and anchor margin, and :func:`choice_scores`' rules follow
+    with them (the same float64 operations)."""
+    keep = [n for n in graph.node if "score_rows" not in n.output and "scores" not in n.output]
+    del graph.node[:]
+    graph.node.extend(keep)
+    inits = [i for i in graph.initializer if i.name != "objective"]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    cs = [contexts[k] for k in CONTEXTS]
+    obj = np.stack([_weights_vector(w, w_bytes_per_mb) for w, _, _ in cs], axis=1)  # (3, C)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(obj, "ctx_objective"),
+            numpy_helper.from_array(np.array([len(cs)], dtype=np.int64), "ctx_count"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "one_dim"),
+            numpy_helper.from_array(np.array(0, dtype=np.int64), "first_option"),
+            numpy_helper.from_array(np.array(-1, dtype=np.int64), "last_option"),
+            numpy_helper.from_array(
+                np.array([dfeat.OPTION_TIER_COLUMNS.start], dtype=np.int64), "tier_start"
+            ),
+            numpy_helper.from_array(
+                np.array([dfeat.OPTION_TIER_COLUMNS.stop], dtype=np.int64), "tier_stop"
+            ),
+            numpy_helper.from_array(np.array([dfeat.OPTION_RADIO_W], dtype=np.int64), "radio_col"),
+            numpy_helper.from_array(np.array(CELLULAR_MIN_W, dtype=np.float32), "cellular_min_w"),
+            numpy_helper.from_array(np.array(len(CONTEXT_RADIOS), dtype=np.int64), "radios"),
+            numpy_helper.from_array(np.array([2], dtype=np.int64), "ctx_axis"),
+            numpy_helper.from_array(np.array([t for _, t, _ in cs], np.float64), "ctx_tie"),
+            numpy_helper.from_array(np.array([t > 0 for _, t, _ in cs]), "ctx_use_tie"),
+            numpy_helper.from_array(
+                np.array([0.0 if a is None else a for _, _, a in cs], np.float64), "ctx_margin"
+            ),
+            numpy_helper.from_array(np.array([a is not None for _, _, a in cs]), "ctx_anchored"),
+            numpy_helper.from_array(np.array([-1], dtype=np.int64), "tie_axis"),
+            numpy_helper.from_array(np.array(1, dtype=np.int64), "energy_index"),
+            numpy_helper.from_array(np.array(TIE_OUT, dtype=np.float64), "tie_out"),
+            numpy_helper.from_array(np.array(list(anchors), dtype=np.int64), "anchor_index"),
+            numpy_helper.from_array(np.array([0, 1], dtype=np.float32), "anchor_onehot_values"),
+            numpy_helper.from_array(np.array(ANCHOR_BONUS, dtype=np.float64), "anchor_bonus"),
+        ]
+    )
+    mk = helper.make_node
+    graph.node.extend(
+        [
+            # (N, K, C) objectives of every context's weights
+            mk("MatMul", ["pred_rows", "ctx_objective"], ["ctx_rows"]),
+            mk("Concat", ["nk", "ctx_count"], ["nkc"], axis=0),
+            mk("Reshape", ["ctx_rows", "nkc"], ["ctx_scores"]),
+            # each row's context (N, 1): tier flag × 2 + cellular radio
+            mk("Gather", [INPUT_OPTIONS, "first_option"], ["first_vec"], axis=1),
+            mk("Slice", ["first_vec", "tier_start", "tier_stop", "one_dim"], ["tier_flags"]),
+            mk("ArgMax", ["tier_flags"], ["tier"], axis=1, keepdims=1),
+            mk("Gather", [INPUT_OPTIONS, "last_option"], ["last_vec"], axis=1),
+            mk("Gather", ["last_vec", "radio_col"], ["radio_w"], axis=1),
+            mk("GreaterOrEqual", ["radio_w", "cellular_min_w"], ["cellular"]),
+            mk("Cast", ["cellular"], ["cellular_i"], to=TensorProto.INT64),
+            mk("Mul", ["tier", "radios"], ["tier_x"]),
+            mk("Add", ["tier_x", "cellular_i"], ["ctx"]),
+            # the row's context column of the objectives: (N, K)
+            mk("Unsqueeze", ["ctx", "ctx_axis"], ["ctx3"]),
+            mk("Concat", ["nk", "one_dim"], ["nk1"], axis=0),
+            mk("Expand", ["ctx3", "nk1"], ["ctx_k"]),
+            mk("GatherElements", ["ctx_scores", "ctx_k"], ["objective3"], axis=2),
+            mk("Squeeze", ["objective3", "ctx_axis"], ["objective_scores"]),
+            # the row's tie tolerance and anchor margin (N, 1)
+            mk("Gather", ["ctx_tie", "ctx"], ["tie_row"]),
+            mk("Gather", ["ctx_use_tie", "ctx"], ["use_tie_row"]),
+            mk("Gather", ["ctx_margin", "ctx"], ["margin_row"]),
+            mk("Gather", ["ctx_anchored", "ctx"], ["anchored_row"]),
+            # the tie choice where the row's tolerance is > 0
+            mk("ReduceMax", ["objective_scores", "tie_axis"], ["best"], keepdims=1),
+            mk("Sub", ["best", "tie_row"], ["tie_floor"]),
+            mk("GreaterOrEqual", ["objective_scores", "tie_floor"], ["tied"]),
+            mk("Gather", ["predictions", "energy_index"], ["energy"], axis=2),
+            mk("Neg", ["energy"], ["neg_energy"]),
+            mk("Where", ["tied", "neg_energy", "tie_out"], ["tie_scores"]),
+            mk("Where", ["use_tie_row", "tie_scores", "objective_scores"], ["choice_scores"]),
+            # the anchor rule where the row's context has an anchor margin
+            mk("Gather", ["objective_scores", "anchor_index"], ["anchor_objective"], axis=1),
+            mk("Sub", ["best", "margin_row"], ["anchor_floor"]),
+            mk("GreaterOrEqual", ["anchor_objective", "anchor_floor"], ["anchor_within"]),
+            mk("And", ["anchor_within", "anchored_row"], ["anchor_kept"]),
+            mk("Cast", ["anchor_kept"], ["anchor_kept_f"], to=TensorProto.DOUBLE),
+            mk("Shape", ["objective_scores"], ["num_options"], start=1, end=2),
+            mk(
+                "OneHot",
+                ["anchor_index", "num_options", "anchor_onehot_values"],
+                ["anchor_onehot"],
+                axis=-1,
+            ),
+            mk("Cast", ["anchor_onehot"], ["anchor_columns"], to=TensorProto.DOUBLE),
+            mk("MatMul", ["anchor_kept_f", "anchor_columns"], ["anchor_here"]),
+            mk("Mul", ["anchor_here", "anchor_bonus"], ["anchor_add"]),
+            mk("Add", ["choice_scores", "anchor_add"], ["scores"]),
+        ]
+    )
 
 
 def device_spec(profile: DeviceProfile) -> DeviceSpec:

@@ -19,7 +19,8 @@ timed), in one run:
   hidden layers of ``conf/env/offload.yaml`` (``train.hidden``, 64 x 64) with a tie
   tolerance (0.01; the graph is the same for any tolerance > 0) and, where the
   ``select.anchor_margin`` grid has a margin, the anchor rule over ``select.anchors`` (the
-  graph is the same for any margin: the largest graph validation can choose);
+  graph is the same for any margin: the largest graph validation can choose), with a setting
+  per decision context where ``select.per_context`` is on (``device_selector_shipped_contexts``);
   ``device_selector_shipped_hidden`` says which layers were measured,
   ``device_selector_shipped_p99_us_min`` / ``_median`` / ``_max`` the p99 of each round;
 * ``device_fallback_*``: the same call answered by the PieSlicer fallback (no model);
@@ -56,6 +57,7 @@ from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
 from modi.agents.device_scorer import (
+    CONTEXTS,
     DeviceScorerPolicy,
     collect,
     device_spec,
@@ -105,6 +107,12 @@ def shipped_anchor() -> tuple[float | None, tuple[str, ...]]:
     sel = _offload_conf()[1].select
     margins = [float(m) for m in (sel.get("anchor_margin") or []) if m is not None]
     return (max(margins) if margins else None), tuple(sel.get("anchors", ["offload"]))
+
+
+def shipped_per_context() -> bool:
+    """Whether ``modi-train env=offload`` ships a setting per decision context by default
+    (``conf/env/offload.yaml``, ``select.per_context``)."""
+    return bool(_offload_conf()[1].select.get("per_context", False))
 
 
 def _policy_file(out: Path, seed: int = 0) -> Path:
@@ -236,6 +244,9 @@ def run_device_bench(
         shipped = _policy(seed, hidden).with_weights(
             0.0, 0.0, tie_tolerance=0.01, anchor_margin=margin, anchors=anchors
         )
+        per_context = shipped_per_context()
+        if per_context:  # the per-context graph (the same for any settings)
+            shipped = shipped.with_contexts({c: (0.0, 0.01, margin) for c in CONTEXTS})
         shipped_path = export_device_onnx(shipped, Path(tmp) / "device_shipped.onnx")
         sels = {
             "learned": DeviceSelector.load(path, spec),
@@ -301,6 +312,7 @@ def run_device_bench(
     res["device_selector_shipped_p99_us_max"] = max(shipped_rounds)
     res["device_selector_shipped_hidden"] = "x".join(str(h) for h in hidden)
     res["device_selector_shipped_anchors"] = "+".join(anchors) if margin is not None else "off"
+    res["device_selector_shipped_contexts"] = "per_context" if per_context else "off"
     res["device_decisions_timed"] = rounds * n
     res["device_load_average"] = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else -1.0
     res["device_before_same_action"] = round(same / n, 4)

@@ -61,6 +61,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from modi.agents.device_scorer import (
+    CONTEXTS,
     DEFAULT_ANCHORS,
     DeviceScorerError,
     DeviceScorerPolicy,
@@ -68,6 +69,7 @@ from modi.agents.device_scorer import (
     anchor_indices,
     device_spec,
     export_device_onnx,
+    radio_class,
     train_device_scorer,
 )
 from modi.agents.offload_policies import (
@@ -79,7 +81,7 @@ from modi.agents.offload_policies import (
     rollout_offload,
 )
 from modi.envs.catalog import PresetError, load_preset, preset_config
-from modi.envs.devices import DeviceProfile
+from modi.envs.devices import DeviceProfile, radio_profile
 from modi.envs.offload import OffloadError, OffloadSim
 from modi.envs.pools import ModelPool
 from modi.experiments.common import ConfigError, as_float_list, as_int, instantiate_node
@@ -609,6 +611,9 @@ def learned_name(
     return name if anchor_margin is None else f"{name}_a{anchor_margin:g}"
 
 
+#: The validation name of the per-context policy (``env.select.per_context``).
+CONTEXT_POLICY = f"{LEARNED}_contexts"
+
 #: One choice setting of the exported policy: (energy weight, tie tolerance, anchor margin).
 Setting = tuple[float, float, float | None]
 
@@ -647,6 +652,7 @@ def choose_setting(
     settings: Sequence[Setting],
     tol: float,
     units: pd.DataFrame | None = None,
+    names: Mapping[Setting, str] | None = None,
 ) -> tuple[Setting, pd.DataFrame]:
     """The exported policy's (energy weight, tie tolerance, anchor margin), chosen on
     validation: the setting at which the learned policy is ≥ the best rule in effective
@@ -655,12 +661,13 @@ def choose_setting(
     validation ``units`` (per stream), when the paired 95 % intervals say neither "worse"
     nor "more energy" (the test's verdict); ties: higher mean effective accuracy, then the
     smaller weight, tolerance and anchor margin (off first). Returns it and the table of
-    every setting."""
+    every setting. ``names``: the validation name of a setting other than
+    :func:`learned_name`'s."""
     rows = []
     m = val.groupby(["scenario", "sla_ms", "policy"])[["effective_accuracy", "energy_mj"]].mean()
     u = None if units is None else units.set_index(["scenario", "sla_ms", "policy"]).sort_index()
     for w, t, anchor in settings:
-        name = learned_name(w, t, anchor)
+        name = (names or {}).get((w, t, anchor)) or learned_name(w, t, anchor)
         ok = accs = 0.0
         n = 0
         for (scen, sla), rule in best.items():
@@ -697,6 +704,67 @@ def choose_setting(
     top = order.iloc[0]
     a = None if top._a < 0 else float(top._a)
     return (float(top.w_energy_per_j), float(top.tie_tolerance), a), table
+
+
+def scenario_context(sc: Scenario) -> str:
+    """The decision context (:data:`~modi.agents.device_scorer.CONTEXTS`) of a scenario's
+    rows: its tier and the class of the radio it is priced with (what its observations say)."""
+    return f"{sc.profile.tier}/{radio_class(radio_profile(sc.radio).active_mw / 1e3)}"
+
+
+def means_from_units(units: pd.DataFrame) -> pd.DataFrame:
+    """Per-seed mean rows (``choose_setting``'s ``val``) of per-stream validation rows."""
+    keys = ["scenario", "sla_ms", "policy", "seed"]
+    return units.groupby(keys, as_index=False)[["effective_accuracy", "energy_mj"]].mean()
+
+
+def choose_context_settings(
+    val: pd.DataFrame,
+    best: dict[Any, str],
+    settings: Sequence[Setting],
+    tol: float,
+    units: pd.DataFrame | None,
+    context_of: Mapping[str, str],
+    fallback: Setting,
+) -> tuple[dict[str, Setting], pd.DataFrame]:
+    """A setting per decision context, each chosen by :func:`choose_setting` on the points of
+    that context's scenarios (``context_of``: scenario → context); a context without a
+    validation scenario gets ``fallback``. Returns the choice and the table of every
+    (context, setting)."""
+    out: dict[str, Setting] = {}
+    tables = []
+    for ctx in CONTEXTS:
+        sub = {k: v for k, v in best.items() if context_of.get(k[0]) == ctx}
+        if not sub:
+            out[ctx] = fallback
+            continue
+        out[ctx], table = choose_setting(val, sub, settings, tol, units)
+        a = table.anchor_margin.astype(float).fillna(-1.0)
+        want = -1.0 if out[ctx][2] is None else out[ctx][2]
+        tables.append(
+            table.assign(
+                context=ctx,
+                chosen=(table.w_energy_per_j == out[ctx][0])
+                & (table.tie_tolerance == out[ctx][1])
+                & (a == want),
+            )
+        )
+    cols = ["context", "w_energy_per_j", "tie_tolerance", "anchor_margin"]
+    table = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=cols)
+    return out, table[[*cols, *[c for c in table.columns if c not in cols]]]
+
+
+def context_rows(
+    val: pd.DataFrame, choice: Mapping[str, Setting], context_of: Mapping[str, str], name: str
+) -> pd.DataFrame:
+    """The validation rows of the per-context policy, named ``name``: in each scenario, the
+    rows of its context's setting."""
+    parts = [
+        val[(val.scenario == scen) & (val.policy == learned_name(*choice[ctx]))]
+        for scen, ctx in context_of.items()
+        if ctx in choice
+    ]
+    return pd.concat(parts, ignore_index=True).assign(policy=name)
 
 
 def frontier_settings(
@@ -927,6 +995,9 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
     except (DeviceScorerError, TypeError) as e:
         raise ConfigError(f"env.select.{e}") from None
     frontier_seeds = as_int(env.frontier.get("test_seeds", 2), "env.frontier.test_seeds")
+    per_context = sel.get("per_context", False)
+    if not isinstance(per_context, bool):
+        raise ConfigError(f"env.select.per_context: expected true or false, got {per_context!r}")
     per_weight = env.frontier.get("per_weight_setting", False)
     if not isinstance(per_weight, bool):
         raise ConfigError(
@@ -1092,6 +1163,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             log.info("validation: %s tuned", sc.name)
         val_all = pd.DataFrame(val_rec.rows)
         val_all.to_csv(out_dir / "validation.csv", index=False)
+        pd.DataFrame(val_rec.units).to_csv(out_dir / "validation_units.csv", index=False)
         pd.DataFrame(tuned_rows).to_csv(out_dir / "tuned.csv", index=False)
         # the tuned setting's validation rows only
         keep = val_all[
@@ -1118,6 +1190,45 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             t_chosen,
             a_chosen,
         )
+        # a setting per decision context (tier x radio class), chosen on its own points
+        contexts: dict[str, Setting] | None = None
+        if per_context:
+            context_of = {sc.name: scenario_context(sc) for sc in scenarios}
+            chosen = (w_chosen, t_chosen, a_chosen)
+
+            def by_context(sub: pd.DataFrame) -> dict[str, Setting]:
+                return choose_context_settings(
+                    means_from_units(sub), best, settings, tol, sub, context_of, chosen
+                )[0]
+
+            def held_out_points(choice: Mapping[str, Setting], sub: pd.DataFrame) -> int:
+                name = "_contexts"
+                rows = context_rows(sub, choice, context_of, name)
+                both = pd.concat([sub, rows], ignore_index=True)
+                _, t = choose_setting(
+                    means_from_units(both), best, [(0.0, 0.0, None)], tol, both,
+                    names={(0.0, 0.0, None): name},
+                )  # fmt: skip
+                return int(t.points_ge_at_le_energy.iloc[0])
+
+            # a check of the method inside validation: choose on the even streams, count the
+            # points on the odd ones (one setting everywhere and a setting per context)
+            even, odd = vu[vu.stream % 2 == 0], vu[vu.stream % 2 == 1]
+            one_even, _ = choose_setting(means_from_units(even), best, settings, tol, even)
+            ctx_held = {
+                "one setting": held_out_points({c: one_even for c in CONTEXTS}, odd),
+                "per context": held_out_points(by_context(even), odd),
+            }
+            contexts, c_table = choose_context_settings(
+                keep, best, settings, tol, vu, context_of, chosen
+            )
+            c_table.to_csv(out_dir / "contexts.csv", index=False)
+            log.info(
+                "settings per context, validation's odd streams (chosen on the even ones), "
+                "points >= rule at <= energy: %s; chosen: %s",
+                ", ".join(f"{k} {v} of {len(best)}" for k, v in ctx_held.items()),
+                contexts,
+            )
         # the frontier's setting per energy weight: the shipped one at every weight, or (with
         # env.frontier.per_weight_setting) each weight's own, chosen on validation
         front_choice: dict[float, Setting] = {w: (w, t_chosen, a_chosen) for w in weights}
@@ -1164,7 +1275,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         # ---------------------------------------------------------------- export + parity
         policy = policy.with_weights(
             w_chosen, tie_tolerance=t_chosen, anchor_margin=a_chosen, anchors=anchors
-        )
+        ).with_contexts(contexts)
         policy.save(out_dir / "device_policy.pt")
         onnx_path = export_device_onnx(policy, out_dir / "device_policy.onnx")
         par_sims, par_keys = [], []
@@ -1270,8 +1381,18 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         results = aggregate(per_seed, units)
         results.to_csv(out_dir / "results.csv", index=False)
         # the anchor alone beside the learned row, where one rule is the anchor
-        anchor_rule = ANCHOR_RULE if a_chosen is not None and anchors == ("offload",) else None
-        budget = choose_budget_rule(keep, rules, learned_name(w_chosen, t_chosen, a_chosen), tol)
+        margins = [a_chosen] if contexts is None else [c[2] for c in contexts.values()]
+        anchored = any(m is not None for m in margins)
+        anchor_rule = ANCHOR_RULE if anchored and anchors == ("offload",) else None
+        if contexts is None:
+            budget = choose_budget_rule(
+                keep, rules, learned_name(w_chosen, t_chosen, a_chosen), tol
+            )
+        else:  # the per-context policy's validation rows: its context's setting per scenario
+            ctx_val = context_rows(keep, contexts, context_of, CONTEXT_POLICY)
+            budget = choose_budget_rule(
+                pd.concat([keep, ctx_val], ignore_index=True), rules, CONTEXT_POLICY, tol
+            )
         paired = paired_table(units, best, rules, anchor_rule=anchor_rule, budget=budget)
         if len(paired):
             paired.insert(

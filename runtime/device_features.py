@@ -263,6 +263,9 @@ F = len(OPTION_FEATURES)
 NET_COLUMNS = slice(7, 12)
 #: The radio's columns (schema v3; 0 in the local options' vectors).
 RADIO_COLUMNS = slice(23, 25)
+#: The tier flags of an option vector (every option's) and its radio power (offload options').
+OPTION_TIER_COLUMNS = slice(4, 7)
+OPTION_RADIO_W = RADIO_COLUMNS.start
 _MAX_CV = 10.0
 _MAX_Z = 10.0
 _PACK_SHARED = struct.Struct("=12f").pack

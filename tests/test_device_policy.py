@@ -50,12 +50,12 @@ def _device(models: int = 3, tier: str = "mid") -> DeviceProfile:
     )
 
 
-def _sim(num_envs: int = 8, models: int = 3, **kw: Any) -> OffloadSim:
+def _sim(num_envs: int = 8, models: int = 3, tier: str = "mid", **kw: Any) -> OffloadSim:
     link = LinkModel(40.0, 10.0, 30.0, 0.3, 0.5, 0.5, correlation_ms=3000.0, name="var")
     pool = ModelPool("srv", (ModelSpec("s", 0.6, 10.0, 2.0), ModelSpec("l", 0.8, 60.0, 8.0)))
     args: dict[str, Any] = {"sla_range_ms": (150.0, 2000.0)}
     args.update(kw)
-    return OffloadSim(_device(models), link, pool, num_envs=num_envs, **args)
+    return OffloadSim(_device(models, tier), link, pool, num_envs=num_envs, **args)
 
 
 @pytest.fixture(scope="module")

@@ -194,6 +194,8 @@ def test_device_bench_times_the_references_and_decides_like_before() -> None:
     margins = [m for m in cfg.env.select.anchor_margin if m is not None]
     anchors = "+".join(cfg.env.select.anchors) if margins else "off"
     assert res["device_selector_shipped_anchors"] == anchors
+    per_context = "per_context" if cfg.env.select.get("per_context", False) else "off"
+    assert res["device_selector_shipped_contexts"] == per_context
     assert res["device_decisions_timed"] == 800
     assert res["device_before_same_action"] == 1.0
 
@@ -285,3 +287,77 @@ def test_a_file_with_other_dimension_names_decides_the_same(
         da, db = a.decide(*args), b.decide(*args)
         assert da.source == db.source == "learned"
         assert da.action == db.action and da.scores == db.scores
+
+
+#: A setting per decision context that exercises every branch of the per-context graph.
+_CONTEXT_TABLE = {
+    "low/wifi": (0.0, 0.0, None),
+    "low/cellular": (0.01, 0.01, 0.05),
+    "mid/wifi": (0.1, 0.003, None),
+    "mid/cellular": (0.0, 0.0, 0.02),
+    "high/wifi": (0.03, 0.01, 0.1),
+    "high/cellular": (1.0, 0.0, None),
+}
+
+
+@pytest.mark.parametrize(("tier", "radio"), [("low", "wifi"), ("mid", "lte"), ("high", "3g")])
+def test_per_context_policy_decides_like_its_onnx_through_the_selector(
+    policy_file: tuple[DeviceScorerPolicy, Path], tmp_path: Path, tier: str, radio: str
+) -> None:
+    """A setting per decision context (tier × radio class): the exported graph picks each
+    decision's setting from its option vectors as the trained policy does, through the
+    runtime's fast path (2,000 env observations of a device of that tier on that radio)."""
+    from modi.agents.device_scorer import ServedDevicePolicy, option_contexts
+
+    base, _ = policy_file
+    pol = base.with_contexts(_CONTEXT_TABLE)
+    path = export_device_onnx(pol, tmp_path / "device.onnx")
+    device = _device(3, tier=tier)
+    served = ServedDevicePolicy(path, device_spec(device))
+    sim = _sim(20, tier=tier, radio=radio)
+    obs = sim.reset(5)
+    want = ("low", "mid", "high").index(tier) * 2 + (radio != "wifi")
+    assert (option_contexts(dfeat.option_features(obs)) == want).all()
+    same = total = 0
+    for _ in range(100):
+        a = pol.select(obs)
+        b = served.select(obs)
+        same += int((a == b).all(axis=1).sum())
+        total += len(a)
+        sim.step(a)
+        obs = sim.obs
+    assert served.fallbacks == 0, served.reasons
+    assert same == total == 2_000
+    # ... and in that context it is the policy of that context's setting alone
+    w, t, m = _CONTEXT_TABLE[
+        ("low", "mid", "high")[want // 2] + "/" + ("wifi", "cellular")[want % 2]
+    ]
+    alone = base.with_weights(w, tie_tolerance=t, anchor_margin=m)
+    np.testing.assert_array_equal(pol.scores(obs), alone.scores(obs))
+
+
+def test_per_context_settings_are_checked_and_saved(
+    policy_file: tuple[DeviceScorerPolicy, Path], tmp_path: Path
+) -> None:
+    """A missing context or a bad value is refused naming it; the settings survive save/load
+    and are named in the export's metadata; ``with_weights`` drops them (one setting)."""
+    import json
+
+    from modi.agents.device_scorer import DeviceScorerError
+    from modi.runtime.device_meta import PREFIX
+
+    base, _ = policy_file
+    with pytest.raises(DeviceScorerError, match="contexts: expected a setting for each"):
+        base.with_contexts({"low/wifi": (0.0, 0.0, None)})
+    with pytest.raises(DeviceScorerError, match="tie_tolerance"):
+        base.with_contexts(_CONTEXT_TABLE | {"mid/wifi": (0.0, -1.0, None)})
+    with pytest.raises(DeviceScorerError, match=r"contexts\['high/wifi'\]"):
+        base.with_contexts(_CONTEXT_TABLE | {"high/wifi": (0.0, 0.0)})
+    pol = base.with_contexts(_CONTEXT_TABLE)
+    again = DeviceScorerPolicy.load(pol.save(tmp_path / "p.pt"))
+    assert again.contexts == pol.contexts
+    assert pol.with_weights(0.01).contexts is None
+    path = export_device_onnx(pol, tmp_path / "device.onnx")
+    props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    saved = json.loads(props[PREFIX + "trained_on"])["contexts"]
+    assert {k: tuple(v) for k, v in saved.items()} == pol.contexts

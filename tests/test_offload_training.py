@@ -240,6 +240,7 @@ def test_every_network_is_priced_with_its_radio_or_named_in_a_warning(
         ("splits.val.seeds=[0]", "train and val"),
         ("env.eval.rules=[static_local,magic]", "unknown policies"),
         ("env.frontier.per_weight_setting=maybe", "per_weight_setting"),
+        ("env.select.per_context=maybe", "env.select.per_context"),
     ],
 )
 def test_bad_input_is_named_before_training(tmp_path: Path, override: str, match: str) -> None:
@@ -598,3 +599,53 @@ def test_per_weight_frontier_run_uses_each_weights_validation_choice(
     margins = {m for m in pd.read_csv(out / "weights.csv").anchor_margin if not pd.isna(m)}
     front_margins = {m for m in table.anchor_margin if not pd.isna(m)}
     assert margins == {0.05} and front_margins == {0.05, 0.3, 0.5, 1.0}
+
+
+def test_each_context_gets_the_setting_that_wins_its_own_points() -> None:
+    """``choose_context_settings``: each decision context chooses on its scenarios' points
+    alone (here two settings, each better in one context); a context without a validation
+    scenario gets the fallback; ``context_rows`` assembles the per-context policy's rows."""
+    from modi.agents.device_scorer import CONTEXTS
+    from modi.experiments.train_offload import choose_context_settings, context_rows
+
+    rows = []
+    for scen, good in (("mid_wifi", "learned_w0"), ("mid_lte", "learned_w0.1")):
+        rows += [
+            (scen, 500.0, "rule", 0.80, 500.0),
+            (scen, 500.0, "learned_w0", 0.81 if good == "learned_w0" else 0.70, 400.0),
+            (scen, 500.0, "learned_w0.1", 0.81 if good == "learned_w0.1" else 0.70, 400.0),
+        ]
+    val = pd.DataFrame(rows, columns=["scenario", "sla_ms", "policy", "effective_accuracy",
+                                      "energy_mj"])  # fmt: skip
+    best = choose_best_rule(val, ["rule"], 0.0005)
+    context_of = {"mid_wifi": "mid/wifi", "mid_lte": "mid/cellular"}
+    fallback = (0.03, 0.0, None)
+    settings = [(0.0, 0.0, None), (0.1, 0.0, None)]
+    choice, table = choose_context_settings(val, best, settings, 0.0005, None, context_of, fallback)
+    assert choice["mid/wifi"] == (0.0, 0.0, None)
+    assert choice["mid/cellular"] == (0.1, 0.0, None)
+    assert all(choice[c] == fallback for c in CONTEXTS if c not in context_of.values())
+    assert set(table.context) == {"mid/wifi", "mid/cellular"}
+    assert table.groupby("context").chosen.sum().eq(1).all()
+    policy_rows = context_rows(val, choice, context_of, "learned_contexts")
+    assert list(policy_rows.effective_accuracy) == [0.81, 0.81]
+    assert set(policy_rows.policy) == {"learned_contexts"}
+
+
+def test_tiny_run_ships_a_setting_per_context(tiny_run: tuple[dict[str, float], Path]) -> None:
+    """With ``env.select.per_context`` (the default) the exported policy carries the setting
+    ``contexts.csv`` chose for each context its scenarios are in, and the one setting of
+    ``weights.csv`` in the others."""
+    from modi.agents.device_scorer import DeviceScorerPolicy
+
+    metrics, out = tiny_run
+    table = pd.read_csv(out / "contexts.csv")
+    assert set(table.context) == {"mid/wifi", "mid/cellular"}  # link_wifi, lte_tmobile
+    pol = DeviceScorerPolicy.load(out / "device_policy.pt")
+    assert pol.contexts is not None
+    for r in table[table.chosen].itertuples():
+        margin = None if pd.isna(r.anchor_margin) else r.anchor_margin
+        assert pol.contexts[r.context] == (r.w_energy_per_j, r.tie_tolerance, margin)
+    a = None if np.isnan(metrics["anchor_margin"]) else metrics["anchor_margin"]
+    one = (metrics["w_energy_per_j"], metrics["tie_tolerance"], a)
+    assert pol.contexts["low/wifi"] == pol.contexts["high/cellular"] == one
