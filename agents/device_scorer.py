@@ -157,11 +157,11 @@ def radio_class(active_w: float) -> str:
 
 
 def option_contexts(options: NDArray[np.floating]) -> NDArray[np.intp]:
-    """The context index (:data:`CONTEXTS`) of each row of option vectors ``(N, K, F)``: its
-    tier flag (the first option's) and the radio power of its last (offload) option."""
-    x = np.asarray(options)
-    tier = x[:, 0, dfeat.OPTION_TIER_COLUMNS].argmax(axis=1)
-    cell = x[:, -1, dfeat.OPTION_RADIO_W] >= CELLULAR_MIN_W
+    """The context index (:data:`CONTEXTS`) of each row of option vectors ``(N, K, F)``: the
+    tier flag and the radio power of its last option (an offload option, which has both)."""
+    x = np.asarray(options)[:, -1]
+    tier = x[:, dfeat.OPTION_TIER_COLUMNS].argmax(axis=1)
+    cell = x[:, dfeat.OPTION_RADIO_W] >= CELLULAR_MIN_W
     return np.asarray(tier * 2 + cell, dtype=np.intp)
 
 
@@ -809,7 +809,8 @@ def _add_context_choice(
     """Replace the graph's ``scores`` by the per-context choice of
     :meth:`DeviceScorerPolicy.scores`: each row's context (:func:`option_contexts`) picks its
     objective weights, tie tolerance and anchor margin, and :func:`choice_scores`' rules follow
-    with them (the same float64 operations)."""
+    with them (the same float64 operations; a context without an anchor gets a margin no
+    objective reaches). Few nodes: at batch 1 each costs the phone about half a microsecond."""
     keep = [n for n in graph.node if "score_rows" not in n.output and "scores" not in n.output]
     del graph.node[:]
     graph.node.extend(keep)
@@ -817,13 +818,11 @@ def _add_context_choice(
     del graph.initializer[:]
     graph.initializer.extend(inits)
     cs = [contexts[k] for k in CONTEXTS]
-    obj = np.stack([_weights_vector(w, w_bytes_per_mb) for w, _, _ in cs], axis=1)  # (3, C)
+    obj = np.stack([_weights_vector(w, w_bytes_per_mb) for w, _, _ in cs])[:, None, :]  # (C,1,3)
+    no_anchor = -1e300  # best - (-1e300) is beyond every objective: the anchor is never kept
     graph.initializer.extend(
         [
             numpy_helper.from_array(obj, "ctx_objective"),
-            numpy_helper.from_array(np.array([len(cs)], dtype=np.int64), "ctx_count"),
-            numpy_helper.from_array(np.array([1], dtype=np.int64), "one_dim"),
-            numpy_helper.from_array(np.array(0, dtype=np.int64), "first_option"),
             numpy_helper.from_array(np.array(-1, dtype=np.int64), "last_option"),
             numpy_helper.from_array(
                 np.array([dfeat.OPTION_TIER_COLUMNS.start], dtype=np.int64), "tier_start"
@@ -831,16 +830,17 @@ def _add_context_choice(
             numpy_helper.from_array(
                 np.array([dfeat.OPTION_TIER_COLUMNS.stop], dtype=np.int64), "tier_stop"
             ),
-            numpy_helper.from_array(np.array([dfeat.OPTION_RADIO_W], dtype=np.int64), "radio_col"),
-            numpy_helper.from_array(np.array(CELLULAR_MIN_W, dtype=np.float32), "cellular_min_w"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "feature_axis"),
             numpy_helper.from_array(np.array(len(CONTEXT_RADIOS), dtype=np.int64), "radios"),
+            numpy_helper.from_array(np.array(dfeat.OPTION_RADIO_W, dtype=np.int64), "radio_col"),
+            numpy_helper.from_array(np.array(CELLULAR_MIN_W, dtype=np.float32), "cellular_min_w"),
             numpy_helper.from_array(np.array([2], dtype=np.int64), "ctx_axis"),
-            numpy_helper.from_array(np.array([t for _, t, _ in cs], np.float64), "ctx_tie"),
-            numpy_helper.from_array(np.array([t > 0 for _, t, _ in cs]), "ctx_use_tie"),
+            numpy_helper.from_array(np.array([[t] for _, t, _ in cs], np.float64), "ctx_tie"),
+            numpy_helper.from_array(np.array([[t > 0] for _, t, _ in cs]), "ctx_use_tie"),
             numpy_helper.from_array(
-                np.array([0.0 if a is None else a for _, _, a in cs], np.float64), "ctx_margin"
+                np.array([[no_anchor if a is None else a] for _, _, a in cs], np.float64),
+                "ctx_margin",
             ),
-            numpy_helper.from_array(np.array([a is not None for _, _, a in cs]), "ctx_anchored"),
             numpy_helper.from_array(np.array([-1], dtype=np.int64), "tie_axis"),
             numpy_helper.from_array(np.array(1, dtype=np.int64), "energy_index"),
             numpy_helper.from_array(np.array(TIE_OUT, dtype=np.float64), "tie_out"),
@@ -852,31 +852,23 @@ def _add_context_choice(
     mk = helper.make_node
     graph.node.extend(
         [
-            # (N, K, C) objectives of every context's weights
-            mk("MatMul", ["pred_rows", "ctx_objective"], ["ctx_rows"]),
-            mk("Concat", ["nk", "ctx_count"], ["nkc"], axis=0),
-            mk("Reshape", ["ctx_rows", "nkc"], ["ctx_scores"]),
-            # each row's context (N, 1): tier flag × 2 + cellular radio
-            mk("Gather", [INPUT_OPTIONS, "first_option"], ["first_vec"], axis=1),
-            mk("Slice", ["first_vec", "tier_start", "tier_stop", "one_dim"], ["tier_flags"]),
-            mk("ArgMax", ["tier_flags"], ["tier"], axis=1, keepdims=1),
+            # each row's context (N,): its tier flag's index × 2 + cellular radio
             mk("Gather", [INPUT_OPTIONS, "last_option"], ["last_vec"], axis=1),
+            mk("Slice", ["last_vec", "tier_start", "tier_stop", "feature_axis"], ["tier_flags"]),
+            mk("ArgMax", ["tier_flags"], ["tier"], axis=1, keepdims=0),
+            mk("Mul", ["tier", "radios"], ["tier_x"]),
             mk("Gather", ["last_vec", "radio_col"], ["radio_w"], axis=1),
             mk("GreaterOrEqual", ["radio_w", "cellular_min_w"], ["cellular"]),
             mk("Cast", ["cellular"], ["cellular_i"], to=TensorProto.INT64),
-            mk("Mul", ["tier", "radios"], ["tier_x"]),
             mk("Add", ["tier_x", "cellular_i"], ["ctx"]),
-            # the row's context column of the objectives: (N, K)
-            mk("Unsqueeze", ["ctx", "ctx_axis"], ["ctx3"]),
-            mk("Concat", ["nk", "one_dim"], ["nk1"], axis=0),
-            mk("Expand", ["ctx3", "nk1"], ["ctx_k"]),
-            mk("GatherElements", ["ctx_scores", "ctx_k"], ["objective3"], axis=2),
-            mk("Squeeze", ["objective3", "ctx_axis"], ["objective_scores"]),
+            # the row's objective (N, K): predictions (N, K, 3) · its weights (N, 1, 3)
+            mk("Gather", ["ctx_objective", "ctx"], ["objective_row"]),
+            mk("Mul", ["predictions", "objective_row"], ["objective_terms"]),
+            mk("ReduceSum", ["objective_terms", "ctx_axis"], ["objective_scores"], keepdims=0),
             # the row's tie tolerance and anchor margin (N, 1)
             mk("Gather", ["ctx_tie", "ctx"], ["tie_row"]),
             mk("Gather", ["ctx_use_tie", "ctx"], ["use_tie_row"]),
             mk("Gather", ["ctx_margin", "ctx"], ["margin_row"]),
-            mk("Gather", ["ctx_anchored", "ctx"], ["anchored_row"]),
             # the tie choice where the row's tolerance is > 0
             mk("ReduceMax", ["objective_scores", "tie_axis"], ["best"], keepdims=1),
             mk("Sub", ["best", "tie_row"], ["tie_floor"]),
@@ -885,11 +877,10 @@ def _add_context_choice(
             mk("Neg", ["energy"], ["neg_energy"]),
             mk("Where", ["tied", "neg_energy", "tie_out"], ["tie_scores"]),
             mk("Where", ["use_tie_row", "tie_scores", "objective_scores"], ["choice_scores"]),
-            # the anchor rule where the row's context has an anchor margin
+            # the anchor rule (never kept where the row's context has no anchor margin)
             mk("Gather", ["objective_scores", "anchor_index"], ["anchor_objective"], axis=1),
             mk("Sub", ["best", "margin_row"], ["anchor_floor"]),
-            mk("GreaterOrEqual", ["anchor_objective", "anchor_floor"], ["anchor_within"]),
-            mk("And", ["anchor_within", "anchored_row"], ["anchor_kept"]),
+            mk("GreaterOrEqual", ["anchor_objective", "anchor_floor"], ["anchor_kept"]),
             mk("Cast", ["anchor_kept"], ["anchor_kept_f"], to=TensorProto.DOUBLE),
             mk("Shape", ["objective_scores"], ["num_options"], start=1, end=2),
             mk(
