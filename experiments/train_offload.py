@@ -1192,6 +1192,7 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
         )
         # a setting per decision context (tier x radio class), chosen on its own points
         contexts: dict[str, Setting] | None = None
+        ctx_held: dict[str, int] = {}
         if per_context:
             context_of = {sc.name: scenario_context(sc) for sc in scenarios}
             chosen = (w_chosen, t_chosen, a_chosen)
@@ -1455,6 +1456,9 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             "frontier_points": float(len(lf)),
             "mean_diff_vs_best_rule": float(paired["diff"].mean()) if len(paired) else math.nan,
         }
+        if ctx_held:  # the per-context choice's check inside validation (odd streams)
+            metrics["val_held_out_points_one_setting"] = float(ctx_held["one setting"])
+            metrics["val_held_out_points_per_context"] = float(ctx_held["per context"])
         # where the choice matters: points with a PieSlicer gap to each device ceiling, and
         # those whose gap the learned policy closes by at least half
         for key, name in (("pieslicer_gap_closed", "oracle"),
