@@ -632,13 +632,20 @@ def test_each_context_gets_the_setting_that_wins_its_own_points() -> None:
     assert set(policy_rows.policy) == {"learned_contexts"}
 
 
-def test_tiny_run_ships_a_setting_per_context(tiny_run: tuple[dict[str, float], Path]) -> None:
-    """With ``env.select.per_context`` (the default) the exported policy carries the setting
-    ``contexts.csv`` chose for each context its scenarios are in, and the one setting of
-    ``weights.csv`` in the others."""
+def test_tiny_run_ships_a_setting_per_context(
+    tiny_run: tuple[dict[str, float], Path], tmp_path: Path
+) -> None:
+    """With ``env.select.per_context`` the exported policy carries the setting ``contexts.csv``
+    chose for each context its scenarios are in, and the one setting of ``weights.csv`` in the
+    others; without it (the default) one setting everywhere."""
     from modi.agents.device_scorer import DeviceScorerPolicy
 
-    metrics, out = tiny_run
+    assert DeviceScorerPolicy.load(tiny_run[1] / "device_policy.pt").contexts is None
+    assert not (tiny_run[1] / "contexts.csv").exists()
+    out = tmp_path
+    metrics = run_offload_training(
+        _cfg("env.select.per_context=true", "env.frontier.per_weight_setting=false"), out
+    )
     table = pd.read_csv(out / "contexts.csv")
     assert set(table.context) == {"mid/wifi", "mid/cellular"}  # link_wifi, lte_tmobile
     pol = DeviceScorerPolicy.load(out / "device_policy.pt")
