@@ -30,9 +30,11 @@ Writes into the run folder:
   ``n_seeds``, ``n_units`` and the 95 % intervals of effective accuracy, attainment and energy
   (``*_lo``, ``*_hi``); the learned row is ``policy = learned`` (served through
   ``DeviceSelector``, ``fallback_rate``: decisions that fell back to PieSlicer);
-* ``results_per_seed.csv``, ``units.csv`` (per stream), ``validation.csv`` (every grid point),
-  ``tuned.csv`` (the setting kept per scenario × rule), ``weights.csv`` (the choice of the
-  energy weight and tie tolerance on validation);
+* ``results_per_seed.csv``, ``units.csv`` (per stream), ``validation.csv`` (every grid point)
+  and ``validation_units.csv`` (its per-stream rows), ``tuned.csv`` (the setting kept per
+  scenario × rule), ``weights.csv`` (the choice of the energy weight, tie tolerance and anchor
+  margin on validation), ``contexts.csv`` (with ``env.select.per_context``: the same choice per
+  decision context);
 * ``paired.csv`` — per scenario × SLA: the best tuned rule (chosen on validation) against the
   learned policy, paired 95 % intervals of the accuracy and energy differences, verdicts, the
   ceilings, and the gaps closed (PieSlicer's gap to the device oracle);
