@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -227,6 +228,22 @@ def test_scalar_fold_is_the_env_fold_bit_for_bit() -> None:
         assert [v.hex() for v in got] == [float(v).hex() for v in ref]
 
 
+def _agreement(
+    pol: DeviceScorerPolicy, served: Any, sim: Any, obs: np.ndarray, steps: int
+) -> tuple[int, int, np.ndarray]:
+    """Step ``sim`` with ``pol``'s actions; how many of ``served``'s equal them, of how many,
+    and the last observation."""
+    same = total = 0
+    for _ in range(steps):
+        a = pol.select(obs)
+        b = served.select(obs)
+        same += int((a == b).all(axis=1).sum())
+        total += len(a)
+        sim.step(a)
+        obs = sim.obs
+    return same, total, obs
+
+
 @pytest.mark.parametrize(
     ("tie_tolerance", "anchor_margin"), [(0.0, None), (0.01, None), (0.01, 0.05), (0.0, 0.02)]
 )
@@ -250,15 +267,7 @@ def test_selector_decides_like_the_trained_policy_on_10000_env_observations(
     served = ServedDevicePolicy(path, device_spec(_device(3)))
     assert served.selector._run_bound is not None  # the bound onnxruntime call is in use
     sim = _sim(50)
-    obs = sim.reset(13)
-    same = total = 0
-    for _ in range(200):
-        a = pol.select(obs)
-        b = served.select(obs)
-        same += int((a == b).all(axis=1).sum())
-        total += len(a)
-        sim.step(a)
-        obs = sim.obs
+    same, total, _ = _agreement(pol, served, sim, sim.reset(13), 200)
     assert total == 10_000
     assert served.selector._fast  # the decisions took the batch-1 fast path
     assert served.fallbacks == 0, served.reasons
@@ -318,14 +327,7 @@ def test_per_context_policy_decides_like_its_onnx_through_the_selector(
     obs = sim.reset(5)
     want = ("low", "mid", "high").index(tier) * 2 + (radio != "wifi")
     assert (option_contexts(dfeat.option_features(obs)) == want).all()
-    same = total = 0
-    for _ in range(100):
-        a = pol.select(obs)
-        b = served.select(obs)
-        same += int((a == b).all(axis=1).sum())
-        total += len(a)
-        sim.step(a)
-        obs = sim.obs
+    same, total, obs = _agreement(pol, served, sim, obs, 100)
     assert served.fallbacks == 0, served.reasons
     assert same == total == 2_000
     # ... and in that context it is the policy of that context's setting alone
@@ -352,7 +354,8 @@ def test_per_context_settings_are_checked_and_saved(
     with pytest.raises(DeviceScorerError, match="tie_tolerance"):
         base.with_contexts(_CONTEXT_TABLE | {"mid/wifi": (0.0, -1.0, None)})
     with pytest.raises(DeviceScorerError, match=r"contexts\['high/wifi'\]"):
-        base.with_contexts(_CONTEXT_TABLE | {"high/wifi": (0.0, 0.0)})
+        short: Any = (0.0, 0.0)  # a setting without its anchor margin
+        base.with_contexts(_CONTEXT_TABLE | {"high/wifi": short})
     pol = base.with_contexts(_CONTEXT_TABLE)
     again = DeviceScorerPolicy.load(pol.save(tmp_path / "p.pt"))
     assert again.contexts == pol.contexts
