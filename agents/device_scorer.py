@@ -28,6 +28,7 @@ feature in its metadata (:mod:`modi.agents.device_onnx_meta` keys).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -305,10 +306,7 @@ class DeviceScorerPolicy:
     def with_contexts(self, contexts: dict[str, ContextSetting] | None) -> DeviceScorerPolicy:
         """The same policy with a setting per decision context (:data:`CONTEXTS`; ``None``:
         none); the policy's own setting stays what it reports as its weights."""
-        out = self.with_weights(self.w_energy_per_j)
-        out.contexts = None if contexts is None else dict(contexts)
-        out.__post_init__()
-        return out
+        return dataclasses.replace(self, contexts=None if contexts is None else dict(contexts))
 
     def predict(self, options: NDArray[np.float32]) -> NDArray[np.float64]:
         """Predicted (accuracy, energy J, MB sent) of option vectors ``(..., F)`` (float32
@@ -723,65 +721,54 @@ def export_device_onnx(policy: DeviceScorerPolicy, path: str | Path) -> Path:
     return path
 
 
-def _add_tie_choice(graph: onnx.GraphProto, tol: float) -> None:
-    """Turn the graph's ``scores`` into :func:`choice_scores` with tolerance ``tol``: the
-    objective's output is renamed and the ε-lexicographic choice appended (the same float64
-    operations as the trained policy)."""
+def _rename_scores(graph: onnx.GraphProto, name: str) -> None:
+    """Rename the graph's ``scores`` output (its node's) to ``name``: a choice rule follows."""
     for node in graph.node:
-        for i, name in enumerate(node.output):
-            if name == "scores":
-                node.output[i] = "objective_scores"
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(np.array([-1], dtype=np.int64), "tie_axis"),
-            numpy_helper.from_array(np.array(float(tol), dtype=np.float64), "tie_tolerance"),
-            numpy_helper.from_array(np.array(1, dtype=np.int64), "energy_index"),
-            numpy_helper.from_array(np.array(TIE_OUT, dtype=np.float64), "tie_out"),
-        ]
-    )
-    graph.node.extend(
-        [
-            helper.make_node("ReduceMax", ["objective_scores", "tie_axis"], ["best"], keepdims=1),
-            helper.make_node("Sub", ["best", "tie_tolerance"], ["tie_floor"]),
-            helper.make_node("GreaterOrEqual", ["objective_scores", "tie_floor"], ["tied"]),
-            helper.make_node("Gather", ["predictions", "energy_index"], ["energy"], axis=2),
-            helper.make_node("Neg", ["energy"], ["neg_energy"]),
-            helper.make_node("Where", ["tied", "neg_energy", "tie_out"], ["scores"]),
-        ]
-    )
+        for i, out in enumerate(node.output):
+            if out == "scores":
+                node.output[i] = name
 
 
-def _add_anchor_choice(
-    graph: onnx.GraphProto, margin: float, anchors: Sequence[int], tie: bool
-) -> None:
-    """Append :func:`choice_scores`' anchor rule to the graph's ``scores``: the anchor columns
-    (fixed indices from the end, whatever the number of local models) whose objective is
-    within ``margin`` of the best score ``ANCHOR_BONUS`` more (the same float64 operations as
-    the trained policy)."""
-    objective = "objective_scores" if tie else "objective_scores_a"
-    base = "choice_scores" if tie else objective
-    for node in graph.node:
-        for i, name in enumerate(node.output):
-            if name == "scores":
-                node.output[i] = base
-    graph.initializer.extend(
-        [
-            numpy_helper.from_array(np.array(list(anchors), dtype=np.int64), "anchor_index"),
-            numpy_helper.from_array(np.array(float(margin), dtype=np.float64), "anchor_margin"),
-            numpy_helper.from_array(np.array([0, 1], dtype=np.float32), "anchor_onehot_values"),
-            numpy_helper.from_array(np.array(ANCHOR_BONUS, dtype=np.float64), "anchor_bonus"),
-        ]
-    )
+def _tie_nodes(tolerance: str, out: str) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+    """:func:`choice_scores`' ε-lexicographic choice from ``objective_scores`` (N, K) and
+    ``predictions`` with the tolerance tensor ``tolerance`` (a scalar or one per row) into
+    ``out``; it also computes ``best``, the row's best objective (N, 1)."""
+    inits = [
+        numpy_helper.from_array(np.array([-1], dtype=np.int64), "tie_axis"),
+        numpy_helper.from_array(np.array(1, dtype=np.int64), "energy_index"),
+        numpy_helper.from_array(np.array(TIE_OUT, dtype=np.float64), "tie_out"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMax", ["objective_scores", "tie_axis"], ["best"], keepdims=1),
+        helper.make_node("Sub", ["best", tolerance], ["tie_floor"]),
+        helper.make_node("GreaterOrEqual", ["objective_scores", "tie_floor"], ["tied"]),
+        helper.make_node("Gather", ["predictions", "energy_index"], ["energy"], axis=2),
+        helper.make_node("Neg", ["energy"], ["neg_energy"]),
+        helper.make_node("Where", ["tied", "neg_energy", "tie_out"], [out]),
+    ]
+    return inits, nodes
+
+
+def _anchor_nodes(
+    objective: str, base: str, margin: str, anchors: Sequence[int], have_best: bool
+) -> tuple[list[onnx.TensorProto], list[onnx.NodeProto]]:
+    """:func:`choice_scores`' anchor rule: ``scores`` = ``base`` + ``ANCHOR_BONUS`` at the anchor
+    columns (fixed indices from the end, whatever the number of local models) whose
+    ``objective`` is within the margin tensor ``margin`` (a scalar or one per row) of the best
+    (``best``, computed here unless ``have_best``)."""
+    inits = [
+        numpy_helper.from_array(np.array(list(anchors), dtype=np.int64), "anchor_index"),
+        numpy_helper.from_array(np.array([0, 1], dtype=np.float32), "anchor_onehot_values"),
+        numpy_helper.from_array(np.array(ANCHOR_BONUS, dtype=np.float64), "anchor_bonus"),
+    ]
     nodes = []
-    if not tie:
-        graph.initializer.append(
-            numpy_helper.from_array(np.array([-1], dtype=np.int64), "tie_axis")
-        )
+    if not have_best:
+        inits.append(numpy_helper.from_array(np.array([-1], dtype=np.int64), "tie_axis"))
         nodes.append(helper.make_node("ReduceMax", [objective, "tie_axis"], ["best"], keepdims=1))
     nodes += [
         # (N, A) objectives of the anchors, kept where within the margin of the best
         helper.make_node("Gather", [objective, "anchor_index"], ["anchor_objective"], axis=1),
-        helper.make_node("Sub", ["best", "anchor_margin"], ["anchor_floor"]),
+        helper.make_node("Sub", ["best", margin], ["anchor_floor"]),
         helper.make_node("GreaterOrEqual", ["anchor_objective", "anchor_floor"], ["anchor_kept"]),
         helper.make_node("Cast", ["anchor_kept"], ["anchor_kept_f"], to=TensorProto.DOUBLE),
         # (A, K) one-hot columns of the anchors: (N, A) @ (A, K) scatters the kept ones
@@ -797,6 +784,36 @@ def _add_anchor_choice(
         helper.make_node("Mul", ["anchor_here", "anchor_bonus"], ["anchor_add"]),
         helper.make_node("Add", [base, "anchor_add"], ["scores"]),
     ]
+    return inits, nodes
+
+
+def _add_tie_choice(graph: onnx.GraphProto, tol: float) -> None:
+    """Turn the graph's ``scores`` into :func:`choice_scores` with tolerance ``tol``: the
+    objective's output is renamed and the ε-lexicographic choice appended (the same float64
+    operations as the trained policy)."""
+    _rename_scores(graph, "objective_scores")
+    inits, nodes = _tie_nodes("tie_tolerance", "scores")
+    graph.initializer.extend(
+        [numpy_helper.from_array(np.array(float(tol), dtype=np.float64), "tie_tolerance"), *inits]
+    )
+    graph.node.extend(nodes)
+
+
+def _add_anchor_choice(
+    graph: onnx.GraphProto, margin: float, anchors: Sequence[int], tie: bool
+) -> None:
+    """Append :func:`choice_scores`' anchor rule with ``margin`` to the graph's ``scores`` (the
+    same float64 operations as the trained policy)."""
+    objective = "objective_scores" if tie else "objective_scores_a"
+    base = "choice_scores" if tie else objective
+    _rename_scores(graph, base)
+    inits, nodes = _anchor_nodes(objective, base, "anchor_margin", anchors, have_best=tie)
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(float(margin), dtype=np.float64), "anchor_margin"),
+            *inits,
+        ]
+    )
     graph.node.extend(nodes)
 
 
@@ -809,8 +826,8 @@ def _add_context_choice(
     """Replace the graph's ``scores`` by the per-context choice of
     :meth:`DeviceScorerPolicy.scores`: each row's context (:func:`option_contexts`) picks its
     objective weights, tie tolerance and anchor margin, and :func:`choice_scores`' rules follow
-    with them (the same float64 operations; a context without an anchor gets a margin no
-    objective reaches). Few nodes: at batch 1 each costs the phone about half a microsecond."""
+    with them (the nodes of :func:`_tie_nodes` and :func:`_anchor_nodes` with a value per row;
+    a context without an anchor gets a margin no objective reaches)."""
     keep = [n for n in graph.node if "score_rows" not in n.output and "scores" not in n.output]
     del graph.node[:]
     graph.node.extend(keep)
@@ -820,6 +837,10 @@ def _add_context_choice(
     cs = [contexts[k] for k in CONTEXTS]
     obj = np.stack([_weights_vector(w, w_bytes_per_mb) for w, _, _ in cs])[:, None, :]  # (C,1,3)
     no_anchor = -1e300  # best - (-1e300) is beyond every objective: the anchor is never kept
+    tie_inits, tie_nodes = _tie_nodes("tie_row", "tie_scores")
+    anchor_inits, anchor_nodes = _anchor_nodes(
+        "objective_scores", "choice_scores", "margin_row", anchors, have_best=True
+    )
     graph.initializer.extend(
         [
             numpy_helper.from_array(obj, "ctx_objective"),
@@ -841,12 +862,8 @@ def _add_context_choice(
                 np.array([[no_anchor if a is None else a] for _, _, a in cs], np.float64),
                 "ctx_margin",
             ),
-            numpy_helper.from_array(np.array([-1], dtype=np.int64), "tie_axis"),
-            numpy_helper.from_array(np.array(1, dtype=np.int64), "energy_index"),
-            numpy_helper.from_array(np.array(TIE_OUT, dtype=np.float64), "tie_out"),
-            numpy_helper.from_array(np.array(list(anchors), dtype=np.int64), "anchor_index"),
-            numpy_helper.from_array(np.array([0, 1], dtype=np.float32), "anchor_onehot_values"),
-            numpy_helper.from_array(np.array(ANCHOR_BONUS, dtype=np.float64), "anchor_bonus"),
+            *tie_inits,
+            *anchor_inits,
         ]
     )
     mk = helper.make_node
@@ -869,30 +886,10 @@ def _add_context_choice(
             mk("Gather", ["ctx_tie", "ctx"], ["tie_row"]),
             mk("Gather", ["ctx_use_tie", "ctx"], ["use_tie_row"]),
             mk("Gather", ["ctx_margin", "ctx"], ["margin_row"]),
-            # the tie choice where the row's tolerance is > 0
-            mk("ReduceMax", ["objective_scores", "tie_axis"], ["best"], keepdims=1),
-            mk("Sub", ["best", "tie_row"], ["tie_floor"]),
-            mk("GreaterOrEqual", ["objective_scores", "tie_floor"], ["tied"]),
-            mk("Gather", ["predictions", "energy_index"], ["energy"], axis=2),
-            mk("Neg", ["energy"], ["neg_energy"]),
-            mk("Where", ["tied", "neg_energy", "tie_out"], ["tie_scores"]),
+            # the tie choice where the row's tolerance is > 0, then the anchor rule
+            *tie_nodes,
             mk("Where", ["use_tie_row", "tie_scores", "objective_scores"], ["choice_scores"]),
-            # the anchor rule (never kept where the row's context has no anchor margin)
-            mk("Gather", ["objective_scores", "anchor_index"], ["anchor_objective"], axis=1),
-            mk("Sub", ["best", "margin_row"], ["anchor_floor"]),
-            mk("GreaterOrEqual", ["anchor_objective", "anchor_floor"], ["anchor_kept"]),
-            mk("Cast", ["anchor_kept"], ["anchor_kept_f"], to=TensorProto.DOUBLE),
-            mk("Shape", ["objective_scores"], ["num_options"], start=1, end=2),
-            mk(
-                "OneHot",
-                ["anchor_index", "num_options", "anchor_onehot_values"],
-                ["anchor_onehot"],
-                axis=-1,
-            ),
-            mk("Cast", ["anchor_onehot"], ["anchor_columns"], to=TensorProto.DOUBLE),
-            mk("MatMul", ["anchor_kept_f", "anchor_columns"], ["anchor_here"]),
-            mk("Mul", ["anchor_here", "anchor_bonus"], ["anchor_add"]),
-            mk("Add", ["choice_scores", "anchor_add"], ["scores"]),
+            *anchor_nodes,
         ]
     )
 

@@ -648,53 +648,76 @@ def anchor_margins(
     return out
 
 
+def points_ge_at_le_energy(
+    val: pd.DataFrame,
+    best: dict[Any, str],
+    name: str,
+    tol: float,
+    units: pd.DataFrame | None = None,
+) -> tuple[int, float]:
+    """The validation points (of ``best``: (scenario, SLA) → best rule) at which the policy
+    ``name`` is ≥ the best rule in effective accuracy at ≤ its energy, and its mean effective
+    accuracy over them. A point counts when the means of ``val`` say so (accuracy ≥ the
+    rule's − ``tol``, energy ≤ the rule's) or, given the validation ``units`` (per stream),
+    when the paired 95 % intervals say neither "worse" nor "more energy" (the test's
+    verdict)."""
+    return _points(*_indexed(val, units), best, name, tol)
+
+
+def _indexed(val: pd.DataFrame, units: pd.DataFrame | None) -> tuple[pd.DataFrame, Any]:
+    """``val``'s means and ``units`` indexed by (scenario, SLA, policy), once per choice."""
+    m = val.groupby(["scenario", "sla_ms", "policy"])[["effective_accuracy", "energy_mj"]].mean()
+    u = None if units is None else units.set_index(["scenario", "sla_ms", "policy"]).sort_index()
+    return m, u
+
+
+def _points(
+    m: pd.DataFrame, u: Any, best: dict[Any, str], name: str, tol: float
+) -> tuple[int, float]:
+    ok = 0
+    accs = 0.0
+    for (scen, sla), rule in best.items():
+        lr, rl = m.loc[(scen, sla, name)], m.loc[(scen, sla, rule)]
+        good = bool(
+            lr.effective_accuracy >= rl.effective_accuracy - tol
+            and lr.energy_mj <= rl.energy_mj * (1 + 1e-9) + 1e-9
+        )
+        if not good and u is not None:
+            a = u.loc[(scen, sla, name)].sort_values(["seed", "stream"])
+            b = u.loc[(scen, sla, rule)].sort_values(["seed", "stream"])
+            _, _, d_hi = paired_ci(a.effective_accuracy, b.effective_accuracy)
+            _, e_lo, _ = paired_ci(a.energy_mj, b.energy_mj)
+            good = bool(d_hi >= 0 and e_lo <= 0)
+        ok += int(good)
+        accs += float(lr.effective_accuracy)
+    return ok, accs / max(1, len(best))
+
+
 def choose_setting(
     val: pd.DataFrame,
     best: dict[Any, str],
     settings: Sequence[Setting],
     tol: float,
     units: pd.DataFrame | None = None,
-    names: Mapping[Setting, str] | None = None,
 ) -> tuple[Setting, pd.DataFrame]:
     """The exported policy's (energy weight, tie tolerance, anchor margin), chosen on
     validation: the setting at which the learned policy is ≥ the best rule in effective
-    accuracy at ≤ its energy at the most scenario × SLA points. A point counts when the
-    means say so (accuracy ≥ the rule's − ``tol``, energy ≤ the rule's) or, given the
-    validation ``units`` (per stream), when the paired 95 % intervals say neither "worse"
-    nor "more energy" (the test's verdict); ties: higher mean effective accuracy, then the
-    smaller weight, tolerance and anchor margin (off first). Returns it and the table of
-    every setting. ``names``: the validation name of a setting other than
-    :func:`learned_name`'s."""
+    accuracy at ≤ its energy at the most scenario × SLA points
+    (:func:`points_ge_at_le_energy`); ties: higher mean effective accuracy, then the smaller
+    weight, tolerance and anchor margin (off first). Returns it and the table of every
+    setting."""
     rows = []
-    m = val.groupby(["scenario", "sla_ms", "policy"])[["effective_accuracy", "energy_mj"]].mean()
-    u = None if units is None else units.set_index(["scenario", "sla_ms", "policy"]).sort_index()
+    m, u = _indexed(val, units)
     for w, t, anchor in settings:
-        name = (names or {}).get((w, t, anchor)) or learned_name(w, t, anchor)
-        ok = accs = 0.0
-        n = 0
-        for (scen, sla), rule in best.items():
-            lr, rl = m.loc[(scen, sla, name)], m.loc[(scen, sla, rule)]
-            good = bool(
-                lr.effective_accuracy >= rl.effective_accuracy - tol
-                and lr.energy_mj <= rl.energy_mj * (1 + 1e-9) + 1e-9
-            )
-            if not good and u is not None:
-                a = u.loc[(scen, sla, name)].sort_values(["seed", "stream"])
-                b = u.loc[(scen, sla, rule)].sort_values(["seed", "stream"])
-                _, _, d_hi = paired_ci(a.effective_accuracy, b.effective_accuracy)
-                _, e_lo, _ = paired_ci(a.energy_mj, b.energy_mj)
-                good = bool(d_hi >= 0 and e_lo <= 0)
-            ok += float(good)
-            accs += float(lr.effective_accuracy)
-            n += 1
+        ok, acc = _points(m, u, best, learned_name(w, t, anchor), tol)
         rows.append(
             {
                 "w_energy_per_j": w,
                 "tie_tolerance": t,
                 "anchor_margin": anchor,
-                "points_ge_at_le_energy": ok,
-                "points": n,
-                "mean_eff_acc": accs / n,
+                "points_ge_at_le_energy": float(ok),
+                "points": len(best),
+                "mean_eff_acc": acc,
             }
         )
     table = pd.DataFrame(rows)
@@ -1205,14 +1228,11 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
                 )[0]
 
             def held_out_points(choice: Mapping[str, Setting], sub: pd.DataFrame) -> int:
-                name = "_contexts"
-                rows = context_rows(sub, choice, context_of, name)
+                rows = context_rows(sub, choice, context_of, CONTEXT_POLICY)
                 both = pd.concat([sub, rows], ignore_index=True)
-                _, t = choose_setting(
-                    means_from_units(both), best, [(0.0, 0.0, None)], tol, both,
-                    names={(0.0, 0.0, None): name},
-                )  # fmt: skip
-                return int(t.points_ge_at_le_energy.iloc[0])
+                return points_ge_at_le_energy(
+                    means_from_units(both), best, CONTEXT_POLICY, tol, both
+                )[0]
 
             # a check of the method inside validation: choose on the even streams, count the
             # points on the odd ones (one setting everywhere and a setting per context)
