@@ -45,12 +45,21 @@ import torch
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-from modi.agents.device_graph import INPUT as INPUT_OPTIONS
 from modi.agents.device_graph import fold_layers, scorer_graph
 from modi.envs.devices import DeviceProfile
 from modi.envs.offload import OffloadSim
 from modi.runtime import device_features as dfeat
-from modi.runtime.device_meta import DeviceModelMeta
+from modi.runtime.device_meta import (
+    ANCHOR_BONUS,
+    CELLULAR_MIN_W,
+    CONTEXTS,
+    TIE_OUT,
+    ContextSetting,
+    DeviceModelMeta,
+    check_contexts,
+    context_initializers,
+    objective_vector,
+)
 from modi.runtime.device_selector import DeviceSelector, DeviceSpec
 
 log = logging.getLogger(__name__)
@@ -107,14 +116,9 @@ def _weights_vector(w_energy_per_j: float, w_bytes_per_mb: float) -> NDArray[np.
     for name, w in (("w_energy_per_j", w_energy_per_j), ("w_bytes_per_mb", w_bytes_per_mb)):
         if not np.isfinite(w) or w < 0:
             raise DeviceScorerError(f"{name} must be a finite number >= 0, got {w!r}")
-    return np.array([1.0, -w_energy_per_j, -w_bytes_per_mb], dtype=np.float64)
+    return objective_vector(w_energy_per_j, w_bytes_per_mb)
 
 
-#: Score of an option outside the tie set (ε-lexicographic choice, see :func:`choice_scores`).
-TIE_OUT = -1e6
-#: Added to the score of a kept anchor option (see :func:`choice_scores`): above any objective
-#: and any tie-rule score (``-energy`` or :data:`TIE_OUT`).
-ANCHOR_BONUS = 1e9
 #: Options the anchor rule may keep, by name, as indices from the end of the option list (the
 #: offload options follow the ``L`` local models, so an index does not depend on the device's
 #: pool): offload with on-device preprocessing (PieSlicer's static choice, what an engineer
@@ -138,25 +142,6 @@ def anchor_indices(names: Sequence[str]) -> tuple[int, ...]:
     return tuple(sorted({ANCHORS[n] for n in names}))
 
 
-#: The decision contexts of per-context settings (:attr:`DeviceScorerPolicy.contexts`):
-#: the device's tier × its radio's class, what the phone knows of itself at every capture.
-#: Their index is ``tier × 2 + cellular``, as :func:`option_contexts` and the exported graph
-#: compute it.
-CONTEXT_TIERS: tuple[str, ...] = ("low", "mid", "high")
-CONTEXT_RADIOS: tuple[str, ...] = ("wifi", "cellular")
-CONTEXTS: tuple[str, ...] = tuple(f"{t}/{r}" for t in CONTEXT_TIERS for r in CONTEXT_RADIOS)
-#: A radio whose active power is at least this (W) is cellular: 3G 0.82 W and LTE 1.29 W
-#: against WiFi's 0.13 W (:data:`modi.runtime.device_features.RADIO_ACTIVE_POWER_W`).
-CELLULAR_MIN_W = 0.5
-#: One choice setting: (energy weight per J, tie tolerance, anchor margin or ``None``).
-ContextSetting = tuple[float, float, float | None]
-
-
-def radio_class(active_w: float) -> str:
-    """The context radio (``wifi`` or ``cellular``) of a radio's active power (W)."""
-    return CONTEXT_RADIOS[int(active_w >= CELLULAR_MIN_W)]
-
-
 def option_contexts(options: NDArray[np.floating]) -> NDArray[np.intp]:
     """The context index (:data:`CONTEXTS`) of each row of option vectors ``(N, K, F)``: the
     tier flag and the radio power of its last option (an offload option, which has both)."""
@@ -169,22 +154,10 @@ def option_contexts(options: NDArray[np.floating]) -> NDArray[np.intp]:
 def _check_contexts(contexts: dict[str, ContextSetting] | None) -> None:
     if contexts is None:
         return
-    if not isinstance(contexts, dict) or set(contexts) != set(CONTEXTS):
-        got = sorted(contexts) if isinstance(contexts, dict) else contexts
-        raise DeviceScorerError(
-            f"contexts: expected a setting for each of {list(CONTEXTS)}, got {got!r}"
-        )
-    for key, setting in contexts.items():
-        try:
-            w, t, a = setting
-        except (TypeError, ValueError):
-            raise DeviceScorerError(
-                f"contexts[{key!r}]: expected (energy weight, tie tolerance, anchor margin), "
-                f"got {setting!r}"
-            ) from None
-        _weights_vector(w, 0.0)
-        _check_tolerance(t)
-        _check_anchor(a)
+    try:
+        check_contexts(contexts)
+    except ValueError as e:
+        raise DeviceScorerError(str(e)) from None
 
 
 def _check_tolerance(tol: float, name: str = "tie_tolerance") -> None:
@@ -687,8 +660,11 @@ def export_device_onnx(policy: DeviceScorerPolicy, path: str | Path) -> Path:
         _weights_vector(policy.w_energy_per_j, policy.w_bytes_per_mb),
     )
     if policy.contexts is not None:
-        _add_context_choice(
-            graph, policy.contexts, policy.w_bytes_per_mb, anchor_indices(policy.anchors)
+        _add_setting_choice(
+            graph,
+            (policy.w_energy_per_j, policy.tie_tolerance, policy.anchor_margin),
+            policy.w_bytes_per_mb,
+            anchor_indices(policy.anchors),
         )
     elif policy.tie_tolerance > 0:
         _add_tie_choice(graph, policy.tie_tolerance)
@@ -712,6 +688,7 @@ def export_device_onnx(policy: DeviceScorerPolicy, path: str | Path) -> Path:
         feature_min=tuple(float(v) for v in policy.feature_min),
         feature_max=tuple(float(v) for v in policy.feature_max),
         trained_on=json.dumps(trained_on, sort_keys=True),
+        contexts=policy.contexts,
     )
     helper.set_metadata_props(model, meta.to_props())
     onnx.checker.check_model(model)
@@ -817,80 +794,49 @@ def _add_anchor_choice(
     graph.node.extend(nodes)
 
 
-def _add_context_choice(
+def _add_setting_choice(
     graph: onnx.GraphProto,
-    contexts: dict[str, ContextSetting],
+    setting: ContextSetting,
     w_bytes_per_mb: float,
     anchors: Sequence[int],
 ) -> None:
-    """Replace the graph's ``scores`` by the per-context choice of
-    :meth:`DeviceScorerPolicy.scores`: each row's context (:func:`option_contexts`) picks its
-    objective weights, tie tolerance and anchor margin, and :func:`choice_scores`' rules follow
-    with them (the nodes of :func:`_tie_nodes` and :func:`_anchor_nodes` with a value per row;
-    a context without an anchor gets a margin no objective reaches)."""
-    keep = [n for n in graph.node if "score_rows" not in n.output and "scores" not in n.output]
-    del graph.node[:]
-    graph.node.extend(keep)
-    inits = [i for i in graph.initializer if i.name != "objective"]
+    """Turn the graph's ``scores`` into :func:`choice_scores` with every rule in the graph and
+    its setting in four initializers that are also graph inputs
+    (:data:`~modi.runtime.device_meta.SETTING_INPUTS`, values from
+    :func:`~modi.runtime.device_meta.context_initializers`; a setting without an anchor has a
+    margin no objective reaches). The file carries ``setting``; a runtime that knows its
+    decision context feeds that context's (bound once by :class:`~modi.runtime.DeviceSelector`),
+    so a per-context policy costs no more per decision than one setting. Being inputs, they
+    are never folded into the graph by onnxruntime's optimiser (which does fold a plain
+    initializer's value, e.g. drops ``best - tolerance`` when the file's tolerance is 0)."""
+    _rename_scores(graph, "objective_scores")
+    values = context_initializers(setting, w_bytes_per_mb)
+    kept = [i for i in graph.initializer if i.name not in values]
     del graph.initializer[:]
-    graph.initializer.extend(inits)
-    cs = [contexts[k] for k in CONTEXTS]
-    obj = np.stack([_weights_vector(w, w_bytes_per_mb) for w, _, _ in cs])[:, None, :]  # (C,1,3)
-    no_anchor = -1e300  # best - (-1e300) is beyond every objective: the anchor is never kept
-    tie_inits, tie_nodes = _tie_nodes("tie_row", "tie_scores")
+    tie_inits, tie_nodes = _tie_nodes("tie_tolerance", "tie_scores")
     anchor_inits, anchor_nodes = _anchor_nodes(
-        "objective_scores", "choice_scores", "margin_row", anchors, have_best=True
+        "objective_scores", "choice_scores", "anchor_margin", anchors, have_best=True
     )
     graph.initializer.extend(
         [
-            numpy_helper.from_array(obj, "ctx_objective"),
-            numpy_helper.from_array(np.array(-1, dtype=np.int64), "last_option"),
-            numpy_helper.from_array(
-                np.array([dfeat.OPTION_TIER_COLUMNS.start], dtype=np.int64), "tier_start"
-            ),
-            numpy_helper.from_array(
-                np.array([dfeat.OPTION_TIER_COLUMNS.stop], dtype=np.int64), "tier_stop"
-            ),
-            numpy_helper.from_array(np.array([1], dtype=np.int64), "feature_axis"),
-            numpy_helper.from_array(np.array(len(CONTEXT_RADIOS), dtype=np.int64), "radios"),
-            numpy_helper.from_array(np.array(dfeat.OPTION_RADIO_W, dtype=np.int64), "radio_col"),
-            numpy_helper.from_array(np.array(CELLULAR_MIN_W, dtype=np.float32), "cellular_min_w"),
-            numpy_helper.from_array(np.array([2], dtype=np.int64), "ctx_axis"),
-            numpy_helper.from_array(np.array([[t] for _, t, _ in cs], np.float64), "ctx_tie"),
-            numpy_helper.from_array(np.array([[t > 0] for _, t, _ in cs]), "ctx_use_tie"),
-            numpy_helper.from_array(
-                np.array([[no_anchor if a is None else a] for _, _, a in cs], np.float64),
-                "ctx_margin",
-            ),
+            *kept,
+            *(numpy_helper.from_array(v, k) for k, v in values.items()),
             *tie_inits,
             *anchor_inits,
         ]
     )
-    mk = helper.make_node
     graph.node.extend(
         [
-            # each row's context (N,): its tier flag's index × 2 + cellular radio
-            mk("Gather", [INPUT_OPTIONS, "last_option"], ["last_vec"], axis=1),
-            mk("Slice", ["last_vec", "tier_start", "tier_stop", "feature_axis"], ["tier_flags"]),
-            mk("ArgMax", ["tier_flags"], ["tier"], axis=1, keepdims=0),
-            mk("Mul", ["tier", "radios"], ["tier_x"]),
-            mk("Gather", ["last_vec", "radio_col"], ["radio_w"], axis=1),
-            mk("GreaterOrEqual", ["radio_w", "cellular_min_w"], ["cellular"]),
-            mk("Cast", ["cellular"], ["cellular_i"], to=TensorProto.INT64),
-            mk("Add", ["tier_x", "cellular_i"], ["ctx"]),
-            # the row's objective (N, K): predictions (N, K, 3) · its weights (N, 1, 3)
-            mk("Gather", ["ctx_objective", "ctx"], ["objective_row"]),
-            mk("Mul", ["predictions", "objective_row"], ["objective_terms"]),
-            mk("ReduceSum", ["objective_terms", "ctx_axis"], ["objective_scores"], keepdims=0),
-            # the row's tie tolerance and anchor margin (N, 1)
-            mk("Gather", ["ctx_tie", "ctx"], ["tie_row"]),
-            mk("Gather", ["ctx_use_tie", "ctx"], ["use_tie_row"]),
-            mk("Gather", ["ctx_margin", "ctx"], ["margin_row"]),
-            # the tie choice where the row's tolerance is > 0, then the anchor rule
             *tie_nodes,
-            mk("Where", ["use_tie_row", "tie_scores", "objective_scores"], ["choice_scores"]),
+            helper.make_node(
+                "Where", ["use_tie", "tie_scores", "objective_scores"], ["choice_scores"]
+            ),
             *anchor_nodes,
         ]
+    )
+    graph.input.extend(
+        helper.make_tensor_value_info(k, helper.np_dtype_to_tensor_dtype(v.dtype), list(v.shape))
+        for k, v in values.items()
     )
 
 

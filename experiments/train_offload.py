@@ -71,7 +71,7 @@ from modi.agents.device_scorer import (
     anchor_indices,
     device_spec,
     export_device_onnx,
-    radio_class,
+    option_contexts,
     train_device_scorer,
 )
 from modi.agents.offload_policies import (
@@ -91,6 +91,7 @@ from modi.experiments.compare_offload import RESULT_COLUMNS
 from modi.experiments.splits import Splits, stream_key, takes_segment
 from modi.experiments.stats import mean_ci, paired_ci
 from modi.runtime import device_features as dfeat
+from modi.runtime.device_meta import context_initializers, radio_class
 
 log = logging.getLogger(__name__)
 
@@ -873,7 +874,16 @@ def check_parity(
     with ``keys``) on which the ONNX file picks the same action as the trained policy."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    # a per-context policy: each decision context's setting fed to the graph's setting
+    # inputs (as DeviceSelector runs it); the file as it is otherwise
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    settings = (
+        [{}]
+        if policy.contexts is None
+        else [context_initializers(policy.contexts[c], policy.w_bytes_per_mb) for c in CONTEXTS]
+    )
     same = total = 0
     per_sim = max(1, math.ceil(n_obs / len(sims)))
     for sim, key in zip(sims, keys, strict=True):
@@ -881,7 +891,14 @@ def check_parity(
         got = 0
         while got < per_sim:
             a = policy.select(obs)
-            scores = sess.run(["scores"], {"options": dfeat.option_features(obs)})[0]
+            options = dfeat.option_features(obs)
+            ctx_of = option_contexts(options) if policy.contexts is not None else None
+            scores = np.empty(options.shape[:2], dtype=np.float64)
+            for i, setting in enumerate(settings):
+                rows = np.ones(len(options), bool) if ctx_of is None else ctx_of == i
+                if rows.any():
+                    feeds = {"options": options[rows], **setting}
+                    scores[rows] = sess.run(["scores"], feeds)[0]
             b = dfeat.option_actions(sim.num_local)[scores.argmax(axis=1)]
             take = min(per_sim - got, len(obs))
             same += int((a[:take] == b[:take]).all(axis=1).sum())

@@ -8,9 +8,14 @@ differ from this runtime's is refused with the key named.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
 
 from modi.runtime import device_features as dfeat
 
@@ -26,6 +31,89 @@ class DeviceMetadataError(ValueError):
     """A device policy file's metadata is missing, malformed or for another schema."""
 
 
+#: Score of an option outside the tie set (ε-lexicographic choice, see
+#: :func:`modi.agents.device_scorer.choice_scores`).
+TIE_OUT = -1e6
+#: Added to the score of a kept anchor option: above any objective and any tie-rule score
+#: (``-energy`` or :data:`TIE_OUT`).
+ANCHOR_BONUS = 1e9
+
+#: The decision contexts of a per-context policy: the device's tier × its radio's class, what
+#: the phone knows of itself at every capture. Their index is ``tier × 2 + cellular``.
+CONTEXT_TIERS: tuple[str, ...] = ("low", "mid", "high")
+CONTEXT_RADIOS: tuple[str, ...] = ("wifi", "cellular")
+CONTEXTS: tuple[str, ...] = tuple(f"{t}/{r}" for t in CONTEXT_TIERS for r in CONTEXT_RADIOS)
+#: A radio whose active power is at least this (W) is cellular: 3G 0.82 W and LTE 1.29 W
+#: against WiFi's 0.13 W (:data:`modi.runtime.device_features.RADIO_ACTIVE_POWER_W`).
+CELLULAR_MIN_W = 0.5
+#: One choice setting: (energy weight per J, tie tolerance, anchor margin or ``None``).
+ContextSetting = tuple[float, float, "float | None"]
+#: The anchor margin in the graph of a setting without an anchor: the best objective minus
+#: it is beyond every objective, so no anchor is ever kept.
+NO_ANCHOR = -1e300
+
+
+def radio_class(active_w: float) -> str:
+    """The context radio (``wifi`` or ``cellular``) of a radio's active power (W)."""
+    return CONTEXT_RADIOS[int(active_w >= CELLULAR_MIN_W)]
+
+
+def objective_vector(w_energy_per_j: float, w_bytes_per_mb: float) -> NDArray[np.float64]:
+    """The objective's weights of the predicted (accuracy, energy J, MB sent)."""
+    return np.array([1.0, -w_energy_per_j, -w_bytes_per_mb], dtype=np.float64)
+
+
+def context_initializers(
+    setting: ContextSetting, w_bytes_per_mb: float
+) -> dict[str, NDArray[np.float64] | NDArray[np.bool_]]:
+    """The values of a per-context graph's :data:`SETTING_INPUTS` for one choice setting: the
+    export writes a per-context policy's fallback setting into them (initializers that are
+    also graph inputs), and :class:`modi.runtime.DeviceSelector` feeds its own context's."""
+    w, tol, margin = setting
+    return {
+        "objective": objective_vector(w, w_bytes_per_mb).reshape(-1, 1),
+        "tie_tolerance": np.array(float(tol), dtype=np.float64),
+        "use_tie": np.array(tol > 0),
+        "anchor_margin": np.array(NO_ANCHOR if margin is None else float(margin), np.float64),
+    }
+
+
+#: The graph inputs of a per-context export that carry its choice setting (initializers that
+#: are also inputs: the file's values unless fed; :func:`context_initializers`).
+SETTING_INPUTS: tuple[str, ...] = ("objective", "tie_tolerance", "use_tie", "anchor_margin")
+
+
+def check_contexts(contexts: object) -> dict[str, ContextSetting]:
+    """``contexts`` as a setting per :data:`CONTEXTS`; a missing context or a bad value raises
+    :class:`ValueError` naming it."""
+    if not isinstance(contexts, Mapping) or set(contexts) != set(CONTEXTS):
+        got = sorted(contexts) if isinstance(contexts, Mapping) else contexts
+        raise ValueError(f"contexts: expected a setting for each of {list(CONTEXTS)}, got {got!r}")
+    out: dict[str, ContextSetting] = {}
+    for key in CONTEXTS:
+        setting = contexts[key]
+        try:
+            w, tol, margin = setting
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"contexts[{key!r}]: expected (energy weight, tie tolerance, anchor margin), "
+                f"got {setting!r}"
+            ) from None
+        for name, v in (("energy weight", w), ("tie_tolerance", tol), ("anchor_margin", margin)):
+            if v is None and name == "anchor_margin":
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(
+                    f"contexts[{key!r}]: {name} must be a finite number >= 0, got {v!r}"
+                )
+            if v < 0:
+                raise ValueError(
+                    f"contexts[{key!r}]: {name} must be a finite number >= 0, got {v!r}"
+                )
+        out[key] = (float(w), float(tol), None if margin is None else float(margin))
+    return out
+
+
 def _feature_names() -> list[str]:
     return [n for n, _, _ in dfeat.OPTION_FEATURES]
 
@@ -39,6 +127,8 @@ class DeviceModelMeta:
     feature_min: tuple[float, ...]
     feature_max: tuple[float, ...]
     trained_on: str = "{}"
+    #: A setting per decision context (:data:`CONTEXTS`), or ``None``: the graph's own.
+    contexts: dict[str, ContextSetting] | None = None
     device_schema: str = dfeat.SCHEMA_NAME
     device_schema_version: int = dfeat.SCHEMA_VERSION
     option_schema: str = dfeat.OPTION_SCHEMA_NAME
@@ -59,7 +149,11 @@ class DeviceModelMeta:
             PREFIX + "feature_min": json.dumps(list(self.feature_min)),
             PREFIX + "feature_max": json.dumps(list(self.feature_max)),
             PREFIX + "trained_on": self.trained_on,
-        }
+        } | (
+            {}
+            if self.contexts is None
+            else {PREFIX + "contexts": json.dumps({k: list(v) for k, v in self.contexts.items()})}
+        )
 
     @classmethod
     def from_props(cls, props: Mapping[str, str]) -> DeviceModelMeta:
@@ -84,6 +178,10 @@ class DeviceModelMeta:
                 metadata_version=int(get("metadata_version")),
             )
             names = json.loads(get("option_features"))
+            if PREFIX + "contexts" in props:
+                meta = dataclasses.replace(
+                    meta, contexts=check_contexts(json.loads(props[PREFIX + "contexts"]))
+                )
         except (TypeError, ValueError, json.JSONDecodeError) as e:
             if isinstance(e, DeviceMetadataError):
                 raise

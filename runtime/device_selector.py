@@ -65,11 +65,16 @@ from numpy.typing import NDArray
 
 from modi.runtime import device_features as dfeat
 from modi.runtime.device_meta import (
+    CONTEXT_RADIOS,
     INPUT_OPTIONS,
     OUTPUT_PREDICTIONS,
     OUTPUT_SCORES,
+    PREFIX,
+    SETTING_INPUTS,
     DeviceMetadataError,
     DeviceModelMeta,
+    context_initializers,
+    radio_class,
 )
 
 log = logging.getLogger(__name__)
@@ -94,6 +99,15 @@ _ORDER = (dfeat.SLA, dfeat.MEGAPIXELS, dfeat.RAW_KB, dfeat.PREP_EST, dfeat.TIER_
 if tuple(range(dfeat.R)) != _ORDER:  # pragma: no cover - a schema change must update decide()
     raise ImportError("the device request block's column order changed: update DeviceSelector")
 _INF = math.inf
+
+
+def _run_with(run: Any, setting: dict[str, Any]) -> Any:
+    """``run(outputs, feeds)`` with the graph's setting inputs ``setting`` added to the feeds."""
+    if not setting:
+        return run
+    return lambda outputs, feeds: run(outputs, {**feeds, **setting})
+
+
 _new_tuple = tuple.__new__
 _F32_MAX = float(np.finfo(np.float32).max)
 
@@ -174,6 +188,8 @@ class DeviceSelector:
         self._spec_error = self._check_spec(spec)
         self.meta: DeviceModelMeta | None = None
         self._run: Any = None
+        self._run_bound: Any = None
+        self._runners: dict[str | None, tuple[Any, Any]] = {}
         self.load_error: str | None = "no model given" if model_path is None else None
         self.loaded = np.zeros(len(spec.models), dtype=bool)
         self._backup_index = 0
@@ -274,6 +290,23 @@ class DeviceSelector:
             names = [i.name for i in sess.get_inputs()]
             if names != [INPUT_OPTIONS]:
                 raise DeviceMetadataError(f"inputs {names}, expected [{INPUT_OPTIONS!r}]")
+            # a per-context policy: the setting of each radio class of this phone's tier, fed
+            # to the graph's setting inputs (bound once: nothing to do per decision)
+            settings: dict[str | None, dict[str, Any]] = {None: {}}
+            if self.meta.contexts is not None:
+                overridable = {i.name for i in sess.get_overridable_initializers()}
+                missing = sorted(set(SETTING_INPUTS) - overridable)
+                if missing:
+                    raise DeviceMetadataError(
+                        f"{PREFIX}contexts given, but the graph has no setting inputs {missing}"
+                    )
+                tier = TIERS[self._tier]
+                settings = {
+                    radio: context_initializers(
+                        self.meta.contexts[f"{tier}/{radio}"], self.meta.w_bytes_per_mb
+                    )
+                    for radio in CONTEXT_RADIOS
+                }
         except Exception as e:  # never raise on load
             self.meta = None
             self.load_error = f"{path}: {e}"
@@ -284,7 +317,6 @@ class DeviceSelector:
         width = self._hi - self._lo
         self._lo_ok = self._lo - self.range_margin * width - 1e-6
         self._hi_ok = self._hi + self.range_margin * width + 1e-6
-        self._run = sess.run
         self._outputs = [OUTPUT_SCORES]
         self.load_error = None
         # batch-1 buffers shared with onnxruntime (IOBinding): the option vectors are written
@@ -294,27 +326,54 @@ class DeviceSelector:
         out_types = {o.name: o.type for o in sess.get_outputs()}
         dtype = np.float32 if out_types.get(OUTPUT_SCORES) == "tensor(float)" else np.float64
         self._scores = np.zeros((1, k), dtype=dtype)
-        self._run_bound: Any = None
         # the other output (unused here) into a buffer of its own too: no allocation per call;
         # where that fails (another shape or type), onnxruntime allocates it
         pred_dtype = {"tensor(double)": np.float64, "tensor(float)": np.float32}.get(
             out_types.get(OUTPUT_PREDICTIONS, ""), np.float64
         )
         self._predictions = np.zeros((1, k, 3), dtype=pred_dtype)
-        for bind_predictions in (OUTPUT_PREDICTIONS in out_types, False):
-            try:
-                self._run_bound = self._bind(ort, sess, bind_predictions)
-                break
-            except Exception:  # an onnxruntime without these handles: run() instead
-                self._run_bound = None
+        self._runners = {}
+        for key, setting in settings.items():
+            bound = None
+            for bind_predictions in (OUTPUT_PREDICTIONS in out_types, False):
+                try:
+                    bound = self._bind(ort, sess, bind_predictions, setting)
+                    break
+                except Exception:  # an onnxruntime without these handles: run() instead
+                    bound = None
+            self._runners[key] = (_run_with(sess.run, setting), bound)
         self._x.fill(0.0)
         self._score_row = self._scores[0]
+        self._use_context()
 
-    def _bind(self, ort: Any, sess: Any, bind_predictions: bool) -> Any:
-        """``() -> None``: one inference of ``sess`` from :attr:`_x` into :attr:`_scores`
-        (IOBinding), checked against ``run()`` on a probe; raises where that fails."""
+    def _use_context(self) -> None:
+        """Run the session of the phone's decision context (the radio's class; one session for
+        a policy without contexts)."""
+        if not self._runners:
+            return
+        key: str | None = None
+        if self.meta is not None and self.meta.contexts is not None:
+            w = self._radio_w
+            key = radio_class(w) if math.isfinite(w) else CONTEXT_RADIOS[0]
+        self._run, self._run_bound = self._runners[key]
+
+    @property
+    def context(self) -> str | None:
+        """The decision context whose setting decides (``"mid/cellular"``), for a per-context
+        policy; ``None`` for a policy with one setting (or none loaded)."""
+        if self.meta is None or self.meta.contexts is None or self._spec_error is not None:
+            return None
+        w = self._radio_w
+        return f"{TIERS[self._tier]}/{radio_class(w) if math.isfinite(w) else CONTEXT_RADIOS[0]}"
+
+    def _bind(self, ort: Any, sess: Any, bind_predictions: bool, setting: dict[str, Any]) -> Any:
+        """``() -> None``: one inference of ``sess`` from :attr:`_x` (and the graph's setting
+        inputs ``setting``, bound here once) into :attr:`_scores` (IOBinding), checked against
+        ``run()`` on a probe; raises where that fails."""
         io = sess.io_binding()
         io.bind_ortvalue_input(INPUT_OPTIONS, ort.OrtValue.ortvalue_from_numpy(self._x))
+        for name, value in setting.items():
+            io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
         io.bind_ortvalue_output(OUTPUT_SCORES, ort.OrtValue.ortvalue_from_numpy(self._scores))
         if bind_predictions:
             io.bind_ortvalue_output(
@@ -329,9 +388,10 @@ class DeviceSelector:
         self._x[:] = np.linspace(-1.0, 1.0, self._x.size, dtype=np.float32).reshape(self._x.shape)
         self._scores.fill(np.nan)
         run_bound()
-        ref = sess.run(self._outputs, {INPUT_OPTIONS: self._x})[0]
+        ref = sess.run(self._outputs, {INPUT_OPTIONS: self._x, **setting})[0]
         if not np.array_equal(np.asarray(ref, dtype=self._scores.dtype), self._scores):
             raise RuntimeError("the bound call wrote other scores than run()")
+        run_bound.keep = (io, setting)  # type: ignore[attr-defined]  # alive with the call
         return run_bound
 
     def _model_rows(self) -> NDArray[np.float32]:
@@ -396,6 +456,7 @@ class DeviceSelector:
         except (KeyError, TypeError, ValueError):
             w = math.nan
         self._radio_w = w
+        self._use_context()
         self._check_history()
 
     @property

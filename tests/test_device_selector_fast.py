@@ -364,3 +364,88 @@ def test_per_context_settings_are_checked_and_saved(
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     saved = json.loads(props[PREFIX + "trained_on"])["contexts"]
     assert {k: tuple(v) for k, v in saved.items()} == pol.contexts
+
+
+def test_per_context_file_takes_the_radio_s_setting_and_runs_alone_with_its_fallback(
+    policy_file: tuple[DeviceScorerPolicy, Path], tmp_path: Path
+) -> None:
+    """A per-context file carries its setting in graph inputs: the selector feeds its context's
+    (switching with the radio, on one session), and a bare onnxruntime session runs the file's
+    own one setting; the graph has one node more than a one-setting graph with both rules."""
+    base, _ = policy_file
+    pol = base.with_weights(0.01, tie_tolerance=0.003, anchor_margin=0.05).with_contexts(
+        _CONTEXT_TABLE
+    )
+    path = export_device_onnx(pol, tmp_path / "device.onnx")
+    one = export_device_onnx(
+        base.with_weights(0.01, tie_tolerance=0.003, anchor_margin=0.05), tmp_path / "one.onnx"
+    )
+    assert len(onnx.load(str(path)).graph.node) == len(onnx.load(str(one)).graph.node) + 1
+    sim = _sim(20, tier="mid", radio="lte")
+    obs = sim.reset(7)
+    options = dfeat.option_features(obs)
+    bare = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(
+        bare.run(["scores"], {"options": options})[0],
+        ort.InferenceSession(str(one), providers=["CPUExecutionProvider"]).run(
+            ["scores"], {"options": options}
+        )[0],
+    )
+    spec = device_spec(_device(3, tier="mid"))
+    sel = DeviceSelector.load(path, spec, radio="lte")
+    assert sel.load_error is None and sel.context == "mid/cellular"
+    sel.start(40.0, 8.0, 0.0)
+    args = (900.0, 800.0, 3.0, 1.2e6)
+    for radio, key in (("lte", "mid/cellular"), ("wifi", "mid/wifi"), ("3g", "mid/cellular")):
+        sel.set_radio(radio)
+        assert sel.context == key
+        w, t, m = _CONTEXT_TABLE[key]
+        alone = export_device_onnx(
+            base.with_weights(w, tie_tolerance=t, anchor_margin=m), tmp_path / "alone.onnx"
+        )
+        ref = DeviceSelector.load(alone, spec, radio=radio)
+        ref.start(40.0, 8.0, 0.0)
+        got, want = sel.decide(*args), ref.decide(*args)
+        assert got.source == want.source == "learned"
+        assert got.action == want.action
+        np.testing.assert_allclose(got.scores, want.scores, rtol=0, atol=1e-9)
+    assert DeviceSelector.load(one, spec).context is None
+
+
+def test_per_context_metadata_without_setting_inputs_or_malformed_falls_back(
+    policy_file: tuple[DeviceScorerPolicy, Path], tmp_path: Path
+) -> None:
+    """A file whose metadata names contexts its graph cannot take (no setting inputs), or
+    whose contexts are malformed, is not loaded: the selector falls back and says why."""
+    import json
+
+    from modi.runtime.device_meta import PREFIX
+
+    base, one = policy_file
+    spec = device_spec(_device(3))
+    model = onnx.load(str(one))
+    helper.set_metadata_props(
+        model,
+        {p.key: p.value for p in model.metadata_props}
+        | {PREFIX + "contexts": json.dumps({k: list(v) for k, v in _CONTEXT_TABLE.items()})},
+    )
+    pasted = tmp_path / "pasted.onnx"
+    onnx.save(model, str(pasted))
+    sel = DeviceSelector.load(pasted, spec)
+    assert sel.load_error is not None and "no setting inputs" in sel.load_error
+    sel.start(20.0, 10.0, 0.0)
+    d = sel.decide(1000.0, 500.0, 4.0, 1.5e6)
+    assert d.source == "fallback" and "no setting inputs" in d.reason
+    ctx = export_device_onnx(base.with_contexts(_CONTEXT_TABLE), tmp_path / "ctx.onnx")
+    for bad, match in (
+        ({"low/wifi": [0.0, 0.0, None]}, "expected a setting for each"),
+        ({k: [0.0, -1.0, None] for k in _CONTEXT_TABLE}, "tie_tolerance must be"),
+    ):
+        model = onnx.load(str(ctx))
+        helper.set_metadata_props(
+            model,
+            {p.key: p.value for p in model.metadata_props} | {PREFIX + "contexts": json.dumps(bad)},
+        )
+        onnx.save(model, str(tmp_path / "bad.onnx"))
+        sel = DeviceSelector.load(tmp_path / "bad.onnx", spec)
+        assert sel.load_error is not None and match in sel.load_error

@@ -656,6 +656,9 @@ def test_tiny_run_ships_a_setting_per_context(
     a = None if np.isnan(metrics["anchor_margin"]) else metrics["anchor_margin"]
     one = (metrics["w_energy_per_j"], metrics["tie_tolerance"], a)
     assert pol.contexts["low/wifi"] == pol.contexts["high/cellular"] == one
+    # the file as the runtime runs it: each context's setting fed to the graph
+    assert metrics["onnx_parity"] == 1.0
+    assert metrics["served_agreement"] == 1.0
     # the check inside validation (odd streams) of both ways of choosing
     for k in ("one_setting", "per_context"):
         assert 0 <= metrics[f"val_held_out_points_{k}"] <= metrics["points"]
