@@ -172,6 +172,9 @@ class DeviceSelector:
 
     ``radio``: the radio the phone is on (``"wifi"``, ``"lte"``, ``"3g"`` or its active power in
     W, from the phone's power profile; WiFi unless given); :meth:`set_radio` when it changes.
+    A per-context policy (a setting per tier × radio class, ``modi.device.contexts`` in its
+    metadata) decides with the setting of :attr:`context`, bound to the graph's setting inputs
+    when the file is loaded and when the radio's class changes.
     """
 
     def __init__(
