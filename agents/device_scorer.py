@@ -156,7 +156,7 @@ def _check_contexts(contexts: dict[str, ContextSetting] | None) -> None:
         return
     try:
         check_contexts(contexts)
-    except ValueError as e:
+    except (ValueError, OverflowError) as e:
         raise DeviceScorerError(str(e)) from None
 
 

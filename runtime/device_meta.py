@@ -12,7 +12,8 @@ import dataclasses
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from numbers import Real
 
 import numpy as np
 from numpy.typing import NDArray
@@ -20,7 +21,10 @@ from numpy.typing import NDArray
 from modi.runtime import device_features as dfeat
 
 PREFIX = "modi.device."
-DEVICE_METADATA_VERSION = 1
+#: The newest metadata version this runtime reads (2: ``contexts``, a per-context policy's
+#: settings; a runtime older than version 2 does not check the version and would run such a
+#: file with its one fallback setting).
+DEVICE_METADATA_VERSION = 2
 #: ONNX input / outputs of a device policy file.
 INPUT_OPTIONS = "options"
 OUTPUT_PREDICTIONS = "predictions"
@@ -54,8 +58,9 @@ NO_ANCHOR = -1e300
 
 
 def radio_class(active_w: float) -> str:
-    """The context radio (``wifi`` or ``cellular``) of a radio's active power (W)."""
-    return CONTEXT_RADIOS[int(active_w >= CELLULAR_MIN_W)]
+    """The context radio (``wifi`` or ``cellular``) of a radio's active power (W), compared in
+    float32 as the option vectors hold it (the trained policy reads it from there)."""
+    return CONTEXT_RADIOS[int(float(np.float32(active_w)) >= CELLULAR_MIN_W)]
 
 
 def objective_vector(w_energy_per_j: float, w_bytes_per_mb: float) -> NDArray[np.float64]:
@@ -80,7 +85,7 @@ def context_initializers(
 
 #: The graph inputs of a per-context export that carry its choice setting (initializers that
 #: are also inputs: the file's values unless fed; :func:`context_initializers`).
-SETTING_INPUTS: tuple[str, ...] = ("objective", "tie_tolerance", "use_tie", "anchor_margin")
+SETTING_INPUTS: tuple[str, ...] = tuple(context_initializers((0.0, 0.0, None), 0.0))
 
 
 def check_contexts(contexts: object) -> dict[str, ContextSetting]:
@@ -96,17 +101,23 @@ def check_contexts(contexts: object) -> dict[str, ContextSetting]:
             w, tol, margin = setting
         except (TypeError, ValueError):
             raise ValueError(
-                f"contexts[{key!r}]: expected (energy weight, tie tolerance, anchor margin), "
+                f"contexts[{key!r}]: expected (w_energy_per_j, tie_tolerance, anchor_margin), "
                 f"got {setting!r}"
             ) from None
-        for name, v in (("energy weight", w), ("tie_tolerance", tol), ("anchor_margin", margin)):
+        values = {"w_energy_per_j": w, "tie_tolerance": tol, "anchor_margin": margin}
+        for name, v in values.items():
             if v is None and name == "anchor_margin":
                 continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ValueError(
-                    f"contexts[{key!r}]: {name} must be a finite number >= 0, got {v!r}"
+            try:
+                ok = (
+                    not isinstance(v, bool)
+                    and isinstance(v, Real)
+                    and math.isfinite(v)
+                    and float(v) >= 0
                 )
-            if v < 0:
+            except OverflowError:  # an integer beyond float's range
+                ok = False
+            if not ok:
                 raise ValueError(
                     f"contexts[{key!r}]: {name} must be a finite number >= 0, got {v!r}"
                 )
@@ -127,8 +138,9 @@ class DeviceModelMeta:
     feature_min: tuple[float, ...]
     feature_max: tuple[float, ...]
     trained_on: str = "{}"
-    #: A setting per decision context (:data:`CONTEXTS`), or ``None``: the graph's own.
-    contexts: dict[str, ContextSetting] | None = None
+    #: A setting per decision context (:data:`CONTEXTS`), or ``None``: the graph's own
+    #: (metadata version 2).
+    contexts: dict[str, ContextSetting] | None = field(default=None, hash=False)
     device_schema: str = dfeat.SCHEMA_NAME
     device_schema_version: int = dfeat.SCHEMA_VERSION
     option_schema: str = dfeat.OPTION_SCHEMA_NAME
@@ -178,11 +190,21 @@ class DeviceModelMeta:
                 metadata_version=int(get("metadata_version")),
             )
             names = json.loads(get("option_features"))
+            if not 1 <= meta.metadata_version <= DEVICE_METADATA_VERSION:
+                raise DeviceMetadataError(
+                    f"{PREFIX}metadata_version is {meta.metadata_version}; this runtime reads "
+                    f"1 to {DEVICE_METADATA_VERSION} (a file from a newer modi?)"
+                )
             if PREFIX + "contexts" in props:
+                if meta.metadata_version < 2:
+                    raise DeviceMetadataError(
+                        f"{PREFIX}contexts needs metadata_version >= 2, the file says "
+                        f"{meta.metadata_version}"
+                    )
                 meta = dataclasses.replace(
                     meta, contexts=check_contexts(json.loads(props[PREFIX + "contexts"]))
                 )
-        except (TypeError, ValueError, json.JSONDecodeError) as e:
+        except (TypeError, ValueError, OverflowError, json.JSONDecodeError) as e:
             if isinstance(e, DeviceMetadataError):
                 raise
             raise DeviceMetadataError(f"malformed device policy metadata: {e}") from None

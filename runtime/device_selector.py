@@ -101,15 +101,32 @@ if tuple(range(dfeat.R)) != _ORDER:  # pragma: no cover - a schema change must u
 _INF = math.inf
 
 
+_new_tuple = tuple.__new__
+_F32_MAX = float(np.finfo(np.float32).max)
+_ORT_TYPES = {np.dtype(np.float64): "tensor(double)", np.dtype(np.bool_): "tensor(bool)"}
+
+
+def _check_setting_inputs(overridable: Sequence[Any]) -> None:
+    """Raise unless a per-context file's graph takes a setting in its setting inputs (name,
+    type and shape of each, :data:`~modi.runtime.device_meta.SETTING_INPUTS`)."""
+    have = {i.name: i for i in overridable}
+    missing = sorted(set(SETTING_INPUTS) - set(have))
+    if missing:
+        raise DeviceMetadataError(
+            f"{PREFIX}contexts given, but the graph has no setting inputs {missing}"
+        )
+    for name, value in context_initializers((0.0, 0.0, None), 0.0).items():
+        want = (_ORT_TYPES[value.dtype], list(value.shape))
+        got = (have[name].type, list(have[name].shape))
+        if got != want:
+            raise DeviceMetadataError(f"setting input {name!r} is {got}, expected {want}")
+
+
 def _run_with(run: Any, setting: dict[str, Any]) -> Any:
     """``run(outputs, feeds)`` with the graph's setting inputs ``setting`` added to the feeds."""
     if not setting:
         return run
     return lambda outputs, feeds: run(outputs, {**feeds, **setting})
-
-
-_new_tuple = tuple.__new__
-_F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -297,12 +314,7 @@ class DeviceSelector:
             # to the graph's setting inputs (bound once: nothing to do per decision)
             settings: dict[str | None, dict[str, Any]] = {None: {}}
             if self.meta.contexts is not None:
-                overridable = {i.name for i in sess.get_overridable_initializers()}
-                missing = sorted(set(SETTING_INPUTS) - overridable)
-                if missing:
-                    raise DeviceMetadataError(
-                        f"{PREFIX}contexts given, but the graph has no setting inputs {missing}"
-                    )
+                _check_setting_inputs(sess.get_overridable_initializers())
                 tier = TIERS[self._tier]
                 settings = {
                     radio: context_initializers(
@@ -349,25 +361,27 @@ class DeviceSelector:
         self._score_row = self._scores[0]
         self._use_context()
 
+    def _context_radio(self) -> str | None:
+        """The radio class whose setting decides (``None``: a policy with one setting)."""
+        if self.meta is None or self.meta.contexts is None:
+            return None
+        w = self._radio_w
+        return radio_class(w) if math.isfinite(w) else CONTEXT_RADIOS[0]
+
     def _use_context(self) -> None:
-        """Run the session of the phone's decision context (the radio's class; one session for
-        a policy without contexts)."""
-        if not self._runners:
-            return
-        key: str | None = None
-        if self.meta is not None and self.meta.contexts is not None:
-            w = self._radio_w
-            key = radio_class(w) if math.isfinite(w) else CONTEXT_RADIOS[0]
-        self._run, self._run_bound = self._runners[key]
+        """Decide with the binding of the phone's decision context (one binding for a policy
+        without contexts)."""
+        if self._runners:
+            self._run, self._run_bound = self._runners[self._context_radio()]
 
     @property
     def context(self) -> str | None:
         """The decision context whose setting decides (``"mid/cellular"``), for a per-context
         policy; ``None`` for a policy with one setting (or none loaded)."""
-        if self.meta is None or self.meta.contexts is None or self._spec_error is not None:
+        radio = self._context_radio()
+        if radio is None or self._spec_error is not None:
             return None
-        w = self._radio_w
-        return f"{TIERS[self._tier]}/{radio_class(w) if math.isfinite(w) else CONTEXT_RADIOS[0]}"
+        return f"{TIERS[self._tier]}/{radio}"
 
     def _bind(self, ort: Any, sess: Any, bind_predictions: bool, setting: dict[str, Any]) -> Any:
         """``() -> None``: one inference of ``sess`` from :attr:`_x` (and the graph's setting
@@ -418,7 +432,7 @@ class DeviceSelector:
         self._fast = (
             self._spec_error is None
             and self._run is not None
-            and getattr(self, "_run_bound", None) is not None
+            and self._run_bound is not None
             and self._pool_error is None
             and self._builder is not None
             and self._history_ok

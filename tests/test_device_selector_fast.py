@@ -356,6 +356,8 @@ def test_per_context_settings_are_checked_and_saved(
     with pytest.raises(DeviceScorerError, match=r"contexts\['high/wifi'\]"):
         short: Any = (0.0, 0.0)  # a setting without its anchor margin
         base.with_contexts(_CONTEXT_TABLE | {"high/wifi": short})
+    numpy_weight = base.with_contexts(_CONTEXT_TABLE | {"mid/wifi": (np.float32(0.5), 0.0, None)})
+    assert numpy_weight.contexts is not None and numpy_weight.contexts["mid/wifi"][0] == 0.5
     pol = base.with_contexts(_CONTEXT_TABLE)
     again = DeviceScorerPolicy.load(pol.save(tmp_path / "p.pt"))
     assert again.contexts == pol.contexts
@@ -437,15 +439,52 @@ def test_per_context_metadata_without_setting_inputs_or_malformed_falls_back(
     d = sel.decide(1000.0, 500.0, 4.0, 1.5e6)
     assert d.source == "fallback" and "no setting inputs" in d.reason
     ctx = export_device_onnx(base.with_contexts(_CONTEXT_TABLE), tmp_path / "ctx.onnx")
-    for bad, match in (
-        ({"low/wifi": [0.0, 0.0, None]}, "expected a setting for each"),
-        ({k: [0.0, -1.0, None] for k in _CONTEXT_TABLE}, "tie_tolerance must be"),
+    huge = "1" + "0" * 400  # an integer beyond float's range, as JSON may hold it
+    good = json.dumps({k: list(v) for k, v in _CONTEXT_TABLE.items()})
+    for key, value, match in (
+        ("contexts", json.dumps({"low/wifi": [0.0, 0.0, None]}), "expected a setting for each"),
+        ("contexts", json.dumps({k: [0.0, -1.0, None] for k in _CONTEXT_TABLE}), "tie_tolerance"),
+        ("contexts", good.replace("[0.0, 0.0, null]", f"[{huge}, 0.0, null]", 1), "w_energy_"),
+        ("metadata_version", "3", "metadata_version is 3; this runtime reads 1 to 2"),
+        ("metadata_version", "1", "contexts needs metadata_version >= 2"),
     ):
         model = onnx.load(str(ctx))
         helper.set_metadata_props(
-            model,
-            {p.key: p.value for p in model.metadata_props} | {PREFIX + "contexts": json.dumps(bad)},
+            model, {p.key: p.value for p in model.metadata_props} | {PREFIX + key: value}
         )
         onnx.save(model, str(tmp_path / "bad.onnx"))
         sel = DeviceSelector.load(tmp_path / "bad.onnx", spec)
-        assert sel.load_error is not None and match in sel.load_error
+        assert sel.load_error is not None and match in sel.load_error, (key, value[:60])
+
+
+def test_per_context_selector_after_a_bad_radio_decides_with_the_new_radio_s_setting(
+    policy_file: tuple[DeviceScorerPolicy, Path], tmp_path: Path
+) -> None:
+    """An invalid radio makes the selector fall back; a valid one after it binds that radio's
+    context, and the fast and the checked paths give the same scores."""
+    base, _ = policy_file
+    path = export_device_onnx(base.with_contexts(_CONTEXT_TABLE), tmp_path / "device.onnx")
+    spec = device_spec(_device(3, tier="high"))
+    sel = DeviceSelector.load(path, spec, radio="bogus")
+    sel.start(30.0, 12.0, 0.0)
+    args = (700.0, 500.0, 2.0, 8e5)
+    assert sel.decide(*args).source == "fallback"
+    for radio, key in (("3g", "high/cellular"), (float("nan"), None), ("wifi", "high/wifi")):
+        sel.set_radio(radio)
+        if key is None:
+            assert sel.decide(*args).source == "fallback"
+            continue
+        assert sel.context == key
+        w, t, m = _CONTEXT_TABLE[key]
+        alone = DeviceSelector.load(
+            export_device_onnx(
+                base.with_weights(w, tie_tolerance=t, anchor_margin=m), tmp_path / "a.onnx"
+            ),
+            spec,
+            radio=radio,
+        )
+        alone.start(30.0, 12.0, 0.0)
+        fast, checked, want = sel.decide(*args), sel._decide_checked(*args), alone.decide(*args)
+        assert fast.source == checked.source == want.source == "learned"
+        assert fast.scores == checked.scores
+        np.testing.assert_allclose(fast.scores, want.scores, rtol=0, atol=1e-9)
