@@ -1265,7 +1265,9 @@ def run_offload_training(cfg: DictConfig, out_dir: Path) -> dict[str, float]:
             c_table.to_csv(out_dir / "contexts.csv", index=False)
             log.info(
                 "settings per context, validation's odd streams (chosen on the even ones), "
-                "points >= rule at <= energy: %s; chosen: %s",
+                "points >= rule at <= energy: %s; chosen: %s (optimistic: the halves share "
+                "their seed, trace segment and the rules' tuning; on fresh validation streams "
+                "per context had fewer points than one setting, docs/results.md)",
                 ", ".join(f"{k} {v} of {len(best)}" for k, v in ctx_held.items()),
                 contexts,
             )
