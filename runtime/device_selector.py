@@ -99,8 +99,6 @@ _ORDER = (dfeat.SLA, dfeat.MEGAPIXELS, dfeat.RAW_KB, dfeat.PREP_EST, dfeat.TIER_
 if tuple(range(dfeat.R)) != _ORDER:  # pragma: no cover - a schema change must update decide()
     raise ImportError("the device request block's column order changed: update DeviceSelector")
 _INF = math.inf
-
-
 _new_tuple = tuple.__new__
 _F32_MAX = float(np.finfo(np.float32).max)
 _ORT_TYPES = {np.dtype(np.float64): "tensor(double)", np.dtype(np.bool_): "tensor(bool)"}
